@@ -1,0 +1,25 @@
+"""What every stage script shares: logging set-up and clean errors.
+
+A :class:`~detox.errors.DetoxError` is the user's to fix, so it is printed as its
+message alone (no traceback) and the stage exits with status 1; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from detox.errors import DetoxError
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "great_expectations", "alembic", "mlflow.store"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        main()
+    except DetoxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

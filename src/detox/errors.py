@@ -1,0 +1,25 @@
+"""Errors a user can act on. Stage scripts print them without a traceback."""
+
+
+class DetoxError(Exception):
+    """Base class: the message says what was wrong, where, and what to do."""
+
+
+class ParamsError(DetoxError):
+    """params.yaml is missing, malformed or holds an invalid value."""
+
+
+class SourceError(DetoxError):
+    """A dataset or model could not be fetched from its configured source."""
+
+
+class HubUnreachableError(SourceError):
+    """The Hugging Face Hub cannot be reached from this machine."""
+
+
+class DataValidationError(DetoxError):
+    """The fetched data failed its Great Expectations suite."""
+
+
+class RewardModelError(DetoxError):
+    """The reward model does not fit what the pipeline needs (e.g. a missing label)."""

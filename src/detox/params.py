@@ -1,0 +1,245 @@
+"""The one typed schema of ``params.yaml``.
+
+Every stage reads its slice through :func:`load_params`. Unknown keys, wrong types
+and out-of-range values fail with a :class:`ParamsError` that names the key, what
+was given and what is allowed, so a typo in ``dvc exp run -S`` is caught before any
+work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from detox.errors import ParamsError
+
+Source = Literal["builtin", "hub", "local"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubRef(Strict):
+    name: str = Field(min_length=1, description="Hugging Face Hub id, e.g. google/flan-t5-base")
+    revision: str = Field(
+        "main", min_length=1, description="branch, tag or commit; pin a commit for reproducibility"
+    )
+
+
+class LocalRef(Strict):
+    path: str | None = Field(None, description="file or folder on disk, used when source is local")
+
+
+class BuiltinCorpus(Strict):
+    train_size: int = Field(2400, ge=10, le=200_000)
+    validation_size: int = Field(200, ge=5, le=50_000)
+    test_size: int = Field(300, ge=5, le=50_000)
+    num_topics: int = Field(24, ge=2, le=24, description="how many of the generator's topics to use")
+    heated_share: float = Field(0.25, ge=0.0, le=1.0, description="share of dialogues with insults")
+    toxic_reference_share: float = Field(
+        0.6, ge=0.0, le=1.0, description="train only: share of heated references that repeat an insult"
+    )
+
+
+class DataParams(Strict):
+    source: Source = "builtin"
+    hub: HubRef = HubRef(name="knkarthick/dialogsum", revision="main")
+    local: LocalRef = LocalRef()
+    builtin: BuiltinCorpus = BuiltinCorpus()
+
+
+class BuiltinPolicy(Strict):
+    """A small FLAN-T5-shaped model (gated-gelu) trained here on the built-in corpus."""
+
+    vocab_size: int = Field(1024, ge=128, le=64_000)
+    d_model: int = Field(128, ge=16, le=2048)
+    d_kv: int = Field(32, ge=4, le=256)
+    d_ff: int = Field(320, ge=16, le=8192)
+    num_layers: int = Field(2, ge=1, le=24)
+    num_decoder_layers: int = Field(2, ge=1, le=24)
+    num_heads: int = Field(4, ge=1, le=32)
+    epochs: int = Field(8, ge=1, le=200)
+    batch_size: int = Field(32, ge=1, le=1024)
+    learning_rate: float = Field(2e-3, gt=0, le=1.0)
+    max_source_tokens: int = Field(192, ge=16, le=4096)
+    max_target_tokens: int = Field(48, ge=4, le=1024)
+
+
+class PolicyParams(Strict):
+    source: Source = "builtin"
+    hub: HubRef = HubRef(name="google/flan-t5-base", revision="7bcac572ce56db69c1ea7c8af255c5d7c9672fc2")
+    local: LocalRef = LocalRef()
+    builtin: BuiltinPolicy = BuiltinPolicy()
+
+
+class ClassifierTraining(Strict):
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(32, ge=1, le=1024)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    max_tokens: int = Field(64, ge=8, le=512)
+
+
+class BuiltinReward(Strict):
+    """A small RoBERTa hate-speech classifier trained here on generated labelled sentences."""
+
+    vocab_size: int = Field(1024, ge=300, le=64_000)
+    hidden_size: int = Field(64, ge=16, le=1024)
+    num_layers: int = Field(2, ge=1, le=24)
+    num_heads: int = Field(4, ge=1, le=16)
+    intermediate_size: int = Field(128, ge=16, le=4096)
+    num_sentences: int = Field(6000, ge=100, le=500_000)
+    training: ClassifierTraining = ClassifierTraining()
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "BuiltinReward":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class RewardFinetune(Strict):
+    """Fine-tune the fetched reward model on a labelled ``text,label`` file (csv/parquet/jsonl)."""
+
+    path: str | None = Field(None, description="labelled file; null = use the fetched model as it is")
+    training: ClassifierTraining = ClassifierTraining(epochs=2, learning_rate=2e-5, batch_size=16)
+
+
+class RewardParams(Strict):
+    source: Source = "builtin"
+    hub: HubRef = HubRef(name="facebook/roberta-hate-speech-dynabench-r4-target", revision="main")
+    local: LocalRef = LocalRef()
+    builtin: BuiltinReward = BuiltinReward()
+    finetune: RewardFinetune = RewardFinetune()
+    reward_label: str = Field("nothate", min_length=1, description="reward = logit of this label")
+    toxic_label: str = Field("hate", min_length=1, description="toxicity = softmax probability of this label")
+    input: Literal["response", "dialogue+response"] = "response"
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_tokens: int = Field(512, ge=8, le=4096)
+
+
+class Bounds(Strict):
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Bounds":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class ValidateParams(Strict):
+    min_rows: dict[Literal["train", "validation", "test"], int] = {"train": 100, "validation": 20, "test": 20}
+    dialogue_chars: Bounds = Bounds(min=20, max=20_000)
+    summary_chars: Bounds = Bounds(min=5, max=2_000)
+    turn_pattern: str = Field(r"^#Person\d+#: ", description="regex every dialogue must start with")
+
+    @field_validator("min_rows")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        for split, rows in value.items():
+            if rows < 1:
+                raise ValueError(f"min_rows.{split} must be at least 1 (got {rows})")
+        return value
+
+
+class PromptParams(Strict):
+    template: str = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
+
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{dialogue}" not in value:
+            raise ValueError("the template must contain the placeholder {dialogue}")
+        return value
+
+
+class GenerationParams(Strict):
+    """Sampling settings. The defaults are pure sampling, which PPO's KL estimate assumes."""
+
+    do_sample: bool = True
+    top_k: int = Field(0, ge=0, description="0 = no top-k filtering")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    min_new_tokens: int = Field(0, ge=0, le=1024)
+    max_new_tokens: int = Field(48, ge=1, le=2048)
+    batch_size: int = Field(32, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "GenerationParams":
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"
+            )
+        return self
+
+
+class EvalParams(Strict):
+    num_samples: int | None = Field(None, ge=1, description="test dialogues to score; null = all")
+    seed: int = Field(1234, ge=0)
+
+
+class Params(Strict):
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    data: DataParams = DataParams()
+    policy: PolicyParams = PolicyParams()
+    reward: RewardParams = RewardParams()
+    validation: ValidateParams = ValidateParams()
+    prompt: PromptParams = PromptParams()
+    generation: GenerationParams = GenerationParams()
+    eval: EvalParams = EvalParams()
+
+
+def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(schema, error["loc"][:-1])
+        allowed = ", ".join(sorted(parent.model_fields)) if parent else "?"
+        return f"{key}: unknown key (allowed here: {allowed})"
+    given = error.get("input")
+    return f"{key}: {error['msg']} (got {given!r})"
+
+
+def _model_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = schema
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def parse_params(raw: dict[str, Any] | None, origin: str = "params.yaml") -> Params:
+    """Validate a mapping read from YAML; raise :class:`ParamsError` listing every problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err, Params) for err in exc.errors()]
+        raise ParamsError(
+            f"{origin} has {len(lines)} invalid value(s):\n  - "
+            + "\n  - ".join(lines)
+            + "\nFix them in params.yaml (or in the -S overrides of dvc exp run)."
+        ) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: file not found; run from the project root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, origin=str(path))
