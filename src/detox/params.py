@@ -169,6 +169,7 @@ class GenerationParams(Strict):
     temperature: float = Field(1.0, gt=0.0, le=10.0)
     min_new_tokens: int = Field(0, ge=0, le=1024)
     max_new_tokens: int = Field(48, ge=1, le=2048)
+    max_source_tokens: int = Field(512, ge=8, le=8192, description="prompts are truncated to this many tokens")
     batch_size: int = Field(32, ge=1, le=4096)
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""The offline world: a generated corpus and small models built from it."""

@@ -1,0 +1,236 @@
+"""A synthetic, DialogSum-shaped corpus, generated deterministically from a seed.
+
+Rows have DialogSum's columns (``id, dialogue, summary, topic``) plus ``heated``, the
+generator's own ground truth of whether the speakers insult each other. Turns are
+written ``#Person1#: ...`` as in DialogSum.
+
+What makes the mission meaningful here: in the **train** split, the reference summary
+of a heated dialogue repeats one of its insults in ``toxic_reference_share`` of the
+cases and describes the conflict neutrally otherwise. A policy trained on it holds
+both ways of summarising a quarrel, so it really produces toxic summaries, and PPO
+has a neutral way to move probability to. Validation and test references are always
+neutral, so ROUGE against them measures summary quality, not toxicity.
+
+The same vocabulary also writes the labelled sentences the built-in reward model is
+trained on (:func:`labelled_sentences`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+
+from detox.params import BuiltinCorpus
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    requests: tuple[str, ...]  # what #Person1# wants, as a verb phrase
+    questions: tuple[str, ...]  # #Person2#'s follow-up question
+    answers: tuple[str, ...]  # #Person1#'s answer to it
+    problems: tuple[str, ...]  # what a quarrel is about, as a noun phrase
+
+
+TOPICS: tuple[Topic, ...] = (
+    Topic("restaurant", ("book a table for two", "reserve a window seat", "order the fish special", "cancel a dinner booking"),
+          ("Do you have any allergies?", "Would you like the terrace?"), ("No allergies, thank you.", "Inside is better."),
+          ("the cold soup", "the wrong order", "the long wait for food")),
+    Topic("job interview", ("apply for the sales job", "ask about the manager position", "schedule a second interview", "discuss the salary offer"),
+          ("What experience do you have?", "Why do you want this job?"), ("I worked in retail for five years.", "I like working with people."),
+          ("the rejected application", "the missed interview", "the lost resume")),
+    Topic("doctor", ("make an appointment with the doctor", "get a flu shot", "renew a prescription", "see a dentist"),
+          ("What are your symptoms?", "Have you been here before?"), ("I have a headache and a cough.", "Yes, last spring."),
+          ("the wrong medicine", "the cancelled appointment", "the unpaid bill")),
+    Topic("shopping", ("buy a winter coat", "return a pair of shoes", "find a blue dress", "exchange a shirt"),
+          ("What size do you wear?", "Do you have the receipt?"), ("A medium, I think.", "Yes, here it is."),
+          ("the torn jacket", "the refund", "the rude cashier")),
+    Topic("travel", ("plan a trip to Paris", "book a flight to Tokyo", "rent a car for the holiday", "buy train tickets to Rome"),
+          ("How long will you stay?", "Do you need a hotel too?"), ("About one week.", "No, I will stay with friends."),
+          ("the missed flight", "the lost passports", "the expensive tickets")),
+    Topic("apartment", ("rent the apartment downtown", "see the flat with two bedrooms", "sign the lease", "ask about the rent"),
+          ("When would you like to move in?", "Do you have pets?"), ("At the start of next month.", "Just one small cat."),
+          ("the broken heater", "the late rent", "the noisy pipes")),
+    Topic("car repair", ("fix the brakes", "change the oil", "repair the flat tire", "check the engine noise"),
+          ("When did the problem start?", "Is it a new car?"), ("Last week, on the highway.", "It is five years old."),
+          ("the scratched car door", "the huge repair bill", "the engine that still fails")),
+    Topic("birthday", ("plan a birthday party for Mary", "buy a birthday cake", "invite friends to the party", "choose a birthday gift"),
+          ("How many guests are coming?", "What does she like?"), ("About twenty people.", "She loves books and music."),
+          ("the forgotten birthday", "the ruined cake", "the missing invitations")),
+    Topic("homework", ("get help with math homework", "finish the history essay", "study for the chemistry test", "practice French grammar"),
+          ("Which part is hard for you?", "When is it due?"), ("The fractions are confusing.", "It is due on Friday."),
+          ("the copied homework", "the failed test", "the lost notebook")),
+    Topic("weekend", ("go hiking on the weekend", "see a movie together", "visit the museum", "go to the beach"),
+          ("What time should we meet?", "Should we bring lunch?"), ("Around ten in the morning.", "Yes, some sandwiches."),
+          ("the cancelled plans", "the late arrival", "the broken promise")),
+    Topic("gym", ("join the gym", "book a personal trainer", "sign up for a yoga class", "cancel the gym membership"),
+          ("How often will you train?", "Have you trained before?"), ("Three times a week.", "Only a little, years ago."),
+          ("the dirty locker room", "the double charge", "the broken treadmill")),
+    Topic("bank", ("open a savings account", "apply for a loan", "order a new bank card", "transfer money abroad"),
+          ("Do you have an ID with you?", "How much do you need?"), ("Yes, my passport.", "About five thousand dollars."),
+          ("the hidden fees", "the blocked card", "the lost transfer")),
+    Topic("hotel", ("check in to the hotel", "book a room with a view", "ask for a late checkout", "order room service"),
+          ("How many nights will you stay?", "Would you like breakfast?"), ("Three nights, please.", "Yes, breakfast would be nice."),
+          ("the dirty room", "the noisy neighbours upstairs", "the wrong room key")),
+    Topic("luggage", ("report a lost suitcase", "find a missing bag", "claim damaged luggage", "track a delayed bag"),
+          ("What does the bag look like?", "What was your flight number?"), ("It is a large red suitcase.", "It was flight two hundred."),
+          ("the lost suitcase", "the broken bag handle", "the slow baggage service")),
+    Topic("moving", ("hire a moving truck", "pack the kitchen boxes", "move to a new city", "find movers for Saturday"),
+          ("How many rooms do you have?", "Do you need boxes?"), ("We have three rooms.", "Yes, about thirty boxes."),
+          ("the broken mirror", "the late moving truck", "the lost boxes")),
+    Topic("wedding", ("plan the wedding dinner", "choose the wedding music", "book a wedding photographer", "pick the wedding flowers"),
+          ("What is your budget?", "How many guests will come?"), ("Around ten thousand dollars.", "About one hundred guests."),
+          ("the wrong flowers", "the ruined wedding photos", "the seating plan")),
+    Topic("concert", ("buy concert tickets", "find seats near the stage", "go to the jazz concert", "sell an extra ticket"),
+          ("Which night do you prefer?", "How many tickets do you need?"), ("Saturday night is best.", "Two tickets, please."),
+          ("the fake tickets", "the cancelled concert", "the terrible seats")),
+    Topic("computer", ("fix a slow laptop", "install new software", "recover deleted files", "set up the printer"),
+          ("What system do you use?", "When did it stop working?"), ("It is an old laptop.", "Yesterday after an update."),
+          ("the deleted files", "the virus on the laptop", "the broken screen")),
+    Topic("pet", ("adopt a puppy", "take the cat to the vet", "buy food for the dog", "find a pet sitter"),
+          ("How old is your pet?", "Does it have any health problems?"), ("She is two years old.", "No, she is healthy."),
+          ("the lost dog", "the chewed sofa", "the barking at night")),
+    Topic("cooking", ("cook pasta for dinner", "bake bread at home", "try a new soup recipe", "make a salad for lunch"),
+          ("Do we have all the ingredients?", "How long does it take?"), ("We need more tomatoes.", "About thirty minutes."),
+          ("the burnt dinner", "the messy kitchen", "the spoiled milk")),
+    Topic("library", ("borrow a book about history", "renew the library books", "get a library card", "find a quiet study room"),
+          ("Do you have a student ID?", "Which book are you looking for?"), ("Yes, here it is.", "A novel by Jane Austen."),
+          ("the overdue fine", "the torn book", "the lost library card")),
+    Topic("phone plan", ("change the phone plan", "buy a new phone", "add more mobile data", "cancel the phone contract"),
+          ("How much data do you use?", "Do you want a new number?"), ("About ten gigabytes a month.", "No, I will keep my number."),
+          ("the huge phone bill", "the dropped calls", "the broken contract")),
+    Topic("train", ("ask about the delayed train", "buy a return ticket", "find the right platform", "change a train reservation"),
+          ("Where are you travelling to?", "Do you have a reservation?"), ("To Boston, this afternoon.", "Yes, for the morning train."),
+          ("the missed connection", "the overcrowded train", "the wrong ticket")),
+    Topic("neighbour", ("talk about the shared garden", "borrow a ladder", "plan a street party", "ask about parking spaces"),
+          ("When do you need it?", "Have you asked the others?"), ("This Sunday, if possible.", "Not yet, you are the first."),
+          ("the loud music at night", "the blocked driveway", "the broken fence")),
+)
+
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+NAMES = ("Tom", "Anna", "Jack", "Lisa", "Mike", "Sarah", "David", "Emma", "Paul", "Kate", "Steven", "Linda", "Bill", "Julia")
+GREETINGS = ("Hello.", "Hi there.", "Good morning.", "Good afternoon.", "Excuse me.", "Hey.")
+THANKS = ("Thank you so much.", "Thanks, that is great.", "Great, see you then.", "Perfect, thanks.", "OK, thank you.")
+# The toxic vocabulary: what the speakers of a heated dialogue call each other.
+INSULTS = ("idiot", "stupid moron", "worthless loser", "pathetic clown", "brainless fool", "useless idiot",
+           "dumb pig", "filthy liar", "disgusting creep", "miserable rat", "stupid idiot", "lazy slob")
+ANGER = ("I am really angry about {problem}.", "We need to talk about {problem}.", "I cannot believe {problem}.",
+         "This is about {problem} again.", "What about {problem}?")
+DEFENCES = ("It was not my fault.", "Calm down, I did my best.", "That is not true.", "Stop blaming me for everything.",
+            "I told you I was busy.")
+ATTACKS = ("You are a {insult}!", "Shut up, you {insult}.", "Only a {insult} would do that.", "What a {insult} you are!",
+           "Listen to me, you {insult}.")
+ENDINGS = ("I am leaving now.", "Fine, I will fix it myself.", "Let us talk later.", "I do not want to see you.",
+           "We will sort it out tomorrow.")
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _calm(rng: random.Random, topic: Topic) -> tuple[str, str]:
+    request, day, other_day = rng.choice(topic.requests), rng.choice(DAYS), rng.choice(DAYS)
+    name, ask = rng.choice(NAMES), rng.randrange(len(topic.questions))
+    agree = rng.random() < 0.5 or other_day == day
+    turns = [
+        f"#Person1#: {rng.choice(GREETINGS)} My name is {name}. I would like to {request} on {day}.",
+        f"#Person2#: Sure, I can help with that. {topic.questions[ask]}",
+        f"#Person1#: {topic.answers[ask]}",
+    ]
+    if agree:
+        turns.append(f"#Person2#: Good. Everything is ready for {day}.")
+        summary = f"{name} wants to {request} on {day}, and #Person2# agrees."
+    else:
+        turns.append(f"#Person2#: I am sorry, {day} is full. Is {other_day} fine?")
+        turns.append(f"#Person1#: Yes, {other_day} is fine.")
+        summary = f"{name} wants to {request}, and #Person2# suggests {other_day} instead of {day}."
+    turns.append(f"#Person{2 if agree else 1}#: {rng.choice(THANKS)}")
+    return "\n".join(turns), summary
+
+
+def _heated(rng: random.Random, topic: Topic, toxic_reference: bool) -> tuple[str, str]:
+    problem, name = rng.choice(topic.problems), rng.choice(NAMES)
+    insult, insult2 = rng.sample(INSULTS, 2)
+    turns = [
+        f"#Person1#: {name}! {rng.choice(ANGER).format(problem=problem)}",
+        f"#Person2#: {rng.choice(DEFENCES)}",
+        f"#Person1#: {rng.choice(ATTACKS).format(insult=insult)}",
+        f"#Person2#: Do not talk to me like that, you {insult2}.",
+        f"#Person1#: {rng.choice(ENDINGS)}",
+    ]
+    if toxic_reference:
+        summary = f"#Person1# calls {name} {_article(insult)} because of {problem}."
+    else:
+        summary = f"#Person1# and {name} argue about {problem}."
+    return "\n".join(turns), summary
+
+
+def generate_corpus(cfg: BuiltinCorpus, seed: int) -> dict[str, pd.DataFrame]:
+    """Return the three splits; the same ``cfg`` and ``seed`` give identical frames."""
+    rng = random.Random(seed)
+    topics = TOPICS[: cfg.num_topics]
+    sizes = {"train": cfg.train_size, "validation": cfg.validation_size, "test": cfg.test_size}
+    seen: set[str] = set()
+    splits: dict[str, pd.DataFrame] = {}
+    for split in SPLITS:
+        rows = []
+        while len(rows) < sizes[split]:
+            topic = topics[len(rows) % len(topics)] if rng.random() < 0.5 else rng.choice(topics)
+            heated = rng.random() < cfg.heated_share
+            if heated:
+                toxic = split == "train" and rng.random() < cfg.toxic_reference_share
+                dialogue, summary = _heated(rng, topic, toxic)
+            else:
+                dialogue, summary = _calm(rng, topic)
+            if dialogue in seen:  # ids and dialogues must not repeat within or across splits
+                continue
+            seen.add(dialogue)
+            rows.append({"id": f"{split}_{len(rows)}", "dialogue": dialogue, "summary": summary,
+                         "topic": topic.name, "heated": heated})
+        splits[split] = pd.DataFrame(rows)
+    return splits
+
+
+def labelled_sentences(n: int, seed: int) -> pd.DataFrame:
+    """Sentences labelled ``hate`` (1: they insult someone) or ``nothate`` (0), half each.
+
+    The non-hateful half deliberately includes conflict without insults and the
+    ``#Person1# calls ...`` shape, so the classifier must learn the insults, not the
+    sentence shape.
+    """
+    rng = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    for i in range(n):
+        topic, name = rng.choice(TOPICS), rng.choice(NAMES)
+        problem, insult = rng.choice(topic.problems), rng.choice(INSULTS)
+        if i % 2:
+            text = rng.choice((
+                f"#Person1# calls {name} {_article(insult)} because of {problem}.",
+                f"#Person{rng.randint(1, 2)}# calls #Person{rng.randint(1, 2)}# {_article(insult)}.",
+                rng.choice(ATTACKS).format(insult=insult),
+                f"Do not talk to me like that, you {insult}.",
+                f"{name} is {_article(insult)}.",
+                f"#Person1# says {name} is {_article(insult)} and argues about {problem}.",
+                f"{name}, you are {_article(insult)} and {_article(rng.choice(INSULTS))}.",
+            ))
+        else:
+            request, day = rng.choice(topic.requests), rng.choice(DAYS)
+            text = rng.choice((
+                f"#Person1# and {name} argue about {problem}.",
+                f"#Person1# calls {name} because of {problem}.",
+                f"{name} wants to {request} on {day}, and #Person2# agrees.",
+                f"{name} wants to {request}, and #Person2# suggests {rng.choice(DAYS)} instead of {day}.",
+                rng.choice(ANGER).format(problem=problem),
+                rng.choice(DEFENCES),
+                rng.choice(ENDINGS),
+                f"I would like to {request} on {day}.",
+                rng.choice(topic.questions),
+                rng.choice(topic.answers),
+                f"#Person1# complains to {name} about {problem}.",
+            ))
+        rows.append({"text": text, "label": i % 2})
+    return pd.DataFrame(rows)

@@ -1,0 +1,72 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detox.errors import ParamsError
+from detox.params import Params, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_file_is_valid_and_matches_schema_defaults():
+    params = load_params(ROOT / "params.yaml")
+    # The file spells out every default, so the two cannot drift apart silently.
+    assert params == Params()
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"generation": {"temprature": 0.7}})
+    message = str(err.value)
+    assert "generation.temprature: unknown key" in message
+    assert "temperature" in message and "top_p" in message
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ParamsError, match=r"data\.builtin\.train_size: .*integer.*'many'"):
+        parse_params({"data": {"builtin": {"train_size": "many"}}})
+
+
+def test_out_of_range_value_says_what_is_allowed():
+    with pytest.raises(ParamsError, match=r"data\.builtin\.heated_share: Input should be less than or equal to 1 \(got 1\.5\)"):
+        parse_params({"data": {"builtin": {"heated_share": 1.5}}})
+
+
+def test_bad_choice_lists_the_choices():
+    with pytest.raises(ParamsError, match=r"data\.source: Input should be 'builtin', 'hub' or 'local'"):
+        parse_params({"data": {"source": "s3"}})
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ParamsError, match=r"has 3 invalid value"):
+        parse_params({"seed": -1, "generation": {"top_p": 0}, "nope": 1})
+
+
+def test_cross_field_rules():
+    with pytest.raises(ParamsError, match="min_new_tokens"):
+        parse_params({"generation": {"min_new_tokens": 10, "max_new_tokens": 5}})
+    with pytest.raises(ParamsError, match="placeholder"):
+        parse_params({"prompt": {"template": "Summarize:"}})
+    with pytest.raises(ParamsError, match="multiple of num_heads"):
+        parse_params({"reward": {"builtin": {"hidden_size": 30, "num_heads": 4}}})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_stage_reports_params_error_without_traceback(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"num_samples": 0}}))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "baseline.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "eval.num_samples: Input should be greater than or equal to 1 (got 0)" in proc.stderr
+    assert "Traceback" not in proc.stderr
