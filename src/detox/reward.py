@@ -1,0 +1,88 @@
+"""The reward model as a batched scorer.
+
+reward   = the logit of the label named ``reward_label`` (``nothate``), found by name
+           in the model's ``id2label``, never by a hard-coded index;
+toxicity = the softmax probability of the label named ``toxic_label`` (``hate``).
+
+What is scored is ``reward.input``: the response alone (default: the summary is what
+must be non-toxic) or the dialogue followed by the response (what the original
+notebook scored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from detox.errors import RewardModelError
+from detox.params import RewardParams
+
+
+def label_index(model: PreTrainedModel, name: str) -> int:
+    """The output index of the label called ``name`` (case-insensitive), or a clear error."""
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    matches = [i for i, label in id2label.items() if label.lower() == name.lower()]
+    if not matches:
+        raise RewardModelError(
+            f"the reward model has no label {name!r}; its labels are {sorted(id2label.values())}. "
+            "Set reward.reward_label / reward.toxic_label in params.yaml to one of them, "
+            "or use a model whose config.id2label names them."
+        )
+    return matches[0]
+
+
+@dataclass(frozen=True)
+class Scores:
+    reward: torch.Tensor  # (n,) logit of the reward label
+    toxicity: torch.Tensor  # (n,) probability of the toxic label
+
+
+class RewardScorer:
+    """Scores texts in batches of ``batch_size``: one forward pass per batch, no per-text loop."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        cfg: RewardParams,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.reward_index = label_index(model, cfg.reward_label)
+        self.toxic_index = label_index(model, cfg.toxic_label)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, cfg: RewardParams) -> "RewardScorer":
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        return cls(model, AutoTokenizer.from_pretrained(path), cfg)
+
+    def texts(self, responses: Sequence[str], dialogues: Sequence[str] | None = None) -> list[str]:
+        if self.cfg.input == "response":
+            return list(responses)
+        if dialogues is None or len(dialogues) != len(responses):
+            raise ValueError("reward.input is dialogue+response: pass one dialogue per response")
+        return [f"{d}\n{r}" for d, r in zip(dialogues, responses, strict=True)]
+
+    @torch.no_grad()
+    def score(self, responses: Sequence[str], dialogues: Sequence[str] | None = None) -> Scores:
+        texts = self.texts(responses, dialogues)
+        device = next(self.model.parameters()).device
+        limit = min(self.cfg.max_tokens, getattr(self.model.config, "max_position_embeddings", 514) - 2)
+        logits = []
+        for start in range(0, len(texts), self.cfg.batch_size):
+            enc = self.tokenizer(texts[start : start + self.cfg.batch_size], padding=True, truncation=True,
+                                 max_length=limit, return_tensors="pt").to(device)
+            logits.append(self.model(**enc).logits.float())
+        if not logits:
+            empty = torch.empty(0)
+            return Scores(empty, empty)
+        all_logits = torch.cat(logits)
+        return Scores(
+            reward=all_logits[:, self.reward_index].cpu(),
+            toxicity=all_logits.softmax(-1)[:, self.toxic_index].cpu(),
+        )
