@@ -11,6 +11,7 @@ notebook scored).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,10 @@ class RewardScorer:
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        if cfg.input == "dialogue+response":
+            # A long dialogue must not push the response (what the policy controls) out of the window.
+            self.tokenizer = copy.deepcopy(tokenizer)
+            self.tokenizer.truncation_side = "left"
         self.cfg = cfg
         self.reward_index = label_index(model, cfg.reward_label)
         self.toxic_index = label_index(model, cfg.toxic_label)

@@ -1,7 +1,7 @@
 """Small real models for the offline world, built and trained here from the corpus.
 
-- a **T5** policy (``T5ForConditionalGeneration``, gated-gelu and untied embeddings
-  like FLAN-T5) with a SentencePiece tokenizer trained on the corpus, fine-tuned on
+- a **T5** policy (``T5ForConditionalGeneration``, gated-gelu feed-forward like
+  FLAN-T5) with a SentencePiece tokenizer trained on the corpus, fine-tuned on
   the train split with the project's prompt template;
 - a **RoBERTa** reward model (``RobertaForSequenceClassification``) with
   ``id2label = {0: "nothate", 1: "hate"}`` exactly like Meta's, and a byte-level
@@ -83,7 +83,7 @@ def build_policy(
     config = T5Config(
         vocab_size=len(tokenizer), d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
         num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1,
+        feed_forward_proj="gated-gelu", dropout_rate=0.1,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
