@@ -283,7 +283,7 @@ def value_loss(
     return loss, stats
 
 
-class _KLController(ABC):
+class KLController(ABC):
     """What both controllers share: ``value``, ``update``, ``state_dict``/``load_state_dict``.
 
     The state holds the current coefficient (and which kind of controller it came
@@ -313,7 +313,7 @@ class _KLController(ABC):
         self.value = float(state["value"])
 
 
-class AdaptiveKLController(_KLController):
+class AdaptiveKLController(KLController):
     """Adaptive KL coefficient (Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences").
 
     After each batch the coefficient moves toward keeping the observed KL at
@@ -336,7 +336,7 @@ class AdaptiveKLController(_KLController):
         self.value *= mult
 
 
-class FixedKLController(_KLController):
+class FixedKLController(KLController):
     """A constant KL coefficient; ``update`` does nothing."""
 
     kind = "fixed"

@@ -1,0 +1,131 @@
+"""The PPO policy: a seq2seq model with LoRA adapters plus a value head.
+
+The reference model is the same weights with the adapters disabled, so only one
+copy of the base model is in memory. With ``ppo.lora.enabled: false`` the whole
+model is trained and a frozen copy serves as the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
+
+from detox.params import PPOParams
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+POLICY_FILE = "ppo_policy.json"
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Zero every dropout probability: PPO's log-probs must equal those the rollout sampled from."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+class ValueHead(nn.Module):
+    """A scalar value per decoder position, from the decoder's last hidden state."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+class Seq2SeqPolicy(nn.Module):
+    """Policy (LoRA or full) + value head, with the reference model behind ``reference()``."""
+
+    def __init__(self, base: PreTrainedModel, cfg: PPOParams) -> None:
+        super().__init__()
+        self.uses_lora = cfg.lora.enabled
+        if cfg.disable_dropout:
+            disable_dropout(base)
+        if self.uses_lora:
+            lora = LoraConfig(
+                task_type=TaskType.SEQ_2_SEQ_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules),
+            )
+            self.model = get_peft_model(base, lora)
+            self.frozen_reference = None
+        else:
+            self.frozen_reference = copy.deepcopy(base).eval().requires_grad_(False)
+            self.model = base
+        self.value_head = ValueHead(base.config.d_model)
+
+    @property
+    def config(self):  # noqa: ANN201 - the transformers config of the base model
+        return self.model.config
+
+    def reference(self) -> AbstractContextManager[None]:
+        """Context in which ``self.model`` computes the reference policy (LoRA only)."""
+        return self.model.disable_adapter() if self.uses_lora else nullcontext()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        with_values: bool = True,
+        reference: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) for each response position, and values (B, T)."""
+        if reference and not self.uses_lora:
+            out = self.frozen_reference(input_ids=input_ids, attention_mask=attention_mask,
+                                        decoder_input_ids=decoder_input_ids)
+            return out.logits, None
+        context = self.reference() if reference else nullcontext()
+        with context:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             decoder_input_ids=decoder_input_ids, output_hidden_states=with_values)
+        values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
+        return out.logits, values
+
+    def generator(self) -> PreTrainedModel:
+        """The model to call ``generate`` on (the policy, adapters enabled)."""
+        return self.model
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def save(self, out_dir: Path, base_model_path: str) -> None:
+        """Save adapter (or full weights), value head and a small descriptor."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out_dir)
+        if self.uses_lora:
+            config_path = out_dir / "adapter_config.json"
+            adapter = json.loads(config_path.read_text())
+            adapter["base_model_name_or_path"] = base_model_path
+            config_path.write_text(json.dumps(adapter, indent=2))
+        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out_dir / VALUE_HEAD_FILE)
+        (out_dir / POLICY_FILE).write_text(json.dumps(
+            {"kind": "lora" if self.uses_lora else "full", "base_model": base_model_path}, indent=2))
+
+
+def load_trained_policy(path: str | Path, merge: bool = True) -> PreTrainedModel:
+    """Load a policy saved by the ppo stage, ready for ``generate`` (adapters merged by default)."""
+    path = Path(path)
+    descriptor = json.loads((path / POLICY_FILE).read_text())
+    if descriptor["kind"] == "full":
+        return AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    base = AutoModelForSeq2SeqLM.from_pretrained(descriptor["base_model"])
+    model = PeftModel.from_pretrained(base, path)
+    return (model.merge_and_unload() if merge else model).eval()
+
+
+def load_value_head(path: str | Path, hidden_size: int) -> ValueHead:
+    head = ValueHead(hidden_size)
+    head.load_state_dict(load_file(Path(path) / VALUE_HEAD_FILE))
+    return head

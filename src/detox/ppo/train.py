@@ -1,0 +1,204 @@
+"""The PPO training run: data order, checkpoints and resume, tracking, outputs.
+
+Checkpoints go to a folder outside DVC's outputs (``checkpoints/ppo/``). A run
+killed and restarted with the same command and the same params resumes from the
+last checkpoint; a run with other params (another fingerprint) starts afresh. A
+finished run removes its checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from detox.generation import build_prompts
+from detox.io import atomic_dir, write_json
+from detox.params import Params
+from detox.ppo.engine import PPOTrainer
+from detox.ppo.policy import Seq2SeqPolicy
+from detox.reward import RewardScorer
+from detox.tracking import RUN_FILE, Tracker
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_KL_TOLERANCE = -1e-3  # below float noise: the rollout distribution differs from the policy's
+
+
+@dataclass(frozen=True)
+class PPOPaths:
+    policy: Path = Path("models/policy")
+    reward: Path = Path("models/reward")
+    train: Path = Path("data/raw/train.parquet")
+    out: Path = Path("models/ppo")
+    checkpoints: Path = Path("checkpoints/ppo")
+    history: Path = Path("plots/ppo/history.tsv")
+    metrics: Path = Path("metrics/ppo.json")
+
+
+def fingerprint(params: Params, *model_dirs: Path) -> str:
+    """Identifies a training configuration: what a checkpoint must match to be resumed."""
+    digest = hashlib.sha256()
+    relevant = {"seed": params.seed, "ppo": params.ppo.model_dump(), "generation": params.generation.model_dump(),
+                "prompt": params.prompt.model_dump(), "reward": params.reward.model_dump()}
+    digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
+    for directory in model_dirs:
+        for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+            digest.update(file.relative_to(directory).as_posix().encode())
+            digest.update(str(file.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def batch_indices(n_rows: int, step: int, batch: int, seed: int) -> list[int]:
+    """Row indices of one step's global batch: epochs of seeded permutations, read in order."""
+
+    @lru_cache(maxsize=4)
+    def permutation(epoch: int) -> list[int]:
+        return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+
+    return [permutation(k // n_rows)[k % n_rows] for k in range(step * batch, (step + 1) * batch)]
+
+
+def latest_checkpoint(directory: Path, expected: str) -> dict[str, Any] | None:
+    files = sorted(directory.glob("step_*.pt"))
+    if not files:
+        return None
+    state = torch.load(files[-1], map_location="cpu", weights_only=True)
+    if state["fingerprint"] != expected:
+        log.warning("ignoring checkpoints in %s: they were made with other params or models", directory)
+        return None
+    return state
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step_{state['step']:06d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in sorted(directory.glob("step_*.pt"))[:-keep]:
+        old.unlink()
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["step"] + sorted({k for row in history for k in row} - {"step"})
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t")
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def summarize_history(history: list[dict[str, float]], stop_reason: str | None) -> dict[str, Any]:
+    frame = pd.DataFrame(history)
+    head, tail = frame.head(5), frame.tail(5)
+    return {
+        "steps": int(len(frame)),
+        "early_stopped": stop_reason is not None,
+        "stop_reason": stop_reason,
+        "reward_mean_first5": float(head["env/reward_mean"].mean()),
+        "reward_mean_last5": float(tail["env/reward_mean"].mean()),
+        "toxicity_mean_first5": float(head["env/toxicity_mean"].mean()),
+        "toxicity_mean_last5": float(tail["env/toxicity_mean"].mean()),
+        "kl_last5": float(tail["objective/kl"].mean()),
+        "kl_min": float(frame["objective/kl"].min()),
+        "kl_coef_last": float(frame["objective/kl_coef"].iloc[-1]),
+        "response_length_last5": float(tail["ppo/mean_response_length"].mean()),
+        "distinct_2_last5": float(tail["env/distinct_2"].mean()),
+        "seconds_per_step": float(frame["time/total"].mean()),
+    }
+
+
+def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Train the policy with PPO; write the model, history and metrics; return the metrics."""
+    cfg = params.ppo
+    accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    main = accelerator.is_main_process
+    torch.manual_seed(params.seed)  # LoRA and value-head initialisation
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.policy)
+    tokenizer.padding_side = "right"
+    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(paths.policy), cfg)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(paths.reward).to(accelerator.device)
+    scorer = RewardScorer(reward_model, AutoTokenizer.from_pretrained(paths.reward), params.reward)
+    trainer = PPOTrainer(policy, tokenizer, scorer, cfg, params.generation, accelerator, params.seed)
+
+    train = pd.read_parquet(paths.train)
+    prompts = build_prompts(train["dialogue"].tolist(), params.prompt.template)
+    dialogues = train["dialogue"].tolist()
+
+    key = fingerprint(params, paths.policy, paths.reward)
+    checkpoint = latest_checkpoint(paths.checkpoints, key)
+    start, history, run_id = 0, [], None
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint["trainer"])
+        start, history, run_id = checkpoint["step"], checkpoint["history"], checkpoint["run_id"]
+        if main:
+            log.info("resuming from %s at step %d", paths.checkpoints, start)
+    elif main:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+
+    tracker = Tracker(params.tracking.experiment, enabled=main)
+    tracker.start(run_id=run_id, run_name=None, tags={"stage": "ppo", "policy": str(paths.policy)})
+    if run_id is None:
+        tracker.log_params(params.model_dump(mode="json"))
+    run_id = tracker.run_id
+
+    global_batch = cfg.batch_size * accelerator.num_processes
+    lo = accelerator.process_index * cfg.batch_size
+    stop_reason: str | None = None
+    bar = tqdm(total=cfg.steps, initial=start, desc="ppo", unit="step", disable=not main)
+    try:
+        for step in range(start, cfg.steps):
+            index = batch_indices(len(prompts), step, global_batch, params.seed)[lo : lo + cfg.batch_size]
+            stats, _ = trainer.step([prompts[i] for i in index], [dialogues[i] for i in index], step)
+            history.append({"step": step, **stats})
+            tracker.log_metrics(stats, step=step)
+            bar.set_postfix(reward=f"{stats['env/reward_mean']:.3f}", kl=f"{stats['objective/kl']:.3f}")
+            bar.update()
+            if stats["objective/kl"] < NEGATIVE_KL_TOLERANCE and main:
+                log.warning("step %d: mean KL is negative (%.4f): responses were not sampled from the policy's "
+                            "own distribution; use pure sampling (generation.top_k 0, top_p 1, temperature 1, "
+                            "min_new_tokens 0)", step, stats["objective/kl"])
+            if cfg.max_kl is not None and stats["objective/kl"] > cfg.max_kl:
+                stop_reason = f"mean KL {stats['objective/kl']:.3f} exceeded ppo.max_kl {cfg.max_kl} at step {step}"
+                log.warning("stopping early: %s", stop_reason)
+                break
+            if main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(paths.checkpoints, {"step": step + 1, "fingerprint": key, "history": history,
+                                                    "run_id": run_id, "trainer": trainer.state_dict()})
+    except BaseException:
+        bar.close()
+        tracker.end(status="KILLED")
+        raise
+    bar.close()
+
+    metrics = summarize_history(history, stop_reason)
+    if main:
+        with atomic_dir(paths.out) as out:
+            trainer.unwrapped.save(out, base_model_path=paths.policy.as_posix())
+            tokenizer.save_pretrained(out)
+            write_json(out / RUN_FILE, tracker.record())
+        write_history(paths.history, history)
+        write_json(paths.metrics, metrics)
+        tracker.log_metrics({f"ppo_summary/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log_artifact(paths.history, "ppo")
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    tracker.end()
+    accelerator.wait_for_everyone()
+    return metrics

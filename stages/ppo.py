@@ -1,0 +1,19 @@
+"""DVC stage `ppo`: PPO fine-tuning of the fetched policy against the reward model -> models/ppo/.
+
+One process by default; several with `accelerate launch [--cpu] --num_processes N stages/ppo.py`.
+"""
+
+from detox.cli import run_stage
+from detox.params import load_params
+from detox.ppo.train import run_ppo
+
+
+def main() -> None:
+    metrics = run_ppo(load_params("params.yaml"))
+    print(f"ppo: {metrics['steps']} steps, reward {metrics['reward_mean_first5']:.3f} -> "
+          f"{metrics['reward_mean_last5']:.3f}, toxicity {metrics['toxicity_mean_first5']:.3f} -> "
+          f"{metrics['toxicity_mean_last5']:.3f}, KL {metrics['kl_last5']:.3f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
