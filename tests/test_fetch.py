@@ -175,3 +175,21 @@ def test_fetch_stage_from_hub_offline_exits_cleanly(tmp_path):
     assert "the Hugging Face Hub at http://127.0.0.1:9 is unreachable" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.parquet"))
+
+
+def test_killed_fetch_leaves_no_partial_outputs(tmp_path):
+    import signal
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(dict(TINY)))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "fetch.py")], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "data").glob(".raw.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((tmp_path / "data").glob(".raw.*")), "the stage never started writing"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    leftovers = [p.name for p in tmp_path.rglob(".*") if p.name.startswith((".raw.", ".policy.", ".reward."))]
+    assert leftovers == []
+    assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "models" / "policy").exists()

@@ -8,6 +8,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 
@@ -18,6 +19,9 @@ def run_stage(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "great_expectations", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A killed stage (dvc's Ctrl-C, a scheduler's SIGTERM) unwinds like an exception, so
+    # scratch folders are removed and no half-written output is left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         main()
     except DetoxError as exc:
