@@ -94,11 +94,10 @@ def corpus():
 
 
 @pytest.fixture(scope="module")
-def policy(corpus, tmp_path_factory):
+def policy(corpus):
     train = corpus["train"]
-    tokenizer = train_t5_tokenizer(
-        [TEMPLATE.format(dialogue="")] + train["dialogue"].tolist() + train["summary"].tolist(),
-        300, tmp_path_factory.mktemp("spm"),
+    tokenizer, _ = train_t5_tokenizer(
+        [TEMPLATE.format(dialogue="")] + train["dialogue"].tolist() + train["summary"].tolist(), 300
     )
     tokenizer.padding_side = "right"
     torch.manual_seed(0)

@@ -13,9 +13,9 @@ Both are saved with ``save_pretrained`` so that later stages load them with the
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,21 +43,26 @@ log = logging.getLogger(__name__)
 ID2LABEL = {0: "nothate", 1: "hate"}
 
 
-def train_t5_tokenizer(texts: list[str], vocab_size: int, workdir: Path) -> T5Tokenizer:
-    """Train a SentencePiece unigram model with T5's special ids (pad 0, eos 1, unk 2)."""
-    corpus = workdir / "corpus.txt"
-    corpus.write_text("\n".join(line for text in texts for line in text.splitlines()), encoding="utf-8")
+def train_t5_tokenizer(texts: list[str], vocab_size: int) -> tuple[T5Tokenizer, bytes]:
+    """Train a SentencePiece unigram model with T5's special ids (pad 0, eos 1, unk 2).
+
+    Returns the tokenizer and the serialized SentencePiece model. Training reads from an
+    iterator and writes to memory, so no temporary path ends up in the model (which
+    would make two identical runs differ).
+    """
+    lines = [line for text in texts for line in text.splitlines()]
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(workdir / "spiece"), vocab_size=vocab_size,
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
         model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
         normalization_rule_name="identity", character_coverage=1.0, hard_vocab_limit=False,
         user_defined_symbols=["#Person1#", "#Person2#"],
         num_threads=1, minloglevel=2,
     )
-    processor = spm.SentencePieceProcessor(model_file=str(workdir / "spiece.model"))
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
     vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
+    return T5Tokenizer(vocab=vocab, extra_ids=0), model.getvalue()
 
 
 def _encode(tokenizer: T5Tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -74,12 +79,10 @@ def build_policy(
 ) -> dict[str, float]:
     """Train tokenizer and T5 policy on ``train``; save both to ``out_dir``; return training stats."""
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = train_t5_tokenizer(
-            [template.format(dialogue="")] + train["dialogue"].tolist() + train["summary"].tolist(),
-            cfg.vocab_size, Path(tmp),
-        )
-        shutil.copy(Path(tmp) / "spiece.model", out_dir / "spiece.model")
+    tokenizer, sentencepiece_model = train_t5_tokenizer(
+        [template.format(dialogue="")] + train["dialogue"].tolist() + train["summary"].tolist(), cfg.vocab_size
+    )
+    (out_dir / "spiece.model").write_bytes(sentencepiece_model)
     config = T5Config(
         vocab_size=len(tokenizer), d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
         num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
