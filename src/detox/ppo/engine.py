@@ -257,7 +257,8 @@ class PPOTrainer:
         timings["time/forward"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        self.policy.train() if not self.cfg.disable_dropout else None
+        if not self.cfg.disable_dropout:
+            self.policy.train()  # the user chose dropout during optimisation (not recommended for PPO)
         train_stats = self.optimise(batch, old, advantages, returns, step)
         self.policy.eval()
         timings["time/optimization"] = time.perf_counter() - tick

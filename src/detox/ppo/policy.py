@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
@@ -124,8 +124,3 @@ def load_trained_policy(path: str | Path, merge: bool = True) -> PreTrainedModel
     model = PeftModel.from_pretrained(base, path)
     return (model.merge_and_unload() if merge else model).eval()
 
-
-def load_value_head(path: str | Path, hidden_size: int) -> ValueHead:
-    head = ValueHead(hidden_size)
-    head.load_state_dict(load_file(Path(path) / VALUE_HEAD_FILE))
-    return head
