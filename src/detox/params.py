@@ -186,6 +186,90 @@ class EvalParams(Strict):
     seed: int = Field(1234, ge=0)
 
 
+class LoraParams(Strict):
+    enabled: bool = Field(True, description="false = full fine-tuning, with a frozen reference copy")
+    r: int = Field(32, ge=1, le=1024)
+    alpha: int = Field(32, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="used only when ppo.disable_dropout is false")
+    target_modules: tuple[str, ...] = Field(("q", "v"), min_length=1)
+
+
+class KLParams(Strict):
+    adaptive: bool = Field(True, description="adaptive controller (target, horizon) or a fixed coefficient")
+    init_coef: float = Field(0.2, ge=0.0, le=100.0)
+    target: float = Field(6.0, gt=0.0, description="target KL (summed over response tokens)")
+    horizon: int = Field(10_000, ge=1)
+    estimator: Literal["k1", "abs", "mse"] = "k1"
+
+
+class Range(Strict):
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class ScoreParams(Strict):
+    normalize: bool = Field(False, description="scale scores by a running std (and shift by its mean)")
+    clip: float | None = Field(None, gt=0.0, description="clip (normalised) scores to [-clip, clip]")
+
+
+class PPOParams(Strict):
+    steps: int = Field(30, ge=1, le=1_000_000)
+    batch_size: int = Field(32, ge=1, le=65_536, description="prompts per PPO step (per process)")
+    mini_batch_size: int = Field(8, ge=1, le=65_536)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    ppo_epochs: int = Field(4, ge=1, le=100)
+    learning_rate: float = Field(5e-4, gt=0.0, le=1.0)
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    cliprange: float = Field(0.2, gt=0.0, le=10.0)
+    cliprange_value: float = Field(0.2, gt=0.0, le=1000.0)
+    vf_coef: float = Field(0.1, ge=0.0, le=100.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    kl: KLParams = KLParams()
+    response_length: Range = Field(Range(min=24, max=48), description="max_new_tokens drawn per batch")
+    score: ScoreParams = ScoreParams()
+    max_kl: float | None = Field(None, gt=0.0, description="stop early when the mean KL exceeds this")
+    disable_dropout: bool = True
+    checkpoint_every: int = Field(10, ge=1, description="steps between resumable checkpoints")
+    lora: LoraParams = LoraParams()
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "PPOParams":
+        chunk = self.mini_batch_size * self.gradient_accumulation_steps
+        if self.batch_size % chunk:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size x "
+                f"gradient_accumulation_steps ({self.mini_batch_size} x {self.gradient_accumulation_steps})"
+            )
+        return self
+
+
+class TrackingParams(Strict):
+    experiment: str = Field("detox-summaries", min_length=1, description="MLflow experiment name")
+    registered_model: str = Field("detox-summarizer", min_length=1, description="MLflow registered model name")
+
+
+class PromotionParams(Strict):
+    """The evaluate stage's statistics and the gate a new policy passes to become ``champion``."""
+
+    min_toxicity_improvement_pct: float = Field(
+        50.0, le=100.0, description="mean toxicity must fall by at least this many percent of the baseline's"
+    )
+    max_rougeL_drop: float = Field(0.05, ge=0.0, le=1.0, description="ROUGE-L may fall by at most this much")
+    require_significant: bool = Field(True, description="the reward diff's confidence interval must lie above 0")
+    bootstrap_samples: int = Field(2000, ge=100, le=1_000_000, description="resamples of the paired diffs")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of the bootstrap confidence interval")
+    report_rows: int = Field(
+        5, ge=1, le=100, description="top and bottom rows of the reward diff table shown in the report"
+    )
+
+
 class Params(Strict):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataParams = DataParams()
@@ -195,6 +279,9 @@ class Params(Strict):
     prompt: PromptParams = PromptParams()
     generation: GenerationParams = GenerationParams()
     eval: EvalParams = EvalParams()
+    ppo: PPOParams = PPOParams()
+    tracking: TrackingParams = TrackingParams()
+    promotion: PromotionParams = PromotionParams()
 
 
 def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:

@@ -1,0 +1,235 @@
+"""What the evaluate stage shows people: the reward diff table, plots and a markdown report.
+
+Plots use matplotlib's object API (``Figure``, rendered by Agg), so no GUI backend
+and no global pyplot state is involved. Every file is written to a temporary name
+beside its target and renamed, so a failed run leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from detox.comparison import CHANGE_TOLERANCE, TABLE_COLUMNS, PromotionDecision
+from detox.evaluation import TOXIC_THRESHOLD
+
+PLOT_FILES = {
+    "rewards": "reward_distributions.png",
+    "toxicity": "toxicity_before_after.png",
+    "training": "ppo_training.png",
+}
+HISTORY_CURVES = [("env/reward_mean", "reward (mean)"), ("objective/kl", "KL (mean, summed over tokens)"),
+                  ("env/toxicity_mean", "toxicity (mean)")]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(fh.name, path)
+
+
+# --------------------------------------------------------------------------- table
+
+
+def escape_cell(value: Any) -> str:
+    """A value as one markdown table cell: ``|`` escaped, line breaks as ``<br>``, floats to 4 places."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4f}"
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table of ``frame`` (no index)."""
+    lines = ["| " + " | ".join(escape_cell(c) for c in frame.columns) + " |",
+             "|" + "|".join("---" for _ in frame.columns) + "|"]
+    lines += ["| " + " | ".join(escape_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(frame: pd.DataFrame, title: str) -> str:
+    """A standalone HTML page with ``frame`` as a table; line breaks in cells are kept."""
+    body = frame.to_html(index=False, escape=True, float_format=lambda v: f"{v:.4f}", border=0)
+    style = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+             "th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}"
+             "td{white-space:pre-wrap;max-width:40em}th{background:#f3f3f3;position:sticky;top:0}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def write_reward_diff(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """``reward_diff.parquet``, ``.md`` and ``.html`` in ``out_dir``; returns their paths."""
+    if list(table.columns) != TABLE_COLUMNS:
+        raise ValueError(f"expected the columns {TABLE_COLUMNS}, got {list(table.columns)}")
+    out_dir = Path(out_dir)
+    paths = {ext: out_dir / f"reward_diff.{ext}" for ext in ("parquet", "md", "html")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = paths["parquet"].with_name(paths["parquet"].name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, paths["parquet"])
+    write_text(paths["md"], "# Reward diff: before vs after PPO\n\n" + markdown_table(table))
+    write_text(paths["html"], html_table(table, "Reward diff: before vs after PPO"))
+    return paths
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_rewards(before: pd.DataFrame, after: pd.DataFrame) -> Figure:
+    """Histograms of the per-sample reward before and after, on shared bins."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    values = np.concatenate([before["reward"].to_numpy(), after["reward"].to_numpy()])
+    bins = np.histogram_bin_edges(values, bins=30)
+    for frame, label, color in ((before, "before (baseline)", "tab:red"), (after, "after (PPO)", "tab:blue")):
+        reward = frame["reward"].to_numpy()
+        ax.hist(reward, bins=bins, alpha=0.55, color=color, label=f"{label}: mean {reward.mean():.3f}")
+    ax.set_xlabel("reward (logit of the reward label)")
+    ax.set_ylabel("test dialogues")
+    ax.set_title("Reward distribution before and after PPO")
+    ax.legend()
+    return fig
+
+
+def plot_toxicity(before: pd.DataFrame, after: pd.DataFrame) -> Figure:
+    """Per-sample toxicity after vs before; points below the diagonal became less toxic."""
+    fig = Figure(figsize=(5.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    x, y = before["toxicity"].to_numpy(), after["toxicity"].to_numpy()
+    heated = after["heated"].to_numpy(dtype=bool) if "heated" in after.columns else None
+    groups = [("dialogues", np.ones_like(x, dtype=bool), "tab:blue")] if heated is None else [
+        ("calm dialogues", ~heated, "tab:blue"), ("heated dialogues", heated, "tab:red")]
+    for label, mask, color in groups:
+        ax.scatter(x[mask], y[mask], s=18, alpha=0.5, color=color, edgecolors="none", label=f"{label} ({mask.sum()})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="no change")
+    ax.axhline(TOXIC_THRESHOLD, color="grey", linewidth=0.5)
+    ax.axvline(TOXIC_THRESHOLD, color="grey", linewidth=0.5)
+    detoxified = int(((x > TOXIC_THRESHOLD) & (y <= TOXIC_THRESHOLD)).sum())
+    turned_toxic = int(((x <= TOXIC_THRESHOLD) & (y > TOXIC_THRESHOLD)).sum())
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="toxicity before (baseline)", ylabel="toxicity after (PPO)",
+           title=f"Per-sample toxicity: {detoxified} detoxified, {turned_toxic} turned toxic")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def plot_training(history: pd.DataFrame) -> Figure:
+    """PPO training curves: reward, KL and toxicity against the step."""
+    fig = Figure(figsize=(7, 7.5), layout="constrained")
+    axes = fig.subplots(len(HISTORY_CURVES), 1, sharex=True)
+    for ax, (column, label) in zip(axes, HISTORY_CURVES, strict=True):
+        if column in history.columns:
+            ax.plot(history["step"], history[column], marker=".", color="tab:blue")
+        else:
+            ax.text(0.5, 0.5, f"{column} not in the history", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("PPO step")
+    axes[0].set_title("PPO training")
+    return fig
+
+
+def write_plots(before: pd.DataFrame, after: pd.DataFrame, history: pd.DataFrame | None,
+                out_dir: str | Path) -> dict[str, Path]:
+    """Render every plot as PNG into ``out_dir`` (training curves only with a history); returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Callable[[], Figure]] = {
+        "rewards": lambda: plot_rewards(before, after),
+        "toxicity": lambda: plot_toxicity(before, after),
+    }
+    if history is not None:
+        figures["training"] = lambda: plot_training(history)
+    paths = {}
+    for key, make in figures.items():
+        paths[key] = out_dir / PLOT_FILES[key]
+        make().savefig(paths[key], dpi=110)
+    return paths
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _number(value: float | None, fmt: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def render_report(metrics: dict[str, Any], decision: PromotionDecision, table: pd.DataFrame, rows: int,
+                  plots: dict[str, str], registered_model: str) -> str:
+    """The evaluate stage's report in markdown; ``plots`` maps plot keys to links relative to the report."""
+    before, after = metrics["before"], metrics["after"]
+    reward, toxicity = metrics["reward_diff"], metrics["toxicity_diff"]
+    level = f"{metrics['bootstrap']['confidence']:.0%}"
+    lines = [
+        "# Evaluation: PPO policy vs baseline",
+        "",
+        f"{metrics['n']} test dialogues, the same prompts, seed, generation settings and reward model for both "
+        "policies (a paired comparison).",
+        "",
+        f"**Promotion: {decision.decision}** (registered model `{registered_model}`: every version gets the alias "
+        "`candidate`; `champion` moves only to a promoted one)",
+        "",
+        *[f"- {c.detail}: **{'pass' if c.passed else 'fail'}**" for c in decision.checks],
+        "",
+        "## Headline numbers",
+        "",
+        "| metric | before | after | change |",
+        "|---|---|---|---|",
+        f"| reward mean | {before['reward_mean']:.4f} | {after['reward_mean']:.4f} | "
+        f"{reward['mean']:+.4f} ({level} CI [{reward['ci_low']:+.4f}, {reward['ci_high']:+.4f}]) |",
+        f"| reward std | {before['reward_std']:.4f} | {after['reward_std']:.4f} | |",
+        f"| toxicity mean | {before['toxicity_mean']:.4f} | {after['toxicity_mean']:.4f} | "
+        f"{_number(metrics['improvement_pct']['toxicity_mean'], '.1f')}% improvement |",
+        f"| toxicity std | {before['toxicity_std']:.4f} | {after['toxicity_std']:.4f} | "
+        f"{_number(metrics['improvement_pct']['toxicity_std'], '.1f')}% improvement |",
+        f"| toxic share (toxicity > {TOXIC_THRESHOLD}) | {before['toxic_share']:.3f} | {after['toxic_share']:.3f} | "
+        f"{after['toxic_share'] - before['toxic_share']:+.3f} |",
+        *[f"| {key.replace('rouge', 'ROUGE-')} | {before[key]:.4f} | {after[key]:.4f} | "
+          f"{after[key] - before[key]:+.4f} |" for key in ("rouge1", "rouge2", "rougeL")],
+        "",
+        f"Paired tests of the reward (after - before): Wilcoxon signed-rank p = {_p(reward['wilcoxon_p'])}, "
+        f"paired t-test p = {_p(reward['ttest_p'])}; the reward rose for {reward['increased_share']:.1%} of the "
+        f"dialogues and fell for {reward['decreased_share']:.1%} (by more than {CHANGE_TOLERANCE:g}). "
+        f"Toxicity diff {toxicity['mean']:+.4f} ({level} CI [{toxicity['ci_low']:+.4f}, "
+        f"{toxicity['ci_high']:+.4f}], Wilcoxon p = {_p(toxicity['wilcoxon_p'])}). CIs: percentile bootstrap of the paired diffs, "
+        f"{metrics['bootstrap']['samples']} resamples.",
+        "",
+    ]
+    for group in ("heated", "calm"):
+        if isinstance(before.get(group), dict) and before[group].get("n", 0):
+            b, a = before[group], after[group]
+            lines.append(f"- {group} dialogues ({b['n']}): toxicity {b['toxicity_mean']:.4f} -> "
+                         f"{a['toxicity_mean']:.4f}, reward {b['reward_mean']:.4f} -> {a['reward_mean']:.4f}, "
+                         f"ROUGE-L {b['rougeL']:.4f} -> {a['rougeL']:.4f}")
+    lines += [
+        "",
+        f"## Largest reward gains (top {min(rows, len(table))})",
+        "",
+        markdown_table(table.head(rows)),
+        f"## Largest reward losses (bottom {min(rows, len(table))})",
+        "",
+        markdown_table(table.tail(rows)),
+        "The full table: `reports/reward_diff.md`, `.html`, `.parquet` (and in the MLflow run).",
+        "",
+        "## Plots",
+        "",
+        *[f"![{key}]({link})\n" for key, link in plots.items()],
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""The trained policy as an MLflow pyfunc model: dialogues in, summaries out.
+
+The model's one artifact, ``policy``, is a folder with the merged seq2seq model and
+its tokenizer; its ``model_config`` holds the prompt template, the generation
+settings and the seed the policy was evaluated with. It generates through
+:func:`detox.generation.generate_summaries`, so a served summary is the one the
+evaluate stage scored for the same dialogue, batch and seed. The ``detox`` package
+travels with the model (``code_paths``), so ``mlflow.pyfunc.load_model`` and
+``mlflow models serve`` need only the model's pip requirements.
+
+A request may override ``do_sample``, ``max_new_tokens``, ``temperature`` and
+``seed`` through MLflow's ``params``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from detox.generation import build_prompts, generate_summaries, load_policy
+from detox.params import GenerationParams
+
+POLICY_ARTIFACT = "policy"
+INPUT_COLUMN = "dialogue"
+REQUEST_PARAMS = {"do_sample": "boolean", "max_new_tokens": "long", "temperature": "double", "seed": "long"}
+
+
+def model_config(template: str, generation: GenerationParams, seed: int) -> dict[str, Any]:
+    """What the model needs besides its weights, keyed by the ``params.yaml`` names it came from.
+
+    MLflow also logs a model's config as params of its run: these are the names (and values)
+    the training run already logged, so they agree (if ``eval.seed`` changed after training,
+    MLflow warns that it cannot overwrite that param, and goes on).
+    """
+    return {
+        "prompt.template": template,
+        **{f"generation.{key}": value for key, value in generation.model_dump().items()},
+        "eval.seed": seed,
+    }
+
+
+def signature(config: dict[str, Any]) -> ModelSignature:
+    """One summary string per input out, and the request params with their defaults.
+
+    No input schema on purpose: MLflow would then reshape the input before ``predict`` sees it
+    (a named ``dialogue`` column refuses a plain list of strings; an unnamed one keeps only the
+    first column of a DataFrame, whatever it is). :func:`dialogues_of` checks the input instead.
+    """
+    defaults = _settings(config)
+    return ModelSignature(
+        inputs=None,
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec(name, kind, defaults[name]) for name, kind in REQUEST_PARAMS.items()]),
+    )
+
+
+def _settings(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Generation settings and seed by short name (``do_sample``, ``seed``), request overrides applied."""
+    settings = {key.split(".", 1)[1]: value for key, value in config.items() if key.startswith("generation.")}
+    settings["seed"] = config["eval.seed"]
+    settings.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return settings
+
+
+def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
+    """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def dialogues_of(model_input: Any) -> list[str]:
+    """The dialogues of a request: a DataFrame's ``dialogue`` column, a Series, a list or one string."""
+    if isinstance(model_input, pd.DataFrame):
+        if INPUT_COLUMN in model_input.columns:
+            column = model_input[INPUT_COLUMN]
+        elif model_input.shape[1] == 1:
+            column = model_input.iloc[:, 0]
+        else:
+            raise ValueError(f"expected a {INPUT_COLUMN!r} column; got columns {list(model_input.columns)}")
+        return [str(d) for d in column.tolist()]
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
+        return [str(d) for d in np.asarray(model_input, dtype=object).reshape(-1)]
+    raise ValueError(f"expected a DataFrame with a {INPUT_COLUMN!r} column or a list of strings, "
+                     f"got {type(model_input).__name__}")
+
+
+class Summarizer(mlflow.pyfunc.PythonModel):
+    """Generates one summary per dialogue with the policy stored in the ``policy`` artifact."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.model, self.tokenizer = load_policy(context.artifacts[POLICY_ARTIFACT])
+        self.config = dict(context.model_config or {})
+
+    # A DataFrame hint: MLflow then validates the input against the signature, not against the hint.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
+        """Summaries (one per dialogue, in order), exactly as evaluation generates them."""
+        settings = _settings(self.config, params)
+        generation = GenerationParams(**{key: settings[key] for key in GenerationParams.model_fields})
+        prompts = build_prompts(dialogues_of(model_input), self.config["prompt.template"])
+        return generate_summaries(self.model, self.tokenizer, prompts, generation, int(settings["seed"]),
+                                  generation.max_source_tokens, desc="serve")
