@@ -19,10 +19,10 @@ from detox.data import load_split
 from detox.errors import DetoxError
 from detox.evaluation import sample_rows, score_policy
 from detox.generation import load_policy
-from detox.io import atomic_dir, write_json, write_parquet
+from detox.io import atomic_dir, write_json, write_parquet, write_text
 from detox.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
-from detox.report import render_report, write_plots, write_reward_diff, write_text
+from detox.report import render_report, write_plots, write_reward_diff
 from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
 from detox.tracking import PolicyModel, log_evaluation, read_run_record

@@ -1,6 +1,7 @@
 """DVC stage `ppo`: PPO fine-tuning of the fetched policy against the reward model -> models/ppo/.
 
-One process by default; several with `accelerate launch [--cpu] --num_processes N stages/ppo.py`.
+One process by default; several with `accelerate launch --multi_gpu --num_processes N stages/ppo.py`
+(on a machine without GPUs too: the processes then train on the CPU with a gloo group).
 """
 
 from detox.cli import run_stage

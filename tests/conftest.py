@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from detox.params import parse_params
@@ -16,7 +18,7 @@ TINY = {
 
 
 def tiny_params(**overrides):
-    raw = {key: dict(value) for key, value in TINY.items()}
+    raw = copy.deepcopy(TINY)
     for dotted, value in overrides.items():
         node = raw
         *parents, leaf = dotted.split(".")

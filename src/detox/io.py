@@ -15,14 +15,24 @@ from typing import Any
 import pandas as pd
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=False, default=_json_default)
-        fh.write("\n")
+        fh.write(text)
+    os.chmod(fh.name, 0o666 & ~_umask())  # temp files are private; the output should not be
     os.replace(fh.name, path)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _json_default(value: Any) -> Any:
@@ -48,6 +58,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(scratch, 0o777 & ~_umask())
     try:
         yield scratch
     except BaseException:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from matplotlib.figure import Figure
 
 from detox.comparison import CHANGE_TOLERANCE, TABLE_COLUMNS, PromotionDecision
 from detox.evaluation import TOXIC_THRESHOLD
+from detox.io import write_text
 
 PLOT_FILES = {
     "rewards": "reward_distributions.png",
@@ -31,15 +31,6 @@ HISTORY_CURVES = [("env/reward_mean", "reward (mean)"), ("objective/kl", "KL (me
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(fh.name, path)
 
 
 # --------------------------------------------------------------------------- table

@@ -115,6 +115,8 @@ class PPOTrainer:
         self.tokenizer, self.scorer, self.accelerator = tokenizer, scorer, accelerator
         optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.learning_rate)
         self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
+        # peft creates LoRA dropout layers in train mode: rollouts and old/reference forwards run in eval.
+        self.policy.eval()
         self.kl_ctl: KLController = (
             AdaptiveKLController(cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
             if cfg.kl.adaptive else FixedKLController(cfg.kl.init_coef)
@@ -264,6 +266,7 @@ class PPOTrainer:
         timings["time/optimization"] = time.perf_counter() - tick
 
         lengths = mask.sum(1).float()
+        kl_per_sample = self.accelerator.gather(kl.sum(1))
         local = {
             "objective/kl": kl.sum(1).mean(),
             "objective/entropy": torch.where(mask, old["entropy"], 0.0).sum(1).mean(),
@@ -283,6 +286,8 @@ class PPOTrainer:
             "env/toxicity_mean": all_toxicity.mean().item(),
             "env/distinct_2": distinct_ngrams(batch.responses),
             "objective/kl_coef": self.kl_ctl.value,
+            "objective/kl_stderr": (kl_per_sample.std() / kl_per_sample.numel() ** 0.5).item()
+            if kl_per_sample.numel() > 1 else 0.0,
         })
         self.kl_ctl.update(stats["objective/kl"], len(prompts) * self.accelerator.num_processes)
         timings["time/total"] = time.perf_counter() - started

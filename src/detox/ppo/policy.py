@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -100,9 +101,14 @@ class Seq2SeqPolicy(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def save(self, out_dir: Path, base_model_path: str) -> None:
-        """Save adapter (or full weights), value head and a small descriptor."""
+    def save(self, out_dir: Path, base_model: Path, final_dir: Path | None = None) -> None:
+        """Save adapter (or full weights), value head and a small descriptor.
+
+        The base model is recorded relative to ``final_dir`` (where ``out_dir`` will end
+        up, default ``out_dir``), so the policy loads from any working directory.
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
+        base_model_path = Path(os.path.relpath(base_model.resolve(), (final_dir or out_dir).resolve())).as_posix()
         self.model.save_pretrained(out_dir)
         if self.uses_lora:
             config_path = out_dir / "adapter_config.json"
@@ -120,7 +126,8 @@ def load_trained_policy(path: str | Path, merge: bool = True) -> PreTrainedModel
     descriptor = json.loads((path / POLICY_FILE).read_text())
     if descriptor["kind"] == "full":
         return AutoModelForSeq2SeqLM.from_pretrained(path).eval()
-    base = AutoModelForSeq2SeqLM.from_pretrained(descriptor["base_model"])
+    base_path = Path(descriptor["base_model"])
+    base = AutoModelForSeq2SeqLM.from_pretrained(base_path if base_path.is_absolute() else path / base_path)
     model = PeftModel.from_pretrained(base, path)
     return (model.merge_and_unload() if merge else model).eval()
 

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from detox.errors import DetoxError
 from detox.generation import build_prompts
 from detox.io import atomic_dir, write_json
 from detox.params import Params
@@ -35,7 +36,9 @@ from detox.tracking import RUN_FILE, Tracker
 
 log = logging.getLogger(__name__)
 
-NEGATIVE_KL_TOLERANCE = -1e-3  # below float noise: the rollout distribution differs from the policy's
+# The per-sample KL estimate is noisy; a mean more than 3 standard errors below 0 means the
+# rollout distribution differs from the policy's (warped sampling), not noise.
+NEGATIVE_KL_TOLERANCE = -1e-3
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,10 @@ class PPOPaths:
 def fingerprint(params: Params, *model_dirs: Path) -> str:
     """Identifies a training configuration: what a checkpoint must match to be resumed."""
     digest = hashlib.sha256()
-    relevant = {"seed": params.seed, "ppo": params.ppo.model_dump(), "generation": params.generation.model_dump(),
+    # How long to train, how often to checkpoint and when to stop early do not change the
+    # steps already taken, so a run extended with more ppo.steps still resumes.
+    ppo = params.ppo.model_dump(exclude={"steps", "checkpoint_every", "max_kl"})
+    relevant = {"seed": params.seed, "ppo": ppo, "generation": params.generation.model_dump(),
                 "prompt": params.prompt.model_dump(), "reward": params.reward.model_dump()}
     digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
     for directory in model_dirs:
@@ -127,7 +133,16 @@ def summarize_history(history: list[dict[str, float]], stop_reason: str | None) 
 def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Train the policy with PPO; write the model, history and metrics; return the metrics."""
     cfg = params.ppo
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    # cpu=True on a machine without CUDA, so `accelerate launch --multi_gpu` / torchrun form a
+    # gloo process group there instead of several processes that each believe they are alone.
+    accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                             cpu=not torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != accelerator.num_processes:
+        raise DetoxError(
+            f"{world} processes were launched but accelerate formed a group of {accelerator.num_processes}; "
+            "launch with `accelerate launch --multi_gpu --num_processes N stages/ppo.py` (on a CPU machine too)"
+        )
     main = accelerator.is_main_process
     torch.manual_seed(params.seed)  # LoRA and value-head initialisation
 
@@ -171,7 +186,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
             tracker.log_metrics(stats, step=step)
             bar.set_postfix(reward=f"{stats['env/reward_mean']:.3f}", kl=f"{stats['objective/kl']:.3f}")
             bar.update()
-            if stats["objective/kl"] < NEGATIVE_KL_TOLERANCE and main:
+            if stats["objective/kl"] < -3 * stats["objective/kl_stderr"] + NEGATIVE_KL_TOLERANCE and main:
                 log.warning("step %d: mean KL is negative (%.4f): responses were not sampled from the policy's "
                             "own distribution; use pure sampling (generation.top_k 0, top_p 1, temperature 1, "
                             "min_new_tokens 0)", step, stats["objective/kl"])
@@ -191,7 +206,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     metrics = summarize_history(history, stop_reason)
     if main:
         with atomic_dir(paths.out) as out:
-            trainer.unwrapped.save(out, base_model_path=paths.policy.as_posix())
+            trainer.unwrapped.save(out, base_model=paths.policy, final_dir=paths.out)
             tokenizer.save_pretrained(out)
             write_json(out / RUN_FILE, tracker.record())
         write_history(paths.history, history)
