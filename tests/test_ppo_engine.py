@@ -1,0 +1,663 @@
+"""Tests of the PPO engine (detox.ppo.engine) and the training run (detox.ppo.train).
+
+Everything runs on small built-in worlds made by ``run_fetch`` in temporary folders:
+a tiny one (seconds) for the engine's invariants, checkpoints, MLflow and the
+guards, and a mid-size one (``slow``) whose policy really writes toxic summaries,
+so that PPO has something to fix. MLflow always goes to a temporary sqlite store
+(``MLFLOW_TRACKING_URI``) with the working directory in a temporary folder, so
+nothing is written in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import conftest
+import pandas as pd
+import pytest
+import torch
+import yaml
+from accelerate import Accelerator
+from mlflow.tracking import MlflowClient
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+import detox.ppo.engine as engine
+from detox.evaluation import TOXIC_THRESHOLD, score_policy
+from detox.fetch import run_fetch
+from detox.generation import build_prompts, generation_kwargs, load_policy
+from detox.ppo.core import response_mask
+from detox.ppo.engine import PPOTrainer, Rollout, TrainingDivergedError
+from detox.ppo.policy import Seq2SeqPolicy, load_trained_policy
+from detox.ppo.train import PPOPaths, fingerprint, run_ppo
+from detox.reward import RewardScorer, Scores
+from detox.tracking import RUN_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+PAD, EOS = 0, 1  # T5: pad = decoder start = 0, eos = 1
+ATOL = 1e-5
+
+# The PPO slice for the tiny world: short responses and small batches, so a step takes
+# about a second on one CPU thread.
+TINY_PPO = {
+    "ppo.batch_size": 8,
+    "ppo.mini_batch_size": 4,
+    "ppo.ppo_epochs": 2,
+    "ppo.response_length.min": 8,
+    "ppo.response_length.max": 12,
+}
+
+# A mid-size world whose SFT policy copies the dialogue's insults into its summaries
+# (60% of sampled summaries of heated validation dialogues are toxic) and whose reward
+# model separates them clearly (logit about -3 for toxic, +3 for clean). What makes it
+# cheap enough: few topics, most dialogues heated, every heated reference toxic, and
+# small batches at a high learning rate for the policy (152 optimizer steps).
+MID_WORLD = {
+    "data.builtin.train_size": 600,
+    "data.builtin.validation_size": 64,
+    "data.builtin.test_size": 16,
+    "data.builtin.num_topics": 4,
+    "data.builtin.heated_share": 0.8,
+    "data.builtin.toxic_reference_share": 1.0,
+    "policy.builtin.vocab_size": 600,
+    "policy.builtin.d_model": 64,
+    "policy.builtin.d_kv": 16,
+    "policy.builtin.d_ff": 128,
+    "policy.builtin.num_layers": 2,
+    "policy.builtin.num_decoder_layers": 2,
+    "policy.builtin.num_heads": 4,
+    "policy.builtin.epochs": 4,
+    "policy.builtin.batch_size": 16,
+    "policy.builtin.learning_rate": 0.006,
+    "reward.builtin.hidden_size": 64,
+    "reward.builtin.num_layers": 2,
+    "reward.builtin.num_heads": 4,
+    "reward.builtin.intermediate_size": 128,
+    "reward.builtin.num_sentences": 3000,
+    "reward.builtin.training.epochs": 3,
+    "generation.max_new_tokens": 32,
+    "generation.batch_size": 32,
+}
+
+# The columns of history.tsv that do not depend on the clock.
+TIMING_PREFIX = "time/"
+
+
+tiny_params = conftest.tiny_params
+
+
+def ppo_params(**overrides):
+    return tiny_params(**{**TINY_PPO, **overrides})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small models gain nothing from threads, and on a busy 2-core machine the thread pool's
+    waits slow them down many times over; the previous setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- worlds and helpers
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """The tiny built-in world: data/raw splits, models/policy, models/reward."""
+    root = tmp_path_factory.mktemp("tiny_world")
+    run_fetch(tiny_params(), root / "data" / "raw", root / "models" / "policy", root / "models" / "reward")
+    return root
+
+
+def world_paths(world: Path, project: Path) -> PPOPaths:
+    """Inputs from the world, outputs in the project folder (laid out like the repository)."""
+    return PPOPaths(
+        policy=world / "models" / "policy", reward=world / "models" / "reward",
+        train=world / "data" / "raw" / "train.parquet",
+        out=project / "models" / "ppo", checkpoints=project / "checkpoints" / "ppo",
+        history=project / "plots" / "ppo" / "history.tsv", metrics=project / "metrics" / "ppo.json",
+    )
+
+
+@contextmanager
+def mlflow_project(root: Path):
+    """cwd in ``root`` and MLflow in ``root/mlflow.db`` for the duration."""
+    root.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        yield f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture
+def project(tmp_path):
+    with mlflow_project(tmp_path) as uri:
+        yield tmp_path, uri
+
+
+def make_trainer(world: Path, params) -> PPOTrainer:
+    torch.manual_seed(params.seed)  # LoRA A and value-head initialisation, as run_ppo does
+    tokenizer = AutoTokenizer.from_pretrained(world / "models" / "policy")
+    tokenizer.padding_side = "right"
+    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
+    scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
+    return PPOTrainer(policy, tokenizer, scorer, params.ppo, params.generation, Accelerator(), params.seed)
+
+
+def train_batch(world: Path, params, n: int = 8) -> tuple[list[str], list[str]]:
+    frame = pd.read_parquet(world / "data" / "raw" / "train.parquet").iloc[:n]
+    dialogues = frame["dialogue"].tolist()
+    return build_prompts(dialogues, params.prompt.template), dialogues
+
+
+def lora_b(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in trainer.unwrapped.named_parameters() if "lora_B" in n}
+
+
+@torch.no_grad()
+def perturb_lora_b(trainer: PPOTrainer, std: float = 0.5) -> None:
+    """Give LoRA's B matrices (zero at initialisation) random values, as after some training."""
+    generator = torch.Generator().manual_seed(0)
+    for param in lora_b(trainer).values():
+        param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t")
+
+
+def deterministic_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if not c.startswith(TIMING_PREFIX)]
+
+
+# --------------------------------------------------------------------------- 1. the free check
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["dropout_disabled", "dropout_enabled"])
+def test_first_rollout_kl_is_zero_while_lora_b_is_zero(world, dropout):
+    """With LoRA's B at zero the policy *is* the reference, so the first rollout's KL is 0.
+
+    With ``ppo.disable_dropout: false`` (and lora dropout 0.05) this is still asserted,
+    and it is meaningful only in this sense: T5's dropout (0.1) is kept but inactive,
+    because the trainer runs rollouts and forwards in eval mode, and the LoRA branch
+    contributes exactly 0 while B is 0. The check then makes B non-zero to show
+    that the reference forward really switches the adapters off (the 0 is not vacuous).
+    """
+    params = ppo_params(**({"ppo.disable_dropout": False, "ppo.lora.dropout": 0.05} if dropout else {}))
+    trainer = make_trainer(world, params)
+    dropouts = {n: m.p for n, m in trainer.unwrapped.named_modules() if isinstance(m, torch.nn.Dropout)}
+    if dropout:
+        assert {p for n, p in dropouts.items() if "lora_dropout" in n} == {0.05}
+        assert {p for n, p in dropouts.items() if "lora_dropout" not in n} == {0.1}
+    else:
+        assert set(dropouts.values()) == {0.0}
+    assert lora_b(trainer) and all(bool((b == 0).all()) for b in lora_b(trainer).values())
+
+    prompts, dialogues = train_batch(world, params)
+    batch = trainer.rollout(prompts, dialogues, 0)
+    old = trainer.old_and_reference(batch)
+    mask = batch.mask
+    assert mask.any(1).all()
+    assert old["logprobs"].shape == old["ref_logprobs"].shape == old["values"].shape == mask.shape
+    gap = (old["logprobs"] - old["ref_logprobs"])[mask].abs().max().item()
+    assert gap < ATOL, f"KL at initialisation must be 0, got max |logp - ref| = {gap}"
+    assert torch.isfinite(old["logprobs"][mask]).all() and (old["logprobs"][mask] <= 0).all()
+
+    perturb_lora_b(trainer)
+    moved = trainer.old_and_reference(batch)
+    assert (moved["logprobs"] - moved["ref_logprobs"])[mask].abs().max().item() > 1e-3
+    torch.testing.assert_close(moved["ref_logprobs"][mask], old["ref_logprobs"][mask], atol=ATOL, rtol=0)
+
+
+def test_rollout_is_seeded_by_step_and_old_logprobs_are_what_generate_sampled_from(world):
+    """The rollout's tokens come from the policy's own (unwarped) distribution, aligned by one.
+
+    ``generate(output_logits=True)`` returns the raw logits of each sampled position:
+    their log-softmax at the sampled token must equal ``old_and_reference``'s log-prob,
+    which is computed by a separate teacher-forced forward pass with T5's shift-right.
+    """
+    params = ppo_params()
+    trainer = make_trainer(world, params)
+    perturb_lora_b(trainer, std=0.2)  # a policy that differs from the reference
+    prompts, dialogues = train_batch(world, params)
+
+    first, again, other = (trainer.rollout(prompts, dialogues, s) for s in (3, 3, 4))
+    assert torch.equal(first.response_ids, again.response_ids) and first.responses == again.responses
+    assert first.responses != other.responses
+    assert first.response_ids.size(1) <= params.ppo.response_length.max
+
+    model = trainer.unwrapped.generator()
+    torch.manual_seed(11)
+    out = model.generate(input_ids=first.input_ids, attention_mask=first.attention_mask, pad_token_id=PAD,
+                         eos_token_id=EOS, output_logits=True, return_dict_in_generate=True,
+                         **generation_kwargs(params.generation, max_new_tokens=10))
+    response_ids = out.sequences[:, 1:]
+    mask = response_mask(response_ids, EOS, PAD)
+    batch = Rollout(first.input_ids, first.attention_mask, response_ids, mask, [""] * len(prompts),
+                    torch.empty(0), torch.empty(0))
+    old = trainer.old_and_reference(batch)
+    sampled_from = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+    expected = sampled_from.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(old["logprobs"][mask], expected[mask], atol=ATOL, rtol=0)
+
+
+TRL_KEYS = (
+    "objective/kl", "objective/kl_coef", "objective/entropy", "env/reward_mean", "env/reward_std",
+    "ppo/loss/policy", "ppo/loss/value", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/val/clipfrac",
+    "ppo/returns/mean", "ppo/mean_response_length", "time/generation", "time/scoring", "time/forward",
+    "time/optimization", "time/tokens_per_second",
+)
+
+
+def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(world, monkeypatch):
+    params = ppo_params()
+    trainer = make_trainer(world, params)
+    prompts, dialogues = train_batch(world, params)
+    base_before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if not p.requires_grad}
+    assert base_before, "the base model must be frozen under LoRA"
+    head_before = trainer.unwrapped.value_head.summary.weight.detach().clone()
+
+    ratios = []  # the first mini-batch of the first epoch must see ratio 1: same function as the rollout
+    real_policy_loss = engine.policy_loss
+
+    def recording_policy_loss(*args, **kwargs):
+        loss, stats = real_policy_loss(*args, **kwargs)
+        ratios.append((stats["ratio"].item(), stats["approxkl"].item()))
+        return loss, stats
+
+    monkeypatch.setattr(engine, "policy_loss", recording_policy_loss)
+    stats, batch = trainer.step(prompts, dialogues, 0)
+
+    missing = [key for key in TRL_KEYS if key not in stats]
+    assert not missing, f"missing stats: {missing}"
+    assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values()), stats
+    assert abs(stats["objective/kl"]) < 1e-6
+    assert stats["objective/kl_coef"] == params.ppo.kl.init_coef
+    assert stats["objective/entropy"] > 0 and stats["env/reward_std"] >= 0
+    assert stats["ppo/mean_response_length"] == pytest.approx(batch.mask.sum(1).float().mean().item())
+    assert 1 <= stats["ppo/mean_response_length"] <= params.ppo.response_length.max
+    assert stats["env/reward_mean"] == pytest.approx(batch.scores.mean().item(), abs=1e-6)
+    assert 0 <= stats["ppo/policy/clipfrac"] <= 1 and 0 <= stats["ppo/val/clipfrac"] <= 1
+    assert all(stats[k] > 0 for k in ("time/generation", "time/scoring", "time/forward", "time/optimization",
+                                      "time/tokens_per_second"))
+    n_minibatches = params.ppo.ppo_epochs * params.ppo.batch_size // params.ppo.mini_batch_size
+    assert len(ratios) == n_minibatches
+    assert abs(ratios[0][0] - 1) < 1e-5 and ratios[0][1] < 1e-10, ratios[0]
+
+    assert any(bool((b != 0).any()) for b in lora_b(trainer).values()), "the adapters did not learn"
+    assert not torch.equal(trainer.unwrapped.value_head.summary.weight, head_before)
+    after = dict(trainer.unwrapped.named_parameters())
+    for name, before in base_before.items():
+        assert torch.equal(after[name], before), f"the frozen {name} changed"
+    assert not trainer.unwrapped.training, "the policy must be left in eval mode for the next rollout"
+
+
+def test_dropout_enabled_rollout_forwards_are_deterministic_from_the_first_step(world):
+    params = ppo_params(**{"ppo.disable_dropout": False, "ppo.lora.dropout": 0.05})
+    trainer = make_trainer(world, params)
+    perturb_lora_b(trainer)  # as after loading a checkpoint: B is not zero any more
+    prompts, dialogues = train_batch(world, params)
+    batch = trainer.rollout(prompts, dialogues, 0)
+    first, second = trainer.old_and_reference(batch), trainer.old_and_reference(batch)
+    torch.testing.assert_close(first["logprobs"], second["logprobs"], atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------- 2. masking
+
+
+def test_padding_after_eos_does_not_change_old_logprobs_values_or_entropy(world):
+    """Batched (encoder right-padded, responses padded or junk after EOS, two mini-batch
+    chunks) and one-row-at-a-time unpadded forwards agree on every real response token."""
+    params = ppo_params()
+    trainer = make_trainer(world, params)
+    perturb_lora_b(trainer, std=0.2)  # so logprobs, ref_logprobs and values all differ
+    prompts, dialogues = train_batch(world, params)
+    rollout = trainer.rollout(prompts, dialogues, 0)
+    assert not rollout.attention_mask.all(), "the prompts should have different lengths"
+
+    ids = rollout.response_ids.clone()
+    n, width = ids.shape
+    assert width >= 8
+    generator = torch.Generator().manual_seed(0)
+    lengths = []
+    for row in range(n):
+        length = 1 + (3 * row) % width  # EOS at varied positions, including the first and the last
+        body = ids[row, : length - 1]
+        body[(body == EOS) | (body == PAD)] = 5  # no earlier EOS
+        ids[row, length - 1] = EOS
+        if row % 2:  # after EOS: pad (what generate writes) or junk (must be ignored all the same)
+            ids[row, length:] = PAD
+        else:
+            ids[row, length:] = torch.randint(3, 50, (width - length,), generator=generator)
+        lengths.append(length)
+    mask = response_mask(ids, EOS, PAD)
+    assert mask.sum(1).tolist() == lengths
+
+    batched = trainer.old_and_reference(
+        Rollout(rollout.input_ids, rollout.attention_mask, ids, mask, rollout.responses, torch.empty(0),
+                torch.empty(0)))
+    assert params.ppo.mini_batch_size < n  # the batched pass is split in chunks
+    for row, length in enumerate(lengths):
+        source = int(rollout.attention_mask[row].sum())
+        single = trainer.old_and_reference(Rollout(
+            rollout.input_ids[row : row + 1, :source], rollout.attention_mask[row : row + 1, :source],
+            ids[row : row + 1, :length], mask[row : row + 1, :length], [rollout.responses[row]],
+            torch.empty(0), torch.empty(0)))
+        for key in ("logprobs", "ref_logprobs", "values", "entropy"):
+            torch.testing.assert_close(batched[key][row, :length], single[key][0], atol=ATOL, rtol=0,
+                                       msg=lambda m, key=key, row=row: f"{key}, row {row}: {m}")
+
+
+# --------------------------------------------------------------------------- 3. PPO works (slow)
+
+
+@pytest.fixture(scope="module")
+def mid_world(tmp_path_factory) -> tuple[Path, float]:
+    root = tmp_path_factory.mktemp("mid_world")
+    started = time.perf_counter()
+    run_fetch(tiny_params(**MID_WORLD), root / "data" / "raw", root / "models" / "policy", root / "models" / "reward")
+    return root, time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_ppo_raises_heldout_reward_with_bounded_kl(mid_world, tmp_path):
+    world, fetch_seconds = mid_world
+    params = tiny_params(**MID_WORLD, **{
+        "ppo.steps": 12, "ppo.batch_size": 16, "ppo.mini_batch_size": 8, "ppo.learning_rate": 3e-3,
+        "ppo.checkpoint_every": 1000, "ppo.response_length.min": 24, "ppo.response_length.max": 32,
+    })
+    heldout = pd.read_parquet(world / "data" / "raw" / "validation.parquet")
+    base_model, tokenizer = load_policy(world / "models" / "policy")
+    scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
+
+    def evaluate(model) -> pd.DataFrame:  # the same prompts, seed and settings for both: a paired comparison
+        frame, _ = score_policy(model, tokenizer, scorer, heldout, params.prompt.template, params.generation,
+                                seed=params.eval.seed)
+        return frame
+
+    before = evaluate(base_model)
+    heated = before["heated"]
+    toxic_share_heated = float((before.loc[heated, "toxicity"] > TOXIC_THRESHOLD).mean())
+    assert heated.sum() >= 20
+    assert toxic_share_heated > 0.2, f"the world is too weak to test PPO: heated toxic share {toxic_share_heated}"
+
+    with mlflow_project(tmp_path):
+        started = time.perf_counter()
+        metrics = run_ppo(params, world_paths(world, tmp_path))
+        ppo_seconds = time.perf_counter() - started
+    after = evaluate(load_trained_policy(tmp_path / "models" / "ppo"))
+    assert (after["id"] == before["id"]).all()
+
+    summary = {
+        "fetch_s": round(fetch_seconds, 1), "ppo_s": round(ppo_seconds, 1),
+        "heated_toxic_share_before": toxic_share_heated,
+        "heated_toxic_share_after": float((after.loc[heated, "toxicity"] > TOXIC_THRESHOLD).mean()),
+        "reward_before": float(before["reward"].mean()), "reward_after": float(after["reward"].mean()),
+        "toxicity_before": float(before["toxicity"].mean()), "toxicity_after": float(after["toxicity"].mean()),
+        "kl_last5": metrics["kl_last5"], "kl_min": metrics["kl_min"],
+    }
+    print(json.dumps(summary))
+    assert summary["reward_after"] > summary["reward_before"] + 1.0, summary
+    assert summary["toxicity_after"] < summary["toxicity_before"] - 0.15, summary
+    assert after.loc[heated, "reward"].mean() > before.loc[heated, "reward"].mean() + 1.0, summary
+    assert metrics["steps"] == 12 and not metrics["early_stopped"]
+    assert json.loads((tmp_path / "metrics" / "ppo.json").read_text()) == metrics
+    assert 0 < metrics["kl_last5"] < 20, summary
+    # The k1 estimate is unbiased but noisy: with 16 responses and a true KL near 0 (step 1)
+    # one batch mean can be a few tenths below 0 (measured: batch means of -0.09..+0.42 around
+    # a true 0.24). A systematic bias (warped sampling) drives it to -1 and below.
+    assert metrics["kl_min"] > -0.3, summary
+    history = read_history(tmp_path / "plots" / "ppo" / "history.tsv")
+    assert history["objective/kl"].iloc[1:].mean() > 0
+
+
+# --------------------------------------------------------------------------- 4. checkpoints and resume
+
+
+RESUME = {"ppo.steps": 4, "ppo.checkpoint_every": 2}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world, tmp_path_factory):
+    """A 4-step run with a checkpoint at step 2 that nothing interrupts (the reference)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    with mlflow_project(root) as uri:
+        metrics = run_ppo(ppo_params(**RESUME), world_paths(world, root))
+    return root, uri, metrics
+
+
+def steps_spy(monkeypatch, interrupt_at: int | None = None) -> list[int]:
+    """Record the steps PPOTrainer.step runs; raise KeyboardInterrupt at ``interrupt_at``."""
+    called: list[int] = []
+    real_step = PPOTrainer.step
+
+    def step(self, prompts, dialogues, step):
+        if step == interrupt_at:
+            raise KeyboardInterrupt
+        called.append(step)
+        return real_step(self, prompts, dialogues, step)
+
+    monkeypatch.setattr(PPOTrainer, "step", step)
+    return called
+
+
+def test_interrupted_run_resumes_exactly_where_it_stopped(world, uninterrupted, project, monkeypatch, caplog):
+    root, uri = project
+    params, paths = ppo_params(**RESUME), world_paths(world, root)
+
+    with monkeypatch.context() as patch:
+        called = steps_spy(patch, interrupt_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            run_ppo(params, paths)
+    assert called == [0, 1, 2]
+    assert [p.name for p in paths.checkpoints.iterdir()] == ["step_000002.pt"]
+    state = torch.load(paths.checkpoints / "step_000002.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 2 and [row["step"] for row in state["history"]] == [0, 1]
+    assert state["fingerprint"] == fingerprint(params, paths.policy, paths.reward)
+    assert not paths.out.exists() and not paths.history.exists() and not paths.metrics.exists()
+    assert not [p for p in (root / "models").glob(".*")], "no scratch folder may be left behind"
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(state["run_id"]).info.status == "KILLED"
+
+    called = steps_spy(monkeypatch)
+    with caplog.at_level("INFO", logger="detox.ppo.train"):
+        metrics = run_ppo(params, paths)
+    assert called == [2, 3], "the resumed run must start at the checkpoint's step"
+    assert "resuming" in caplog.text
+    assert not paths.checkpoints.exists(), "a finished run removes its checkpoints"
+    history = read_history(paths.history)
+    assert history["step"].tolist() == [0, 1, 2, 3] and metrics["steps"] == 4
+
+    reference_root, _, reference_metrics = uninterrupted
+    reference = read_history(world_paths(world, reference_root).history)
+    assert list(history.columns) == list(reference.columns)
+    for column in deterministic_columns(reference):
+        assert history[column].to_numpy() == pytest.approx(reference[column].to_numpy(), abs=ATOL), column
+    for key, value in reference_metrics.items():
+        if key != "seconds_per_step":
+            assert metrics[key] == (pytest.approx(value, abs=ATOL) if isinstance(value, float) else value), key
+
+    record = json.loads((paths.out / RUN_FILE).read_text())
+    assert record["run_id"] == state["run_id"], "the resumed run keeps its MLflow run"
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    logged = client.get_metric_history(record["run_id"], "env/reward_mean")
+    assert sorted({m.step for m in logged}) == [0, 1, 2, 3]
+    by_step = {}
+    for m in logged:  # step 2 ran (and was logged) before the interruption and again after it
+        by_step.setdefault(m.step, []).append(m.value)
+    for step, values in by_step.items():
+        assert values == pytest.approx([history["env/reward_mean"][step]] * len(values), abs=ATOL), step
+
+    model = load_trained_policy(paths.out)
+    tokenizer = AutoTokenizer.from_pretrained(paths.out)
+    ids = tokenizer(train_batch(world, params, 2)[0], return_tensors="pt", padding=True)
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[0] == 2 and out.shape[1] > 1
+
+
+def test_checkpoint_from_other_params_is_ignored(world, project, monkeypatch, caplog):
+    root, uri = project
+    paths = world_paths(world, root)
+    with monkeypatch.context() as patch:
+        steps_spy(patch, interrupt_at=1)
+        with pytest.raises(KeyboardInterrupt):
+            run_ppo(ppo_params(**{"ppo.steps": 4, "ppo.checkpoint_every": 1}), paths)
+    old = torch.load(paths.checkpoints / "step_000001.pt", map_location="cpu", weights_only=True)
+
+    other = ppo_params(**{"ppo.steps": 2, "ppo.checkpoint_every": 1, "ppo.learning_rate": 2e-4})
+    assert fingerprint(other, paths.policy, paths.reward) != old["fingerprint"]
+    called = steps_spy(monkeypatch)
+    with caplog.at_level("WARNING", logger="detox.ppo.train"):
+        metrics = run_ppo(other, paths)
+    assert called == [0, 1], "a checkpoint made with other params must not be resumed"
+    assert "ignoring checkpoints" in caplog.text
+    assert metrics["steps"] == 2 and not paths.checkpoints.exists()
+    run_id = json.loads((paths.out / RUN_FILE).read_text())["run_id"]
+    assert run_id != old["run_id"]
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).data.params["ppo.learning_rate"] == "0.0002"
+
+
+# --------------------------------------------------------------------------- 5. MLflow
+
+
+def test_mlflow_run_has_params_and_one_metric_value_per_step(world, uninterrupted):
+    root, uri, metrics = uninterrupted
+    paths = world_paths(world, root)
+    record = json.loads((paths.out / RUN_FILE).read_text())
+    assert record["tracking_uri"] == uri and record["experiment"] == "detox-summaries"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "detox-summaries"
+    assert run.data.params["ppo.learning_rate"] == str(ppo_params().ppo.learning_rate)
+    assert run.data.params["ppo.batch_size"] == "8"
+    assert json.loads(run.data.params["ppo.lora.target_modules"]) == ["q", "v"]
+    assert run.data.tags["stage"] == "ppo"
+
+    history = read_history(paths.history)
+    logged = sorted(client.get_metric_history(record["run_id"], "env/reward_mean"), key=lambda m: m.step)
+    assert [m.step for m in logged] == [0, 1, 2, 3]
+    assert [m.value for m in logged] == pytest.approx(history["env/reward_mean"].tolist(), abs=1e-6)
+    assert len(client.get_metric_history(record["run_id"], "objective/kl")) == 4
+    assert run.data.metrics["ppo_summary/steps"] == 4
+    assert run.data.metrics["ppo_summary/kl_last5"] == pytest.approx(metrics["kl_last5"])
+    artifacts = [a.path for a in client.list_artifacts(record["run_id"], "ppo")]
+    assert artifacts == ["ppo/history.tsv"]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+# --------------------------------------------------------------------------- 6. guards
+
+
+def test_nan_loss_raises_a_readable_training_diverged_error(world, project, monkeypatch):
+    root, uri = project
+    paths = world_paths(world, root)
+
+    def nan_scores(self, responses, dialogues=None):
+        n = len(responses)
+        return Scores(reward=torch.full((n,), float("nan")), toxicity=torch.zeros(n))
+
+    monkeypatch.setattr(RewardScorer, "score", nan_scores)
+    with pytest.raises(TrainingDivergedError) as err:
+        run_ppo(ppo_params(**{"ppo.steps": 2}), paths)
+    message = str(err.value)
+    assert message.startswith("non-finite loss at PPO step 0 (policy loss nan")
+    for advice in ("ppo.learning_rate", "ppo.score.normalize", "ppo.score.clip", "ppo.kl.init_coef"):
+        assert advice in message
+    assert not paths.out.exists() and not paths.metrics.exists()
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("detox-summaries").experiment_id])
+    assert run.info.status == "KILLED"
+
+
+def test_max_kl_stops_early_after_the_first_step_over_it(world, project):
+    root, _ = project
+    paths = world_paths(world, root)
+    # The "abs" estimator is never negative, so the first step after an update (step 1) is over
+    # any positive bound; with k1 one noisy batch could come out below it. Step 0's KL is exactly 0.
+    params = ppo_params(**{"ppo.steps": 5, "ppo.max_kl": 1e-9, "ppo.kl.estimator": "abs"})
+    metrics = run_ppo(params, paths)
+    assert metrics["early_stopped"] is True and metrics["steps"] == 2
+    assert "ppo.max_kl" in metrics["stop_reason"] and "at step 1" in metrics["stop_reason"]
+    history = read_history(paths.history)
+    assert history["step"].tolist() == [0, 1]
+    assert history["objective/kl"][0] == 0 and history["objective/kl"][1] > 1e-9
+    assert json.loads(paths.metrics.read_text()) == metrics
+    assert (paths.out / "adapter_config.json").is_file(), "an early-stopped run still saves its policy"
+
+
+def test_trained_policy_loads_from_any_working_directory(world, tmp_path):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    shutil.copytree(world / "models", project / "models")
+    shutil.copytree(world / "data", project / "data")
+    with mlflow_project(project):
+        run_ppo(ppo_params(**{"ppo.steps": 1}), PPOPaths())  # the stage's relative default paths
+    base_config = AutoConfig.from_pretrained(world / "models" / "policy")
+    other = AutoConfig.from_pretrained(world / "models" / "policy", d_model=base_config.d_model + 16)
+    AutoModelForSeq2SeqLM.from_config(other).save_pretrained(elsewhere / "models" / "policy")  # another project
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(elsewhere)
+        model = load_trained_policy(project / "models" / "ppo")
+    assert model.config.d_model == base_config.d_model
+
+
+# --------------------------------------------------------------------------- 7. accelerate, 2 processes
+
+@pytest.mark.slow
+def test_two_processes_on_cpu(world, tmp_path):
+    """`accelerate launch --multi_gpu` on a machine without GPUs: two processes, one gloo group."""
+    steps = 3
+    params = ppo_params(**{"ppo.steps": steps})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    shutil.copytree(world / "data" / "raw", tmp_path / "data" / "raw")
+    for name in ("policy", "reward"):
+        shutil.copytree(world / "models" / name, tmp_path / "models" / name)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    prefix = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "CUDA_VISIBLE_DEVICES": ""}
+    started = time.monotonic()
+    proc = subprocess.run([*prefix, str(ROOT / "stages" / "ppo.py")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    print(f"accelerate launch, 2 processes, {steps} steps: {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    finished = [line for line in proc.stdout.splitlines() if line.startswith("ppo: ")]
+    assert len(finished) == 2, f"expected both processes to finish, got {finished}"
+    assert len(set(finished)) == 1, "the processes must agree on the (all-reduced) metrics"
+
+    out = tmp_path / "models" / "ppo"
+    assert (out / "adapter_config.json").is_file() and (out / RUN_FILE).is_file()
+    assert not list((tmp_path / "models").glob(".*")), "only the main process writes models/ppo"
+    history = read_history(tmp_path / "plots" / "ppo" / "history.tsv")
+    assert history["step"].tolist() == list(range(steps))
+    assert json.loads((tmp_path / "metrics" / "ppo.json").read_text())["steps"] == steps
+    assert not (tmp_path / "checkpoints" / "ppo").exists()
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("detox-summaries")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, "only the main process talks to MLflow"
+    assert runs[0].info.run_id == json.loads((out / RUN_FILE).read_text())["run_id"]
+    assert len(client.get_metric_history(runs[0].info.run_id, "env/reward_mean")) == steps
+    load_trained_policy(out)  # from any working directory
+
+
+def test_more_steps_still_resume_the_same_run(world, project):
+    """ppo.steps, checkpoint_every and max_kl do not change the steps already taken."""
+    root, _ = project
+    paths = world_paths(world, root)
+    base = ppo_params(**{"ppo.steps": 3, "ppo.checkpoint_every": 1})
+    longer = ppo_params(**{"ppo.steps": 5, "ppo.checkpoint_every": 2, "ppo.max_kl": 100.0})
+    assert fingerprint(base, paths.policy, paths.reward) == fingerprint(longer, paths.policy, paths.reward)
