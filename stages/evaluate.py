@@ -25,7 +25,7 @@ from detox.ppo.policy import POLICY_FILE, load_trained_policy
 from detox.report import render_report, write_plots, write_reward_diff
 from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking import PolicyModel, log_evaluation, read_run_record
+from detox.tracking import PolicyModel, check_tracking_server, log_evaluation, read_run_record
 
 PPO_DIR = Path("models/ppo")
 BASELINE = Path("data/scored/baseline.parquet")
@@ -45,6 +45,7 @@ def require(path: Path, fix: str) -> None:
 
 def main() -> None:
     params = load_params("params.yaml")
+    check_tracking_server(params.tracking.experiment)  # a server that is down fails here, not after scoring
     require(PPO_DIR / POLICY_FILE, "run `dvc repro ppo` to train the policy first")
     require(BASELINE, "run `dvc repro baseline` to score the baseline first")
     require(BASELINE_METRICS, "run `dvc repro baseline` to score the baseline first")

@@ -23,3 +23,7 @@ class DataValidationError(DetoxError):
 
 class RewardModelError(DetoxError):
     """The reward model does not fit what the pipeline needs (e.g. a missing label)."""
+
+
+class TrackingError(DetoxError):
+    """The MLflow tracking server in MLFLOW_TRACKING_URI cannot be reached or refuses the client."""

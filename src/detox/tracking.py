@@ -2,7 +2,14 @@
 
 By default runs go to an embedded store, ``sqlite:///mlflow.db`` beside
 ``params.yaml`` (artifacts under ``mlartifacts/``); ``MLFLOW_TRACKING_URI`` points
-them at a tracking server instead.
+them at a tracking server instead (docs/scaling-out.md).
+
+A server that is down fails fast: :class:`Tracker` asks an ``http(s)`` server one
+question with a short timeout and no retries before any run starts, and raises
+:class:`~detox.errors.TrackingError` (the fix in its message) when it gets no
+answer. A server lost in the middle of a run, once MLflow's own retries
+(``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``) are spent,
+raises the same error and the tracker makes no further calls.
 
 Model registry: every evaluated policy is registered as a new version of
 ``tracking.registered_model`` and gets the alias ``candidate``; the alias
@@ -12,21 +19,23 @@ Model registry: every evaluated policy is registered as a new version of
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import pandas as pd
 
-from detox.errors import DetoxError
+from detox.errors import DetoxError, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +46,128 @@ MODEL_NAME = "model"  # the logged model's name inside its run
 # What the pyfunc model imports: detox.serving -> detox.generation, detox.params.
 MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "sentencepiece", "protobuf", "pandas",
                       "numpy", "pydantic", "pyyaml", "tqdm")
+PREFLIGHT_TIMEOUT_S = 5.0  # connect and read, one try: a live server answers in milliseconds
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def is_remote(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
+
+
+def _how_to_fix(uri: str) -> str:
+    url = urlparse(uri)
+    host = url.hostname if url.hostname in ("127.0.0.1", "localhost") else "0.0.0.0"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return (f"Start the server (e.g. `mlflow server --host {host} --port {port} --backend-store-uri "
+            "sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts-server`), correct MLFLOW_TRACKING_URI, "
+            "or unset MLFLOW_TRACKING_URI to log to the embedded store (sqlite:///mlflow.db beside params.yaml).")
+
+
+def check_tracking_server(experiment: str = "Default", uri: str | None = None,
+                          timeout: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingError` within ``timeout`` seconds when an ``http(s)`` tracking URI does not answer.
+
+    One ``GET /api/2.0/mlflow/experiments/get-by-name`` without retries, with the credentials MLflow
+    would use (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, ``MLFLOW_TRACKING_TOKEN``). Any other
+    store (``sqlite:``, a local path, ``databricks``) is left to MLflow.
+    """
+    uri = uri or tracking_uri()
+    if not is_remote(uri):
+        return
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET",
+                                max_retries=0, backoff_factor=0, backoff_jitter=0, timeout=timeout,
+                                raise_on_status=False, params={"experiment_name": experiment})
+    except Exception as exc:  # requests' and MLflow's exceptions come in many classes; all mean "no answer"
+        raise TrackingError(f"cannot reach the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI): "
+                            f"{_reason(exc)}. {_how_to_fix(uri)}") from None
+    if response.status_code == 200:
+        return
+    try:
+        error_code = response.json().get("error_code")
+    except ValueError:
+        error_code = None
+    if response.status_code == 404 and error_code == "RESOURCE_DOES_NOT_EXIST":
+        return  # a new experiment: created by the first run
+    if response.status_code in (401, 403):
+        raise TrackingError(f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) refused this client "
+                            f"(HTTP {response.status_code}): set MLFLOW_TRACKING_USERNAME and "
+                            "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to credentials it accepts, "
+                            "or unset MLFLOW_TRACKING_URI to log to the embedded store.")
+    raise TrackingError(f"{uri} (MLFLOW_TRACKING_URI) answered HTTP {response.status_code} to an MLflow API "
+                        f"request ({error_code or 'not an MLflow error'}): is it an MLflow tracking server, and is "
+                        f"the URI its root? {_how_to_fix(uri)}")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, one-line cause of a failed HTTP request (refused, timed out, unknown host)."""
+    text = " ".join(str(e) for e in _chain(exc))
+    for pattern, reason in ((r"Connection refused", "connection refused (nothing listens on that port)"),
+                            (r"Read timed out", "no answer within the timeout"),
+                            (r"timed out", "the connection timed out"),
+                            (r"Name or service not known|nodename nor servname|Temporary failure in name resolution"
+                             r"|getaddrinfo failed", "the host name does not resolve"),
+                            (r"No route to host|Network is unreachable", "no route to the host"),
+                            (r"SSL|certificate", "TLS handshake failed (MLFLOW_TRACKING_INSECURE_TLS or "
+                                                 "MLFLOW_TRACKING_SERVER_CERT_PATH may help)")):
+        if re.search(pattern, text):
+            return reason
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 8:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """True when ``exc`` (an MLflow or requests error) means the tracking server could not be reached."""
+    import requests
+
+    return any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+               for e in _chain(exc))
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(method: _F) -> _F:
+    """A Tracker call: a no-op when disabled or once the server is lost; a lost server -> TrackingError."""
+
+    @functools.wraps(method)
+    def call(self: Tracker, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled or self.lost:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            if not (is_remote(tracking_uri()) and _is_connection_failure(exc)):
+                raise
+            self.lost = True
+            raise _lost(method.__name__, exc) from None
+
+    return call  # type: ignore[return-value]
+
+
+def _lost(what: str, exc: BaseException) -> TrackingError:
+    return TrackingError(
+        f"lost the MLflow tracking server at {tracking_uri()} (MLFLOW_TRACKING_URI) in {what}: {_reason(exc)}, "
+        "after MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). Bring it back and "
+        "run the stage again: a PPO run resumes from its last checkpoint in checkpoints/ppo/ into the same MLflow run."
+    )
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -58,19 +185,24 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class Tracker:
     """A thin handle on one MLflow run; every method is a no-op when ``enabled`` is False.
 
-    Only the main process of a multi-process run talks to MLflow.
+    Only the main process of a multi-process run talks to MLflow. Creating an enabled tracker
+    checks that a tracking server (``MLFLOW_TRACKING_URI=http(s)://...``) answers, so a stage
+    fails within seconds, before any work, when it does not (:func:`check_tracking_server`).
     """
 
     def __init__(self, experiment: str, enabled: bool = True) -> None:
         self.enabled = enabled
         self.experiment = experiment
         self.run_id: str | None = None
+        self.lost = False  # the server stopped answering: no further calls
         if enabled:
             import mlflow
 
+            check_tracking_server(experiment)
             mlflow.set_tracking_uri(tracking_uri())
             self._mlflow = mlflow
 
+    @_guarded
     def start(self, run_id: str | None = None, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> None:
         """Start a new run, or reopen ``run_id`` (a resumed training run keeps its run)."""
         if not self.enabled:
@@ -86,32 +218,39 @@ class Tracker:
                                run_name=run_name, tags=dict(tags or {}))
         self.run_id = run.info.run_id
 
+    @_guarded
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.enabled:
             flat = {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(params).items()}
             self._mlflow.log_params(flat)
 
+    @_guarded
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.enabled:
             self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
+    @_guarded
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             self._mlflow.log_artifact(str(path), artifact_path)
 
+    @_guarded
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             self._mlflow.log_artifacts(str(directory), artifact_path)
 
+    @_guarded
     def log_table(self, table: pd.DataFrame, artifact_file: str) -> None:
         """A table the MLflow UI shows in its artifact view and its evaluation tab (``*.json``)."""
         if self.enabled:
             self._mlflow.log_table(data=table, artifact_file=artifact_file)
 
+    @_guarded
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
             self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    @_guarded
     def log_policy_model(
         self,
         python_model: Any,
@@ -148,6 +287,7 @@ class Tracker:
             )
         return str(info.registered_model_version)
 
+    @_guarded
     def reopen(self, run_id: str | None, tags: Mapping[str, str] | None = None) -> str | None:
         """Reopen ``run_id`` when this store has it and return its status before; else start a new run.
 
@@ -159,7 +299,9 @@ class Tracker:
         if run_id is not None:
             try:
                 status = self._mlflow.get_run(run_id).info.status
-            except self._mlflow.exceptions.MlflowException:
+            except self._mlflow.exceptions.MlflowException as exc:
+                if _is_connection_failure(exc):
+                    raise
                 log.warning("MLflow run %s is not in %s: logging into a new run of experiment %r",
                             run_id, tracking_uri(), self.experiment)
             else:
@@ -170,8 +312,9 @@ class Tracker:
         self.start(tags={**(tags or {}), **({"ppo_run_id": run_id} if run_id else {})})
         return None
 
+    @_guarded
     def end(self, status: str = "FINISHED") -> None:
-        if self.enabled and self.run_id is not None:
+        if self.run_id is not None:
             self._mlflow.end_run(status=status)
 
     def record(self) -> dict[str, str | None]:
@@ -281,7 +424,13 @@ def log_evaluation(
                 (tracker.log_artifacts if Path(path).is_dir() else tracker.log_artifact)(path, folder)
         version = tracker.log_policy_model(model.python_model, model.policy_dir, model.config, model.signature,
                                            registered_model, model.input_example)
-        registered = apply_promotion(registered_model, version, promoted, reasons)
+        try:
+            registered = apply_promotion(registered_model, version, promoted, reasons)
+        except Exception as exc:
+            if not (is_remote(tracking_uri()) and _is_connection_failure(exc)):
+                raise
+            tracker.lost = True
+            raise _lost("apply_promotion", exc) from None
         tracker.set_tags({"evaluate.model_version": version, "evaluate.status": "finished"})
     except BaseException:
         tracker.set_tags({"evaluate.status": "failed"})
@@ -293,6 +442,6 @@ def log_evaluation(
 
 def _artifact_location(experiment: str) -> str | None:
     """With the embedded store, artifacts go to ./mlartifacts beside mlflow.db; a server decides its own."""
-    if os.environ.get("MLFLOW_TRACKING_URI") is not None:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
         return None
     return (Path("mlartifacts") / experiment).resolve().as_uri()
