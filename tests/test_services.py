@@ -1,0 +1,393 @@
+"""Real services: an MLflow tracking server, a DVC remote, and a tracking server that is down.
+
+The slow tests share one pipeline run: a temporary git + DVC repository holding this
+project's code with a tiny params.yaml, reproduced with ``dvc repro`` against a real
+``mlflow server`` (sqlite backend, proxied artifact folder) on 127.0.0.1, then pushed to
+a local-folder DVC remote. What the server recorded is checked through its REST API
+only; the remote by pulling into a fresh clone. The fast tests check the tracking
+preflight against stand-in HTTP servers.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import tiny_params
+
+from detox.errors import TrackingError
+from detox.tracking import CANDIDATE, CHAMPION, RUN_FILE, Tracker, check_tracking_server
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent  # python, dvc and mlflow of this environment
+EXPERIMENT = "services-test"
+REGISTERED_MODEL = "services-test-summarizer"
+PPO_STEPS = 3
+EVAL_SAMPLES = 16
+SERVER_START_S = 90  # a cold `mlflow server` takes ~10 s here
+PIPELINE_S = 600
+STAGES = ("fetch", "validate", "baseline", "ppo", "evaluate")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    return free_port()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    return {**env, "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", "OMP_NUM_THREADS": "1",
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", **extra}
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def write_tiny_params(path: Path) -> None:
+    params = tiny_params(**{"ppo.steps": PPO_STEPS, "ppo.batch_size": 8, "ppo.mini_batch_size": 4,
+                            "eval.num_samples": EVAL_SAMPLES, "promotion.bootstrap_samples": 200,
+                            # a gate any policy passes, so the champion alias is exercised too
+                            "promotion.min_toxicity_improvement_pct": -100.0, "promotion.max_rougeL_drop": 1.0,
+                            "promotion.require_significant": False,
+                            "tracking.experiment": EXPERIMENT, "tracking.registered_model": REGISTERED_MODEL})
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+def copy_project(dest: Path) -> None:
+    """The code and pipeline of this checkout (not its outputs, lock or stores) with tiny params."""
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for folder in ("src", "stages"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
+    for file in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy2(ROOT / file, dest / file)
+    (dest / ".dvc").mkdir()
+    shutil.copy2(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    write_tiny_params(dest / "params.yaml")
+
+
+# --------------------------------------------------------------------------- MLflow server
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[dict]:
+    """`mlflow server` on 127.0.0.1 with a sqlite backend and proxied artifacts in a local folder."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts"],
+        cwd=root, env=base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up in {SERVER_START_S} s "
+                            f"(exit {server.poll()}):\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield {"url": url, "root": root}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, mlflow_server) -> dict:
+    """A git + DVC repo of the project, reproduced against the server, committed and pushed to a folder remote."""
+    base = tmp_path_factory.mktemp("pipeline")
+    repo, remote = base / "repo", base / "remote"
+    copy_project(repo)
+    env = base_env(MLFLOW_TRACKING_URI=mlflow_server["url"], PYTHONPATH=str(repo / "src"),
+                   DVC_SITE_CACHE_DIR=str(base / "dvc-site-cache"))
+    run(["git", "init", "-q", "-b", "main"], repo, env)
+    run([str(VENV_BIN / "dvc"), "remote", "add", "-f", "-d", "storage", str(remote)], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "project with tiny params and a folder remote"], repo, env)
+    run([str(VENV_BIN / "dvc"), "repro"], repo, env, timeout=PIPELINE_S)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "dvc repro"], repo, env)
+    run([str(VENV_BIN / "dvc"), "push"], repo, env)
+    return {"repo": repo, "remote": remote, "env": env}
+
+
+def api(url: str, endpoint: str, **params) -> dict:
+    query = urllib.parse.urlencode(params)
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{endpoint}?{query}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipeline, mlflow_server):
+    url, repo = mlflow_server["url"], pipeline["repo"]
+    record = json.loads((repo / "models" / "ppo" / RUN_FILE).read_text())
+    assert record["tracking_uri"] == url and record["experiment"] == EXPERIMENT
+    # Nothing went to an embedded store beside the project.
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists() and not (repo / "mlruns").exists()
+
+    experiment = api(url, "experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
+    got = api(url, "runs/get", run_id=record["run_id"])["run"]
+    info, data = got["info"], got["data"]
+    assert info["experiment_id"] == experiment["experiment_id"] and info["status"] == "FINISHED"
+    assert info["artifact_uri"].startswith("mlflow-artifacts:"), "artifacts must go through the server's proxy"
+    params = {p["key"]: p["value"] for p in data["params"]}
+    assert params["ppo.steps"] == str(PPO_STEPS) and params["eval.num_samples"] == str(EVAL_SAMPLES)
+    tags = {t["key"]: t["value"] for t in data["tags"]}
+    assert tags["stage"] == "ppo" and tags["evaluate.status"] == "finished"
+    metrics = {m["key"]: m["value"] for m in data["metrics"]}
+    assert metrics["ppo_summary/steps"] == PPO_STEPS
+    assert metrics["evaluate/n"] == EVAL_SAMPLES and "baseline/toxicity_mean" in metrics
+
+    # One value per PPO step, equal to what DVC's plot file holds.
+    history = api(url, "metrics/get-history", run_id=record["run_id"], metric_key="env/reward_mean")["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(PPO_STEPS))
+    tsv = pd.read_csv(repo / "plots" / "ppo" / "history.tsv", sep="\t")
+    by_step = {m["step"]: m["value"] for m in history}
+    assert [by_step[s] for s in tsv["step"]] == pytest.approx(tsv["env/reward_mean"].tolist(), rel=1e-6)
+
+    # The reward diff table (log_table -> JSON artifact), the reports and the model, listed through the API.
+    listed = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"], path="evaluate")["files"]}
+    assert {"evaluate/reward_diff.json", "evaluate/report.md", "evaluate/evaluate.json"} <= listed
+    top = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"])["files"]}
+    assert {"evaluate", "ppo", "validation"} <= top
+    stored = list((mlflow_server["root"] / "artifacts").rglob("reward_diff.json"))
+    assert len(stored) == 1, "the table is stored in the server's --artifacts-destination"
+    table = json.loads(stored[0].read_text())
+    assert len(table["data"]) == EVAL_SAMPLES and "reward_diff" in table["columns"]
+
+    # The registered version: this run's model, aliased candidate (and champion when promoted).
+    evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    version = tags["evaluate.model_version"]
+    model_version = api(url, "model-versions/get", name=REGISTERED_MODEL, version=version)["model_version"]
+    assert model_version["run_id"] == record["run_id"]
+    assert evaluation["promotion"]["promoted"], evaluation["promotion"]
+    assert set(model_version.get("aliases", [])) == {CANDIDATE, CHAMPION}
+    version_tags = {t["key"]: t["value"] for t in model_version["tags"]}
+    assert version_tags["promotion.decision"] == "promoted"
+    for alias in (CANDIDATE, CHAMPION):
+        aliased = api(url, "registered-models/alias", name=REGISTERED_MODEL, alias=alias)["model_version"]
+        assert aliased["version"] == version
+
+
+# --------------------------------------------------------------------------- DVC remote
+
+
+@pytest.mark.slow
+def test_dvc_pull_into_a_fresh_clone_leaves_nothing_to_reproduce(pipeline, tmp_path):
+    repo, env = pipeline["repo"], pipeline["env"]
+    assert any(p.is_file() for p in pipeline["remote"].rglob("*")), "dvc push put nothing in the remote"
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    env = {**env, "PYTHONPATH": str(clone / "src")}
+    env.pop("MLFLOW_TRACKING_URI")  # nothing may run, so nothing may need the server
+    dvc = str(VENV_BIN / "dvc")
+    assert not (clone / "models").exists() and not (clone / "data").exists()
+    assert "storage" in run([dvc, "remote", "list"], clone, env).stdout  # the remote came with the clone
+
+    run([dvc, "pull"], clone, env)
+    for path in ("data/raw/train.parquet", "data/scored/ppo.parquet", "models/policy/config.json",
+                 "models/ppo/" + RUN_FILE, "reports/reward_diff.parquet"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    status = run([dvc, "status"], clone, env)
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+    repro = run([dvc, "repro"], clone, env)
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in repro.stdout, repro.stdout
+    assert "Running stage" not in repro.stdout
+    assert "Data and pipelines are up to date." in repro.stdout
+    assert run(["git", "status", "--porcelain"], clone, env).stdout == ""
+
+
+# --------------------------------------------------------------------------- a server that is down
+
+
+@pytest.fixture(scope="module")
+def fetched_project(tmp_path_factory) -> Path:
+    """A project folder with tiny params, data and models (the fetch stage), ready for the ppo stage."""
+    root = tmp_path_factory.mktemp("fetched")
+    write_tiny_params(root / "params.yaml")
+    run([sys.executable, str(ROOT / "stages" / "fetch.py")], root, base_env(), timeout=300)
+    return root
+
+
+@pytest.mark.slow
+def test_ppo_stage_with_tracking_server_down_fails_fast_and_writes_nothing(fetched_project):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "ppo.py")], cwd=fetched_project,
+                          env=base_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert seconds < 20, f"took {seconds:.1f} s"
+    assert "Traceback" not in proc.stderr
+    message = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(message) == 1, proc.stderr
+    assert f"cannot reach the MLflow tracking server at {uri}" in message[0]
+    assert "connection refused" in message[0] and "mlflow server" in message[0]
+    assert "unset MLFLOW_TRACKING_URI" in message[0]
+    assert "ppo:" not in proc.stderr, "no training step may run before the check"
+    assert not (fetched_project / "models" / "ppo").exists()
+    assert not list((fetched_project / "models").glob(".ppo*")), "no scratch folder left behind"
+    assert not (fetched_project / "metrics" / "ppo.json").exists()
+    assert not (fetched_project / "plots").exists()
+    assert not (fetched_project / "checkpoints").exists()
+    assert not (fetched_project / "mlflow.db").exists()
+
+
+# --------------------------------------------------------------------------- the preflight (fast)
+
+
+class Answer(http.server.BaseHTTPRequestHandler):
+    status, body, content_type = 200, b"{}", "application/json"
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(self.status)
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+def stand_in(status: int, body: bytes, content_type: str = "application/json"):
+    """A one-answer HTTP server on 127.0.0.1 in a thread; returns (server, uri)."""
+    handler = type("Handler", (Answer,), {"status": status, "body": body, "content_type": content_type})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def no_tracking_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("MLFLOW_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_tracker_refuses_a_closed_port_at_once_with_the_fix(no_tracking_env):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    no_tracking_env.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(TrackingError) as caught:
+        Tracker("anything")
+    assert time.monotonic() - started < 5
+    message = str(caught.value)
+    assert uri in message and "connection refused" in message
+    assert "mlflow server" in message and "unset MLFLOW_TRACKING_URI" in message
+    assert "\n" not in message
+
+
+def test_a_server_that_never_answers_times_out_in_seconds():
+    with socket.socket() as sock:  # accepts connections (the kernel's backlog) and never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(TrackingError, match="no answer within the timeout"):
+            check_tracking_server(uri=uri, timeout=1.0)
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("status", "body", "content_type", "expected"), [
+    (200, b'{"experiment": {}}', "application/json", None),
+    (404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}', "application/json", None),  # a new experiment
+    (404, b"<html>Not Found</html>", "text/html", "is it an MLflow tracking server"),
+    (401, b"", "text/plain", "MLFLOW_TRACKING_USERNAME"),
+    (503, b"", "text/plain", "answered HTTP 503"),
+])
+def test_preflight_reads_the_servers_answer(status, body, content_type, expected):
+    server, uri = stand_in(status, body, content_type)
+    try:
+        if expected is None:
+            check_tracking_server(uri=uri)
+        else:
+            with pytest.raises(TrackingError, match=expected):
+                check_tracking_server(uri=uri)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_local_stores_are_not_checked(tmp_path):
+    check_tracking_server(uri=f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}")
+    check_tracking_server(uri=str(tmp_path / "mlruns"))
+
+
+def test_a_server_lost_after_the_check_gives_one_tracking_error_then_silence(no_tracking_env):
+    server, uri = stand_in(404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}')
+    no_tracking_env.setenv("MLFLOW_TRACKING_URI", uri)
+    no_tracking_env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries, bounded for the test
+    tracker = Tracker("lost-server")
+    server.shutdown()
+    server.server_close()
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=f"lost the MLflow tracking server at {uri}"):
+        tracker.start()
+    assert tracker.lost
+    tracker.log_metrics({"x": 1.0}, step=0)  # no-ops from here on: a failing stage unwinds at once
+    tracker.end(status="KILLED")
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_evaluate_stage_with_tracking_server_down_fails_before_scoring(pipeline, tmp_path):
+    """Checked before minutes of generation: the outputs of the last good run stay as they were."""
+    project = tmp_path / "project"
+    shutil.copytree(pipeline["repo"], project, ignore=shutil.ignore_patterns(".git", ".dvc"))
+    outputs = ("data/scored/ppo.parquet", "metrics/evaluate.json", "reports/report.md", "reports/reward_diff.parquet")
+    before = {path: (project / path).read_bytes() for path in outputs}
+    uri = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py")], cwd=project,
+                          env=base_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert seconds < 20, f"took {seconds:.1f} s"
+    assert "Traceback" not in proc.stderr
+    assert f"error: cannot reach the MLflow tracking server at {uri}" in proc.stderr
+    assert "evaluate:" not in proc.stderr, "no scoring may start before the check"
+    assert {path: (project / path).read_bytes() for path in outputs} == before
+    assert not list(project.rglob(".*.tmp")) and not list((project / "plots").glob(".evaluate.*"))
