@@ -457,3 +457,17 @@ def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
     assert "models/ppo/ppo_policy.json: not found; run `dvc repro ppo`" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "reports").exists()
+
+
+def test_embedded_store_lives_at_the_dvc_project_root(tmp_path, monkeypatch):
+    """`dvc exp run --temp` runs stages in a scratch copy but sets DVC_ROOT to the real project."""
+    from detox.tracking import _artifact_location, tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert _artifact_location("exp") == (tmp_path / "mlartifacts" / "exp").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri() == "http://127.0.0.1:5000" and _artifact_location("exp") is None

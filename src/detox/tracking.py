@@ -1,7 +1,8 @@
 """The one place that knows MLflow (besides the pyfunc model class in :mod:`detox.serving`).
 
 By default runs go to an embedded store, ``sqlite:///mlflow.db`` beside
-``params.yaml`` (artifacts under ``mlartifacts/``); ``MLFLOW_TRACKING_URI`` points
+``params.yaml`` (artifacts under ``mlartifacts/``), also for experiments that DVC
+runs in a scratch copy (``dvc exp run --temp``, queued runs); ``MLFLOW_TRACKING_URI`` points
 them at a tracking server instead (docs/scaling-out.md).
 
 A server that is down fails fast: :class:`Tracker` asks an ``http(s)`` server one
@@ -49,8 +50,19 @@ MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "sentence
 PREFLIGHT_TIMEOUT_S = 5.0  # connect and read, one try: a live server answers in milliseconds
 
 
+def project_root() -> Path:
+    """The DVC project's root. DVC sets ``DVC_ROOT`` for stage commands, and to the real
+    project (not its scratch copy) for ``dvc exp run --temp`` and queued experiments, so
+    the embedded store of every experiment is the one beside ``params.yaml``."""
+    return Path(os.environ.get("DVC_ROOT") or ".")
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if os.environ.get("DVC_ROOT"):
+        return f"sqlite:///{(project_root() / 'mlflow.db').resolve()}"
+    return DEFAULT_TRACKING_URI
 
 
 def is_remote(uri: str) -> bool:
@@ -444,4 +456,4 @@ def _artifact_location(experiment: str) -> str | None:
     """With the embedded store, artifacts go to ./mlartifacts beside mlflow.db; a server decides its own."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return None
-    return (Path("mlartifacts") / experiment).resolve().as_uri()
+    return (project_root() / "mlartifacts" / experiment).resolve().as_uri()
