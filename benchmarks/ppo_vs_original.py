@@ -1,0 +1,401 @@
+"""Benchmark: our batched PPO engine against the original notebook's loop, side by side.
+
+Two variants, each in its own subprocess (so each has its own peak RSS), on the same
+policy weights, reward model, prompts and settings:
+
+- **original** (a faithful re-implementation of the notebook's loop shape): for each
+  prompt, one ``generate`` call; a separate frozen ``copy.deepcopy`` of the policy as
+  the reference (no LoRA-disable trick); rewards through a transformers
+  ``pipeline("text-classification", top_k=None, function_to_apply="none")`` called once
+  per sample, taking the ``nothate`` score; old/ref log-probs and values in one forward
+  pass per sample; then the SAME PPO math (``detox.ppo.core``) and mini-batch updates
+  like ours (LoRA on the policy + ``ValueHead``, so the trainable set is the same).
+  Evaluation: per-sample ``generate`` + per-sample pipeline scoring.
+- **ours**: ``PPOTrainer.step`` built like ``run_ppo`` builds it (``Seq2SeqPolicy``,
+  ``RewardScorer``, ``Accelerator(cpu=True)``); evaluation through ``score_policy``.
+
+Both variants sample ``--max-new-tokens`` tokens (``ppo.response_length`` pinned to it,
+``min_new_tokens=0``), use ``--batch-size`` prompts per step and the rest of ``ppo.*``
+from params.yaml. Each variant is warmed up once (a 2-prompt step, a 2-sample
+evaluation), then ``--steps`` PPO steps are timed (median per phase) and one
+evaluation of ``--eval-samples`` test dialogues.
+
+``--size builtin`` uses models/policy; ``--size base`` a random-weight T5 with
+flan-t5-base's exact configuration (same seed, so the same weights in both variants)
+with the built-in tokenizer. The reward model is models/reward in both.
+
+    python benchmarks/ppo_vs_original.py --size builtin --steps 3 --eval-samples 32
+    python benchmarks/ppo_vs_original.py --size base --steps 1 --eval-samples 16
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timed region
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from detox.errors import DetoxError  # noqa: E402
+from detox.params import Params, load_params  # noqa: E402
+
+PHASES = ("generation", "scoring", "forward", "optimization", "total")
+VARIANTS = ("original", "ours")
+WARMUP_PROMPTS = 2
+BASE_SEED = 0  # random-weight flan-t5-base shaped model: the same weights in both subprocesses
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--size", choices=("builtin", "base"), default="builtin",
+                        help="builtin = models/policy; base = random-weight T5 with flan-t5-base's config")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per PPO step")
+    parser.add_argument("--steps", type=int, default=None, help="timed PPO steps per variant (default 3 builtin, 1 base)")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="test dialogues per evaluation (default 64 builtin, 16 base)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="response tokens, the same for both variants")
+    parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
+    parser.add_argument("--reward", default="models/reward", help="folder of the reward classifier")
+    parser.add_argument("--train", default="data/raw/train.parquet", help="PPO prompts (first rows)")
+    parser.add_argument("--test", default="data/raw/test.parquet", help="evaluation dialogues (first rows)")
+    parser.add_argument("--params", default="params.yaml", help="ppo.*, generation.*, reward.*, prompt")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of original,ours")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run one extra step of ours under torch.profiler and print the top ops")
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.steps is None:
+        args.steps = 3 if args.size == "builtin" else 1
+    if args.eval_samples is None:
+        args.eval_samples = 64 if args.size == "builtin" else 16
+    if min(args.batch_size, args.steps, args.eval_samples, args.max_new_tokens) < 1:
+        parser.error("--batch-size, --steps, --eval-samples and --max-new-tokens must be at least 1")
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+    return args
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Exit 2 with one clear message when an input is missing."""
+    missing = [(flag, Path(getattr(args, flag))) for flag in ("policy", "reward", "train", "test", "params")
+               if not Path(getattr(args, flag)).exists()]
+    if not missing:
+        return
+    for flag, path in missing:
+        print(f"error: --{flag} {path} does not exist.", file=sys.stderr)
+    print("The policy, the reward model and data/raw are made by the fetch stage: run `dvc repro fetch` "
+          "first (or point --policy/--reward/--train/--test at existing ones).", file=sys.stderr)
+    sys.exit(2)
+
+
+def bench_params(args: argparse.Namespace) -> Params:
+    """params.yaml with the response length pinned to --max-new-tokens and the batch to --batch-size."""
+    params = load_params(args.params)
+    gen = params.generation.model_copy(update={"max_new_tokens": args.max_new_tokens, "min_new_tokens": 0})
+    length = params.ppo.response_length.model_copy(update={"min": args.max_new_tokens, "max": args.max_new_tokens})
+    ppo = params.ppo.model_copy(update={"batch_size": args.batch_size, "response_length": length})
+    return params.model_copy(update={"generation": gen, "ppo": ppo})
+
+
+def build_base_model(args: argparse.Namespace):
+    from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+
+    if args.size == "builtin":
+        return AutoModelForSeq2SeqLM.from_pretrained(args.policy)
+    config = T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
+                      feed_forward_proj="gated-gelu", vocab_size=32128, tie_word_embeddings=False,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(BASE_SEED)
+    model = T5ForConditionalGeneration(config)
+    # Random weights give logits with std ~28: sampling is nearly argmax (often the pad token, which
+    # detox.ppo.core.response_mask rejects as an unstripped decoder start) and one PPO update at
+    # ppo.learning_rate turns them into NaN. Scale the LM head down (logits std ~1.4, a trained model's
+    # range) and forbid pad in generate() (both variants call it on this model).
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0.05)
+    model.generation_config.suppress_tokens = [config.pad_token_id]
+    return model
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# -- variant (a): the original notebook's loop shape --------------------------------------------------
+class OriginalLoop:
+    """Per-sample generate, deep-copied reference, per-sample pipeline scoring, our PPO math."""
+
+    def __init__(self, base, tokenizer, reward_model, reward_tokenizer, params: Params) -> None:
+        from peft import LoraConfig, TaskType, get_peft_model
+        from transformers import pipeline
+
+        from detox.ppo.core import AdaptiveKLController, FixedKLController
+        from detox.ppo.policy import ValueHead, disable_dropout
+        from detox.reward import label_index
+
+        cfg = self.cfg = params.ppo
+        self.params, self.tokenizer = params, tokenizer
+        if cfg.disable_dropout:
+            disable_dropout(base)
+        self.reference = copy.deepcopy(base).eval().requires_grad_(False)  # a full second copy
+        lora = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                          lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
+                          target_modules=list(cfg.lora.target_modules))
+        self.model = get_peft_model(base, lora).eval()
+        self.value_head = ValueHead(base.config.d_model)
+        trainable = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        self.trainable = trainable
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
+        self.kl_ctl = (AdaptiveKLController(cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
+                       if cfg.kl.adaptive else FixedKLController(cfg.kl.init_coef))
+        self.pipe = pipeline("text-classification", model=reward_model, tokenizer=reward_tokenizer,
+                             top_k=None, function_to_apply="none", device=-1)
+        self.reward_label = reward_model.config.id2label[label_index(reward_model, params.reward.reward_label)]
+        self.reward_limit = min(params.reward.max_tokens,
+                                getattr(reward_model.config, "max_position_embeddings", 514) - 2)
+        self.start_token = base.config.decoder_start_token_id
+
+    @torch.no_grad()
+    def generate_one(self, prompt: str, seed: int) -> torch.Tensor:
+        from detox.generation import generation_kwargs
+
+        gen = self.params.generation
+        enc = self.tokenizer(prompt, truncation=True, max_length=gen.max_source_tokens, return_tensors="pt")
+        torch.manual_seed(seed)
+        out = self.model.generate(**enc, pad_token_id=self.tokenizer.pad_token_id,
+                                  eos_token_id=self.tokenizer.eos_token_id, **generation_kwargs(gen))
+        return out[0, 1:]
+
+    def score_one(self, response: str, dialogue: str) -> float:
+        text = response if self.params.reward.input == "response" else f"{dialogue}\n{response}"
+        result = self.pipe(text, truncation=True, max_length=self.reward_limit)
+        if result and isinstance(result[0], list):  # some versions nest one list per input
+            result = result[0]
+        return next(r["score"] for r in result if r["label"] == self.reward_label)
+
+    def _decoder_inputs(self, responses: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.full_like(responses[:, :1], self.start_token), responses[:, :-1]], dim=1)
+
+    def step(self, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
+        from detox.ppo.core import (compute_gae, compute_rewards, logprobs_from_logits, masked_whiten, policy_loss,
+                                    response_mask, value_loss)
+
+        cfg, tok = self.cfg, self.tokenizer
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        ids = [self.generate_one(p, 1000 * step + i) for i, p in enumerate(prompts)]  # one prompt at a time
+        response_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=tok.pad_token_id)
+        mask = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id)
+        responses = [s.strip() for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
+        timings["generation"] = time.perf_counter() - started
+
+        tick = time.perf_counter()
+        scores = torch.tensor([self.score_one(r, d) for r, d in zip(responses, dialogues, strict=True)])
+        timings["scoring"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        max_src = self.params.generation.max_source_tokens
+        logprobs, values, ref_logprobs = [], [], []
+        with torch.no_grad():
+            for i, prompt in enumerate(prompts):  # one forward per sample, policy then the reference copy
+                enc = tok(prompt, truncation=True, max_length=max_src, return_tensors="pt")
+                resp = response_ids[i : i + 1]
+                dec = self._decoder_inputs(resp)
+                out = self.model(**enc, decoder_input_ids=dec, output_hidden_states=True)
+                logprobs.append(logprobs_from_logits(out.logits, resp))
+                values.append(self.value_head(out.decoder_hidden_states[-1]))
+                ref = self.reference(**enc, decoder_input_ids=dec)
+                ref_logprobs.append(logprobs_from_logits(ref.logits, resp))
+        old_logprobs, old_values, ref_lp = torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs)
+        rewards, kl, _ = compute_rewards(scores, old_logprobs, ref_lp, mask, self.kl_ctl.value, cfg.kl.estimator)
+        advantages, returns = compute_gae(old_values, rewards, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)
+        timings["forward"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        enc = tok(prompts, padding=True, truncation=True, max_length=max_src, return_tensors="pt")
+        generator = torch.Generator().manual_seed(step)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(prompts), generator=generator)
+            for start in range(0, len(order), cfg.mini_batch_size):
+                index = order[start : start + cfg.mini_batch_size]
+                resp = response_ids[index]
+                out = self.model(input_ids=enc["input_ids"][index], attention_mask=enc["attention_mask"][index],
+                                 decoder_input_ids=self._decoder_inputs(resp), output_hidden_states=True)
+                lp = logprobs_from_logits(out.logits, resp)
+                v = self.value_head(out.decoder_hidden_states[-1])
+                pg, _ = policy_loss(lp, old_logprobs[index], advantages[index], mask[index], cfg.cliprange)
+                vf, _ = value_loss(v, old_values[index], returns[index], mask[index], cfg.cliprange_value)
+                loss = pg + cfg.vf_coef * vf
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+        timings["optimization"] = time.perf_counter() - tick
+        self.kl_ctl.update(kl.sum(1).mean().item(), len(prompts))
+        timings["total"] = time.perf_counter() - started
+        timings["reward_mean"] = scores.mean().item()
+        return timings
+
+    def evaluate(self, dialogues: list[str], seed: int) -> float:
+        """Per-sample generate + per-sample pipeline scoring; returns samples per second."""
+        template = self.params.prompt.template
+        started = time.perf_counter()
+        for i, dialogue in enumerate(dialogues):
+            ids = self.generate_one(template.format(dialogue=dialogue), seed + i)
+            self.score_one(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), dialogue)
+        return len(dialogues) / (time.perf_counter() - started)
+
+
+# -- variant (b): our engine ----------------------------------------------------------------------------
+class OurEngine:
+    def __init__(self, base, tokenizer, reward_model, reward_tokenizer, params: Params) -> None:
+        from accelerate import Accelerator
+
+        from detox.ppo.engine import PPOTrainer
+        from detox.ppo.policy import Seq2SeqPolicy
+        from detox.reward import RewardScorer
+
+        self.params, self.tokenizer = params, tokenizer
+        policy = Seq2SeqPolicy(base, params.ppo)
+        self.scorer = RewardScorer(reward_model, reward_tokenizer, params.reward)
+        accelerator = Accelerator(gradient_accumulation_steps=params.ppo.gradient_accumulation_steps, cpu=True)
+        self.trainer = PPOTrainer(policy, tokenizer, self.scorer, params.ppo, params.generation, accelerator,
+                                  params.seed)
+
+    def step(self, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
+        stats, _ = self.trainer.step(prompts, dialogues, step)
+        timings = {phase: stats[f"time/{phase}"] for phase in PHASES}
+        timings["reward_mean"] = stats["env/reward_mean"]
+        return timings
+
+    def evaluate(self, data: pd.DataFrame, seed: int) -> float:
+        from detox.evaluation import score_policy
+
+        model = self.trainer.unwrapped.generator()
+        _, rate = score_policy(model, self.tokenizer, self.scorer, data, self.params.prompt.template,
+                               self.params.generation, seed, self.params.generation.max_source_tokens)
+        return rate
+
+
+def worker(args: argparse.Namespace) -> dict[str, object]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from detox.generation import build_prompts
+
+    params = bench_params(args)
+    tokenizer = AutoTokenizer.from_pretrained(args.policy)
+    tokenizer.padding_side = "right"
+    torch.manual_seed(params.seed)
+    base = build_base_model(args)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward).eval()
+    reward_tokenizer = AutoTokenizer.from_pretrained(args.reward)
+    torch.manual_seed(params.seed)  # LoRA and value-head initialisation, the same in both variants
+    cls = OriginalLoop if args.worker == "original" else OurEngine
+    runner = cls(base, tokenizer, reward_model, reward_tokenizer, params)
+
+    train = pd.read_parquet(args.train)
+    test = pd.read_parquet(args.test).iloc[: args.eval_samples].reset_index(drop=True)
+    dialogues = train["dialogue"].tolist()
+    prompts = build_prompts(dialogues, params.prompt.template)
+    need = args.batch_size * args.steps + WARMUP_PROMPTS
+    if len(prompts) < need:
+        raise DetoxError(f"{args.train} has {len(prompts)} rows; {need} are needed")
+
+    def eval_input(rows: pd.DataFrame):
+        return rows if isinstance(runner, OurEngine) else rows["dialogue"].tolist()
+
+    runner.step(prompts[:WARMUP_PROMPTS], dialogues[:WARMUP_PROMPTS], 10_000)  # warm-up
+    runner.evaluate(eval_input(test.iloc[:WARMUP_PROMPTS]), params.eval.seed)
+    steps = []
+    for step in range(args.steps):
+        lo = WARMUP_PROMPTS + step * args.batch_size
+        steps.append(runner.step(prompts[lo : lo + args.batch_size], dialogues[lo : lo + args.batch_size], step))
+    rate = runner.evaluate(eval_input(test), params.eval.seed)
+    result: dict[str, object] = {
+        "variant": args.worker,
+        "phases": {k: statistics.median(s[k] for s in steps) for k in PHASES},
+        "step_totals": [s["total"] for s in steps],
+        "reward_mean": statistics.fmean(s["reward_mean"] for s in steps),
+        "eval_samples_per_s": rate,
+        "peak_rss_mib": peak_rss_mib(),
+        "threads": torch.get_num_threads(),
+        "params_m": sum(p.numel() for p in base.parameters()) / 1e6,
+    }
+    if args.profile and isinstance(runner, OurEngine):
+        from torch.profiler import ProfilerActivity, profile
+
+        lo = WARMUP_PROMPTS + args.steps * args.batch_size
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            runner.step(prompts[lo : lo + args.batch_size], dialogues[lo : lo + args.batch_size], args.steps)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
+    return result
+
+
+def run_variant(args: argparse.Namespace, argv: list[str], variant: str) -> dict[str, object]:
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", variant]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: the {variant} variant failed (exit {proc.returncode}); see its stderr above")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    check_inputs(args)
+    try:
+        bench_params(args)
+    except DetoxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+
+    results = {}
+    for variant in args.variants.split(","):
+        started = time.perf_counter()
+        results[variant] = run_variant(args, argv, variant)
+        print(f"[{variant}] done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+    params = bench_params(args)
+    first = next(iter(results.values()))
+    print(f"\nsize {args.size} ({first['params_m']:.1f}M policy parameters), batch {args.batch_size}, "
+          f"max_new_tokens {args.max_new_tokens} (min 0), mini_batch {params.ppo.mini_batch_size}, "
+          f"ppo_epochs {params.ppo.ppo_epochs}; CPU, torch threads {first['threads']}; "
+          f"median of {args.steps} step(s) after one warm-up; eval on {args.eval_samples} test dialogues\n")
+    header = (f"{'variant':<9}" + "".join(f" {p + ' s':>14}" for p in PHASES)
+              + f" {'eval samples/s':>15} {'peak RSS MiB':>13}")
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(f"{name:<9}" + "".join(f" {r['phases'][p]:>14.3f}" for p in PHASES)
+              + f" {r['eval_samples_per_s']:>15.3f} {r['peak_rss_mib']:>13.0f}")
+    if set(results) == set(VARIANTS):
+        a, b = results["original"], results["ours"]
+        print("\nratios (original / ours time; ours / original throughput and memory):")
+        for p in PHASES:
+            print(f"  {p:<13} time a/b  {a['phases'][p] / b['phases'][p]:>8.2f}x")
+        print(f"  eval throughput b/a     {b['eval_samples_per_s'] / a['eval_samples_per_s']:>8.2f}x")
+        print(f"  peak RSS b/a            {b['peak_rss_mib'] / a['peak_rss_mib']:>8.2f}x")
+    print("\nJSON " + json.dumps({"args": {k: v for k, v in vars(args).items() if k != "worker"}, "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
