@@ -28,7 +28,6 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -38,6 +37,7 @@ from detox.evaluation import sample_rows  # noqa: E402
 from detox.generation import build_prompts, generate_summaries, generation_kwargs, load_policy  # noqa: E402
 from detox.params import Params, load_params  # noqa: E402
 from detox.reward import RewardScorer  # noqa: E402
+from common import check_inputs  # noqa: E402
 
 WARMUP_SAMPLES = 8
 
@@ -56,19 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.n < 1 or args.repeats < 1:
         parser.error("--n and --repeats must be at least 1")
     return args
-
-
-def check_inputs(args: argparse.Namespace) -> None:
-    """Exit 2 with one clear message when an input is missing."""
-    missing = [(flag, Path(getattr(args, flag))) for flag in ("policy", "reward", "data")
-               if not Path(getattr(args, flag)).exists()]
-    if not missing:
-        return
-    for flag, path in missing:
-        print(f"error: --{flag} {path} does not exist.", file=sys.stderr)
-    print("The policy, the reward model and data/raw are made by the fetch stage: run `dvc repro fetch` "
-          "first (or point --policy/--reward/--data at existing ones).", file=sys.stderr)
-    sys.exit(2)
 
 
 def sync(device: torch.device) -> None:
@@ -119,7 +106,7 @@ def timed(fn: Callable[[], list[float]], device: torch.device) -> tuple[float, l
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_inputs(args)
+    check_inputs(args, ("policy", "reward", "data"))
     try:
         params = load_params(args.params)
     except DetoxError as exc:

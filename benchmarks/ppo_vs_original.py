@@ -43,13 +43,13 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from detox.errors import DetoxError  # noqa: E402
 from detox.params import Params, load_params  # noqa: E402
+from common import check_inputs  # noqa: E402
 
 PHASES = ("generation", "scoring", "forward", "optimization", "total")
 VARIANTS = ("original", "ours")
@@ -87,19 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
     return args
-
-
-def check_inputs(args: argparse.Namespace) -> None:
-    """Exit 2 with one clear message when an input is missing."""
-    missing = [(flag, Path(getattr(args, flag))) for flag in ("policy", "reward", "train", "test", "params")
-               if not Path(getattr(args, flag)).exists()]
-    if not missing:
-        return
-    for flag, path in missing:
-        print(f"error: --{flag} {path} does not exist.", file=sys.stderr)
-    print("The policy, the reward model and data/raw are made by the fetch stage: run `dvc repro fetch` "
-          "first (or point --policy/--reward/--train/--test at existing ones).", file=sys.stderr)
-    sys.exit(2)
 
 
 def bench_params(args: argparse.Namespace) -> Params:
@@ -357,7 +344,7 @@ def run_variant(args: argparse.Namespace, argv: list[str], variant: str) -> dict
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    check_inputs(args)
+    check_inputs(args, ("policy", "reward", "train", "test", "params"))
     try:
         bench_params(args)
     except DetoxError as exc:
