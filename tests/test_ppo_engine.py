@@ -22,6 +22,7 @@ from pathlib import Path
 
 import conftest
 import pandas as pd
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -661,3 +662,41 @@ def test_more_steps_still_resume_the_same_run(world, project):
     base = ppo_params(**{"ppo.steps": 3, "ppo.checkpoint_every": 1})
     longer = ppo_params(**{"ppo.steps": 5, "ppo.checkpoint_every": 2, "ppo.max_kl": 100.0})
     assert fingerprint(base, paths.policy, paths.reward) == fingerprint(longer, paths.policy, paths.reward)
+
+
+def test_changed_model_weights_change_the_fingerprint(world, tmp_path):
+    """Same file sizes, other weights (e.g. a policy re-fetched with another seed): no resume."""
+    params = ppo_params()
+    policy = tmp_path / "policy"
+    shutil.copytree(world / "models" / "policy", policy)
+    before = fingerprint(params, policy, world / "models" / "reward")
+    weights = policy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # flip the last byte: same size, different contents
+    weights.write_bytes(bytes(data))
+    assert fingerprint(params, policy, world / "models" / "reward") != before
+
+
+def test_running_moments_match_numpy_over_batches():
+    from detox.ppo.engine import RunningMoments
+
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size=n) for n in (5, 17, 8)]
+    moments = RunningMoments()
+    for batch in batches:
+        moments.update(torch.tensor(batch))
+    everything = np.concatenate(batches)
+    assert moments.mean == pytest.approx(everything.mean(), rel=1e-9)
+    assert moments.std == pytest.approx(everything.std(), rel=1e-9)
+    restored = RunningMoments()
+    restored.load_state_dict(moments.state_dict())
+    assert (restored.mean, restored.std) == (moments.mean, moments.std)
+
+
+def test_scores_are_normalised_and_clipped_when_asked(world):
+    trainer = make_trainer(world, ppo_params(**{"ppo.score.normalize": True, "ppo.score.clip": 1.0}))
+    scores = torch.tensor([0.0, 1.0, 2.0, 30.0])
+    prepared = trainer._prepare_scores(scores)
+    expected = ((scores - scores.mean()) / scores.std(unbiased=False)).clamp(-1.0, 1.0)
+    torch.testing.assert_close(prepared, expected, rtol=1e-5, atol=1e-5)
+    assert prepared.max().item() == 1.0

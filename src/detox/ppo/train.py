@@ -27,7 +27,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassificati
 
 from detox.errors import DetoxError
 from detox.generation import build_prompts
-from detox.io import atomic_dir, write_json
+from detox.io import atomic_dir, sha256_tree, write_json
 from detox.params import Params
 from detox.ppo.engine import PPOTrainer
 from detox.ppo.policy import Seq2SeqPolicy
@@ -61,10 +61,8 @@ def fingerprint(params: Params, *model_dirs: Path) -> str:
     relevant = {"seed": params.seed, "ppo": ppo, "generation": params.generation.model_dump(),
                 "prompt": params.prompt.model_dump(), "reward": params.reward.model_dump()}
     digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
-    for directory in model_dirs:
-        for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-            digest.update(file.relative_to(directory).as_posix().encode())
-            digest.update(str(file.stat().st_size).encode())
+    for directory in model_dirs:  # contents, not sizes: a re-fetched model has the same sizes
+        digest.update(sha256_tree(directory).encode())
     return digest.hexdigest()[:16]
 
 
