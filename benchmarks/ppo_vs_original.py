@@ -73,6 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test", default="data/raw/test.parquet", help="evaluation dialogues (first rows)")
     parser.add_argument("--params", default="params.yaml", help="ppo.*, generation.*, reward.*, prompt")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of original,ours")
+    parser.add_argument("--ours-lora-scope", choices=("params", "decoder", "all"), default="params",
+                        help="ppo.lora.scope for ours (params = params.yaml's); the original always adapts q,v in "
+                        "the encoder and the decoder, as the notebook did")
+    parser.add_argument("--eval-batch-size", type=int, default=None,
+                        help="ours: prompts per generate call in the evaluation (default generation.batch_size)")
+    parser.add_argument("--flops", action="store_true",
+                        help="also count ours' matmul FLOPs per phase on one extra step and time this machine's "
+                        "fp32 matmul rate: the step's compute floor")
     parser.add_argument("--profile", action="store_true",
                         help="also run one extra step of ours under torch.profiler and print the top ops")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -81,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps = 3 if args.size == "builtin" else 1
     if args.eval_samples is None:
         args.eval_samples = 64 if args.size == "builtin" else 16
-    if min(args.batch_size, args.steps, args.eval_samples, args.max_new_tokens) < 1:
-        parser.error("--batch-size, --steps, --eval-samples and --max-new-tokens must be at least 1")
+    if min(args.batch_size, args.steps, args.eval_samples, args.max_new_tokens, args.eval_batch_size or 1) < 1:
+        parser.error("--batch-size, --steps, --eval-samples, --eval-batch-size and --max-new-tokens must be at least 1")
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         parser.error(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
@@ -92,9 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def bench_params(args: argparse.Namespace) -> Params:
     """params.yaml with the response length pinned to --max-new-tokens and the batch to --batch-size."""
     params = load_params(args.params)
-    gen = params.generation.model_copy(update={"max_new_tokens": args.max_new_tokens, "min_new_tokens": 0})
+    gen = params.generation.model_copy(update={"max_new_tokens": args.max_new_tokens, "min_new_tokens": 0,
+                                               "batch_size": args.eval_batch_size or params.generation.batch_size})
     length = params.ppo.response_length.model_copy(update={"min": args.max_new_tokens, "max": args.max_new_tokens})
-    ppo = params.ppo.model_copy(update={"batch_size": args.batch_size, "response_length": length})
+    update: dict[str, object] = {"batch_size": args.batch_size, "response_length": length}
+    if args.ours_lora_scope != "params":
+        update["lora"] = params.ppo.lora.model_copy(update={"scope": args.ours_lora_scope})
+    ppo = params.ppo.model_copy(update=update)
     return params.model_copy(update={"generation": gen, "ppo": ppo})
 
 
@@ -112,10 +124,52 @@ def build_base_model(args: argparse.Namespace):
     # detox.ppo.core.response_mask rejects as an unstripped decoder start) and one PPO update at
     # ppo.learning_rate turns them into NaN. Scale the LM head down (logits std ~1.4, a trained model's
     # range) and forbid pad in generate() (both variants call it on this model).
+    # transformers 5 ties T5's lm_head to the input embeddings when it builds a model from a config
+    # (T5Config forces tie_word_embeddings=True); flan-t5-base's checkpoint has its own lm_head, which
+    # from_pretrained keeps untied. Untie it here too, so the model has flan-t5-base's 247.6M parameters.
+    model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
     with torch.no_grad():
         model.lm_head.weight.mul_(0.05)
     model.generation_config.suppress_tokens = [config.pad_token_id]
     return model
+
+
+def matmul_gflops(seconds: float = 1.0) -> dict[str, float]:
+    """This machine's fp32 matmul rate (GFLOP/s) on the shapes a PPO step multiplies."""
+    rates = {}
+    for m, k, n in ((256, 768, 768), (256, 768, 2048), (256, 768, 32128), (2048, 768, 2048)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            a @ b
+            count += 1
+        rates[f"{m}x{k}x{n}"] = 2 * m * k * n * count / (time.perf_counter() - started) / 1e9
+    return rates
+
+
+def count_step_flops(runner: "OurEngine", prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
+    """GFLOP per phase of one step of ours (torch's FlopCounterMode: matmuls and attention, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainer, counted = runner.trainer, {}
+
+    def counting(phase: str, method):
+        def wrapper(*args, **kwargs):
+            with FlopCounterMode(display=False) as counter:
+                out = method(*args, **kwargs)
+            counted[phase] = counted.get(phase, 0.0) + counter.get_total_flops() / 1e9
+            return out
+        return wrapper
+
+    trainer.rollout = counting("generation", trainer.rollout)
+    trainer.reference_logprobs = counting("forward", trainer.reference_logprobs)
+    trainer.optimise = counting("optimization", trainer.optimise)
+    runner.step(prompts, dialogues, step)
+    for name in ("rollout", "reference_logprobs", "optimise"):
+        delattr(trainer, name)  # back to the class's methods
+    counted["total"] = sum(counted.values())
+    return counted
 
 
 def peak_rss_mib() -> float:
@@ -139,6 +193,7 @@ class OriginalLoop:
         if cfg.disable_dropout:
             disable_dropout(base)
         self.reference = copy.deepcopy(base).eval().requires_grad_(False)  # a full second copy
+        # The notebook's LoRA: the target modules in the encoder and the decoder (ppo.lora.scope: all).
         lora = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                           lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
                           target_modules=list(cfg.lora.target_modules))
@@ -289,6 +344,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     tokenizer.padding_side = "right"
     torch.manual_seed(params.seed)
     base = build_base_model(args)
+    params_m = sum(p.numel() for p in base.parameters()) / 1e6  # before LoRA is added
     reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward).eval()
     reward_tokenizer = AutoTokenizer.from_pretrained(args.reward)
     torch.manual_seed(params.seed)  # LoRA and value-head initialisation, the same in both variants
@@ -299,7 +355,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     test = pd.read_parquet(args.test).iloc[: args.eval_samples].reset_index(drop=True)
     dialogues = train["dialogue"].tolist()
     prompts = build_prompts(dialogues, params.prompt.template)
-    need = args.batch_size * args.steps + WARMUP_PROMPTS
+    need = args.batch_size * (args.steps + 1) + WARMUP_PROMPTS  # + 1: the --flops / --profile step
     if len(prompts) < need:
         raise DetoxError(f"{args.train} has {len(prompts)} rows; {need} are needed")
 
@@ -321,8 +377,18 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         "eval_samples_per_s": rate,
         "peak_rss_mib": peak_rss_mib(),
         "threads": torch.get_num_threads(),
-        "params_m": sum(p.numel() for p in base.parameters()) / 1e6,
+        "params_m": params_m,
     }
+    if args.flops and isinstance(runner, OurEngine):
+        lo = WARMUP_PROMPTS + args.steps * args.batch_size
+        result["gflop"] = count_step_flops(runner, prompts[lo : lo + args.batch_size],
+                                           dialogues[lo : lo + args.batch_size], args.steps)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            runner.evaluate(eval_input(test), params.eval.seed)
+        result["eval_gflop_per_sample"] = counter.get_total_flops() / 1e9 / len(test)
+        result["matmul_gflops"] = matmul_gflops()
     if args.profile and isinstance(runner, OurEngine):
         from torch.profiler import ProfilerActivity, profile
 
@@ -364,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(results.values()))
     print(f"\nsize {args.size} ({first['params_m']:.1f}M policy parameters), batch {args.batch_size}, "
           f"max_new_tokens {args.max_new_tokens} (min 0), mini_batch {params.ppo.mini_batch_size}, "
-          f"ppo_epochs {params.ppo.ppo_epochs}; CPU, torch threads {first['threads']}; "
+          f"ppo_epochs {params.ppo.ppo_epochs}; LoRA {list(params.ppo.lora.target_modules)} in encoder+decoder "
+          f"(original), scope {params.ppo.lora.scope} (ours); CPU, torch threads {first['threads']}; "
           f"median of {args.steps} step(s) after one warm-up; eval on {args.eval_samples} test dialogues\n")
     header = (f"{'variant':<9}" + "".join(f" {p + ' s':>14}" for p in PHASES)
               + f" {'eval samples/s':>15} {'peak RSS MiB':>13}")
@@ -380,6 +447,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p:<13} time a/b  {a['phases'][p] / b['phases'][p]:>8.2f}x")
         print(f"  eval throughput b/a     {b['eval_samples_per_s'] / a['eval_samples_per_s']:>8.2f}x")
         print(f"  peak RSS b/a            {b['peak_rss_mib'] / a['peak_rss_mib']:>8.2f}x")
+    ours = results.get("ours", {})
+    if "gflop" in ours:
+        peak = max(ours["matmul_gflops"].values())
+        rates = ", ".join(f"{shape} {rate:.0f}" for shape, rate in ours["matmul_gflops"].items())
+        print(f"\nours, matmul GFLOP per phase (one extra step) and the time they need at this machine's best "
+              f"fp32 matmul rate ({peak:.0f} GFLOP/s; {rates}):")
+        for p, gflop in ours["gflop"].items():
+            print(f"  {p:<13} {gflop:>9.1f} GFLOP  >= {gflop / peak:>7.2f} s   (measured {ours['phases'][p]:.2f} s)")
+        per_sample = ours["eval_gflop_per_sample"]
+        print(f"  evaluation    {per_sample:>9.1f} GFLOP per sample: at most {peak / per_sample:.2f} samples/s "
+              f"(measured {ours['eval_samples_per_s']:.2f})")
+        if "original" in results:
+            print(f"  at that rate ours would evaluate {peak / per_sample / results['original']['eval_samples_per_s']:.2f}x "
+                  f"faster than the original")
+            floor = ours["gflop"]["total"] / peak
+            print(f"  at that floor ours would be {results['original']['phases']['total'] / floor:.2f}x faster "
+                  f"than the original step")
     print("\nJSON " + json.dumps({"args": {k: v for k, v in vars(args).items() if k != "worker"}, "results": results}))
     return 0
 

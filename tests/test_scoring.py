@@ -277,9 +277,35 @@ def test_same_seed_same_summaries_other_seed_other_summaries(policy, corpus):
 def test_each_batch_is_seeded_with_seed_plus_its_first_index(policy, corpus):
     model, tokenizer = policy
     prompts = build_prompts(tiny_data(corpus)["dialogue"].tolist(), TEMPLATE)
-    whole = generate_summaries(model, tokenizer, prompts, sampling(batch_size=2), seed=5)
-    tail = generate_summaries(model, tokenizer, prompts[2:], sampling(batch_size=2), seed=7)
+    cfg = sampling(batch_size=2, sort_by_length=False)
+    whole = generate_summaries(model, tokenizer, prompts, cfg, seed=5)
+    tail = generate_summaries(model, tokenizer, prompts[2:], cfg, seed=7)
     assert whole[2:] == tail
+
+
+def test_sorted_batches_group_prompts_by_length_and_keep_the_input_order(policy, corpus):
+    """Longest first, cut into batches, each seeded with seed + its first sorted index;
+    every summary lands on its own prompt's row."""
+    model, tokenizer = policy
+    dialogues = tiny_data(corpus, 6)["dialogue"].tolist()
+    prompts = build_prompts([d if i % 2 else d[: len(d) // 4] for i, d in enumerate(dialogues)], TEMPLATE)
+    cfg = sampling(batch_size=2)
+    assert cfg.sort_by_length
+    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    assert order != list(range(len(prompts))), "the prompts must not be sorted already"
+
+    expected = [""] * len(prompts)
+    for start in range(0, len(order), 2):
+        rows = order[start : start + 2]
+        enc = tokenizer([prompts[i] for i in rows], padding=True, return_tensors="pt")
+        torch.manual_seed(11 + start)
+        ids = sample_responses(model, tokenizer, enc["input_ids"], enc["attention_mask"], cfg)
+        for row, text in zip(rows, tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):
+            expected[row] = text.strip()
+    assert generate_summaries(model, tokenizer, prompts, cfg, seed=11) == expected
+    unsorted = generate_summaries(model, tokenizer, prompts, sampling(batch_size=2, sort_by_length=False), seed=11)
+    assert unsorted != expected
 
 
 def test_greedy_summaries_ignore_the_seed_and_the_batching(policy, corpus):

@@ -4,10 +4,14 @@ Encoder inputs are padded on the **right**, as T5 was trained (left padding shif
 its relative position bias). Responses come back without the decoder start token,
 right-padded after their first EOS.
 
-Reproducibility: each batch re-seeds torch with ``seed + index of its first prompt``,
-so the same seed, batch size and machine give the same summaries. A different
-batch size groups prompts differently and so draws different samples: compare runs
-at the same ``generation.batch_size``.
+Batches: with ``generation.sort_by_length`` (the default) the prompts are ordered by
+token count, longest first, before they are cut into batches, so each batch pads
+its prompts to a similar length; the summaries come back in the input order.
+
+Reproducibility: each batch re-seeds torch with ``seed + index of its first prompt``
+in that (sorted) order, so the same seed, prompts, batch size and machine give the
+same summaries. A different batch size groups prompts differently and so draws
+different samples: compare runs at the same ``generation.batch_size``.
 """
 
 from __future__ import annotations
@@ -78,13 +82,19 @@ def generate_summaries(
     max_source_tokens: int = 512,
     desc: str = "generate",
 ) -> list[str]:
-    """Summaries for ``prompts``, batch by batch, with a progress bar."""
+    """Summaries for ``prompts`` (in their order), batch by batch, with a progress bar."""
     device = next(model.parameters()).device
-    responses: list[str] = []
+    order = list(range(len(prompts)))
+    if cfg.sort_by_length and len(prompts) > cfg.batch_size:
+        lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=True, max_length=max_source_tokens)["input_ids"]]
+        order.sort(key=lambda i: -lengths[i])  # stable: equal lengths keep the input order
+    responses: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=desc, unit="batch"):
-        batch = list(prompts[start : start + cfg.batch_size])
-        enc = tokenizer(batch, padding=True, truncation=True, max_length=max_source_tokens, return_tensors="pt")
+        rows = order[start : start + cfg.batch_size]
+        enc = tokenizer([prompts[i] for i in rows], padding=True, truncation=True, max_length=max_source_tokens,
+                        return_tensors="pt")
         torch.manual_seed(seed + start)
         ids = sample_responses(model, tokenizer, enc["input_ids"].to(device), enc["attention_mask"].to(device), cfg)
-        responses.extend(s.strip() for s in tokenizer.batch_decode(ids, skip_special_tokens=True))
+        for row, text in zip(rows, tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):
+            responses[row] = text.strip()
     return responses

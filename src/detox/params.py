@@ -171,6 +171,9 @@ class GenerationParams(Strict):
     max_new_tokens: int = Field(48, ge=1, le=2048)
     max_source_tokens: int = Field(512, ge=8, le=8192, description="prompts are truncated to this many tokens")
     batch_size: int = Field(32, ge=1, le=4096)
+    sort_by_length: bool = Field(
+        True, description="batch prompts of similar length together (less padding); summaries keep the input order"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "GenerationParams":
@@ -192,6 +195,11 @@ class LoraParams(Strict):
     alpha: int = Field(32, ge=1, le=4096)
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="used only when ppo.disable_dropout is false")
     target_modules: tuple[str, ...] = Field(("q", "v"), min_length=1)
+    scope: Literal["all", "decoder"] = Field(
+        "decoder",
+        description="where target_modules get adapters: decoder only (the encoder stays frozen, so a PPO step "
+        "runs it once and reuses its output) or all (encoder and decoder, as in the original notebook)",
+    )
 
 
 class KLParams(Strict):

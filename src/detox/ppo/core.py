@@ -19,12 +19,15 @@ copy of the model is held in memory.
    build ``mask = response_mask(response_ids, eos_token_id, pad_token_id)``.
 2. **Score.** Decode the responses and run the reward model: one scalar ``score`` per
    response, shape ``(batch,)``.
-3. **Old log-probs and values.** Without gradients, run the policy forward with the
-   encoder inputs and ``decoder_input_ids = [start] + response_ids[:, :-1]`` (T5's
-   shift-right), so ``logits[:, t]`` predicts ``response_ids[:, t]``.
+3. **Old log-probs and values.** Without gradients, the policy's logits at each
+   response position, with ``decoder_input_ids = [start] + response_ids[:, :-1]``
+   (T5's shift-right), so ``logits[:, t]`` predicts ``response_ids[:, t]``.
    ``old_logprobs = logprobs_from_logits(logits, response_ids)``; ``old_values`` come
-   from the value head. Do not reuse ``generate``'s ``scores``: they are the processed
-   (warped) logits, not the policy's.
+   from the value head. A teacher-forced forward pass gives them, and so does the
+   rollout itself: ``generate(output_logits=True, output_hidden_states=True)`` returns
+   the raw logits and the last decoder hidden state of every sampled position (the
+   engine uses those, and saves a forward pass). Do not use ``generate``'s
+   ``scores``: they are the processed (warped) logits, not the policy's.
 4. **Reference log-probs.** The same forward pass inside ``disable_adapter()`` gives
    ``ref_logprobs``.
 5. **Rewards.** ``rewards, kl, non_score_reward = compute_rewards(scores,

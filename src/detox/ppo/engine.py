@@ -6,11 +6,14 @@ trainers, so this project owns a compact engine (the math is in
 
 1. **rollout**   sample a response per prompt (pure sampling; ``max_new_tokens``
                  drawn per batch from ``ppo.response_length`` like the original's
-                 LengthSampler) and mask everything after each response's first EOS;
+                 LengthSampler) and mask everything after each response's first EOS.
+                 ``generate`` also returns the raw logits and the last decoder hidden
+                 state of every sampled position: the old log-probs, entropy and values
+                 come from them, with no second forward pass of the policy;
 2. **scoring**   reward model scores of the decoded responses (optionally normalised
                  by running moments and clipped);
-3. **forward**   old log-probs and values (policy) and reference log-probs (the same
-                 model with its LoRA adapters disabled) in batched forward passes;
+3. **forward**   reference log-probs (the same model with its LoRA adapters
+                 disabled) in batched forward passes;
 4. **advantage** per-token reward = -kl_coef * KL, plus the score on the last
                  response token; GAE; advantages whitened over response tokens;
 5. **optimise**  ``ppo_epochs`` x shuffled mini-batches of clipped policy loss +
@@ -18,6 +21,10 @@ trainers, so this project owns a compact engine (the math is in
                  accumulation (through accelerate, so it works under DDP);
 6. **controller** adaptive (or fixed) KL coefficient update, from the KL averaged
                  over all processes.
+
+With ``ppo.lora.scope: decoder`` (the default) the encoder has no adapters, so it
+runs once per step, before generation; its output feeds the rollout, the reference
+pass and every PPO epoch. Otherwise each of those runs the encoder again.
 
 Every random draw of a step is seeded from ``(seed, step, process)``, so a run
 resumed from a checkpoint continues exactly as an uninterrupted one would.
@@ -33,9 +40,10 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
+from transformers.modeling_outputs import BaseModelOutput
 
 from detox.errors import DetoxError
-from detox.generation import sample_responses
+from detox.generation import generation_kwargs
 from detox.params import GenerationParams, PPOParams
 from detox.ppo.core import (
     AdaptiveKLController,
@@ -68,6 +76,8 @@ class Rollout:
     responses: list[str]
     scores: torch.Tensor  # (B,) raw reward-model scores
     toxicity: torch.Tensor  # (B,)
+    encoder_hidden: torch.Tensor | None = None  # (B, S, d) when the encoder is frozen, else None
+    old: dict[str, torch.Tensor] | None = None  # logprobs, values, entropy (B, T) captured by generate
 
 
 class RunningMoments:
@@ -150,19 +160,32 @@ class PPOTrainer:
     def _step_seed(self, step: int) -> int:
         return self.seed * 1_000_003 + step * 1009 + self.accelerator.process_index
 
+    @torch.no_grad()
     def rollout(self, prompts: list[str], dialogues: list[str], step: int) -> Rollout:
         device = self.accelerator.device
+        policy = self.unwrapped
         enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.generation.max_source_tokens,
                              return_tensors="pt").to(device)
+        encoder_hidden = policy.encode(enc["input_ids"], enc["attention_mask"]) if policy.encoder_frozen else None
+        extra = {} if encoder_hidden is None else {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder_hidden)}
         max_new = random.Random(self._step_seed(step)).randint(self.cfg.response_length.min,
                                                                 self.cfg.response_length.max)
         torch.manual_seed(self._step_seed(step))
-        response_ids = sample_responses(self.unwrapped.generator(), self.tokenizer, enc["input_ids"],
-                                        enc["attention_mask"], self.generation, max_new_tokens=max_new)
+        out = policy.generator().generate(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id, output_logits=True, output_hidden_states=True,
+            return_dict_in_generate=True, **extra, **generation_kwargs(self.generation, max_new_tokens=max_new))
+        response_ids = out.sequences[:, 1:]
         mask = response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        # The raw (unwarped) logits of each sampled position, and the last decoder layer's hidden
+        # state there: the same numbers a teacher-forced forward pass of the policy would give.
+        logits = torch.stack(out.logits, dim=1)
+        hidden = torch.cat([layers[-1] for layers in out.decoder_hidden_states], dim=1)
+        old = {"logprobs": logprobs_from_logits(logits, response_ids), "values": policy.value_head(hidden),
+               "entropy": entropy_from_logits(logits)}
         responses = [s.strip() for s in self.tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
         return Rollout(enc["input_ids"], enc["attention_mask"], response_ids, mask, responses,
-                       torch.empty(0), torch.empty(0))
+                       torch.empty(0), torch.empty(0), encoder_hidden, old)
 
     def _decoder_inputs(self, response_ids: torch.Tensor) -> torch.Tensor:
         start = torch.full_like(response_ids[:, :1], self.start_token)
@@ -171,25 +194,38 @@ class PPOTrainer:
     def _forward(self, model: torch.nn.Module, batch: Rollout, index: torch.Tensor | slice, reference: bool = False,
                  with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         responses = batch.response_ids[index]
+        encoder_hidden = None if batch.encoder_hidden is None else batch.encoder_hidden[index]
         logits, values = model(input_ids=batch.input_ids[index], attention_mask=batch.attention_mask[index],
                                decoder_input_ids=self._decoder_inputs(responses), with_values=with_values,
-                               reference=reference)
+                               reference=reference, encoder_hidden=encoder_hidden)
         return logits, logprobs_from_logits(logits, responses), values
 
     @torch.no_grad()
+    def reference_logprobs(self, batch: Rollout) -> torch.Tensor:
+        """Reference log-probs (B, T), in mini-batch-sized forwards."""
+        model = self.unwrapped
+        return torch.cat([self._forward(model, batch, slice(start, start + self.cfg.mini_batch_size), reference=True,
+                                        with_values=False)[1]
+                          for start in range(0, len(batch.responses), self.cfg.mini_batch_size)])
+
+    @torch.no_grad()
     def old_and_reference(self, batch: Rollout) -> dict[str, torch.Tensor]:
-        """Old log-probs, values, entropy and reference log-probs, in mini-batch-sized forwards."""
-        parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "ref_logprobs": [], "entropy": []}
+        """Old log-probs, values, entropy (teacher-forced forwards) and reference log-probs.
+
+        ``step`` takes the old values from the rollout instead; this recomputes them, for
+        checking that both agree and for rollouts built by hand.
+        """
+        parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "entropy": []}
         model = self.unwrapped
         for start in range(0, len(batch.responses), self.cfg.mini_batch_size):
             index = slice(start, start + self.cfg.mini_batch_size)
             logits, logprobs, values = self._forward(model, batch, index)
-            _, ref_logprobs, _ = self._forward(model, batch, index, reference=True, with_values=False)
             parts["logprobs"].append(logprobs)
             parts["values"].append(values)
-            parts["ref_logprobs"].append(ref_logprobs)
             parts["entropy"].append(entropy_from_logits(logits))
-        return {k: torch.cat(v) for k, v in parts.items()}
+        old = {k: torch.cat(v) for k, v in parts.items()}
+        old["ref_logprobs"] = self.reference_logprobs(batch)
+        return old
 
     def _prepare_scores(self, scores: torch.Tensor) -> torch.Tensor:
         if self.cfg.score.normalize:
@@ -250,7 +286,7 @@ class PPOTrainer:
         timings["time/scoring"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        old = self.old_and_reference(batch)
+        old = {**batch.old, "ref_logprobs": self.reference_logprobs(batch)} if batch.old else self.old_and_reference(batch)
         mask = batch.mask
         rewards, kl, non_score = compute_rewards(scores, old["logprobs"], old["ref_logprobs"], mask,
                                                  self.kl_ctl.value, self.cfg.kl.estimator)

@@ -3,6 +3,12 @@
 The reference model is the same weights with the adapters disabled, so only one
 copy of the base model is in memory. With ``ppo.lora.enabled: false`` the whole
 model is trained and a frozen copy serves as the reference.
+
+With ``ppo.lora.scope: decoder`` the adapters sit in the decoder only. The encoder
+is then the same function for the policy, the reference and every PPO epoch, so
+the engine encodes each prompt once per step and passes ``encoder_hidden`` to
+``forward`` (the encoder is usually most of the FLOPs: prompts are long, summaries
+short).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -18,6 +25,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from detox.params import PPOParams
 
@@ -57,7 +65,7 @@ class Seq2SeqPolicy(nn.Module):
             lora = LoraConfig(
                 task_type=TaskType.SEQ_2_SEQ_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                 lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules),
+                target_modules=lora_targets(cfg.lora.target_modules, cfg.lora.scope),
             )
             self.model = get_peft_model(base, lora)
             self.frozen_reference = None
@@ -65,6 +73,9 @@ class Seq2SeqPolicy(nn.Module):
             self.frozen_reference = copy.deepcopy(base).eval().requires_grad_(False)
             self.model = base
         self.value_head = ValueHead(base.config.d_model)
+        encoder = base.get_encoder()
+        # True when nothing in the encoder trains: its output is then a constant of the prompt.
+        self.encoder_frozen = not any(p.requires_grad for p in encoder.parameters())
 
     @property
     def config(self):  # noqa: ANN201 - the transformers config of the base model
@@ -74,6 +85,13 @@ class Seq2SeqPolicy(nn.Module):
         """Context in which ``self.model`` computes the reference policy (LoRA only)."""
         return self.model.disable_adapter() if self.uses_lora else nullcontext()
 
+    @torch.no_grad()
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's last hidden state (B, S, d), to pass as ``encoder_hidden``."""
+        if not self.encoder_frozen:
+            raise RuntimeError("encode() needs a frozen encoder (ppo.lora.scope: decoder)")
+        return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -81,16 +99,23 @@ class Seq2SeqPolicy(nn.Module):
         decoder_input_ids: torch.Tensor,
         with_values: bool = True,
         reference: bool = False,
+        encoder_hidden: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) for each response position, and values (B, T)."""
+        """Logits (B, T, V) for each response position, and values (B, T).
+
+        ``encoder_hidden`` (from :meth:`encode`) skips the encoder; it is the same for the
+        policy and the reference because the encoder has no adapters.
+        """
+        inputs: dict[str, object] = {"attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids}
+        if encoder_hidden is None:
+            inputs["input_ids"] = input_ids
+        else:
+            inputs["encoder_outputs"] = BaseModelOutput(last_hidden_state=encoder_hidden)
         if reference and not self.uses_lora:
-            out = self.frozen_reference(input_ids=input_ids, attention_mask=attention_mask,
-                                        decoder_input_ids=decoder_input_ids)
-            return out.logits, None
+            return self.frozen_reference(**inputs).logits, None
         context = self.reference() if reference else nullcontext()
         with context:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                             decoder_input_ids=decoder_input_ids, output_hidden_states=with_values)
+            out = self.model(**inputs, output_hidden_states=with_values)
         values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
         return out.logits, values
 
@@ -118,6 +143,18 @@ class Seq2SeqPolicy(nn.Module):
         save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out_dir / VALUE_HEAD_FILE)
         (out_dir / POLICY_FILE).write_text(json.dumps(
             {"kind": "lora" if self.uses_lora else "full", "base_model": base_model_path}, indent=2))
+
+
+def lora_targets(names: tuple[str, ...], scope: str) -> list[str] | str:
+    """peft ``target_modules``: the names as given (``all``) or a regex limited to the decoder.
+
+    peft matches a string with ``re.fullmatch`` against module paths such as
+    ``decoder.block.0.layer.0.SelfAttention.q``.
+    """
+    if scope == "all":
+        return list(names)
+    alternatives = "|".join(re.escape(name) for name in names)
+    return rf"(?:.*\.)?decoder\.(?:.*\.)?(?:{alternatives})"
 
 
 def load_trained_policy(path: str | Path, merge: bool = True) -> PreTrainedModel:
