@@ -291,6 +291,7 @@ class OriginalLoop:
         self.kl_ctl.update(kl.sum(1).mean().item(), len(prompts))
         timings["total"] = time.perf_counter() - started
         timings["reward_mean"] = scores.mean().item()
+        timings["gen_tokens_per_s"] = mask.sum().item() / timings["generation"]
         return timings
 
     def evaluate(self, dialogues: list[str], seed: int) -> float:
@@ -320,9 +321,10 @@ class OurEngine:
                                   params.seed)
 
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
-        stats, _ = self.trainer.step(prompts, dialogues, step)
+        stats, batch = self.trainer.step(prompts, dialogues, step)
         timings = {phase: stats[f"time/{phase}"] for phase in PHASES}
         timings["reward_mean"] = stats["env/reward_mean"]
+        timings["gen_tokens_per_s"] = batch.mask.sum().item() / timings["generation"]
         return timings
 
     def evaluate(self, data: pd.DataFrame, seed: int) -> float:
@@ -374,6 +376,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         "phases": {k: statistics.median(s[k] for s in steps) for k in PHASES},
         "step_totals": [s["total"] for s in steps],
         "reward_mean": statistics.fmean(s["reward_mean"] for s in steps),
+        "gen_tokens_per_s": statistics.median(s["gen_tokens_per_s"] for s in steps),
         "eval_samples_per_s": rate,
         "peak_rss_mib": peak_rss_mib(),
         "threads": torch.get_num_threads(),
@@ -445,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nratios (original / ours time; ours / original throughput and memory):")
         for p in PHASES:
             print(f"  {p:<13} time a/b  {a['phases'][p] / b['phases'][p]:>8.2f}x")
+        print(f"  generated tokens/s b/a  {b['gen_tokens_per_s'] / a['gen_tokens_per_s']:>8.2f}x   "
+              f"({a['gen_tokens_per_s']:.1f} and {b['gen_tokens_per_s']:.1f} tokens/s in the rollout)")
         print(f"  eval throughput b/a     {b['eval_samples_per_s'] / a['eval_samples_per_s']:>8.2f}x")
         print(f"  peak RSS b/a            {b['peak_rss_mib'] / a['peak_rss_mib']:>8.2f}x")
     ours = results.get("ours", {})

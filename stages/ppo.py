@@ -4,6 +4,8 @@ One process by default; several with `accelerate launch --multi_gpu --num_proces
 (on a machine without GPUs too: the processes then train on the CPU with a gloo group).
 """
 
+import sys
+
 from detox.cli import run_stage
 from detox.params import load_params
 from detox.ppo.train import run_ppo
@@ -11,9 +13,11 @@ from detox.ppo.train import run_ppo
 
 def main() -> None:
     metrics = run_ppo(load_params("params.yaml"))
-    print(f"ppo: {metrics['steps']} steps, reward {metrics['reward_mean_first5']:.3f} -> "
-          f"{metrics['reward_mean_last5']:.3f}, toxicity {metrics['toxicity_mean_first5']:.3f} -> "
-          f"{metrics['toxicity_mean_last5']:.3f}, KL {metrics['kl_last5']:.3f}")
+    # One write per line: under `accelerate launch` every process prints it to the same (unbuffered)
+    # stdout, and print()'s separate write of the newline lets two processes' lines run together.
+    sys.stdout.write(f"ppo: {metrics['steps']} steps, reward {metrics['reward_mean_first5']:.3f} -> "
+                     f"{metrics['reward_mean_last5']:.3f}, toxicity {metrics['toxicity_mean_first5']:.3f} -> "
+                     f"{metrics['toxicity_mean_last5']:.3f}, KL {metrics['kl_last5']:.3f}\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""The benchmark scripts run end to end on a tiny built-in world and report what they claim.
+
+They are timing tools, so nothing here asserts a speed: only that both variants run on the
+same inputs, that the reported numbers are consistent with each other, and that a missing
+input is a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import conftest
+from detox.fetch import run_fetch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "ppo_vs_original.py"
+
+
+@pytest.fixture(scope="module")
+def bench_world(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("bench_world")
+    params = conftest.tiny_params()
+    run_fetch(params, root / "data" / "raw", root / "models" / "policy", root / "models" / "reward")
+    params_file = root / "params.yaml"
+    dumped = params.model_dump(mode="json")
+    dumped["ppo"].update(mini_batch_size=2, ppo_epochs=1)
+    params_file.write_text(yaml.safe_dump(dumped))
+    return root, params_file
+
+
+def run_bench(root: Path, params_file: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(SCRIPT), "--size", "builtin", "--steps", "1", "--batch-size", "4",
+            "--eval-samples", "3", "--max-new-tokens", "6", "--params", str(params_file),
+            "--policy", str(root / "models" / "policy"), "--reward", str(root / "models" / "reward"),
+            "--train", str(root / "data" / "raw" / "train.parquet"),
+            "--test", str(root / "data" / "raw" / "test.parquet"), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, capture_output=True, text=True, cwd=root, env=env, timeout=600)
+
+
+def test_ppo_vs_original_runs_both_variants_and_counts_flops(bench_world):
+    root, params_file = bench_world
+    proc = run_bench(root, params_file, "--flops")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.split("JSON ", 1)[1])
+    original, ours = report["results"]["original"], report["results"]["ours"]
+    assert original["params_m"] == ours["params_m"] > 0  # the same base model, counted before LoRA
+    for result in (original, ours):
+        phases = result["phases"]
+        assert all(phases[p] >= 0 for p in ("generation", "scoring", "forward", "optimization"))
+        assert phases["total"] >= phases["generation"] + phases["optimization"]
+        assert result["eval_samples_per_s"] > 0 and result["gen_tokens_per_s"] > 0 and result["peak_rss_mib"] > 0
+    gflop = ours["gflop"]
+    assert {"generation", "forward", "optimization", "total"} <= gflop.keys()
+    assert all(gflop[p] > 0 for p in ("generation", "forward", "optimization"))
+    assert gflop["total"] == pytest.approx(gflop["generation"] + gflop["forward"] + gflop["optimization"])
+    assert ours["eval_gflop_per_sample"] > 0 and min(ours["matmul_gflops"].values()) > 0
+    assert "peak RSS b/a" in proc.stdout and "at that floor ours would be" in proc.stdout
+
+
+def test_ppo_vs_original_missing_input_is_a_clear_error(bench_world, tmp_path):
+    root, params_file = bench_world
+    proc = run_bench(root, params_file, "--policy", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2
+    assert f"--policy {tmp_path / 'nowhere'} does not exist" in proc.stderr
+    assert "dvc repro fetch" in proc.stderr and "Traceback" not in proc.stderr
