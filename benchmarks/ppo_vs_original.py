@@ -43,6 +43,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -82,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also count ours' matmul FLOPs per phase on one extra step and time this machine's "
                         "fp32 matmul rate: the step's compute floor")
     parser.add_argument("--profile", action="store_true",
-                        help="also run one extra step of ours under torch.profiler and print the top ops")
+                        help="also run one extra step of ours under torch.profiler and print each phase's top ops")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps is None:
@@ -148,28 +149,57 @@ def matmul_gflops(seconds: float = 1.0) -> dict[str, float]:
     return rates
 
 
+STEP_PHASES = {"rollout": "generation", "reference_logprobs": "forward", "optimise": "optimization"}
+
+
+def step_by_phase(runner: "OurEngine", prompts: list[str], dialogues: list[str], step: int, context) -> None:
+    """One step of ours with each phase's method run inside ``context(phase)`` (a context manager)."""
+    trainer = runner.trainer
+
+    def wrapped(phase: str, method):
+        def wrapper(*args, **kwargs):
+            with context(phase):
+                return method(*args, **kwargs)
+        return wrapper
+
+    for name, phase in STEP_PHASES.items():
+        setattr(trainer, name, wrapped(phase, getattr(trainer, name)))
+    try:
+        runner.step(prompts, dialogues, step)
+    finally:
+        for name in STEP_PHASES:
+            delattr(trainer, name)  # back to the class's methods
+
+
 def count_step_flops(runner: "OurEngine", prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
     """GFLOP per phase of one step of ours (torch's FlopCounterMode: matmuls and attention, forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    trainer, counted = runner.trainer, {}
+    counted: dict[str, float] = {}
 
-    def counting(phase: str, method):
-        def wrapper(*args, **kwargs):
-            with FlopCounterMode(display=False) as counter:
-                out = method(*args, **kwargs)
-            counted[phase] = counted.get(phase, 0.0) + counter.get_total_flops() / 1e9
-            return out
-        return wrapper
+    @contextmanager
+    def counting(phase: str):
+        with FlopCounterMode(display=False) as counter:
+            yield
+        counted[phase] = counted.get(phase, 0.0) + counter.get_total_flops() / 1e9
 
-    trainer.rollout = counting("generation", trainer.rollout)
-    trainer.reference_logprobs = counting("forward", trainer.reference_logprobs)
-    trainer.optimise = counting("optimization", trainer.optimise)
-    runner.step(prompts, dialogues, step)
-    for name in ("rollout", "reference_logprobs", "optimise"):
-        delattr(trainer, name)  # back to the class's methods
+    step_by_phase(runner, prompts, dialogues, step, counting)
     counted["total"] = sum(counted.values())
     return counted
+
+
+def profile_step(runner: "OurEngine", prompts: list[str], dialogues: list[str], step: int) -> None:
+    """torch.profiler's top operators of each phase of one step of ours, on stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    @contextmanager
+    def profiling(phase: str):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            yield
+        print(f"\n[ours, profile of the {phase} phase]", file=sys.stderr)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
+
+    step_by_phase(runner, prompts, dialogues, step, profiling)
 
 
 def peak_rss_mib() -> float:
@@ -393,12 +423,8 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         result["eval_gflop_per_sample"] = counter.get_total_flops() / 1e9 / len(test)
         result["matmul_gflops"] = matmul_gflops()
     if args.profile and isinstance(runner, OurEngine):
-        from torch.profiler import ProfilerActivity, profile
-
         lo = WARMUP_PROMPTS + args.steps * args.batch_size
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            runner.step(prompts[lo : lo + args.batch_size], dialogues[lo : lo + args.batch_size], args.steps)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
+        profile_step(runner, prompts[lo : lo + args.batch_size], dialogues[lo : lo + args.batch_size], args.steps)
     return result
 
 

@@ -45,9 +45,9 @@ def run_bench(root: Path, params_file: Path, *extra: str) -> subprocess.Complete
     return subprocess.run(args, capture_output=True, text=True, cwd=root, env=env, timeout=600)
 
 
-def test_ppo_vs_original_runs_both_variants_and_counts_flops(bench_world):
+def test_ppo_vs_original_runs_both_variants_counts_flops_and_profiles(bench_world):
     root, params_file = bench_world
-    proc = run_bench(root, params_file, "--flops")
+    proc = run_bench(root, params_file, "--flops", "--profile")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.split("JSON ", 1)[1])
     original, ours = report["results"]["original"], report["results"]["ours"]
@@ -63,6 +63,8 @@ def test_ppo_vs_original_runs_both_variants_and_counts_flops(bench_world):
     assert gflop["total"] == pytest.approx(gflop["generation"] + gflop["forward"] + gflop["optimization"])
     assert ours["eval_gflop_per_sample"] > 0 and min(ours["matmul_gflops"].values()) > 0
     assert "peak RSS b/a" in proc.stdout and "at that floor ours would be" in proc.stdout
+    for phase in ("generation", "forward", "optimization"):
+        assert f"[ours, profile of the {phase} phase]" in proc.stderr
 
 
 def test_ppo_vs_original_missing_input_is_a_clear_error(bench_world, tmp_path):
