@@ -1,6 +1,6 @@
 """Benchmark: our batched PPO engine against the original notebook's loop, side by side.
 
-Two variants, each in its own subprocess (so each has its own peak RSS), on the same
+Two variants, each in its own subprocess (so each has its own peak memory), on the same
 policy weights, reward model, prompts and settings:
 
 - **original** (a faithful re-implementation of the notebook's loop shape): for each
@@ -9,23 +9,28 @@ policy weights, reward model, prompts and settings:
   ``pipeline("text-classification", top_k=None, function_to_apply="none")`` called once
   per sample, taking the ``nothate`` score; old/ref log-probs and values in one forward
   pass per sample; then the SAME PPO math (``detox.ppo.core``) and mini-batch updates
-  like ours (LoRA on the policy + ``ValueHead``, so the trainable set is the same).
+  as ours. Its LoRA is the notebook's: the target modules in the encoder and the decoder.
   Evaluation: per-sample ``generate`` + per-sample pipeline scoring.
-- **ours**: ``PPOTrainer.step`` built like ``run_ppo`` builds it (``Seq2SeqPolicy``,
-  ``RewardScorer``, ``Accelerator(cpu=True)``); evaluation through ``score_policy``.
+- **ours**: ``PPOTrainer.step`` built like ``run_ppo`` builds it (``Seq2SeqPolicy`` with
+  params.yaml's ``ppo.lora``, ``RewardScorer``, ``Accelerator``); evaluation through
+  ``score_policy``.
 
 Both variants sample ``--max-new-tokens`` tokens (``ppo.response_length`` pinned to it,
 ``min_new_tokens=0``), use ``--batch-size`` prompts per step and the rest of ``ppo.*``
 from params.yaml. Each variant is warmed up once (a 2-prompt step, a 2-sample
 evaluation), then ``--steps`` PPO steps are timed (median per phase) and one
-evaluation of ``--eval-samples`` test dialogues.
+evaluation of ``--eval-samples`` test dialogues. ``--flops`` and ``--profile`` add one
+more step of ours, counted or profiled phase by phase.
 
 ``--size builtin`` uses models/policy; ``--size base`` a random-weight T5 with
 flan-t5-base's exact configuration (same seed, so the same weights in both variants)
 with the built-in tokenizer. The reward model is models/reward in both.
+``--device cuda --dtype bfloat16`` runs both on a GPU in bf16; the memory figure is
+then ``torch.cuda.max_memory_allocated`` (after the warm-up) instead of the peak RSS.
 
-    python benchmarks/ppo_vs_original.py --size builtin --steps 3 --eval-samples 32
-    python benchmarks/ppo_vs_original.py --size base --steps 1 --eval-samples 16
+    python benchmarks/ppo_vs_original.py --size builtin --steps 3 --eval-samples 64
+    python benchmarks/ppo_vs_original.py --size base --steps 2 --eval-samples 16 --flops
+    python benchmarks/ppo_vs_original.py --size base --device cuda --dtype bfloat16 --batch-size 64 --flops
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ours-lora-scope", choices=("params", "decoder", "all"), default="params",
                         help="ppo.lora.scope for ours (params = params.yaml's); the original always adapts q,v in "
                         "the encoder and the decoder, as the notebook did")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both variants run; on cuda the memory figure is torch.cuda.max_memory_allocated")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="weights of the policy and the reward model (LoRA and the value head stay float32)")
     parser.add_argument("--eval-batch-size", type=int, default=None,
                         help="ours: prompts per generate call in the evaluation (default generation.batch_size)")
     parser.add_argument("--flops", action="store_true",
@@ -92,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.eval_samples = 64 if args.size == "builtin" else 16
     if min(args.batch_size, args.steps, args.eval_samples, args.max_new_tokens, args.eval_batch_size or 1) < 1:
         parser.error("--batch-size, --steps, --eval-samples, --eval-batch-size and --max-new-tokens must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         parser.error(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
@@ -135,16 +146,23 @@ def build_base_model(args: argparse.Namespace):
     return model
 
 
-def matmul_gflops(seconds: float = 1.0) -> dict[str, float]:
-    """This machine's fp32 matmul rate (GFLOP/s) on the shapes a PPO step multiplies."""
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> dict[str, float]:
+    """This machine's matmul rate (GFLOP/s) in ``dtype`` on the shapes a PPO step multiplies."""
     rates = {}
     for m, k, n in ((256, 768, 768), (256, 768, 2048), (256, 768, 32128), (2048, 768, 2048)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
         a @ b
+        synchronize(device)
         count, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             a @ b
             count += 1
+        synchronize(device)
         rates[f"{m}x{k}x{n}"] = 2 * m * k * n * count / (time.perf_counter() - started) / 1e9
     return rates
 
@@ -194,7 +212,8 @@ def profile_step(runner: "OurEngine", prompts: list[str], dialogues: list[str], 
 
     @contextmanager
     def profiling(phase: str):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=activities) as prof:
             yield
         print(f"\n[ours, profile of the {phase} phase]", file=sys.stderr)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
@@ -220,6 +239,7 @@ class OriginalLoop:
 
         cfg = self.cfg = params.ppo
         self.params, self.tokenizer = params, tokenizer
+        self.device = base.device
         if cfg.disable_dropout:
             disable_dropout(base)
         self.reference = copy.deepcopy(base).eval().requires_grad_(False)  # a full second copy
@@ -228,14 +248,14 @@ class OriginalLoop:
                           lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
                           target_modules=list(cfg.lora.target_modules))
         self.model = get_peft_model(base, lora).eval()
-        self.value_head = ValueHead(base.config.d_model)
+        self.value_head = ValueHead(base.config.d_model).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.trainable = trainable
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
         self.kl_ctl = (AdaptiveKLController(cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
                        if cfg.kl.adaptive else FixedKLController(cfg.kl.init_coef))
         self.pipe = pipeline("text-classification", model=reward_model, tokenizer=reward_tokenizer,
-                             top_k=None, function_to_apply="none", device=-1)
+                             top_k=None, function_to_apply="none", device=reward_model.device)
         self.reward_label = reward_model.config.id2label[label_index(reward_model, params.reward.reward_label)]
         self.reward_limit = min(params.reward.max_tokens,
                                 getattr(reward_model.config, "max_position_embeddings", 514) - 2)
@@ -246,7 +266,8 @@ class OriginalLoop:
         from detox.generation import generation_kwargs
 
         gen = self.params.generation
-        enc = self.tokenizer(prompt, truncation=True, max_length=gen.max_source_tokens, return_tensors="pt")
+        enc = self.tokenizer(prompt, truncation=True, max_length=gen.max_source_tokens,
+                             return_tensors="pt").to(self.device)
         torch.manual_seed(seed)
         out = self.model.generate(**enc, pad_token_id=self.tokenizer.pad_token_id,
                                   eos_token_id=self.tokenizer.eos_token_id, **generation_kwargs(gen))
@@ -273,10 +294,13 @@ class OriginalLoop:
         response_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=tok.pad_token_id)
         mask = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id)
         responses = [s.strip() for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
+        synchronize(self.device)
         timings["generation"] = time.perf_counter() - started
 
         tick = time.perf_counter()
-        scores = torch.tensor([self.score_one(r, d) for r, d in zip(responses, dialogues, strict=True)])
+        scores = torch.tensor([self.score_one(r, d) for r, d in zip(responses, dialogues, strict=True)],
+                              device=self.device)
+        synchronize(self.device)
         timings["scoring"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -284,7 +308,7 @@ class OriginalLoop:
         logprobs, values, ref_logprobs = [], [], []
         with torch.no_grad():
             for i, prompt in enumerate(prompts):  # one forward per sample, policy then the reference copy
-                enc = tok(prompt, truncation=True, max_length=max_src, return_tensors="pt")
+                enc = tok(prompt, truncation=True, max_length=max_src, return_tensors="pt").to(self.device)
                 resp = response_ids[i : i + 1]
                 dec = self._decoder_inputs(resp)
                 out = self.model(**enc, decoder_input_ids=dec, output_hidden_states=True)
@@ -296,13 +320,14 @@ class OriginalLoop:
         rewards, kl, _ = compute_rewards(scores, old_logprobs, ref_lp, mask, self.kl_ctl.value, cfg.kl.estimator)
         advantages, returns = compute_gae(old_values, rewards, mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, mask)
+        synchronize(self.device)
         timings["forward"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        enc = tok(prompts, padding=True, truncation=True, max_length=max_src, return_tensors="pt")
+        enc = tok(prompts, padding=True, truncation=True, max_length=max_src, return_tensors="pt").to(self.device)
         generator = torch.Generator().manual_seed(step)
         for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(prompts), generator=generator)
+            order = torch.randperm(len(prompts), generator=generator).to(self.device)
             for start in range(0, len(order), cfg.mini_batch_size):
                 index = order[start : start + cfg.mini_batch_size]
                 resp = response_ids[index]
@@ -317,8 +342,10 @@ class OriginalLoop:
                 torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
+        synchronize(self.device)
         timings["optimization"] = time.perf_counter() - tick
         self.kl_ctl.update(kl.sum(1).mean().item(), len(prompts))
+        synchronize(self.device)
         timings["total"] = time.perf_counter() - started
         timings["reward_mean"] = scores.mean().item()
         timings["gen_tokens_per_s"] = mask.sum().item() / timings["generation"]
@@ -346,7 +373,8 @@ class OurEngine:
         self.params, self.tokenizer = params, tokenizer
         policy = Seq2SeqPolicy(base, params.ppo)
         self.scorer = RewardScorer(reward_model, reward_tokenizer, params.reward)
-        accelerator = Accelerator(gradient_accumulation_steps=params.ppo.gradient_accumulation_steps, cpu=True)
+        accelerator = Accelerator(gradient_accumulation_steps=params.ppo.gradient_accumulation_steps,
+                                  cpu=base.device.type == "cpu")
         self.trainer = PPOTrainer(policy, tokenizer, self.scorer, params.ppo, params.generation, accelerator,
                                   params.seed)
 
@@ -374,10 +402,11 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     params = bench_params(args)
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
     tokenizer.padding_side = "right"
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(params.seed)
-    base = build_base_model(args)
+    base = build_base_model(args).to(device=device, dtype=dtype)
     params_m = sum(p.numel() for p in base.parameters()) / 1e6  # before LoRA is added
-    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward).eval()
+    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward).eval().to(device=device, dtype=dtype)
     reward_tokenizer = AutoTokenizer.from_pretrained(args.reward)
     torch.manual_seed(params.seed)  # LoRA and value-head initialisation, the same in both variants
     cls = OriginalLoop if args.worker == "original" else OurEngine
@@ -396,6 +425,8 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
 
     runner.step(prompts[:WARMUP_PROMPTS], dialogues[:WARMUP_PROMPTS], 10_000)  # warm-up
     runner.evaluate(eval_input(test.iloc[:WARMUP_PROMPTS]), params.eval.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     steps = []
     for step in range(args.steps):
         lo = WARMUP_PROMPTS + step * args.batch_size
@@ -409,6 +440,10 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         "gen_tokens_per_s": statistics.median(s["gen_tokens_per_s"] for s in steps),
         "eval_samples_per_s": rate,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype,
+        "embedding_dtype": str(base.get_input_embeddings().weight.dtype),  # what the weights really are
         "threads": torch.get_num_threads(),
         "params_m": params_m,
     }
@@ -421,7 +456,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         with FlopCounterMode(display=False) as counter:
             runner.evaluate(eval_input(test), params.eval.seed)
         result["eval_gflop_per_sample"] = counter.get_total_flops() / 1e9 / len(test)
-        result["matmul_gflops"] = matmul_gflops()
+        result["matmul_gflops"] = matmul_gflops(device, dtype)
     if args.profile and isinstance(runner, OurEngine):
         lo = WARMUP_PROMPTS + args.steps * args.batch_size
         profile_step(runner, prompts[lo : lo + args.batch_size], dialogues[lo : lo + args.batch_size], args.steps)
@@ -460,15 +495,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsize {args.size} ({first['params_m']:.1f}M policy parameters), batch {args.batch_size}, "
           f"max_new_tokens {args.max_new_tokens} (min 0), mini_batch {params.ppo.mini_batch_size}, "
           f"ppo_epochs {params.ppo.ppo_epochs}; LoRA {list(params.ppo.lora.target_modules)} in encoder+decoder "
-          f"(original), scope {params.ppo.lora.scope} (ours); CPU, torch threads {first['threads']}; "
+          f"(original), scope {params.ppo.lora.scope} (ours); {first['device']} {first['dtype']}, torch threads "
+          f"{first['threads']}; "
           f"median of {args.steps} step(s) after one warm-up; eval on {args.eval_samples} test dialogues\n")
+    # On a GPU the memory that matters is the device's: torch.cuda.max_memory_allocated after the warm-up.
+    memory, memory_label = ("peak_gpu_mib", "peak GPU MiB") if first["peak_gpu_mib"] is not None else \
+        ("peak_rss_mib", "peak RSS MiB")
     header = (f"{'variant':<9}" + "".join(f" {p + ' s':>14}" for p in PHASES)
-              + f" {'eval samples/s':>15} {'peak RSS MiB':>13}")
+              + f" {'gen tokens/s':>13} {'eval samples/s':>15} {memory_label:>13}")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         print(f"{name:<9}" + "".join(f" {r['phases'][p]:>14.3f}" for p in PHASES)
-              + f" {r['eval_samples_per_s']:>15.3f} {r['peak_rss_mib']:>13.0f}")
+              + f" {r['gen_tokens_per_s']:>13.1f} {r['eval_samples_per_s']:>15.3f} {r[memory]:>13.0f}")
     if set(results) == set(VARIANTS):
         a, b = results["original"], results["ours"]
         print("\nratios (original / ours time; ours / original throughput and memory):")
@@ -477,13 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  generated tokens/s b/a  {b['gen_tokens_per_s'] / a['gen_tokens_per_s']:>8.2f}x   "
               f"({a['gen_tokens_per_s']:.1f} and {b['gen_tokens_per_s']:.1f} tokens/s in the rollout)")
         print(f"  eval throughput b/a     {b['eval_samples_per_s'] / a['eval_samples_per_s']:>8.2f}x")
-        print(f"  peak RSS b/a            {b['peak_rss_mib'] / a['peak_rss_mib']:>8.2f}x")
+        print(f"  {memory_label[:-4]} b/a{'':<{24 - len(memory_label)}}{b[memory] / a[memory]:>8.2f}x")
     ours = results.get("ours", {})
     if "gflop" in ours:
         peak = max(ours["matmul_gflops"].values())
         rates = ", ".join(f"{shape} {rate:.0f}" for shape, rate in ours["matmul_gflops"].items())
         print(f"\nours, matmul GFLOP per phase (one extra step) and the time they need at this machine's best "
-              f"fp32 matmul rate ({peak:.0f} GFLOP/s; {rates}):")
+              f"{first['dtype']} matmul rate ({peak:.0f} GFLOP/s; {rates}):")
         for p, gflop in ours["gflop"].items():
             print(f"  {p:<13} {gflop:>9.1f} GFLOP  >= {gflop / peak:>7.2f} s   (measured {ours['phases'][p]:.2f} s)")
         per_sample = ours["eval_gflop_per_sample"]

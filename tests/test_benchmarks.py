@@ -52,6 +52,7 @@ def test_ppo_vs_original_runs_both_variants_counts_flops_and_profiles(bench_worl
     report = json.loads(proc.stdout.split("JSON ", 1)[1])
     original, ours = report["results"]["original"], report["results"]["ours"]
     assert original["params_m"] == ours["params_m"] > 0  # the same base model, counted before LoRA
+    assert original["embedding_dtype"] == ours["embedding_dtype"] == "torch.float32"
     for result in (original, ours):
         phases = result["phases"]
         assert all(phases[p] >= 0 for p in ("generation", "scoring", "forward", "optimization"))
@@ -65,6 +66,25 @@ def test_ppo_vs_original_runs_both_variants_counts_flops_and_profiles(bench_worl
     assert "peak RSS b/a" in proc.stdout and "at that floor ours would be" in proc.stdout
     for phase in ("generation", "forward", "optimization"):
         assert f"[ours, profile of the {phase} phase]" in proc.stderr
+
+
+def test_ppo_vs_original_runs_in_bfloat16(bench_world):
+    """The dtype reaches both variants' models (as a GPU run in bf16 needs); LoRA stays float32."""
+    root, params_file = bench_world
+    proc = run_bench(root, params_file, "--dtype", "bfloat16", "--variants", "ours,original")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.split("JSON ", 1)[1])
+    assert {r["embedding_dtype"] for r in report["results"].values()} == {"torch.bfloat16"}
+    assert all(r["peak_gpu_mib"] is None and r["device"] == "cpu" for r in report["results"].values())
+    assert "cpu bfloat16" in proc.stdout
+
+
+def test_ppo_vs_original_cuda_without_a_gpu_is_a_clear_error(bench_world):
+    root, params_file = bench_world
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_bench(root, params_file, "--device", "cuda")
+    assert proc.returncode == 2 and "--device cuda: torch sees no CUDA device" in proc.stderr
 
 
 def test_ppo_vs_original_missing_input_is_a_clear_error(bench_world, tmp_path):

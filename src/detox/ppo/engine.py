@@ -271,35 +271,41 @@ class PPOTrainer:
                 n += 1
         return {key: value / n for key, value in sums.items()}
 
+    def _clock(self) -> float:
+        """perf_counter after the device's queued work is done, so each phase's time is its own (GPU)."""
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+        return time.perf_counter()
+
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> tuple[dict[str, float], Rollout]:
         """Run one PPO step on this process's prompts; return stats averaged over all processes."""
         timings: dict[str, float] = {}
-        started = time.perf_counter()
+        started = self._clock()
         batch = self.rollout(prompts, dialogues, step)
-        timings["time/generation"] = time.perf_counter() - started
+        timings["time/generation"] = self._clock() - started
 
-        tick = time.perf_counter()
+        tick = self._clock()
         scored = self.scorer.score(batch.responses, dialogues)
         batch.scores = scored.reward.to(self.accelerator.device)
         batch.toxicity = scored.toxicity.to(self.accelerator.device)
         scores = self._prepare_scores(batch.scores)
-        timings["time/scoring"] = time.perf_counter() - tick
+        timings["time/scoring"] = self._clock() - tick
 
-        tick = time.perf_counter()
+        tick = self._clock()
         old = {**batch.old, "ref_logprobs": self.reference_logprobs(batch)} if batch.old else self.old_and_reference(batch)
         mask = batch.mask
         rewards, kl, non_score = compute_rewards(scores, old["logprobs"], old["ref_logprobs"], mask,
                                                  self.kl_ctl.value, self.cfg.kl.estimator)
         advantages, returns = compute_gae(old["values"], rewards, mask, self.cfg.gamma, self.cfg.lam)
         advantages = masked_whiten(advantages, mask)
-        timings["time/forward"] = time.perf_counter() - tick
+        timings["time/forward"] = self._clock() - tick
 
-        tick = time.perf_counter()
+        tick = self._clock()
         if not self.cfg.disable_dropout:
             self.policy.train()  # the user chose dropout during optimisation (not recommended for PPO)
         train_stats = self.optimise(batch, old, advantages, returns, step)
         self.policy.eval()
-        timings["time/optimization"] = time.perf_counter() - tick
+        timings["time/optimization"] = self._clock() - tick
 
         lengths = mask.sum(1).float()
         kl_per_sample = self.accelerator.gather(kl.sum(1))
@@ -326,7 +332,7 @@ class PPOTrainer:
             if kl_per_sample.numel() > 1 else 0.0,
         })
         self.kl_ctl.update(stats["objective/kl"], len(prompts) * self.accelerator.num_processes)
-        timings["time/total"] = time.perf_counter() - started
+        timings["time/total"] = self._clock() - started
         tokens = self.accelerator.reduce(lengths.sum(), "sum").item()
         stats.update(timings)
         stats["time/tokens_per_second"] = tokens / timings["time/total"]
