@@ -166,15 +166,17 @@ class PPOTrainer:
         policy = self.unwrapped
         enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.generation.max_source_tokens,
                              return_tensors="pt").to(device)
-        encoder_hidden = policy.encode(enc["input_ids"], enc["attention_mask"]) if policy.encoder_frozen else None
-        extra = {} if encoder_hidden is None else {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder_hidden)}
+        # Encoded here rather than inside generate(), which with output_hidden_states=True would also
+        # keep every encoder layer's output. Kept for the rest of the step when the encoder is frozen.
+        encoder_hidden = policy.encode(enc["input_ids"], enc["attention_mask"])
         max_new = random.Random(self._step_seed(step)).randint(self.cfg.response_length.min,
                                                                 self.cfg.response_length.max)
         torch.manual_seed(self._step_seed(step))
         out = policy.generator().generate(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id, output_logits=True, output_hidden_states=True,
-            return_dict_in_generate=True, **extra, **generation_kwargs(self.generation, max_new_tokens=max_new))
+            return_dict_in_generate=True, encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+            **generation_kwargs(self.generation, max_new_tokens=max_new))
         response_ids = out.sequences[:, 1:]
         mask = response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         # The raw (unwarped) logits of each sampled position, and the last decoder layer's hidden
@@ -185,7 +187,7 @@ class PPOTrainer:
                "entropy": entropy_from_logits(logits)}
         responses = [s.strip() for s in self.tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
         return Rollout(enc["input_ids"], enc["attention_mask"], response_ids, mask, responses,
-                       torch.empty(0), torch.empty(0), encoder_hidden, old)
+                       torch.empty(0), torch.empty(0), encoder_hidden if policy.encoder_frozen else None, old)
 
     def _decoder_inputs(self, response_ids: torch.Tensor) -> torch.Tensor:
         start = torch.full_like(response_ids[:, :1], self.start_token)

@@ -87,9 +87,10 @@ class Seq2SeqPolicy(nn.Module):
 
     @torch.no_grad()
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The frozen encoder's last hidden state (B, S, d), to pass as ``encoder_hidden``."""
-        if not self.encoder_frozen:
-            raise RuntimeError("encode() needs a frozen encoder (ppo.lora.scope: decoder)")
+        """The policy encoder's last hidden state (B, S, d), to pass as ``encoder_hidden``.
+
+        It stays valid after an optimizer step only when ``encoder_frozen``.
+        """
         return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def forward(
