@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 
 def check_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
@@ -18,3 +21,27 @@ def check_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
     print("The policy, the reward model and data/raw are made by the fetch stage: run `dvc repro fetch` "
           f"first (or point {others} at existing ones).", file=sys.stderr)
     sys.exit(2)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0,
+                  shapes: tuple[tuple[int, int, int], ...] = ((256, 768, 768), (256, 768, 2048), (256, 768, 32128),
+                                                              (2048, 768, 2048))) -> dict[str, float]:
+    """The matmul rate (GFLOP/s) in ``dtype`` on ``device`` for each (m, k, n) shape; by default the
+    shapes a flan-t5-base PPO step multiplies."""
+    rates = {}
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+        a @ b
+        synchronize(device)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            a @ b
+            count += 1
+        synchronize(device)
+        rates[f"{m}x{k}x{n}"] = 2 * m * k * n * count / (time.perf_counter() - started) / 1e9
+    return rates

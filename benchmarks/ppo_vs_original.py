@@ -55,7 +55,7 @@ import torch  # noqa: E402
 
 from detox.errors import DetoxError  # noqa: E402
 from detox.params import Params, load_params  # noqa: E402
-from common import check_inputs  # noqa: E402
+from common import check_inputs, matmul_gflops, synchronize  # noqa: E402
 
 PHASES = ("generation", "scoring", "forward", "optimization", "total")
 VARIANTS = ("original", "ours")
@@ -144,27 +144,6 @@ def build_base_model(args: argparse.Namespace):
         model.lm_head.weight.mul_(0.05)
     model.generation_config.suppress_tokens = [config.pad_token_id]
     return model
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_gflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> dict[str, float]:
-    """This machine's matmul rate (GFLOP/s) in ``dtype`` on the shapes a PPO step multiplies."""
-    rates = {}
-    for m, k, n in ((256, 768, 768), (256, 768, 2048), (256, 768, 32128), (2048, 768, 2048)):
-        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
-        a @ b
-        synchronize(device)
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            a @ b
-            count += 1
-        synchronize(device)
-        rates[f"{m}x{k}x{n}"] = 2 * m * k * n * count / (time.perf_counter() - started) / 1e9
-    return rates
 
 
 STEP_PHASES = {"rollout": "generation", "reference_logprobs": "forward", "optimise": "optimization"}
@@ -416,7 +395,8 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     test = pd.read_parquet(args.test).iloc[: args.eval_samples].reset_index(drop=True)
     dialogues = train["dialogue"].tolist()
     prompts = build_prompts(dialogues, params.prompt.template)
-    need = args.batch_size * (args.steps + 1) + WARMUP_PROMPTS  # + 1: the --flops / --profile step
+    extra_step = int(args.flops or args.profile)  # --flops and --profile run one more step, on the same rows
+    need = args.batch_size * (args.steps + extra_step) + WARMUP_PROMPTS
     if len(prompts) < need:
         raise DetoxError(f"{args.train} has {len(prompts)} rows; {need} are needed")
 

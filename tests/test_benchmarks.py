@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import conftest
@@ -81,7 +82,7 @@ def test_ppo_vs_original_runs_in_bfloat16(bench_world):
 
 def test_ppo_vs_original_cuda_without_a_gpu_is_a_clear_error(bench_world):
     root, params_file = bench_world
-    if __import__("torch").cuda.is_available():
+    if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     proc = run_bench(root, params_file, "--device", "cuda")
     assert proc.returncode == 2 and "--device cuda: torch sees no CUDA device" in proc.stderr
@@ -93,3 +94,14 @@ def test_ppo_vs_original_missing_input_is_a_clear_error(bench_world, tmp_path):
     assert proc.returncode == 2
     assert f"--policy {tmp_path / 'nowhere'} does not exist" in proc.stderr
     assert "dvc repro fetch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_machine_rates_prints_every_rate():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0.05"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for label in ("matmul float32", "matmul bfloat16", "decoding-step matmul", "copy of 1 GiB"):
+        assert label in proc.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr

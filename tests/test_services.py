@@ -63,6 +63,19 @@ def base_env(**extra: str) -> dict[str, str]:
             "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", **extra}
 
 
+def run_stage_with_server_down(stage: str, cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """Run ``stages/<stage>.py`` against a tracking URI nothing listens on; it must fail fast and cleanly."""
+    uri = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=cwd,
+                          env=base_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert seconds < 20, f"took {seconds:.1f} s"
+    assert "Traceback" not in proc.stderr
+    return proc, uri
+
+
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -252,14 +265,7 @@ def fetched_project(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_ppo_stage_with_tracking_server_down_fails_fast_and_writes_nothing(fetched_project):
-    uri = f"http://127.0.0.1:{closed_port()}"
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "ppo.py")], cwd=fetched_project,
-                          env=base_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=120)
-    seconds = time.monotonic() - started
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert seconds < 20, f"took {seconds:.1f} s"
-    assert "Traceback" not in proc.stderr
+    proc, uri = run_stage_with_server_down("ppo", fetched_project)
     message = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(message) == 1, proc.stderr
     assert f"cannot reach the MLflow tracking server at {uri}" in message[0]
@@ -379,14 +385,7 @@ def test_evaluate_stage_with_tracking_server_down_fails_before_scoring(pipeline,
     shutil.copytree(pipeline["repo"], project, ignore=shutil.ignore_patterns(".git", ".dvc"))
     outputs = ("data/scored/ppo.parquet", "metrics/evaluate.json", "reports/report.md", "reports/reward_diff.parquet")
     before = {path: (project / path).read_bytes() for path in outputs}
-    uri = f"http://127.0.0.1:{closed_port()}"
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py")], cwd=project,
-                          env=base_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=120)
-    seconds = time.monotonic() - started
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert seconds < 20, f"took {seconds:.1f} s"
-    assert "Traceback" not in proc.stderr
+    proc, uri = run_stage_with_server_down("evaluate", project)
     assert f"error: cannot reach the MLflow tracking server at {uri}" in proc.stderr
     assert "evaluate:" not in proc.stderr, "no scoring may start before the check"
     assert {path: (project / path).read_bytes() for path in outputs} == before

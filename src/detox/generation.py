@@ -84,15 +84,15 @@ def generate_summaries(
 ) -> list[str]:
     """Summaries for ``prompts`` (in their order), batch by batch, with a progress bar."""
     device = next(model.parameters()).device
+    # Tokenised once: the lengths order the batches, and each batch is padded from these ids.
+    encoded = tokenizer(list(prompts), truncation=True, max_length=max_source_tokens)["input_ids"]
     order = list(range(len(prompts)))
-    if cfg.sort_by_length and len(prompts) > cfg.batch_size:
-        lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=True, max_length=max_source_tokens)["input_ids"]]
-        order.sort(key=lambda i: -lengths[i])  # stable: equal lengths keep the input order
+    if cfg.sort_by_length and len(prompts) > cfg.batch_size:  # one batch gains nothing from sorting
+        order.sort(key=lambda i: -len(encoded[i]))  # stable: equal lengths keep the input order
     responses: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=desc, unit="batch"):
         rows = order[start : start + cfg.batch_size]
-        enc = tokenizer([prompts[i] for i in rows], padding=True, truncation=True, max_length=max_source_tokens,
-                        return_tensors="pt")
+        enc = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
         torch.manual_seed(seed + start)
         ids = sample_responses(model, tokenizer, enc["input_ids"].to(device), enc["attention_mask"].to(device), cfg)
         for row, text in zip(rows, tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):

@@ -214,8 +214,8 @@ class PPOTrainer:
     def old_and_reference(self, batch: Rollout) -> dict[str, torch.Tensor]:
         """Old log-probs, values, entropy (teacher-forced forwards) and reference log-probs.
 
-        ``step`` takes the old values from the rollout instead; this recomputes them, for
-        checking that both agree and for rollouts built by hand.
+        ``step`` takes the old values from the rollout instead; this recomputes them with a
+        teacher-forced pass, the reference the rollout's values are checked against.
         """
         parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "entropy": []}
         model = self.unwrapped
@@ -294,7 +294,7 @@ class PPOTrainer:
         timings["time/scoring"] = self._clock() - tick
 
         tick = self._clock()
-        old = {**batch.old, "ref_logprobs": self.reference_logprobs(batch)} if batch.old else self.old_and_reference(batch)
+        old = {**batch.old, "ref_logprobs": self.reference_logprobs(batch)}
         mask = batch.mask
         rewards, kl, non_score = compute_rewards(scores, old["logprobs"], old["ref_logprobs"], mask,
                                                  self.kl_ctl.value, self.cfg.kl.estimator)
