@@ -1,29 +1,40 @@
-"""DVC stage `baseline`: the fetched policy on the test split -> data/scored/baseline.parquet, metrics."""
+"""DVC stage `baseline`: the fetched policy on the test split -> data/scored/baseline.parquet, metrics.
+
+Every summary is scored by the reward model and, beside it, by each judge of `eval.judges`;
+fluency is measured under the same policy (the reference of PPO), garbling against the train split.
+"""
 
 from detox.cli import run_stage
 from detox.data import load_split
-from detox.evaluation import sample_rows, score_policy, summarize
+from detox.evaluation import Instruments, sample_rows, score_policy, summarize
 from detox.generation import load_policy
 from detox.io import write_json, write_parquet
+from detox.judges import load_judges
 from detox.params import load_params
+from detox.quality import vocabulary
+from detox.report import headline
 from detox.reward import RewardScorer
 
 
 def main() -> None:
     params = load_params("params.yaml")
     test = sample_rows(load_split("data/raw", "test"), params.eval.num_samples)
+    train = load_split("data/raw", "train")
     model, tokenizer = load_policy("models/policy")
     scorer = RewardScorer.from_pretrained("models/reward", params.reward)
+    instruments = Instruments(judges=load_judges("models/judges", params.eval.judges), reference=(model, tokenizer),
+                              vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
     scored, samples_per_second = score_policy(
         model, tokenizer, scorer, test, params.prompt.template, params.generation, params.eval.seed,
-        params.generation.max_source_tokens, desc="baseline",
+        params.generation.max_source_tokens, desc="baseline", samples_per_prompt=params.eval.samples_per_prompt,
+        instruments=instruments,
     )
     write_parquet("data/scored/baseline.parquet", scored)
     metrics = summarize(scored, samples_per_second)
     write_json("metrics/baseline.json", metrics)
-    print(f"baseline on {metrics['n']} test dialogues: reward {metrics['reward_mean']:.3f}, "
-          f"toxicity {metrics['toxicity_mean']:.3f}, toxic share {metrics['toxic_share']:.3f}, "
-          f"ROUGE-L {metrics['rougeL']:.3f}")
+    print(f"baseline on {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples: "
+          f"reward {metrics['reward_mean']:.3f}, ROUGE-L {metrics['rougeL']:.3f}; toxic share "
+          + headline(metrics["toxicity"]))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""DVC stage `evaluate`: the PPO policy vs the baseline on the same test prompts and seed.
+"""DVC stage `evaluate`: the PPO policy vs the baseline on the same test prompts and seeds.
 
+Every summary is scored by the reward model and, beside it, by each judge of `eval.judges`.
 Writes data/scored/ppo.parquet, metrics/evaluate.json, reports/reward_diff.{parquet,md,html},
-reports/report.md and plots/evaluate/*.png; logs all of it into the PPO run in MLflow and
-registers the policy as a new model version (alias `candidate`, and `champion` when the
-promotion gate passes).
+reports/disagreements.{parquet,md}, reports/report.md and plots/evaluate/*.png; logs all of it
+into the PPO run in MLflow and registers the policy as a new model version (alias `candidate`,
+and `champion` when the promotion gate passes on the judge `promotion.judge`).
 """
 
 import json
@@ -14,18 +15,22 @@ import pandas as pd
 from transformers import AutoTokenizer
 
 from detox.cli import run_stage
-from detox.comparison import check_paired, compare, decide, reward_diff_table
+from detox.comparison import (
+    check_paired, compare, decide, disagreements, evidence, reward_diff_table, test_fingerprint,
+)
 from detox.data import load_split
 from detox.errors import DetoxError
-from detox.evaluation import sample_rows, score_policy
+from detox.evaluation import Instruments, per_prompt, sample_rows, score_policy
 from detox.generation import load_policy
 from detox.io import atomic_dir, write_json, write_parquet, write_text
+from detox.judges import load_judges
 from detox.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
-from detox.report import render_report, write_plots, write_reward_diff
+from detox.quality import vocabulary
+from detox.report import headline, render_report, write_disagreements, write_plots, write_reward_diff
 from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking import PolicyModel, check_tracking_server, log_evaluation, read_run_record
+from detox.tracking import PolicyModel, champion_evidence, check_tracking_server, log_evaluation, read_run_record
 
 PPO_DIR = Path("models/ppo")
 BASELINE = Path("data/scored/baseline.parquet")
@@ -51,51 +56,67 @@ def main() -> None:
     require(BASELINE_METRICS, "run `dvc repro baseline` to score the baseline first")
     run = read_run_record(PPO_DIR)
     test = sample_rows(load_split("data/raw", "test"), params.eval.num_samples)
+    train = load_split("data/raw", "train")
     baseline = pd.read_parquet(BASELINE)
-    check_paired(baseline, test, f"{BASELINE}")  # before spending minutes on generation
+    check_paired(per_prompt(baseline), test.assign(samples=params.eval.samples_per_prompt), f"{BASELINE}")
+    if int(baseline["sample"].max()) + 1 != params.eval.samples_per_prompt:
+        raise DetoxError(f"{BASELINE} has {int(baseline['sample'].max()) + 1} samples per prompt but "
+                         f"eval.samples_per_prompt is {params.eval.samples_per_prompt}; run `dvc repro baseline`")
 
+    judges = load_judges("models/judges", params.eval.judges)
+    reference = load_policy("models/policy")  # fluency is measured under the policy before PPO
     with tempfile.TemporaryDirectory(prefix="detox-policy-") as tmp:
         # What is scored is exactly what gets registered: the merged policy, reloaded from its export.
         export_policy(load_trained_policy(PPO_DIR), AutoTokenizer.from_pretrained(PPO_DIR), tmp)
         model, tokenizer = load_policy(tmp)
         scorer = RewardScorer.from_pretrained("models/reward", params.reward)
+        instruments = Instruments(judges=judges, reference=reference,
+                                  vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
         scored, samples_per_second = score_policy(
             model, tokenizer, scorer, test, params.prompt.template, params.generation, params.eval.seed,
-            params.generation.max_source_tokens, desc="evaluate",
+            params.generation.max_source_tokens, desc="evaluate", samples_per_prompt=params.eval.samples_per_prompt,
+            instruments=instruments,
         )
         metrics = {**compare(baseline, scored, params.promotion, params.eval.seed),
                    "samples_per_second": samples_per_second}
-        decision = decide(metrics, params.promotion)
-        metrics["promotion"] = decision.as_dict()
+        test_sha = test_fingerprint(scored)
+        champion = champion_evidence(params.tracking.registered_model)
+        decision = decide(metrics, params.promotion, champion, test_sha)
+        metrics["promotion"] = {**decision.as_dict(), "judge": params.promotion.judge}
         table = reward_diff_table(baseline, scored)
+        disagreed = disagreements(baseline, scored)
         history = pd.read_csv(HISTORY, sep="\t") if HISTORY.is_file() else None
 
         write_parquet(SCORED, scored)
         tables = write_reward_diff(table, REPORTS)
+        disagreement_files = write_disagreements(disagreed, REPORTS)
         with atomic_dir(PLOTS) as scratch:
-            plots = {key: PLOTS / path.name for key, path in write_plots(baseline, scored, history, scratch).items()}
+            plots = {key: PLOTS / path.name
+                     for key, path in write_plots(baseline, scored, history, scratch, metrics).items()}
         report = REPORTS / "report.md"
         write_text(report, render_report(metrics, decision, table, params.promotion.report_rows,
                                          {k: Path("..", p).as_posix() for k, p in plots.items()},
-                                         params.tracking.registered_model))
+                                         params.tracking.registered_model, params.promotion.judge, disagreed))
         write_json(METRICS, metrics)
 
         config = model_config(params.prompt.template, params.generation, params.eval.seed)
         registered = log_evaluation(
             run, params.tracking.experiment, metrics, json.loads(BASELINE_METRICS.read_text(encoding="utf-8")),
-            table, {"evaluate": [*tables.values(), report, METRICS], "evaluate/plots": [PLOTS],
-                    "validation": sorted(VALIDATION.glob("*.json"))},
+            {"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
+            {"evaluate": [*tables.values(), *disagreement_files.values(), report, METRICS],
+             "evaluate/plots": [PLOTS], "validation": sorted(VALIDATION.glob("*.json"))},
             PolicyModel(Summarizer(), Path(tmp), config, signature(config), test[["dialogue"]].head(2)),
             params.tracking.registered_model, decision.promoted, decision.reasons,
+            evidence(metrics, params.promotion, test_sha),
         )
 
-    improvement = metrics["improvement_pct"]["toxicity_mean"]
-    diff = metrics["reward_diff"]
-    print(f"evaluate on {metrics['n']} test dialogues: toxicity {metrics['before']['toxicity_mean']:.4f} -> "
-          f"{metrics['after']['toxicity_mean']:.4f} ({'n/a' if improvement is None else f'{improvement:.1f}%'} "
-          f"improvement), reward diff {diff['mean']:+.4f} CI [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}], "
+    judge = params.promotion.judge
+    improvement = metrics["improvement_pct"][judge]["toxic_share"]
+    print(f"evaluate on {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples: toxic share "
+          f"before: {headline(metrics['before']['toxicity'])}; after: {headline(metrics['after']['toxicity'])}; "
+          f"{judge}: {'n/a' if improvement is None else f'{improvement:.1f}%'} fewer toxic summaries; "
           f"ROUGE-L {metrics['before']['rougeL']:.4f} -> {metrics['after']['rougeL']:.4f}")
-    print(f"{registered.name} version {registered.version}: {decision.decision} "
+    print(f"{registered.name} version {registered.version}: {decision.decision} on the judge {judge} "
           f"(aliases: {', '.join(registered.aliases)}); " + "; ".join(decision.reasons))
 
 

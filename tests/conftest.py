@@ -14,6 +14,9 @@ TINY = {
                            "num_sentences": 200, "vocab_size": 400, "training": {"epochs": 1}}},
     "validation": {"min_rows": {"train": 10, "validation": 5, "test": 5}},
     "generation": {"batch_size": 8, "max_new_tokens": 12},
+    "eval": {"samples_per_prompt": 2},
+    "judges": {"oracle": {"kind": "oracle"}, "ngram": {"kind": "builtin", "num_sentences": 400}},
+    "promotion": {"min_prompts": 5},
 }
 
 

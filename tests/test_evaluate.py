@@ -29,16 +29,21 @@ from transformers import T5Config, T5ForConditionalGeneration
 from detox.builtin.corpus import generate_corpus
 from detox.builtin.models import train_t5_tokenizer
 from detox.comparison import (
-    TABLE_COLUMNS, bootstrap_ci, check_paired, compare, decide, improvement_pct, paired_tests, reward_diff_table,
+    DISAGREEMENT_COLUMNS, JUDGE_ONLY, MODEL_ONLY, TABLE_COLUMNS, bootstrap_ci, check_paired, compare, decide,
+    disagreements, evidence, improvement_pct, paired_tests, reward_diff_table,
 )
 from detox.errors import DetoxError
 from detox.generation import build_prompts, generate_summaries
+from detox.evaluation import per_prompt, summarize, toxicity_numbers
 from detox.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
 from detox.report import (
-    PLOT_FILES, escape_cell, html_table, markdown_table, render_report, write_plots, write_reward_diff,
+    PLOT_FILES, escape_cell, html_table, markdown_table, render_report, write_disagreements, write_plots,
+    write_reward_diff,
 )
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking import CANDIDATE, CHAMPION, RUN_FILE, PolicyModel, Tracker, log_evaluation, read_run_record
+from detox.tracking import (
+    CANDIDATE, CHAMPION, RUN_FILE, PolicyModel, Tracker, champion_evidence, log_evaluation, read_run_record,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template
@@ -56,19 +61,33 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def scored(ids, rewards, toxicity, rouge_l=None, responses=None, dialogues=None) -> pd.DataFrame:
-    """A frame shaped like score_policy's output."""
+def scored(ids, rewards, toxicity, rouge_l=None, responses=None, dialogues=None, judges=None, samples=None,
+           extra=None) -> pd.DataFrame:
+    """A frame shaped like score_policy's output. ``judges`` maps a judge's name to its toxicity per row
+    (default: an ``oracle`` that agrees with the reward model)."""
     n = len(ids)
     rouge_l = rouge_l if rouge_l is not None else [0.5] * n
-    return pd.DataFrame({
+    responses = responses or [f"response {i}" for i in ids]
+    toxicity = np.asarray(toxicity, dtype=np.float32)
+    frame = pd.DataFrame({
         "id": ids,
+        "sample": samples if samples is not None else [0] * n,
         "dialogue": dialogues or [f"#Person1#: dialogue {i}" for i in ids],
         "reference": [f"reference {i}" for i in ids],
-        "response": responses or [f"response {i}" for i in ids],
+        "response": responses,
         "reward": np.asarray(rewards, dtype=np.float32),
-        "toxicity": np.asarray(toxicity, dtype=np.float32),
+        "toxicity": toxicity,
+        "toxic": toxicity > 0.5,
         "rouge1": rouge_l, "rouge2": rouge_l, "rougeL": rouge_l,
+        "length": [len(r.split()) for r in responses],
     })
+    judges = judges if judges is not None else {"oracle": (toxicity > 0.5).astype(float)}
+    for name, values in judges.items():
+        frame[f"toxicity:{name}"] = np.asarray(values, dtype=np.float64)
+        frame[f"toxic:{name}"] = frame[f"toxicity:{name}"] > 0.5
+    for column, values in (extra or {}).items():
+        frame[column] = values
+    return frame
 
 
 # --------------------------------------------------------------------------- statistics
@@ -120,33 +139,106 @@ def test_paired_tests_small_p_for_a_clear_shift_large_for_none():
 
 
 def test_compare_on_known_frames():
-    before = scored(["a", "b", "c", "d"], [1.0, 2.0, -1.0, 0.0], [0.1, 0.9, 0.8, 0.2], [0.6, 0.6, 0.4, 0.4])
-    after = scored(["a", "b", "c", "d"], [2.0, 3.0, 1.0, 2.0], [0.05, 0.3, 0.4, 0.05], [0.5, 0.5, 0.4, 0.4])
+    before = scored(["a", "b", "c", "d"], [1.0, 2.0, -1.0, 0.0], [0.1, 0.9, 0.8, 0.2], [0.6, 0.6, 0.4, 0.4],
+                    judges={"oracle": [0, 1, 1, 1], "ngram": [0.2, 0.7, 0.9, 0.4]})
+    after = scored(["a", "b", "c", "d"], [2.0, 3.0, 1.0, 2.0], [0.05, 0.3, 0.4, 0.05], [0.5, 0.5, 0.4, 0.4],
+                   judges={"oracle": [0, 0, 1, 1], "ngram": [0.1, 0.2, 0.6, 0.3]})
     metrics = compare(before, after, PromotionParams(bootstrap_samples=200), seed=0)
-    assert metrics["n"] == 4
-    assert metrics["before"]["toxicity_mean"] == pytest.approx(0.5)
-    assert metrics["after"]["toxicity_mean"] == pytest.approx(0.2)
-    assert metrics["improvement_pct"]["toxicity_mean"] == pytest.approx(60.0)  # (0.5 - 0.2) / 0.5
+    assert metrics["n"] == 4 and metrics["samples_per_prompt"] == 1
+    model_before, model_after = metrics["before"]["toxicity"]["reward_model"], metrics["after"]["toxicity"]["reward_model"]
+    assert list(metrics["before"]["toxicity"]) == ["reward_model", "oracle", "ngram"]  # the reward model first
+    assert model_before["toxicity_mean"] == pytest.approx(0.5) and model_after["toxicity_mean"] == pytest.approx(0.2)
+    assert metrics["improvement_pct"]["reward_model"]["toxicity_mean"] == pytest.approx(60.0)  # (0.5 - 0.2) / 0.5
     std_before, std_after = np.std([0.1, 0.9, 0.8, 0.2], ddof=1), np.std([0.05, 0.3, 0.4, 0.05], ddof=1)
-    assert metrics["improvement_pct"]["toxicity_std"] == pytest.approx((std_before - std_after) / std_before * 100,
-                                                                      rel=1e-5)
-    assert (metrics["before"]["toxic_share"], metrics["after"]["toxic_share"]) == (0.5, 0.0)
+    assert metrics["improvement_pct"]["reward_model"]["toxicity_std"] == pytest.approx(
+        (std_before - std_after) / std_before * 100, rel=1e-5)
+    assert (model_before["toxic_share"], model_after["toxic_share"]) == (0.5, 0.0)
+    # each judge its own numbers, never merged with the reward model's
+    assert metrics["before"]["toxicity"]["oracle"]["toxic_share"] == 0.75
+    assert metrics["after"]["toxicity"]["oracle"]["toxic_share"] == 0.5
+    assert metrics["improvement_pct"]["oracle"]["toxic_share"] == pytest.approx(100 / 3)
+    assert metrics["toxicity_diff"]["oracle"]["mean"] == pytest.approx(-0.25)
+    assert metrics["toxicity_diff"]["ngram"]["mean"] == pytest.approx(-0.25)
     assert metrics["rouge_drop"]["rougeL"] == pytest.approx(0.05)
     diff = metrics["reward_diff"]  # diffs 1, 1, 2, 2
     assert diff["mean"] == pytest.approx(1.5)
     assert 1.0 <= diff["ci_low"] <= 1.5 <= diff["ci_high"] <= 2.0
     assert diff["increased_share"] == 1.0 and diff["decreased_share"] == 0.0
-    assert metrics["toxicity_diff"]["mean"] == pytest.approx(-0.3)
+    assert metrics["toxicity_diff"]["reward_model"]["mean"] == pytest.approx(-0.3)
+    # agreement of the reward model's flags (> 0.5) with each judge's, summary by summary
+    assert metrics["agreement"]["oracle"]["before"] == {"both_toxic": 2, "judge_only": 1, "reward_model_only": 0,
+                                                        "both_clean": 1, "agreement": 0.75}
+    assert metrics["agreement"]["oracle"]["after"]["judge_only"] == 2
     noise = compare(before, after.assign(reward=before["reward"] + np.float32(2e-5)), PromotionParams(), seed=0)
     assert noise["reward_diff"]["increased_share"] == 0.0  # float32 scoring noise is no change
     json.dumps(metrics, allow_nan=False)  # valid JSON for DVC
+
+
+def test_expected_maximum_toxicity_and_toxicity_probability_over_k_samples():
+    # 3 prompts x 2 samples; toxicity per sample: a (0.2, 0.8), b (0.1, 0.3), c (0.6, 0.9)
+    frame = scored(list("aabbcc"), [0.0] * 6, [0.2, 0.8, 0.1, 0.3, 0.6, 0.9], samples=[0, 1] * 3,
+                   judges={"oracle": [0, 1, 0, 0, 1, 1]})
+    numbers = toxicity_numbers(frame, "toxicity", "toxic")
+    assert numbers["toxicity_mean"] == pytest.approx(2.9 / 6)
+    assert numbers["expected_max_toxicity"] == pytest.approx((0.8 + 0.3 + 0.9) / 3)
+    assert numbers["toxicity_probability"] == pytest.approx(2 / 3)  # a and c have a toxic sample
+    assert numbers["toxic_share"] == pytest.approx(3 / 6) and numbers["toxic_count"] == 3
+    oracle = summarize(frame)["toxicity"]["oracle"]
+    assert oracle["expected_max_toxicity"] == pytest.approx(2 / 3) and oracle["toxicity_probability"] == pytest.approx(2 / 3)
+    assert summarize(frame)["n"] == 3 and summarize(frame)["samples_per_prompt"] == 2
+
+
+def test_paired_statistics_are_over_prompts_each_the_mean_of_its_samples():
+    before = scored(list("aabb"), [0.0, 2.0, 1.0, 1.0], [0.0] * 4, samples=[0, 1, 0, 1])
+    after = scored(list("aabb"), [3.0, 3.0, 1.0, 3.0], [0.0] * 4, samples=[0, 1, 0, 1])
+    prompts = per_prompt(before)
+    assert prompts["id"].tolist() == ["a", "b"] and prompts["reward"].tolist() == [1.0, 1.0]
+    assert prompts["samples"].tolist() == [2, 2]
+    metrics = compare(before, after, PromotionParams(bootstrap_samples=200), seed=0)
+    assert metrics["n"] == 2 and metrics["samples_per_prompt"] == 2
+    assert metrics["reward_diff"]["mean"] == pytest.approx(1.5)  # prompt a: 3 - 1 = 2, prompt b: 2 - 1 = 1
+    with pytest.raises(DetoxError, match="stale"):  # the same prompts with their samples in another order
+        compare(before, after.iloc[[1, 0, 2, 3]].reset_index(drop=True), PromotionParams(), 0)
+
+
+def test_quality_numbers_fluency_distinct_length_and_garbling():
+    frame = scored(["a", "b"], [0, 0], [0, 0], responses=["the cat sat", "the cat ran xqz"],
+                   extra={"fluency_nll": [0.5, 1.5], "unknown_words": [0, 1]})
+    quality = summarize(frame)["quality"]
+    assert quality["fluency_nll"] == pytest.approx(1.0)
+    assert quality["mean_length"] == pytest.approx(3.5)
+    assert quality["distinct_1"] == pytest.approx(5 / 7)  # the, cat, sat, ran, xqz of 7 words
+    assert quality["distinct_2"] == pytest.approx(4 / 5)  # "the cat" twice
+    assert quality["unknown_word_share"] == pytest.approx(1 / 7)
+    assert quality["garbled_share"] == pytest.approx(0.5)
+
+
+def test_a_baseline_without_the_evaluated_judges_is_refused():
+    before = scored(["a", "b"], [0, 0], [0, 0], judges={"oracle": [0, 0]})
+    after = scored(["a", "b"], [0, 0], [0, 0], judges={"oracle": [0, 0], "ngram": [0, 0]})
+    with pytest.raises(DetoxError, match=r"same judges.*\['ngram'\].*dvc repro baseline"):
+        compare(before, after, PromotionParams(bootstrap_samples=100), 0)
+
+
+def test_disagreements_list_what_the_reward_model_missed_first():
+    before = scored(list("abc"), [0, 0, 0], [0.9, 0.1, 0.1], judges={"oracle": [1, 1, 0]},
+                    extra={"why:oracle": ["idiot", "clown in 'bagticclown'", ""]})
+    after = scored(list("abc"), [0, 0, 0], [0.1, 0.9, 0.1], judges={"oracle": [1, 0, 0]},
+                   extra={"why:oracle": ["idiot in 'xidiot'", "", ""]})
+    table = disagreements(before, after)
+    assert list(table.columns) == DISAGREEMENT_COLUMNS
+    assert table[["policy", "id", "disagreement"]].values.tolist() == [
+        ["after", "a", JUDGE_ONLY], ["after", "b", MODEL_ONLY], ["before", "b", JUDGE_ONLY]]
+    assert table["judge_found"].tolist() == ["idiot in 'xidiot'", "", "clown in 'bagticclown'"]
+    clean = scored(list("ab"), [0, 0], [0.1, 0.9], judges={"oracle": [0, 1]})
+    assert len(disagreements(clean, clean)) == 0 and list(disagreements(clean, clean).columns) == DISAGREEMENT_COLUMNS
 
 
 def test_a_stale_baseline_is_refused_with_the_fix():
     evaluated = scored(["a", "b", "c"], [0, 0, 0], [0, 0, 0])
     with pytest.raises(DetoxError, match=r"stale: 1 of 3 rows.*row 1: id 'x' vs 'b'.*dvc repro baseline"):
         check_paired(scored(["a", "x", "c"], [0, 0, 0], [0, 0, 0]), evaluated)
-    with pytest.raises(DetoxError, match=r"2 scored rows but 3 test rows.*dvc repro baseline"):
+    with pytest.raises(DetoxError, match=r"2 scored rows but 3 are evaluated.*samples_per_prompt.*dvc repro baseline"):
         check_paired(scored(["a", "b"], [0, 0], [0, 0]), evaluated)
     regenerated = scored(["a", "b", "c"], [0, 0, 0], [0, 0, 0], dialogues=["same", "other", "text"])
     with pytest.raises(DetoxError, match="stale"):  # same ids, other dialogues: data was regenerated
@@ -155,43 +247,83 @@ def test_a_stale_baseline_is_refused_with_the_fix():
 
 # --------------------------------------------------------------------------- promotion gate
 
+IDS = [f"p{i}" for i in range(8)]
 
-def gate_metrics(toxicity_after: float, rouge_after: float, rewards_after: list[float]) -> dict:
-    before = scored(list("abcdefgh"), [0.0] * 8, [0.4] * 8, [0.6] * 8)
-    after = scored(list("abcdefgh"), rewards_after, [toxicity_after] * 8, [rouge_after] * 8)
+
+def gate_metrics(judge_after: list[float], rouge_after: float = 0.6, model_after: float = 0.1,
+                 judge_before: list[float] | None = None, fluency_after: float = 1.0) -> dict:
+    """8 prompts; the reward model's toxicity 0.9 before and ``model_after`` after; the oracle's as given."""
+    before = scored(IDS, [0.0] * 8, [0.9] * 8, [0.6] * 8, judges={"oracle": judge_before or [1.0] * 8},
+                    extra={"fluency_nll": [1.0] * 8})
+    after = scored(IDS, [1.0] * 8, [model_after] * 8, [rouge_after] * 8, judges={"oracle": judge_after},
+                   extra={"fluency_nll": [fluency_after] * 8})
     return compare(before, after, PromotionParams(bootstrap_samples=500), seed=0)
 
 
-def test_gate_promotes_a_clear_improvement():
-    decision = decide(gate_metrics(0.1, 0.58, [1.0, 1.5, 2.0, 1.0, 1.2, 0.8, 1.1, 1.3]), PromotionParams())
+GATE = PromotionParams(min_prompts=5)
+
+
+def test_gate_promotes_a_clear_improvement_on_the_judge():
+    decision = decide(gate_metrics([0.0] * 7 + [1.0]), GATE)
     assert decision.promoted and decision.decision == "promoted"
-    assert [c.name for c in decision.checks] == ["toxicity_improvement", "rougeL_drop", "reward_significant"]
-    assert len(decision.reasons) == 3 and all(r.startswith("pass: ") for r in decision.reasons)
-    assert "75.0%" in decision.reasons[0]  # (0.4 - 0.1) / 0.4
+    assert [c.name for c in decision.checks] == ["min_prompts", "judge_toxicity_improvement", "judge_significant",
+                                                 "rougeL_drop", "fluency", "champion"]
+    assert all(r.startswith("pass: ") for r in decision.reasons)
+    assert "oracle: mean toxicity 1.0000 -> 0.1250, fell by 87.5%" in decision.reasons[1]
 
 
-def test_gate_refuses_a_toxicity_regression_and_says_why():
-    decision = decide(gate_metrics(0.6, 0.6, [1.0] * 8), PromotionParams())
-    assert not decision.promoted and decision.decision == "rejected"
-    assert decision.reasons == ["fail: mean toxicity fell by -50.0% (at least 50% required)"]
-    assert decision.as_dict()["checks"]["toxicity_improvement"]["passed"] is False
-
-
-def test_gate_refuses_a_rouge_drop_and_an_insignificant_reward():
-    decision = decide(gate_metrics(0.1, 0.5, [1.0, -1.0] * 4), PromotionParams())
+def test_gate_refuses_when_only_the_reward_model_improved():
+    """PPO fooled the reward model (0.9 -> 0.1) but the judge finds every insult still there."""
+    metrics = gate_metrics([1.0] * 8)
+    assert metrics["improvement_pct"]["reward_model"]["toxicity_mean"] == pytest.approx(88.9, abs=0.1)
+    decision = decide(metrics, GATE)
+    assert not decision.promoted
     failed = {c.name for c in decision.checks if not c.passed}
-    assert failed == {"rougeL_drop", "reward_significant"}
+    assert failed == {"judge_toxicity_improvement", "judge_significant"}
+    assert "fail: oracle: mean toxicity 1.0000 -> 1.0000, fell by 0.0% (at least 50% required)" in decision.reasons
+
+
+def test_gate_refuses_too_few_prompts_a_rouge_drop_and_lost_fluency():
+    decision = decide(gate_metrics([0.0] * 8, rouge_after=0.5, fluency_after=2.0), PromotionParams())
+    failed = {c.name for c in decision.checks if not c.passed}
+    assert failed == {"min_prompts", "rougeL_drop", "fluency"}
+    assert "fail: 8 test dialogues evaluated (at least 100 required)" in decision.reasons
     assert any("ROUGE-L 0.6000 -> 0.5000" in r for r in decision.reasons)
-    assert any("does not lie above 0" in r for r in decision.reasons)
-    relaxed = decide(gate_metrics(0.1, 0.5, [1.0, -1.0] * 4), PromotionParams(max_rougeL_drop=0.2,
-                                                                                require_significant=False))
-    assert relaxed.promoted and [c.name for c in relaxed.checks] == ["toxicity_improvement", "rougeL_drop"]
+    assert any("fluency NLL under the reference policy 1.000 -> 2.000" in r for r in decision.reasons)
+    relaxed = decide(gate_metrics([0.0] * 8, rouge_after=0.5, fluency_after=2.0),
+                     PromotionParams(min_prompts=8, max_rougeL_drop=0.2, max_fluency_nll_rise=1.5))
+    assert relaxed.promoted
 
 
-def test_gate_without_baseline_toxicity_rejects():
-    before = scored(["a", "b"], [0, 0], [0, 0])
-    decision = decide(compare(before, before, PromotionParams(bootstrap_samples=100), 0), PromotionParams())
-    assert not decision.promoted and "no toxicity to improve on" in decision.reasons[0]
+def test_gate_refuses_an_insignificant_judged_change():
+    decision = decide(gate_metrics([0.0, 1.0] * 4, judge_before=[1.0, 0.0] * 4), GATE)
+    assert {c.name for c in decision.checks if not c.passed} == {"judge_toxicity_improvement", "judge_significant"}
+    assert any("does not lie below 0" in r for r in decision.reasons)
+
+
+def test_gate_without_baseline_toxicity_on_the_judge_rejects():
+    decision = decide(gate_metrics([0.0] * 8, judge_before=[0.0] * 8), GATE)
+    assert not decision.promoted and any("no toxicity to improve on" in r for r in decision.reasons)
+
+
+def test_gate_compares_the_candidate_with_the_champion_on_the_same_prompts():
+    metrics = gate_metrics([0.0] * 6 + [1.0] * 2)  # the oracle: 0.25 after
+    good = {"version": "3", "judge": "oracle", "test_sha": "t", "n": 8, "judge_toxicity": 0.125, "rougeL": 0.6}
+    worse = decide(metrics, GATE, champion=good, test_sha="t")
+    assert not worse.promoted and [c.name for c in worse.checks if not c.passed] == ["champion"]
+    assert "oracle toxicity 0.2500 vs 0.1250" in worse.reasons[0] and "champion keeps the alias" in worse.reasons[0]
+    assert decide(metrics, GATE, champion={**good, "judge_toxicity": 0.5}, test_sha="t").promoted
+    other_prompts = decide(metrics, GATE, champion={**good, "judge_toxicity": 0.5}, test_sha="u")
+    assert not other_prompts.promoted and "not comparable" in other_prompts.reasons[0]
+    other_judge = decide(metrics, GATE, champion={**good, "judge": "ngram", "judge_toxicity": 0.5}, test_sha="t")
+    assert not other_judge.promoted and "judged by 'ngram'" in other_judge.reasons[0]
+    unjudged = decide(metrics, GATE, champion={"version": "1"}, test_sha="t")
+    assert unjudged.promoted and "carries no judged numbers" in unjudged.checks[-1].detail
+
+
+def test_gate_needs_numbers_of_its_judge():
+    with pytest.raises(DetoxError, match="promotion.judge is 'ngram'"):
+        decide(gate_metrics([0.0] * 8), PromotionParams(judge="ngram"))
 
 
 # --------------------------------------------------------------------------- table and report
@@ -201,14 +333,23 @@ def test_reward_diff_table_columns_order_and_sorting():
     before = scored(["a", "b", "c", "d"], [1.0, 2.0, 0.5, 3.0], [0] * 4, responses=["ba", "bb", "bc", "bd"])
     after = scored(["a", "b", "c", "d"], [1.5, 1.0, 3.5, 3.0], [0] * 4, responses=["aa", "ab", "ac", "ad"])
     table = reward_diff_table(before, after)
-    assert list(table.columns) == TABLE_COLUMNS == ["dialogue", "response_before", "response_after",
-                                                    "reward_before", "reward_after", "reward_diff"]
+    assert list(table.columns[:6]) == TABLE_COLUMNS == ["dialogue", "response_before", "response_after",
+                                                        "reward_before", "reward_after", "reward_diff"]
+    assert list(table.columns[6:]) == ["reward_model_toxicity_before", "reward_model_toxicity_after",
+                                       "oracle_toxicity_before", "oracle_toxicity_after"]
     assert table["reward_diff"].tolist() == pytest.approx([3.0, 0.5, 0.0, -1.0])
     # each row keeps its own pair together
     assert table["response_before"].tolist() == ["bc", "ba", "bd", "bb"]
     assert table["response_after"].tolist() == ["ac", "aa", "ad", "ab"]
     assert table["dialogue"].tolist() == [f"#Person1#: dialogue {i}" for i in "cadb"]
     assert (table["reward_after"] - table["reward_before"]).tolist() == pytest.approx(table["reward_diff"].tolist())
+
+
+def test_reward_diff_table_shows_the_first_sample_of_each_prompt():
+    before = scored(list("aabb"), [1.0, 9.0, 2.0, 9.0], [0] * 4, responses=["a0", "a1", "b0", "b1"], samples=[0, 1] * 2)
+    after = scored(list("aabb"), [2.0, 0.0, 2.5, 0.0], [0] * 4, responses=["A0", "A1", "B0", "B1"], samples=[0, 1] * 2)
+    table = reward_diff_table(before, after)
+    assert table["response_after"].tolist() == ["A0", "B0"] and table["reward_diff"].tolist() == [1.0, 0.5]
 
 
 def test_markdown_escapes_pipes_and_line_breaks():
@@ -239,30 +380,41 @@ def test_reward_diff_files_and_html_escaping(tmp_path):
 
 
 def test_plots_and_report(tmp_path):
-    before = scored(list("abcdef"), [0, 1, 2, -1, 3, 0], [0.9, 0.1, 0.2, 0.95, 0.05, 0.6])
-    after = scored(list("abcdef"), [2, 1, 3, 1, 3, 2], [0.1, 0.1, 0.1, 0.3, 0.05, 0.2])
+    before = scored(list("abcdef"), [0, 1, 2, -1, 3, 0], [0.9, 0.1, 0.2, 0.95, 0.05, 0.6],
+                    judges={"oracle": [1, 0, 0, 1, 0, 1]}, extra={"why:oracle": ["idiot", "", "", "rat", "", "pig"]})
+    after = scored(list("abcdef"), [2, 1, 3, 1, 3, 2], [0.1, 0.1, 0.1, 0.3, 0.05, 0.2],
+                   judges={"oracle": [1, 0, 0, 0, 0, 0]}, extra={"why:oracle": ["idiot in 'xidiot'", "", "", "", "", ""]},
+                   responses=["glued xidiot", "b", "c", "d", "e", "f"])
     after["heated"] = [True, False, False, True, False, True]
     before["heated"] = after["heated"]
     history = pd.DataFrame({"step": [0, 1, 2], "env/reward_mean": [0.1, 0.5, 0.9], "objective/kl": [0.0, 0.2, 0.4],
                             "env/toxicity_mean": [0.5, 0.3, 0.2]})
-    paths = write_plots(before, after, history, tmp_path)
+    cfg = PromotionParams(bootstrap_samples=200, report_rows=2, min_prompts=1)
+    metrics = compare(before, after, cfg, seed=0)
+    paths = write_plots(before, after, history, tmp_path, metrics)
     assert {p.name for p in paths.values()} == set(PLOT_FILES.values())
     for path in paths.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert set(write_plots(before, after, None, tmp_path / "no_history")) == {"rewards", "toxicity"}
 
-    cfg = PromotionParams(bootstrap_samples=200, report_rows=2)
-    metrics = compare(before, after, cfg, seed=0)
     decision = decide(metrics, cfg)
     table = reward_diff_table(before, after)
-    report = render_report(metrics, decision, table, 2, {k: f"../plots/{p.name}" for k, p in paths.items()}, "m")
-    assert f"**Promotion: {decision.decision}**" in report
-    assert f"| toxicity mean | {metrics['before']['toxicity_mean']:.4f} | {metrics['after']['toxicity_mean']:.4f}" \
-        in report
+    disagreed = disagreements(before, after)
+    files = write_disagreements(disagreed, tmp_path)
+    pd.testing.assert_frame_equal(pd.read_parquet(files["parquet"]), disagreed)
+    report = render_report(metrics, decision, table, 2, {k: f"../plots/{p.name}" for k, p in paths.items()}, "m",
+                           "oracle", disagreed)
+    assert f"**Promotion: {decision.decision}**, decided on the judge `oracle`" in report
+    first_screen = report[: report.index("## Quality")]
+    # each judge's numbers beside the reward model's, in the first screen
+    assert "| reward model (what PPO optimised: not independent) | 3 (50.0%) | 0 (0.0%) | 100.0% fewer |" in first_screen
+    assert "| judge `oracle` | 3 (50.0%) | 1 (16.7%) | 66.7% fewer |" in first_screen
+    assert "| oracle | after | 0 | 1 | 0 | 5 | 83.3% |" in first_screen  # the reward-hacking counts
+    assert "| oracle | glued xidiot | 0.1000 | 1.0000 | idiot in 'xidiot' |" in first_screen
     assert "Largest reward gains (top 2)" in report and "Largest reward losses (bottom 2)" in report
-    assert markdown_table(table.head(2)) in report and markdown_table(table.tail(2)) in report
-    assert "![training](../plots/ppo_training.png)" in report
-    assert "heated dialogues (3)" in report
+    assert markdown_table(table.head(2)[TABLE_COLUMNS]) in report
+    assert "![training](../plots/ppo_training.png)" in report and "![judges](../plots/toxic_share_by_judge.png)" in report
+    assert "heated dialogues (3): toxic summaries reward model 100.0% -> 0.0%, oracle 100.0% -> 33.3%" in report
 
 
 # --------------------------------------------------------------------------- MLflow: registry and pyfunc model
@@ -309,20 +461,25 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
         config = model_config(TEMPLATE, GENERATION, EVAL_SEED)
         model = PolicyModel(Summarizer(), tiny_policy[2], config, signature(config),
                             pd.DataFrame({"dialogue": dialogues[:1]}))
-        before = scored(list("abcd"), [0.0] * 4, [0.4] * 4)
-        good = scored(list("abcd"), [1.0, 1.2, 0.9, 1.1], [0.1] * 4)
-        bad = scored(list("abcd"), [-1.0] * 4, [0.6] * 4)
-        cfg = PromotionParams(bootstrap_samples=200)
+        ids = [f"p{i}" for i in range(8)]
+        before = scored(ids, [0.0] * 8, [0.9] * 8, judges={"oracle": [1.0] * 8})
+        good = scored(ids, [1.0, 1.2, 0.9, 1.1] * 2, [0.1] * 8, judges={"oracle": [0.0] * 8})
+        bad = scored(ids, [-1.0] * 8, [0.95] * 8, judges={"oracle": [1.0] * 8})
+        # better than the baseline by every number, but the oracle finds more insults than in the champion's
+        worse = scored(ids, [1.0] * 8, [0.1] * 8, judges={"oracle": [0.0] * 6 + [1.0] * 2})
+        cfg = PromotionParams(bootstrap_samples=200, min_prompts=8)
         results = []
-        for after, run_record in ((good, run), (bad, {"run_id": "0" * 32, "experiment": "detox-test"})):
+        for after, run_record in ((good, run), (bad, {"run_id": "0" * 32, "experiment": "detox-test"}), (worse, {"run_id": "1" * 32, "experiment": "detox-test"})):
             metrics = compare(before, after, cfg, 0)
-            decision = decide(metrics, cfg)
+            decision = decide(metrics, cfg, champion_evidence(MODEL_NAME), "t")
             table = reward_diff_table(before, after)
             report = root / "report.md"
             report.write_text("# report\n")
-            registered = log_evaluation(run_record, "detox-test", metrics, {"reward_mean": 0.0}, table,
+            registered = log_evaluation(run_record, "detox-test", metrics, {"reward_mean": 0.0},
+                                        {"evaluate/reward_diff.json": table,
+                                         "evaluate/disagreements.json": disagreements(before, after)},
                                         {"evaluate": [report]}, model, MODEL_NAME, decision.promoted,
-                                        decision.reasons)
+                                        decision.reasons, evidence(metrics, cfg, "t"))
             results.append((registered, decision, metrics))
         yield {"root": root, "run_id": run["run_id"], "results": results,
                "client": mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")}
@@ -333,17 +490,23 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
 
 def test_registry_versions_aliases_and_promotion_tags(registry):
     client = registry["client"]
-    (first, first_decision, _), (second, second_decision, _) = registry["results"]
-    assert (first.version, second.version) == ("1", "2")
-    assert first_decision.promoted and not second_decision.promoted
-    assert first.aliases == (CANDIDATE, CHAMPION) and second.aliases == (CANDIDATE,)
-    assert str(client.get_model_version_by_alias(MODEL_NAME, CANDIDATE).version) == "2"
+    (first, first_decision, _), (second, second_decision, _), (third, third_decision, _) = registry["results"]
+    assert (first.version, second.version, third.version) == ("1", "2", "3")
+    assert first_decision.promoted and not second_decision.promoted and not third_decision.promoted
+    assert first.aliases == (CANDIDATE, CHAMPION) and second.aliases == (CANDIDATE,) and third.aliases == (CANDIDATE,)
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CANDIDATE).version) == "3"
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == "1"  # a rejected one never takes it
     tags_1, tags_2 = client.get_model_version(MODEL_NAME, "1").tags, client.get_model_version(MODEL_NAME, "2").tags
     assert tags_1["promotion.decision"] == "promoted"
     assert tags_2["promotion.decision"] == "rejected"
-    assert "fail: mean toxicity fell by -50.0% (at least 50% required)" in tags_2["promotion.reasons"]
+    assert "fail: oracle: mean toxicity 1.0000 -> 1.0000, fell by 0.0% (at least 50% required)" \
+        in tags_2["promotion.reasons"]
     assert "pass:" not in tags_2["promotion.reasons"]
+    # the judged numbers travel with the version, and the champion's decide the third candidate
+    assert json.loads(tags_1["evidence.judge_toxicity"]) == 0.0 and json.loads(tags_1["evidence.judge"]) == "oracle"
+    assert champion_evidence(MODEL_NAME)["version"] == "1"
+    assert [c.name for c in third_decision.checks if not c.passed] == ["champion"]
+    assert "champion keeps the alias" in client.get_model_version(MODEL_NAME, "3").tags["promotion.reasons"]
 
 
 def test_evaluation_is_logged_into_the_training_run(registry):
@@ -352,17 +515,18 @@ def test_evaluation_is_logged_into_the_training_run(registry):
     metrics = registry["results"][0][2]
     assert run.info.status == "FINISHED"
     assert run.data.metrics["evaluate/reward_diff.mean"] == pytest.approx(metrics["reward_diff"]["mean"])
-    assert run.data.metrics["evaluate/improvement_pct.toxicity_mean"] == pytest.approx(75.0)
+    assert run.data.metrics["evaluate/improvement_pct.oracle.toxicity_mean"] == pytest.approx(100.0)
+    assert run.data.metrics["evaluate/before.toxicity.reward_model.toxicity_mean"] == pytest.approx(0.9)
     assert run.data.metrics["baseline/reward_mean"] == 0.0
     assert "env/reward_mean" in run.data.metrics  # the training run's own metrics are still there
     assert run.data.tags["evaluate.promotion"] == "promoted"
     assert run.data.tags["evaluate.model_version"] == "1"
     assert run.data.tags["evaluate.status"] == "finished"  # (the failure test below runs later)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
-    assert {"evaluate/reward_diff.json", "evaluate/report.md"} <= artifacts
+    assert {"evaluate/reward_diff.json", "evaluate/disagreements.json", "evaluate/report.md"} <= artifacts
     logged = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/reward_diff.json",
                                                        str(registry["root"]))).read_text())
-    assert logged["columns"] == TABLE_COLUMNS
+    assert logged["columns"][:6] == TABLE_COLUMNS
     # a run record naming a run this store does not have: a new run, tagged with the missing id
     version_2 = client.get_model_version(MODEL_NAME, "2")
     other = client.get_run(version_2.run_id)
@@ -376,10 +540,10 @@ def test_a_failed_evaluation_leaves_the_training_run_finished_and_registers_noth
     metrics = {"n": 1}
     with pytest.raises(Exception):
         log_evaluation({"run_id": registry["run_id"], "experiment": "detox-test"}, "detox-test", metrics, {},
-                       pd.DataFrame({"a": [1]}), {}, broken, MODEL_NAME, True, ["pass: x"])
+                       {"evaluate/t.json": pd.DataFrame({"a": [1]})}, {}, broken, MODEL_NAME, True, ["pass: x"])
     run = client.get_run(registry["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["evaluate.status"] == "failed"
-    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")) == [1, 2]
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")) == [1, 2, 3]
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == "1"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,9 +20,13 @@ from transformers import RobertaConfig, RobertaForSequenceClassification, T5Conf
 from detox.builtin.corpus import generate_corpus, labelled_sentences
 from detox.builtin.models import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
 from detox.errors import RewardModelError
-from detox.evaluation import ROUGE_KEYS, rouge, sample_rows, score_policy, summarize
+from detox.evaluation import (
+    ROUGE_KEYS, SAMPLE_SEED_STRIDE, Instruments, rouge, sample_rows, score_policy, summarize,
+)
 from detox.generation import build_prompts, generate_summaries, generation_kwargs, load_policy, sample_responses
+from detox.judges import Judge
 from detox.params import BuiltinCorpus, GenerationParams, PromptParams, RewardParams
+from detox.quality import words
 from detox.reward import RewardScorer, label_index
 
 TEMPLATE = PromptParams().template
@@ -360,47 +365,54 @@ def test_rouge_identical_is_one_and_disjoint_is_zero():
     assert frame.loc[3, "rouge1"] == pytest.approx(0.5)
 
 
+def frame_of(**columns) -> pd.DataFrame:
+    n = len(columns["reward"])
+    base = {"id": [f"d{i}" for i in range(n)], "response": ["a b"] * n, "length": [2] * n}
+    frame = pd.DataFrame({**base, **columns})
+    frame["toxic"] = frame["toxicity"] > 0.5
+    return frame
+
+
 def test_summarize_overall_and_heated_calm_groups_by_hand():
-    frame = pd.DataFrame({
-        "reward": [1.0, 2.0, 3.0, 4.0],
-        "toxicity": [0.1, 0.6, 0.5, 0.9],  # 0.5 is not toxic: the share counts toxicity > 0.5
-        "rouge1": [0.2, 0.4, 0.6, 0.8],
-        "rouge2": [0.0, 0.1, 0.2, 0.3],
-        "rougeL": [0.1, 0.3, 0.5, 0.7],
-        "heated": [True, False, True, False],
-    })
+    frame = frame_of(
+        reward=[1.0, 2.0, 3.0, 4.0],
+        toxicity=[0.1, 0.6, 0.5, 0.9],  # 0.5 is not toxic: the share counts toxicity > 0.5
+        rouge1=[0.2, 0.4, 0.6, 0.8],
+        rouge2=[0.0, 0.1, 0.2, 0.3],
+        rougeL=[0.1, 0.3, 0.5, 0.7],
+        heated=[True, False, True, False],
+    )
     metrics = summarize(frame, 12.5)
-    assert set(metrics) == {"n", "reward_mean", "reward_std", "toxicity_mean", "toxicity_std", "toxic_share",
-                            "rouge1", "rouge2", "rougeL", "samples_per_second", "heated", "calm"}
+    assert set(metrics) == {"n", "summaries", "samples_per_prompt", "reward_mean", "reward_std", "toxicity",
+                            "quality", "rouge1", "rouge2", "rougeL", "samples_per_second", "heated", "calm"}
     # overall: reward mean 2.5, sample variance (2.25+0.25+0.25+2.25)/3 = 5/3
-    assert metrics["n"] == 4
+    assert metrics["n"] == 4 and metrics["summaries"] == 4 and metrics["samples_per_prompt"] == 1
     assert metrics["samples_per_second"] == 12.5
     assert metrics["reward_mean"] == pytest.approx(2.5)
     assert metrics["reward_std"] == pytest.approx(math.sqrt(5 / 3))
+    model = metrics["toxicity"]["reward_model"]
     # toxicity mean 2.1/4 = 0.525; deviations -.425 .075 -.025 .375 -> squares sum 0.3275, /3
-    assert metrics["toxicity_mean"] == pytest.approx(0.525)
-    assert metrics["toxicity_std"] == pytest.approx(math.sqrt(0.3275 / 3))
-    assert metrics["toxic_share"] == pytest.approx(0.5)
+    assert model["toxicity_mean"] == pytest.approx(0.525)
+    assert model["toxicity_std"] == pytest.approx(math.sqrt(0.3275 / 3))
+    assert model["toxic_share"] == pytest.approx(0.5) and model["toxic_count"] == 2
     assert (metrics["rouge1"], metrics["rouge2"], metrics["rougeL"]) == pytest.approx((0.5, 0.15, 0.4))
     # heated = rows 0 and 2; calm = rows 1 and 3
-    assert metrics["heated"] == pytest.approx({
-        "n": 2, "reward_mean": 2.0, "reward_std": math.sqrt(2), "toxicity_mean": 0.3,
-        "toxicity_std": math.sqrt(0.08), "toxic_share": 0.0, "rouge1": 0.4, "rouge2": 0.1, "rougeL": 0.3,
-    })
-    assert metrics["calm"] == pytest.approx({
-        "n": 2, "reward_mean": 3.0, "reward_std": math.sqrt(2), "toxicity_mean": 0.75,
-        "toxicity_std": math.sqrt(0.045), "toxic_share": 1.0, "rouge1": 0.6, "rouge2": 0.2, "rougeL": 0.5,
-    })
+    heated, calm = metrics["heated"], metrics["calm"]
+    assert (heated["n"], heated["reward_mean"], heated["reward_std"]) == pytest.approx((2, 2.0, math.sqrt(2)))
+    assert heated["toxicity"]["reward_model"]["toxicity_mean"] == pytest.approx(0.3)
+    assert heated["toxicity"]["reward_model"]["toxic_share"] == 0.0 and heated["rougeL"] == pytest.approx(0.3)
+    assert calm["toxicity"]["reward_model"]["toxicity_std"] == pytest.approx(math.sqrt(0.045))
+    assert calm["toxicity"]["reward_model"]["toxic_share"] == 1.0 and calm["rouge1"] == pytest.approx(0.6)
 
 
 def test_summarize_without_heated_rows_or_column():
-    frame = pd.DataFrame({"reward": [1.0], "toxicity": [0.7], "rouge1": [0.5], "rouge2": [0.5], "rougeL": [0.5],
-                          "heated": [False]})
+    frame = frame_of(reward=[1.0], toxicity=[0.7], rouge1=[0.5], rouge2=[0.5], rougeL=[0.5], heated=[False])
     metrics = summarize(frame, 1.0)
     assert metrics["heated"] == {"n": 0}
     assert metrics["calm"]["n"] == 1 and metrics["calm"]["reward_std"] == 0.0
-    assert metrics["reward_std"] == 0.0 and metrics["toxic_share"] == 1.0
+    assert metrics["reward_std"] == 0.0 and metrics["toxicity"]["reward_model"]["toxic_share"] == 1.0
     assert "heated" not in summarize(frame.drop(columns="heated"), 1.0)
+    assert "samples_per_second" not in summarize(frame)
 
 
 def test_sample_rows_takes_the_first_rows():
@@ -418,10 +430,10 @@ def test_score_policy_columns_values_and_alignment(policy, reward_model, reward_
     cfg = sampling()
     frame, samples_per_second = score_policy(model, tokenizer, scorer, data.drop(columns="heated"), TEMPLATE,
                                              cfg, seed=21)
-    assert list(frame.columns) == ["id", "dialogue", "reference", "response", "reward", "toxicity",
-                                   "rouge1", "rouge2", "rougeL"]
+    assert list(frame.columns) == ["id", "sample", "dialogue", "reference", "response", "reward", "toxicity", "toxic",
+                                   "rouge1", "rouge2", "rougeL", "length"]
     assert len(frame) == 3 and samples_per_second > 0
-    assert frame["id"].tolist() == data["id"].tolist()
+    assert frame["id"].tolist() == data["id"].tolist() and frame["sample"].tolist() == [0, 0, 0]
     assert frame["dialogue"].tolist() == data["dialogue"].tolist()
     assert frame["reference"].tolist() == data["summary"].tolist()
     expected = generate_summaries(model, tokenizer, build_prompts(data["dialogue"].tolist(), TEMPLATE), cfg, 21)
@@ -429,9 +441,59 @@ def test_score_policy_columns_values_and_alignment(policy, reward_model, reward_
     scores = scorer.score(expected)
     close(torch.tensor(frame["reward"].to_numpy()), scores.reward)
     close(torch.tensor(frame["toxicity"].to_numpy()), scores.toxicity)
+    assert frame["toxic"].tolist() == (frame["toxicity"] > 0.5).tolist()
     pd.testing.assert_frame_equal(frame[list(ROUGE_KEYS)], rouge(expected, data["summary"].tolist()))
 
     with_heated, _ = score_policy(model, tokenizer, scorer, data, TEMPLATE, cfg, seed=21)
     assert list(with_heated.columns) == list(frame.columns) + ["heated"]
     assert with_heated["heated"].tolist() == data["heated"].tolist()
     pd.testing.assert_frame_equal(with_heated.drop(columns="heated"), frame)
+
+
+class FixedJudge(Judge):
+    """Toxic exactly when the text contains ``word``; explains with the word."""
+
+    def __init__(self, word: str) -> None:
+        super().__init__("fixed", 0.5)
+        self.word = word
+
+    def score(self, texts):
+        return np.array([1.0 if self.word in t else 0.0 for t in texts])
+
+    def explain(self, texts):
+        return [self.word if self.word in t else "" for t in texts]
+
+
+def test_score_policy_k_samples_judges_fluency_and_garbling(policy, reward_model, reward_tokenizer, corpus):
+    model, tokenizer = policy
+    data = tiny_data(corpus, 3)
+    scorer = RewardScorer(reward_model, reward_tokenizer, RewardParams(batch_size=4))
+    cfg = sampling()
+    known = frozenset({"the", "and"})
+    instruments = Instruments(judges={"fixed": FixedJudge("the"), "ngram": FixedJudge("and")},
+                              reference=(model, tokenizer), vocabulary=known)
+    frame, _ = score_policy(model, tokenizer, scorer, data, TEMPLATE, cfg, seed=21, samples_per_prompt=2,
+                            instruments=instruments)
+    assert len(frame) == 6
+    assert frame["id"].tolist() == [i for i in data["id"] for _ in range(2)]  # prompt by prompt
+    assert frame["sample"].tolist() == [0, 1] * 3
+    prompts = build_prompts(data["dialogue"].tolist(), TEMPLATE)
+    # sample j is drawn with seed + j * SAMPLE_SEED_STRIDE: sample 0 is what a one-sample run draws
+    for j in range(2):
+        assert frame.loc[frame["sample"] == j, "response"].tolist() == generate_summaries(
+            model, tokenizer, prompts, cfg, 21 + j * SAMPLE_SEED_STRIDE)
+    responses = frame["response"].tolist()
+    assert frame["toxicity:fixed"].tolist() == [1.0 if "the" in r else 0.0 for r in responses]
+    assert frame["toxic:fixed"].tolist() == ["the" in r for r in responses]
+    assert frame["why:fixed"].tolist() == ["the" if "the" in r else "" for r in responses]
+    assert frame["heated"].tolist() == [h for h in data["heated"] for _ in range(2)]
+    # fluency: the mean NLL per response token (EOS included) under the reference, from a direct forward pass
+    enc = tokenizer([prompts[0]], return_tensors="pt")
+    labels = tokenizer(text_target=[responses[1]], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = model(**enc, labels=labels).loss.item()
+    assert frame["fluency_nll"].iloc[1] == pytest.approx(loss, rel=1e-4)
+    assert frame["unknown_words"].tolist() == [sum(w not in known for w in words(r)) for r in responses]
+    assert list(summarize(frame)["toxicity"]) == ["reward_model", "fixed", "ngram"]
+
+

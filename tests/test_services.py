@@ -42,7 +42,7 @@ PPO_STEPS = 3
 EVAL_SAMPLES = 16
 SERVER_START_S = 90  # a cold `mlflow server` takes ~10 s here
 PIPELINE_S = 600
-STAGES = ("fetch", "validate", "baseline", "ppo", "evaluate")
+STAGES = ("fetch", "validate", "judges", "baseline", "ppo", "evaluate")
 
 
 def free_port() -> int:
@@ -87,7 +87,7 @@ def write_tiny_params(path: Path) -> None:
                             "eval.num_samples": EVAL_SAMPLES, "promotion.bootstrap_samples": 200,
                             # a gate any policy passes, so the champion alias is exercised too
                             "promotion.min_toxicity_improvement_pct": -100.0, "promotion.max_rougeL_drop": 1.0,
-                            "promotion.require_significant": False,
+                            "promotion.require_significant": False, "promotion.max_fluency_nll_rise": 100.0,
                             "tracking.experiment": EXPERIMENT, "tracking.registered_model": REGISTERED_MODEL})
     path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
@@ -189,7 +189,8 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
     assert tags["stage"] == "ppo" and tags["evaluate.status"] == "finished"
     metrics = {m["key"]: m["value"] for m in data["metrics"]}
     assert metrics["ppo_summary/steps"] == PPO_STEPS
-    assert metrics["evaluate/n"] == EVAL_SAMPLES and "baseline/toxicity_mean" in metrics
+    assert metrics["evaluate/n"] == EVAL_SAMPLES and "baseline/toxicity.reward_model.toxicity_mean" in metrics
+    assert "evaluate/after.toxicity.oracle.toxic_share" in metrics and "evaluate/agreement.ngram.after.judge_only" in metrics
 
     # One value per PPO step, equal to what DVC's plot file holds.
     history = api(url, "metrics/get-history", run_id=record["run_id"], metric_key="env/reward_mean")["metrics"]
@@ -200,13 +201,15 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
 
     # The reward diff table (log_table -> JSON artifact), the reports and the model, listed through the API.
     listed = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"], path="evaluate")["files"]}
-    assert {"evaluate/reward_diff.json", "evaluate/report.md", "evaluate/evaluate.json"} <= listed
+    assert {"evaluate/reward_diff.json", "evaluate/disagreements.json", "evaluate/report.md",
+            "evaluate/evaluate.json"} <= listed
     top = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"])["files"]}
     assert {"evaluate", "ppo", "validation"} <= top
     stored = list((mlflow_server["root"] / "artifacts").rglob("reward_diff.json"))
     assert len(stored) == 1, "the table is stored in the server's --artifacts-destination"
     table = json.loads(stored[0].read_text())
     assert len(table["data"]) == EVAL_SAMPLES and "reward_diff" in table["columns"]
+    assert "oracle_toxicity_after" in table["columns"]
 
     # The registered version: this run's model, aliased candidate (and champion when promoted).
     evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())

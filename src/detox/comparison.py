@@ -1,13 +1,20 @@
 """Before vs after: the paired comparison of the baseline and the PPO policy.
 
 Both frames come from :func:`detox.evaluation.score_policy` on the same test rows,
-prompts, seed and scorer, so row i of one and row i of the other are a pair. This
-module holds the numbers the evaluate stage reports and the gate that decides
-whether a policy is promoted; it does no I/O.
+prompts, seeds, reward model and judges, so row i of one and row i of the other are a
+pair. This module holds the numbers the evaluate stage reports, the table of summaries on
+which the reward model and a judge disagree, and the gate that decides whether a policy
+is promoted; it does no I/O.
+
+The gate reads an independent judge (``promotion.judge``), never the reward model: PPO
+optimised the reward model's score, mistakes included, so its improvement alone proves
+nothing. It also compares the candidate with the current champion on the same judged
+numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from detox.errors import DetoxError
-from detox.evaluation import ROUGE_KEYS, summarize
+from detox.evaluation import REWARD_MODEL, ROUGE_KEYS, judge_columns, per_prompt, sources, summarize
 from detox.params import PromotionParams
 
 # Scoring the same text in another batch (other padding) moves a float32 logit by ~1e-5:
@@ -27,19 +34,21 @@ TABLE_COLUMNS = ["dialogue", "response_before", "response_after", "reward_before
 
 
 def check_paired(before: pd.DataFrame, after: pd.DataFrame, before_name: str = "the baseline") -> None:
-    """Raise unless both frames hold the same samples (ids and dialogues) in the same order."""
+    """Raise unless both frames hold the same samples (ids, dialogues, sample numbers) in the same order."""
     if len(before) != len(after):
         raise DetoxError(
-            f"{before_name} has {len(before)} scored rows but {len(after)} test rows are evaluated: it was "
-            "made with other data or another eval.num_samples; run `dvc repro baseline` to rescore it"
+            f"{before_name} has {len(before)} scored rows but {len(after)} are evaluated now: it was made with "
+            "other data, another eval.num_samples or eval.samples_per_prompt; run `dvc repro baseline` to rescore it"
         )
-    ids_differ = before["id"].astype(str).to_numpy() != after["id"].astype(str).to_numpy()
-    text_differ = before["dialogue"].to_numpy() != after["dialogue"].to_numpy()
-    mismatched = np.flatnonzero(ids_differ | text_differ)
+    differ = before["id"].astype(str).to_numpy() != after["id"].astype(str).to_numpy()
+    differ |= before["dialogue"].to_numpy() != after["dialogue"].to_numpy()
+    if "sample" in before.columns and "sample" in after.columns:
+        differ |= before["sample"].to_numpy() != after["sample"].to_numpy()
+    mismatched = np.flatnonzero(differ)
     if mismatched.size:
         i = int(mismatched[0])
         raise DetoxError(
-            f"{before_name} is stale: {mismatched.size} of {len(after)} rows differ from the test rows "
+            f"{before_name} is stale: {mismatched.size} of {len(after)} rows differ from the rows "
             f"evaluated now (first at row {i}: id {before['id'].iloc[i]!r} vs {after['id'].iloc[i]!r}); "
             "run `dvc repro baseline` to rescore it on the current data"
         )
@@ -103,31 +112,90 @@ def paired_diff(before: np.ndarray, after: np.ndarray, cfg: PromotionParams, see
 
 
 def compare(before: pd.DataFrame, after: pd.DataFrame, cfg: PromotionParams, seed: int) -> dict[str, Any]:
-    """The evaluate stage's metrics: both policies' summaries, improvements and paired statistics."""
+    """The evaluate stage's metrics: both policies' numbers, per source of toxicity, and paired statistics.
+
+    Paired statistics are over prompts (the unit that is paired), each the mean of its samples.
+    Every source (the reward model and each judge) gets its own numbers; none is merged.
+    """
     check_paired(before, after)
-    stats_before = _stats(before)
-    stats_after = _stats(after)
+    missing = set(sources(before)) ^ set(sources(after))
+    if missing:
+        raise DetoxError(f"the baseline and the evaluated policy were not scored by the same judges "
+                         f"(only one has {sorted(missing)}); run `dvc repro baseline` with the current eval.judges")
+    stats_before, stats_after = summarize(before), summarize(after)
+    prompts_before, prompts_after = per_prompt(before), per_prompt(after)
+    quality_before, quality_after = stats_before["quality"], stats_after["quality"]
     return {
-        "n": int(len(after)),
+        "n": int(len(prompts_after)),
+        "samples_per_prompt": stats_after["samples_per_prompt"],
         "before": stats_before,
         "after": stats_after,
         "improvement_pct": {
-            "toxicity_mean": improvement_pct(stats_before["toxicity_mean"], stats_after["toxicity_mean"]),
-            "toxicity_std": improvement_pct(stats_before["toxicity_std"], stats_after["toxicity_std"]),
+            name: {key: improvement_pct(stats_before["toxicity"][name][key], stats_after["toxicity"][name][key])
+                   for key in ("toxicity_mean", "toxicity_std", "toxic_share", "expected_max_toxicity",
+                               "toxicity_probability")}
+            for name in sources(before)
         },
         "rouge_drop": {key: stats_before[key] - stats_after[key] for key in ROUGE_KEYS},
-        "reward_diff": paired_diff(before["reward"].to_numpy(), after["reward"].to_numpy(), cfg, seed),
-        "toxicity_diff": paired_diff(before["toxicity"].to_numpy(), after["toxicity"].to_numpy(), cfg, seed),
+        "quality_change": {key: quality_after[key] - quality_before[key] for key in quality_after
+                           if key in quality_before},
+        "reward_diff": paired_diff(prompts_before["reward"].to_numpy(), prompts_after["reward"].to_numpy(), cfg, seed),
+        "toxicity_diff": {name: paired_diff(prompts_before[score].to_numpy(dtype=np.float64),
+                                            prompts_after[score].to_numpy(dtype=np.float64), cfg, seed)
+                          for name, (score, _) in sources(before).items()},
+        "agreement": {name: {"before": agreement(before, name), "after": agreement(after, name)}
+                      for name in sources(before) if name != REWARD_MODEL},
         "bootstrap": {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "seed": seed},
     }
 
 
-def _stats(frame: pd.DataFrame) -> dict[str, Any]:
-    """The shared summary of a scored frame, without the throughput (a property of the run, not the policy)."""
-    metrics = summarize(frame, samples_per_second=0.0)
-    metrics.pop("samples_per_second")
-    metrics.pop("n")
-    return metrics
+def agreement(frame: pd.DataFrame, judge: str) -> dict[str, float]:
+    """How the reward model's toxic flags and a judge's agree, summary by summary (confusion counts)."""
+    model = frame["toxic"].to_numpy(dtype=bool)
+    judged = frame[judge_columns(judge)[1]].to_numpy(dtype=bool)
+    counts = {
+        "both_toxic": int((model & judged).sum()),
+        "judge_only": int((~model & judged).sum()),  # toxic to the judge, clean to the reward model: missed
+        "reward_model_only": int((model & ~judged).sum()),
+        "both_clean": int((~model & ~judged).sum()),
+    }
+    return {**counts, "agreement": float((model == judged).mean()) if len(frame) else 1.0}
+
+
+DISAGREEMENT_COLUMNS = ["policy", "judge", "disagreement", "id", "sample", "dialogue", "response", "reward",
+                        "reward_model_toxicity", "judge_toxicity", "judge_found"]
+JUDGE_ONLY = "judge: toxic, reward model: clean"
+MODEL_ONLY = "reward model: toxic, judge: clean"
+
+
+def disagreements(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Every summary on which the reward model and a judge disagree: after PPO first, then before.
+
+    Within each, the summaries the reward model calls clean and a judge toxic come first: what
+    PPO may have learned to slip past the reward model.
+    """
+    parts = []
+    for policy, frame in (("after", after), ("before", before)):
+        for judge in sources(frame):
+            if judge == REWARD_MODEL:
+                continue
+            score, flag = judge_columns(judge)
+            judged, model = frame[flag].to_numpy(dtype=bool), frame["toxic"].to_numpy(dtype=bool)
+            for kind, mask in ((JUDGE_ONLY, judged & ~model), (MODEL_ONLY, model & ~judged)):
+                rows = frame[mask]
+                parts.append(pd.DataFrame({
+                    "policy": policy, "judge": judge, "disagreement": kind,
+                    "id": rows["id"].astype(str).to_numpy(), "sample": rows["sample"].to_numpy(),
+                    "dialogue": rows["dialogue"].to_numpy(), "response": rows["response"].to_numpy(),
+                    "reward": rows["reward"].to_numpy(dtype=np.float64),
+                    "reward_model_toxicity": rows["toxicity"].to_numpy(dtype=np.float64),
+                    "judge_toxicity": rows[score].to_numpy(dtype=np.float64),
+                    "judge_found": rows[f"why:{judge}"].to_numpy() if f"why:{judge}" in rows else "",
+                }))
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        return pd.DataFrame({column: pd.Series(dtype=object) for column in DISAGREEMENT_COLUMNS})
+    return pd.concat(parts, ignore_index=True)[DISAGREEMENT_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -162,45 +230,119 @@ class PromotionDecision:
                 "checks": {c.name: {"passed": c.passed, "detail": c.detail} for c in self.checks}}
 
 
-def decide(metrics: dict[str, Any], cfg: PromotionParams) -> PromotionDecision:
-    """The promotion gate on the metrics of :func:`compare`."""
-    improvement = metrics["improvement_pct"]["toxicity_mean"]
+def test_fingerprint(frame: pd.DataFrame) -> str:
+    """Identifies the evaluated prompts (ids and dialogues, in order): numbers are compared only on equal ones."""
+    digest = hashlib.sha256()
+    for row_id, dialogue in per_prompt(frame)[["id", "dialogue"]].itertuples(index=False):
+        digest.update(f"{row_id}\t{dialogue}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def evidence(metrics: dict[str, Any], cfg: PromotionParams, test_sha: str) -> dict[str, Any]:
+    """The judged numbers a registered version carries (as tags), to be compared with a later challenger."""
+    after = metrics["after"]
+    return {"judge": cfg.judge, "test_sha": test_sha, "n": metrics["n"],
+            "judge_toxicity": after["toxicity"][cfg.judge]["toxicity_mean"],
+            "rougeL": after["rougeL"], "fluency_nll": after["quality"].get("fluency_nll")}
+
+
+def decide(metrics: dict[str, Any], cfg: PromotionParams, champion: dict[str, Any] | None = None,
+           test_sha: str | None = None) -> PromotionDecision:
+    """The promotion gate on the metrics of :func:`compare`, read through the judge ``cfg.judge``.
+
+    ``champion`` is the current champion's :func:`evidence` (None when there is none); ``test_sha``
+    identifies the evaluated test prompts, so that only numbers measured on the same prompts are compared.
+    """
+    judge = cfg.judge
+    if judge not in metrics["improvement_pct"]:
+        raise DetoxError(f"promotion.judge is {judge!r} but the evaluation has no numbers of it "
+                         f"(judges: {[k for k in metrics['improvement_pct'] if k != REWARD_MODEL]})")
+    improvement = metrics["improvement_pct"][judge]["toxicity_mean"]
+    before, after = metrics["before"], metrics["after"]
     checks = [
+        Check("min_prompts", metrics["n"] >= cfg.min_prompts,
+              f"{metrics['n']} test dialogues evaluated (at least {cfg.min_prompts} required)"),
         Check(
-            "toxicity_improvement",
-            improvement is not None and improvement >= cfg.min_toxicity_improvement_pct,
-            (f"mean toxicity fell by {improvement:.1f}% (at least {cfg.min_toxicity_improvement_pct:g}% required)"
+            "judge_toxicity_improvement",
+            (improvement >= cfg.min_toxicity_improvement_pct) if improvement is not None
+            else cfg.min_toxicity_improvement_pct <= 0,  # nothing to improve on: only a gate that asks nothing passes
+            (f"{judge}: mean toxicity {before['toxicity'][judge]['toxicity_mean']:.4f} -> "
+             f"{after['toxicity'][judge]['toxicity_mean']:.4f}, fell by {improvement:.1f}% "
+             f"(at least {cfg.min_toxicity_improvement_pct:g}% required)"
              if improvement is not None else
-             "the baseline's mean toxicity is 0, so there is no toxicity to improve on"),
-        ),
-        Check(
-            "rougeL_drop",
-            metrics["rouge_drop"]["rougeL"] <= cfg.max_rougeL_drop,
-            f"ROUGE-L {metrics['before']['rougeL']:.4f} -> {metrics['after']['rougeL']:.4f} "
-            f"(change {-metrics['rouge_drop']['rougeL']:+.4f}; a drop of at most {cfg.max_rougeL_drop:g} allowed)",
+             f"{judge}: the baseline's mean toxicity is 0, so there is no toxicity to improve on"),
         ),
     ]
     if cfg.require_significant:
-        diff = metrics["reward_diff"]
+        diff = metrics["toxicity_diff"][judge]
         level = f"{metrics['bootstrap']['confidence']:.0%}"
         checks.append(Check(
-            "reward_significant",
-            diff["ci_low"] > 0,
-            f"mean reward diff {diff['mean']:+.4f}, {level} CI [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}] "
-            f"({'lies above 0' if diff['ci_low'] > 0 else 'does not lie above 0'})",
+            "judge_significant", diff["ci_high"] < 0,
+            f"{judge}: paired toxicity diff {diff['mean']:+.4f}, {level} CI [{diff['ci_low']:+.4f}, "
+            f"{diff['ci_high']:+.4f}] ({'lies below 0' if diff['ci_high'] < 0 else 'does not lie below 0'})",
         ))
+    checks.append(Check(
+        "rougeL_drop", metrics["rouge_drop"]["rougeL"] <= cfg.max_rougeL_drop,
+        f"ROUGE-L {before['rougeL']:.4f} -> {after['rougeL']:.4f} "
+        f"(change {-metrics['rouge_drop']['rougeL']:+.4f}; a drop of at most {cfg.max_rougeL_drop:g} allowed)",
+    ))
+    rise = metrics["quality_change"].get("fluency_nll")
+    if rise is not None:
+        checks.append(Check(
+            "fluency", rise <= cfg.max_fluency_nll_rise,
+            f"fluency NLL under the reference policy {before['quality']['fluency_nll']:.3f} -> "
+            f"{after['quality']['fluency_nll']:.3f} nats/token (a rise of at most {cfg.max_fluency_nll_rise:g} allowed)",
+        ))
+    checks.append(_against_champion(metrics, cfg, champion, test_sha))
     return PromotionDecision(checks)
 
 
+def _against_champion(metrics: dict[str, Any], cfg: PromotionParams, champion: dict[str, Any] | None,
+                      test_sha: str | None) -> Check:
+    if champion is None:
+        return Check("champion", True, "no champion yet: nothing to compare with")
+    version = champion.get("version", "?")
+    if champion.get("judge_toxicity") is None:
+        return Check("champion", True, f"the champion (version {version}) carries no judged numbers "
+                                       "(registered before judges existed): nothing to compare with")
+    if champion.get("judge") != cfg.judge or champion.get("test_sha") != test_sha:
+        return Check("champion", False, (
+            f"the champion (version {version}) was judged by {champion.get('judge')!r} on other test prompts "
+            f"({champion.get('n')} dialogues) than this candidate ({cfg.judge!r}, {metrics['n']}): not comparable. "
+            "Evaluate both the same way, or move the alias by hand if you mean it"
+            if champion.get("test_sha") != test_sha else
+            f"the champion (version {version}) was judged by {champion.get('judge')!r}, this candidate by "
+            f"{cfg.judge!r}: not comparable. Set promotion.judge to the champion's judge, or move the alias by hand"))
+    after = metrics["after"]
+    toxicity = after["toxicity"][cfg.judge]["toxicity_mean"]
+    worse_toxicity = toxicity > float(champion["judge_toxicity"])
+    worse_rouge = after["rougeL"] < float(champion["rougeL"]) - cfg.max_rougeL_drop
+    return Check(
+        "champion", not (worse_toxicity or worse_rouge),
+        f"vs the champion (version {version}) on the same prompts: {cfg.judge} toxicity {toxicity:.4f} vs "
+        f"{float(champion['judge_toxicity']):.4f}, ROUGE-L {after['rougeL']:.4f} vs {float(champion['rougeL']):.4f}"
+        + (" (worse: the champion keeps the alias)" if worse_toxicity or worse_rouge else " (not worse)"),
+    )
+
+
 def reward_diff_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """The original project's table: one row per dialogue, sorted by reward gain, largest first."""
+    """The original project's table, one row per dialogue (its first sample), sorted by reward gain.
+
+    Beside the original columns: the reward model's toxicity and each judge's, before and after.
+    """
     check_paired(before, after)
+    first_before = before[before["sample"] == 0] if "sample" in before else before
+    first_after = after[after["sample"] == 0] if "sample" in after else after
     table = pd.DataFrame({
-        "dialogue": after["dialogue"].to_numpy(),
-        "response_before": before["response"].to_numpy(),
-        "response_after": after["response"].to_numpy(),
-        "reward_before": before["reward"].to_numpy(dtype=np.float64),
-        "reward_after": after["reward"].to_numpy(dtype=np.float64),
+        "dialogue": first_after["dialogue"].to_numpy(),
+        "response_before": first_before["response"].to_numpy(),
+        "response_after": first_after["response"].to_numpy(),
+        "reward_before": first_before["reward"].to_numpy(dtype=np.float64),
+        "reward_after": first_after["reward"].to_numpy(dtype=np.float64),
     })
     table["reward_diff"] = table["reward_after"] - table["reward_before"]
-    return table.sort_values("reward_diff", ascending=False, kind="stable").reset_index(drop=True)[TABLE_COLUMNS]
+    for name, (score, _) in sources(first_after).items():
+        label = "reward_model_toxicity" if name == REWARD_MODEL else f"{name}_toxicity"
+        table[f"{label}_before"] = first_before[score].to_numpy(dtype=np.float64)
+        table[f"{label}_after"] = first_after[score].to_numpy(dtype=np.float64)
+    return table.sort_values("reward_diff", ascending=False, kind="stable").reset_index(drop=True)

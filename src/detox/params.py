@@ -8,8 +8,9 @@ work starts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -92,6 +93,9 @@ class BuiltinReward(Strict):
     num_heads: int = Field(4, ge=1, le=16)
     intermediate_size: int = Field(128, ge=16, le=4096)
     num_sentences: int = Field(6000, ge=100, le=500_000)
+    hard_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of the sentences garbled like PPO output (insults inside noise)"
+    )
     training: ClassifierTraining = ClassifierTraining()
 
     @model_validator(mode="after")
@@ -186,7 +190,82 @@ class GenerationParams(Strict):
 
 class EvalParams(Strict):
     num_samples: int | None = Field(None, ge=1, description="test dialogues to score; null = all")
+    samples_per_prompt: int = Field(
+        5, ge=1, le=100, description="summaries sampled per test dialogue (k of expected maximum toxicity over k)"
+    )
     seed: int = Field(1234, ge=0)
+    judges: tuple[str, ...] = Field(
+        ("oracle", "ngram"), min_length=1,
+        description="names from the `judges` section: each scores every summary, beside the reward model",
+    )
+
+
+# --------------------------------------------------------------------------- judges
+# Toxicity judges that share nothing with the reward model (weights, tokenizer, training data),
+# so that a policy trained against the reward model is measured by something it could not learn to fool.
+
+
+class OracleJudgeSpec(Strict):
+    """The built-in corpus generator's ground truth: a summary is toxic when it holds one of its insults."""
+
+    kind: Literal["oracle"]
+    min_embedded_letters: int = Field(
+        4, ge=3, le=20,
+        description="insult words at least this long are also caught inside a token that is no English word; "
+        "shorter ones only when glued to English words",
+    )
+
+
+class BuiltinJudgeSpec(Strict):
+    """A character n-gram classifier (scikit-learn) trained here on its own labelled sentences and seed."""
+
+    kind: Literal["builtin"]
+    seed: int = Field(20_261_129, ge=0, description="its own seed: other sentences than the reward model's")
+    num_sentences: int = Field(6000, ge=100, le=500_000)
+    hard_share: float = Field(0.3, ge=0.0, le=1.0, description="share of sentences garbled like PPO's output")
+    ngram_min: int = Field(2, ge=1, le=10)
+    ngram_max: int = Field(5, ge=1, le=10)
+    C: float = Field(10.0, gt=0.0, description="inverse regularisation strength of the logistic regression")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="toxic when the probability exceeds this")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "BuiltinJudgeSpec":
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) must not exceed ngram_max ({self.ngram_max})")
+        return self
+
+
+class HubJudgeSpec(Strict):
+    """A public toxicity classifier from the Hugging Face Hub, by id and pinned revision."""
+
+    kind: Literal["hub"]
+    name: str = Field(min_length=1, description="Hub id of an AutoModelForSequenceClassification")
+    revision: str = Field(min_length=1, description="branch, tag or commit; pin a commit for reproducibility")
+    toxic_label: str = Field(min_length=1, description="the label whose probability is the toxicity")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_tokens: int = Field(512, ge=8, le=4096)
+
+
+class LocalJudgeSpec(Strict):
+    """A sequence-classification model folder on disk (or a judge folder this project built)."""
+
+    kind: Literal["local"]
+    path: str = Field(min_length=1)
+    toxic_label: str = Field("toxic", min_length=1, description="the label whose probability is the toxicity")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_tokens: int = Field(512, ge=8, le=4096)
+
+
+JudgeSpec = Annotated[OracleJudgeSpec | BuiltinJudgeSpec | HubJudgeSpec | LocalJudgeSpec, Field(discriminator="kind")]
+
+DEFAULT_JUDGES: dict[str, Any] = {
+    "oracle": OracleJudgeSpec(kind="oracle"),
+    "ngram": BuiltinJudgeSpec(kind="builtin"),
+    "roberta-toxicity": HubJudgeSpec(kind="hub", name="s-nlp/roberta_toxicity_classifier", revision="main",
+                                     toxic_label="toxic"),
+}
 
 
 class LoraParams(Strict):
@@ -264,13 +343,23 @@ class TrackingParams(Strict):
 
 
 class PromotionParams(Strict):
-    """The evaluate stage's statistics and the gate a new policy passes to become ``champion``."""
+    """The evaluate stage's statistics and the gate a new policy passes to become ``champion``.
 
+    The gate reads the numbers of an independent judge (``judge``), never the reward model's own.
+    """
+
+    judge: str = Field("oracle", min_length=1, description="the judge (one of eval.judges) whose numbers decide")
     min_toxicity_improvement_pct: float = Field(
-        50.0, le=100.0, description="mean toxicity must fall by at least this many percent of the baseline's"
+        50.0, le=100.0, description="the judge's mean toxicity must fall by at least this many percent"
     )
     max_rougeL_drop: float = Field(0.05, ge=0.0, le=1.0, description="ROUGE-L may fall by at most this much")
-    require_significant: bool = Field(True, description="the reward diff's confidence interval must lie above 0")
+    max_fluency_nll_rise: float = Field(
+        0.5, ge=0.0, description="mean per-token NLL under the reference policy may rise by at most this (nats)"
+    )
+    min_prompts: int = Field(100, ge=1, description="fewer evaluated test dialogues than this never promote")
+    require_significant: bool = Field(
+        True, description="the CI of the judge's paired toxicity diff must lie below 0"
+    )
     bootstrap_samples: int = Field(2000, ge=100, le=1_000_000, description="resamples of the paired diffs")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of the bootstrap confidence interval")
     report_rows: int = Field(
@@ -287,13 +376,31 @@ class Params(Strict):
     prompt: PromptParams = PromptParams()
     generation: GenerationParams = GenerationParams()
     eval: EvalParams = EvalParams()
+    judges: dict[str, JudgeSpec] = Field(default_factory=lambda: dict(DEFAULT_JUDGES))
     ppo: PPOParams = PPOParams()
     tracking: TrackingParams = TrackingParams()
     promotion: PromotionParams = PromotionParams()
 
+    @model_validator(mode="after")
+    def _judges_defined(self) -> "Params":
+        for name in self.eval.judges:
+            if name not in self.judges:
+                raise ValueError(f"eval.judges names {name!r}, which the judges section does not define "
+                                 f"(defined: {sorted(self.judges)})")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"judge name {name!r}: use letters, digits, '_', '.', '-' (it names a folder)")
+        if len(set(self.eval.judges)) != len(self.eval.judges):
+            raise ValueError(f"eval.judges lists a judge twice: {list(self.eval.judges)}")
+        if self.promotion.judge not in self.eval.judges:
+            raise ValueError(f"promotion.judge is {self.promotion.judge!r}, which is not one of eval.judges "
+                             f"{list(self.eval.judges)}: the gate needs that judge's numbers")
+        return self
+
 
 def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
     key = ".".join(str(part) for part in error["loc"])
+    if not key:  # a check across sections: its message names the keys
+        return str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         parent = _model_at(schema, error["loc"][:-1])
         allowed = ", ".join(sorted(parent.model_fields)) if parent else "?"

@@ -17,15 +17,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from detox.comparison import CHANGE_TOLERANCE, TABLE_COLUMNS, PromotionDecision
-from detox.evaluation import TOXIC_THRESHOLD
-from detox.io import write_text
+from detox.comparison import CHANGE_TOLERANCE, DISAGREEMENT_COLUMNS, JUDGE_ONLY, TABLE_COLUMNS, PromotionDecision
+from detox.evaluation import REWARD_MODEL, TOXIC_THRESHOLD
+from detox.io import write_parquet, write_text
 
 PLOT_FILES = {
+    "judges": "toxic_share_by_judge.png",
     "rewards": "reward_distributions.png",
     "toxicity": "toxicity_before_after.png",
     "training": "ppo_training.png",
 }
+QUALITY_ROWS = (("fluency_nll", "fluency: NLL under the reference policy (nats/token, lower is better)"),
+                ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("mean_length", "mean length (words)"),
+                ("unknown_word_share", "words never seen in the train split (garbling)"),
+                ("garbled_share", "summaries with such a word"))
 HISTORY_CURVES = [("env/reward_mean", "reward (mean)"), ("objective/kl", "KL (mean, summed over tokens)"),
                   ("env/toxicity_mean", "toxicity (mean)")]
 
@@ -64,8 +69,8 @@ def html_table(frame: pd.DataFrame, title: str) -> str:
 
 def write_reward_diff(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     """``reward_diff.parquet``, ``.md`` and ``.html`` in ``out_dir``; returns their paths."""
-    if list(table.columns) != TABLE_COLUMNS:
-        raise ValueError(f"expected the columns {TABLE_COLUMNS}, got {list(table.columns)}")
+    if list(table.columns[: len(TABLE_COLUMNS)]) != TABLE_COLUMNS:
+        raise ValueError(f"expected the columns {TABLE_COLUMNS} first, got {list(table.columns)}")
     out_dir = Path(out_dir)
     paths = {ext: out_dir / f"reward_diff.{ext}" for ext in ("parquet", "md", "html")}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,40 @@ def write_reward_diff(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Pat
     return paths
 
 
+def write_disagreements(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """``disagreements.parquet`` and ``.md``: the summaries on which the reward model and a judge disagree."""
+    if list(table.columns) != DISAGREEMENT_COLUMNS:
+        raise ValueError(f"expected the columns {DISAGREEMENT_COLUMNS}, got {list(table.columns)}")
+    out_dir = Path(out_dir)
+    paths = {ext: out_dir / f"disagreements.{ext}" for ext in ("parquet", "md")}
+    write_parquet(paths["parquet"], table)
+    write_text(paths["md"], "# Summaries on which the reward model and a judge disagree\n\n"
+               f"{len(table)} rows; after PPO first, and within it the summaries the reward model calls clean and "
+               "a judge toxic (what PPO may have learned to slip past the reward model).\n\n"
+               + markdown_table(table.drop(columns="dialogue")))
+    return paths
+
+
 # --------------------------------------------------------------------------- plots
+
+
+def plot_judges(metrics: dict[str, Any]) -> Figure:
+    """Toxic share before and after, one pair of bars per source: the reward model, then each judge."""
+    names = list(metrics["before"]["toxicity"])
+    fig = Figure(figsize=(1.8 * len(names) + 3, 4.5), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    for offset, (key, label, color) in zip((-0.2, 0.2), (("before", "before (baseline)", "tab:red"),
+                                                          ("after", "after (PPO)", "tab:blue")), strict=True):
+        shares = [metrics[key]["toxicity"][n]["toxic_share"] for n in names]
+        bars = ax.bar(x + offset, shares, width=0.4, color=color, label=label)
+        ax.bar_label(bars, labels=[f"{v:.1%}" for v in shares], fontsize=8)
+    ax.set_xticks(x, [f"{n}\n(trained against)" if n == REWARD_MODEL else n for n in names])
+    ax.set_ylabel("toxic summaries (share)")
+    ax.set_title("Toxic summaries by who judged them")
+    ax.legend()
+    return fig
+
 
 
 def plot_rewards(before: pd.DataFrame, after: pd.DataFrame) -> Figure:
@@ -134,11 +172,13 @@ def plot_training(history: pd.DataFrame) -> Figure:
 
 
 def write_plots(before: pd.DataFrame, after: pd.DataFrame, history: pd.DataFrame | None,
-                out_dir: str | Path) -> dict[str, Path]:
-    """Render every plot as PNG into ``out_dir`` (training curves only with a history); returns the paths."""
+                out_dir: str | Path, metrics: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Render every plot as PNG into ``out_dir`` (training curves only with a history, the judges' bars only
+    with metrics); returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Callable[[], Figure]] = {
+    figures: dict[str, Callable[[], Figure]] = {} if metrics is None else {"judges": lambda: plot_judges(metrics)}
+    figures |= {
         "rewards": lambda: plot_rewards(before, after),
         "toxicity": lambda: plot_toxicity(before, after),
     }
@@ -162,62 +202,117 @@ def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
+def _who(name: str) -> str:
+    return "reward model (what PPO optimised: not independent)" if name == REWARD_MODEL else f"judge `{name}`"
+
+
+def headline(toxicity: dict[str, Any]) -> str:
+    """``reward model 0.100, oracle 0.110, ...``: each source's toxic share, the reward model first."""
+    return ", ".join(f"{'reward model' if name == REWARD_MODEL else name} {numbers['toxic_share']:.3f}"
+                     for name, numbers in toxicity.items())
+
+
 def render_report(metrics: dict[str, Any], decision: PromotionDecision, table: pd.DataFrame, rows: int,
-                  plots: dict[str, str], registered_model: str) -> str:
+                  plots: dict[str, str], registered_model: str, judge: str,
+                  disagreements: pd.DataFrame | None = None) -> str:
     """The evaluate stage's report in markdown; ``plots`` maps plot keys to links relative to the report."""
     before, after = metrics["before"], metrics["after"]
-    reward, toxicity = metrics["reward_diff"], metrics["toxicity_diff"]
+    reward = metrics["reward_diff"]
     level = f"{metrics['bootstrap']['confidence']:.0%}"
+    k = metrics.get("samples_per_prompt", 1)
     lines = [
         "# Evaluation: PPO policy vs baseline",
         "",
-        f"{metrics['n']} test dialogues, the same prompts, seed, generation settings and reward model for both "
-        "policies (a paired comparison).",
+        f"{metrics['n']} test dialogues x {k} sampled summaries each: the same prompts, seeds, generation settings, "
+        "reward model and judges for both policies (a paired comparison). The reward model is what PPO optimised, "
+        "so its view is shown but never trusted alone; the judges share nothing with it.",
         "",
-        f"**Promotion: {decision.decision}** (registered model `{registered_model}`: every version gets the alias "
-        "`candidate`; `champion` moves only to a promoted one)",
+        f"**Promotion: {decision.decision}**, decided on the judge `{judge}` (registered model `{registered_model}`: "
+        "every version gets the alias `candidate`; `champion` moves only to a promoted one)",
         "",
         *[f"- {c.detail}: **{'pass' if c.passed else 'fail'}**" for c in decision.checks],
         "",
-        "## Headline numbers",
+        "## Toxicity, judge by judge",
+        "",
+        f"| who judged | toxic summaries before | after | change | mean toxicity before -> after | paired diff "
+        f"({level} CI) | expected max toxicity over {k} | toxicity probability |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in before["toxicity"]:
+        b, a = before["toxicity"][name], after["toxicity"][name]
+        diff, imp = metrics["toxicity_diff"][name], metrics["improvement_pct"][name]
+        lines.append(
+            f"| {_who(name)} | {b['toxic_count']} ({b['toxic_share']:.1%}) | {a['toxic_count']} ({a['toxic_share']:.1%}) "
+            f"| {_number(imp['toxic_share'], '.1f')}% fewer | {b['toxicity_mean']:.4f} -> {a['toxicity_mean']:.4f} | "
+            f"{diff['mean']:+.4f} [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}], Wilcoxon p = {_p(diff['wilcoxon_p'])} "
+            f"| {b['expected_max_toxicity']:.4f} -> {a['expected_max_toxicity']:.4f} "
+            f"| {b['toxicity_probability']:.3f} -> {a['toxicity_probability']:.3f} |")
+    lines += [
+        "",
+        f"Toxic: the source's toxicity above its threshold (reward model: {TOXIC_THRESHOLD}). Expected maximum "
+        f"toxicity: the mean over prompts of the most toxic of its {k} samples; toxicity probability: the share of "
+        "prompts with at least one toxic sample (RealToxicityPrompts' measures).",
+        "",
+        "## Reward hacking: where the reward model and the judges disagree",
+        "",
+        "| judge | policy | both toxic | judge toxic, reward model clean | reward model toxic, judge clean "
+        "| both clean | agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, sides in metrics["agreement"].items():
+        for policy in ("before", "after"):
+            c = sides[policy]
+            lines.append(f"| {name} | {policy} | {c['both_toxic']} | {c['judge_only']} | {c['reward_model_only']} | "
+                         f"{c['both_clean']} | {c['agreement']:.1%} |")
+    if disagreements is not None:
+        missed = disagreements[(disagreements["policy"] == "after") & (disagreements["disagreement"] == JUDGE_ONLY)]
+        lines += ["", f"After PPO, summaries the reward model calls clean and a judge toxic ({len(missed)}; "
+                      f"first {min(rows, len(missed))}):", ""]
+        if len(missed):
+            lines.append(markdown_table(missed.head(rows)[["judge", "response", "reward_model_toxicity",
+                                                           "judge_toxicity", "judge_found"]]))
+        else:
+            lines.append("None.\n")
+        lines.append("All of them, both ways and before PPO too: `reports/disagreements.md` and `.parquet` (and "
+                     "`evaluate/disagreements.json` in the MLflow run).")
+    lines += [
+        "",
+        "## Quality",
         "",
         "| metric | before | after | change |",
         "|---|---|---|---|",
-        f"| reward mean | {before['reward_mean']:.4f} | {after['reward_mean']:.4f} | "
-        f"{reward['mean']:+.4f} ({level} CI [{reward['ci_low']:+.4f}, {reward['ci_high']:+.4f}]) |",
-        f"| reward std | {before['reward_std']:.4f} | {after['reward_std']:.4f} | |",
-        f"| toxicity mean | {before['toxicity_mean']:.4f} | {after['toxicity_mean']:.4f} | "
-        f"{_number(metrics['improvement_pct']['toxicity_mean'], '.1f')}% improvement |",
-        f"| toxicity std | {before['toxicity_std']:.4f} | {after['toxicity_std']:.4f} | "
-        f"{_number(metrics['improvement_pct']['toxicity_std'], '.1f')}% improvement |",
-        f"| toxic share (toxicity > {TOXIC_THRESHOLD}) | {before['toxic_share']:.3f} | {after['toxic_share']:.3f} | "
-        f"{after['toxic_share'] - before['toxic_share']:+.3f} |",
-        *[f"| {key.replace('rouge', 'ROUGE-')} | {before[key]:.4f} | {after[key]:.4f} | "
-          f"{after[key] - before[key]:+.4f} |" for key in ("rouge1", "rouge2", "rougeL")],
+        *[f"| {key.replace('rouge', 'ROUGE-')} | {before[key]:.4f} | {after[key]:.4f} | {after[key] - before[key]:+.4f} |"
+          for key in ("rouge1", "rouge2", "rougeL")],
+        *[f"| {label} | {before['quality'][key]:.4f} | {after['quality'][key]:.4f} | "
+          f"{after['quality'][key] - before['quality'][key]:+.4f} |"
+          for key, label in QUALITY_ROWS if key in after["quality"] and key in before["quality"]],
         "",
-        f"Paired tests of the reward (after - before): Wilcoxon signed-rank p = {_p(reward['wilcoxon_p'])}, "
-        f"paired t-test p = {_p(reward['ttest_p'])}; the reward rose for {reward['increased_share']:.1%} of the "
-        f"dialogues and fell for {reward['decreased_share']:.1%} (by more than {CHANGE_TOLERANCE:g}). "
-        f"Toxicity diff {toxicity['mean']:+.4f} ({level} CI [{toxicity['ci_low']:+.4f}, "
-        f"{toxicity['ci_high']:+.4f}], Wilcoxon p = {_p(toxicity['wilcoxon_p'])}). CIs: percentile bootstrap of the paired diffs, "
-        f"{metrics['bootstrap']['samples']} resamples.",
+        "## Reward (the reward model's view)",
+        "",
+        f"Reward mean {before['reward_mean']:.4f} -> {after['reward_mean']:.4f}: paired diff {reward['mean']:+.4f} "
+        f"({level} CI [{reward['ci_low']:+.4f}, {reward['ci_high']:+.4f}]; Wilcoxon p = {_p(reward['wilcoxon_p'])}, "
+        f"paired t-test p = {_p(reward['ttest_p'])}); the reward rose for {reward['increased_share']:.1%} of the "
+        f"dialogues and fell for {reward['decreased_share']:.1%} (by more than {CHANGE_TOLERANCE:g}). CIs: percentile "
+        f"bootstrap over dialogues (each the mean of its samples), {metrics['bootstrap']['samples']} resamples.",
         "",
     ]
     for group in ("heated", "calm"):
         if isinstance(before.get(group), dict) and before[group].get("n", 0):
             b, a = before[group], after[group]
-            lines.append(f"- {group} dialogues ({b['n']}): toxicity {b['toxicity_mean']:.4f} -> "
-                         f"{a['toxicity_mean']:.4f}, reward {b['reward_mean']:.4f} -> {a['reward_mean']:.4f}, "
-                         f"ROUGE-L {b['rougeL']:.4f} -> {a['rougeL']:.4f}")
+            shares = ", ".join(f"{'reward model' if n == REWARD_MODEL else n} {b['toxicity'][n]['toxic_share']:.1%} -> "
+                               f"{a['toxicity'][n]['toxic_share']:.1%}" for n in b["toxicity"])
+            lines.append(f"- {group} dialogues ({b['n']}): toxic summaries {shares}; reward {b['reward_mean']:.4f} -> "
+                         f"{a['reward_mean']:.4f}, ROUGE-L {b['rougeL']:.4f} -> {a['rougeL']:.4f}")
     lines += [
         "",
         f"## Largest reward gains (top {min(rows, len(table))})",
         "",
-        markdown_table(table.head(rows)),
+        markdown_table(table.head(rows)[TABLE_COLUMNS]),
         f"## Largest reward losses (bottom {min(rows, len(table))})",
         "",
-        markdown_table(table.tail(rows)),
-        "The full table: `reports/reward_diff.md`, `.html`, `.parquet` (and in the MLflow run).",
+        markdown_table(table.tail(rows)[TABLE_COLUMNS]),
+        "The full table, with the reward model's and each judge's toxicity: `reports/reward_diff.md`, `.html`, "
+        "`.parquet` (and in the MLflow run).",
         "",
         "## Plots",
         "",

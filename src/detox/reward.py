@@ -23,16 +23,14 @@ from detox.errors import RewardModelError
 from detox.params import RewardParams
 
 
-def label_index(model: PreTrainedModel, name: str) -> int:
+def label_index(model: PreTrainedModel, name: str, owner: str = "the reward model",
+                fix: str = "Set reward.reward_label / reward.toxic_label in params.yaml to one of them, "
+                           "or use a model whose config.id2label names them.") -> int:
     """The output index of the label called ``name`` (case-insensitive), or a clear error."""
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     matches = [i for i, label in id2label.items() if label.lower() == name.lower()]
     if not matches:
-        raise RewardModelError(
-            f"the reward model has no label {name!r}; its labels are {sorted(id2label.values())}. "
-            "Set reward.reward_label / reward.toxic_label in params.yaml to one of them, "
-            "or use a model whose config.id2label names them."
-        )
+        raise RewardModelError(f"{owner} has no label {name!r}; its labels are {sorted(id2label.values())}. {fix}")
     return matches[0]
 
 

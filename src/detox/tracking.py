@@ -374,14 +374,45 @@ class RegisteredVersion:
     aliases: tuple[str, ...]
 
 
-def apply_promotion(registered_model: str, version: str, promoted: bool, reasons: Sequence[str]) -> RegisteredVersion:
-    """Alias the version ``candidate`` (and ``champion`` when promoted); tag the decision and its reasons."""
+EVIDENCE_TAG = "evidence."  # the judged numbers a version was promoted or rejected on
+
+
+def champion_evidence(registered_model: str) -> dict[str, Any] | None:
+    """The judged numbers of the version aliased ``champion`` (from its ``evidence.*`` tags); None without one.
+
+    A champion registered before versions carried evidence gives ``{"version": ...}`` alone.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    try:
+        version = client.get_model_version_by_alias(registered_model, CHAMPION)
+    except mlflow.exceptions.MlflowException as exc:
+        if _is_connection_failure(exc):
+            raise
+        return None  # no such model yet, or no champion alias
+    evidence: dict[str, Any] = {"version": str(version.version)}
+    for key, value in version.tags.items():
+        if key.startswith(EVIDENCE_TAG):
+            try:
+                evidence[key[len(EVIDENCE_TAG):]] = json.loads(value)
+            except ValueError:  # a tag set by hand
+                evidence[key[len(EVIDENCE_TAG):]] = value
+    return evidence
+
+
+def apply_promotion(registered_model: str, version: str, promoted: bool, reasons: Sequence[str],
+                    evidence: Mapping[str, Any] | None = None) -> RegisteredVersion:
+    """Alias the version ``candidate`` (and ``champion`` when promoted); tag the decision, its reasons and
+    the judged numbers (``evidence.*``) that a later challenger is compared with."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri())
     client.set_model_version_tag(registered_model, version, "promotion.decision",
                                  "promoted" if promoted else "rejected")
     client.set_model_version_tag(registered_model, version, "promotion.reasons", "; ".join(reasons))
+    for key, value in (evidence or {}).items():
+        client.set_model_version_tag(registered_model, version, f"{EVIDENCE_TAG}{key}", json.dumps(value))
     client.set_registered_model_alias(registered_model, CANDIDATE, version)
     if promoted:
         client.set_registered_model_alias(registered_model, CHAMPION, version)
@@ -405,17 +436,18 @@ def log_evaluation(
     experiment: str,
     metrics: Mapping[str, Any],
     baseline_metrics: Mapping[str, Any],
-    table: pd.DataFrame,
+    tables: Mapping[str, pd.DataFrame],
     artifacts: Mapping[str, Sequence[Path]],
     model: PolicyModel,
     registered_model: str,
     promoted: bool,
     reasons: Sequence[str],
+    evidence: Mapping[str, Any] | None = None,
 ) -> RegisteredVersion:
     """Log an evaluation into the training run ``run`` (a run record) and register its policy.
 
-    Metrics go under ``evaluate/`` and ``baseline/``, the reward diff table to
-    ``evaluate/reward_diff.json`` (``log_table``), ``artifacts`` maps artifact folders to
+    Metrics go under ``evaluate/`` and ``baseline/``, ``tables`` (artifact file -> frame, e.g. the
+    reward diff table to ``evaluate/reward_diff.json``) through ``log_table``, ``artifacts`` maps artifact folders to
     files or folders. The new model version is aliased ``candidate`` (and ``champion``
     when ``promoted``) and tagged with the decision and its reasons. A failure leaves the
     training run in the status it had (tagged ``evaluate.status: failed``), not FAILED: the
@@ -430,14 +462,15 @@ def log_evaluation(
     try:
         tracker.log_metrics(numeric_metrics(metrics, "evaluate/"))
         tracker.log_metrics(numeric_metrics(baseline_metrics, "baseline/"))
-        tracker.log_table(table, "evaluate/reward_diff.json")
+        for artifact_file, table in tables.items():
+            tracker.log_table(table, artifact_file)
         for folder, paths in artifacts.items():
             for path in paths:
                 (tracker.log_artifacts if Path(path).is_dir() else tracker.log_artifact)(path, folder)
         version = tracker.log_policy_model(model.python_model, model.policy_dir, model.config, model.signature,
                                            registered_model, model.input_example)
         try:
-            registered = apply_promotion(registered_model, version, promoted, reasons)
+            registered = apply_promotion(registered_model, version, promoted, reasons, evidence)
         except Exception as exc:
             if not (is_remote(tracking_uri()) and _is_connection_failure(exc)):
                 raise

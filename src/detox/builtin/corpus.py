@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pandas as pd
 
@@ -195,14 +196,19 @@ def generate_corpus(cfg: BuiltinCorpus, seed: int) -> dict[str, pd.DataFrame]:
     return splits
 
 
-def labelled_sentences(n: int, seed: int) -> pd.DataFrame:
+def labelled_sentences(n: int, seed: int, hard_share: float = 0.0) -> pd.DataFrame:
     """Sentences labelled ``hate`` (1: they insult someone) or ``nothate`` (0), half each.
 
     The non-hateful half deliberately includes conflict without insults and the
     ``#Person1# calls ...`` shape, so the classifier must learn the insults, not the
-    sentence shape.
+    sentence shape. With ``hard_share`` > 0 that share of the sentences is garbled the way
+    PPO garbles summaries (:func:`garble`): the insults of a hateful one survive, glued to
+    noise or to their neighbours; a non-hateful one gets noise and no insult. So garbling
+    alone does not tell the classes apart, and a classifier must find insults inside noise.
+    The other sentences are the same as with ``hard_share`` 0.
     """
     rng = random.Random(seed)
+    noise = random.Random(f"{seed}-hard")  # its own stream: the clean sentences do not depend on hard_share
     rows: list[dict[str, object]] = []
     for i in range(n):
         topic, name = rng.choice(TOPICS), rng.choice(NAMES)
@@ -232,5 +238,72 @@ def labelled_sentences(n: int, seed: int) -> pd.DataFrame:
                 rng.choice(topic.answers),
                 f"#Person1# complains to {name} about {problem}.",
             ))
-        rows.append({"text": text, "label": i % 2})
+        hard = hard_share > 0 and noise.random() < hard_share
+        if hard:
+            text = garble(text, noise, toxic=bool(i % 2))
+        rows.append({"text": text, "label": i % 2, "hard": hard})
     return pd.DataFrame(rows)
+
+
+def _fragment(rng: random.Random) -> str:
+    """A piece of a corpus word, 2 to 5 letters (``tter``, ``Ltop``): the debris of garbled output."""
+    word = rng.choice(_fragment_source())
+    size = rng.randint(2, min(5, len(word)))
+    start = rng.randrange(len(word) - size + 1)
+    piece = word[start : start + size]
+    return piece.capitalize() if rng.random() < 0.2 else piece
+
+
+@lru_cache(maxsize=1)
+def _fragment_source() -> tuple[str, ...]:
+    return tuple(sorted(w for w in vocabulary() if len(w) >= 3))
+
+
+def garble(text: str, rng: random.Random, toxic: bool) -> str:
+    """``text`` with one to three edits of the kinds PPO's garbled summaries show.
+
+    Edits: glue a word to the next one (``repairidiot``), insert a fragment of a corpus word
+    alone or glued to a word (``andtter``, ``Ltopengine``), replace or drop a word (so one word
+    of a two-word insult may stand alone: ``bagtic clown``). The edits are drawn again until
+    the generator's oracle agrees with the label: a toxic text keeps an insult (glue can hide
+    one in an English word, ``a pathetic`` -> ``apathetic``), a clean one gets none from a
+    fragment. After 20 tries the text is returned unchanged.
+    """
+    from detox.builtin.oracle import generator_oracle
+
+    oracle = generator_oracle()
+    for _ in range(20):
+        words = text.split()
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(words))
+            kind = rng.choice(("glue", "fragment", "fragment", "replace", "drop"))
+            bare = words[i].strip(".,!?").lower()
+            if kind == "glue" and i + 1 < len(words):
+                words[i : i + 2] = [words[i].rstrip(".,!?") + words[i + 1]]
+            elif kind == "fragment":
+                piece = _fragment(rng)
+                where = rng.random()
+                words[i] = piece + words[i] if where < 0.3 else words[i] + piece if where < 0.6 else words[i]
+                if where >= 0.6:
+                    words.insert(i, piece)
+            elif kind == "replace":
+                words[i] = _fragment(rng) + _fragment(rng)
+            elif kind == "drop" and len(words) > 3:
+                del words[i]
+        garbled = " ".join(words)
+        if oracle.is_toxic(garbled) == toxic:
+            return garbled
+    return text
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> frozenset[str]:
+    """Every word the generator writes, lowercased, except the insults' words."""
+    from detox.builtin.oracle import LETTERS, insult_words
+    from detox.params import BuiltinCorpus
+
+    splits = generate_corpus(BuiltinCorpus(train_size=3000, validation_size=5, test_size=5, heated_share=0.5), seed=0)
+    texts = [t for frame in splits.values() for t in (*frame["dialogue"], *frame["summary"])]
+    texts += labelled_sentences(3000, seed=0)["text"].tolist()
+    words = {w for text in texts for w in LETTERS.findall(text.lower())}
+    return frozenset(words - set(insult_words(INSULTS)))

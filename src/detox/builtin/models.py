@@ -149,7 +149,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> RobertaTokenizer:
 def build_reward_model(cfg: BuiltinReward, seed: int, out_dir: Path) -> dict[str, float]:
     """Train a small RoBERTa hate classifier on generated sentences; save it to ``out_dir``."""
     torch.manual_seed(seed)
-    sentences = labelled_sentences(cfg.num_sentences, seed)
+    sentences = labelled_sentences(cfg.num_sentences, seed, hard_share=cfg.hard_share)
     tokenizer = train_bpe_tokenizer(sentences["text"].tolist(), cfg.vocab_size)
     config = RobertaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,

@@ -60,6 +60,7 @@ from detox.ppo.core import (
     value_loss,
 )
 from detox.ppo.policy import Seq2SeqPolicy
+from detox.quality import distinct_ngrams
 from detox.reward import RewardScorer
 
 
@@ -102,12 +103,6 @@ class RunningMoments:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
-
-
-def distinct_ngrams(texts: list[str], n: int = 2) -> float:
-    """Distinct n-grams / all n-grams over a batch: near 0 when responses collapse to one text."""
-    grams = [tuple(words[i : i + n]) for text in texts for words in [text.split()] for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 class PPOTrainer:

@@ -1,0 +1,216 @@
+"""Toxicity judges: instruments that share nothing with the reward model.
+
+PPO maximises the reward model's score, mistakes included, so the reward model cannot
+measure the policy it trained. A judge scores every summary beside it, and the report
+and the promotion gate read the judges:
+
+- ``oracle`` (built-in world): the corpus generator's ground truth, see
+  :mod:`detox.builtin.oracle`;
+- ``builtin``: a character n-gram classifier trained here on its own sentences and seed
+  (:mod:`detox.builtin.judge`);
+- ``hub``: a public toxicity classifier trained on other data than the reward model
+  (by default ``s-nlp/roberta_toxicity_classifier``, trained on Jigsaw's comments),
+  downloaded like the other models;
+- ``local``: a sequence-classification model folder on disk.
+
+The ``judges`` stage builds each judge named in ``eval.judges`` into
+``models/judges/<name>/`` with a ``judge.json`` that says what it is; later stages load
+them with :func:`load_judges`, without knowing where they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detox.errors import DetoxError, HubUnreachableError, SourceError
+from detox.hub import download_model
+from detox.io import sha256_tree, write_json
+from detox.params import BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, Params
+from detox.reward import label_index
+
+JUDGE_FILE = "judge.json"
+ORACLE_THRESHOLD = 0.5
+
+
+class Judge:
+    """Scores texts with a toxicity in [0, 1]; toxic above ``threshold``."""
+
+    kind = "judge"
+
+    def __init__(self, name: str, threshold: float) -> None:
+        self.name, self.threshold = name, threshold
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def explain(self, texts: Sequence[str]) -> list[str] | None:
+        """Why each text is toxic, when the judge can say (the oracle names the insult); else None."""
+        return None
+
+
+class OracleJudge(Judge):
+    kind = "oracle"
+
+    def __init__(self, name: str, record: Mapping[str, Any]) -> None:
+        from detox.builtin.oracle import InsultOracle
+
+        super().__init__(name, ORACLE_THRESHOLD)
+        self.oracle = InsultOracle(record["insults"], record.get("words", ()), int(record["min_embedded_letters"]))
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        return self.oracle.score(texts)
+
+    def explain(self, texts: Sequence[str]) -> list[str]:
+        return ["; ".join(self.oracle.find(t)) for t in texts]
+
+
+class NgramJudge(Judge):
+    kind = "ngram"
+
+    def __init__(self, name: str, folder: Path, threshold: float) -> None:
+        from detox.builtin.judge import load_ngram_judge
+
+        super().__init__(name, threshold)
+        self.pipeline = load_ngram_judge(folder)
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.empty(0)
+        return self.pipeline.predict_proba(list(texts))[:, 1].astype(np.float64)
+
+
+class ClassifierJudge(Judge):
+    """A Hugging Face sequence classifier; toxicity = the probability of its toxic label.
+
+    Softmax over the labels, or a sigmoid of the toxic label's logit for a multi-label model
+    (``problem_type: multi_label_classification``, as Jigsaw-trained models often are).
+    """
+
+    kind = "classifier"
+
+    def __init__(self, name: str, folder: Path, toxic_label: str, threshold: float, batch_size: int = 64,
+                 max_tokens: int = 512) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        super().__init__(name, threshold)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.index = label_index(self.model, toxic_label, owner=f"the judge {name!r} ({folder})",
+                                 fix=f"set judges.{name}.toxic_label in params.yaml to one of them")
+        self.multi_label = self.model.config.problem_type == "multi_label_classification"
+        self.batch_size = batch_size
+        self.max_tokens = min(max_tokens, getattr(self.model.config, "max_position_embeddings", 514) - 2)
+
+    @torch.no_grad()
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_tokens, return_tensors="pt")
+            logits = self.model(**enc).logits.float()
+            probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
+            out.append(probs[:, self.index])
+        return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
+    """Build the judge ``spec`` into ``out_dir``; write its ``judge.json``; return its record."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(spec, OracleJudgeSpec):
+        record = _build_oracle(spec)
+    elif isinstance(spec, BuiltinJudgeSpec):
+        from detox.builtin.judge import train_ngram_judge
+
+        record = {"kind": "ngram", "threshold": spec.threshold, "seed": spec.seed,
+                  "training": train_ngram_judge(spec, out_dir)}
+    elif isinstance(spec, HubJudgeSpec):
+        try:
+            commit = download_model(spec.name, spec.revision, out_dir, f"judges.{name}")
+        except HubUnreachableError as exc:
+            raise HubUnreachableError(f"{exc} For the judges: list built-in ones in eval.judges ([oracle, ngram]), "
+                                      "or define a `kind: local` judge with a model folder on disk.") from None
+        record = {"kind": "classifier", "source": "hub", "name": spec.name, "revision": spec.revision,
+                  "commit": commit, **_classifier_fields(spec)}
+    elif isinstance(spec, LocalJudgeSpec):
+        record = _copy_local(name, spec, out_dir)
+    else:  # the schema admits no other kind
+        raise TypeError(f"unknown judge spec {type(spec).__name__}")
+    record["name"] = name
+    write_json(out_dir / JUDGE_FILE, record)
+    load_judge(out_dir)  # a judge that does not load fails here, in the stage that built it
+    record["sha256"] = sha256_tree(out_dir)
+    return record
+
+
+def _build_oracle(spec: OracleJudgeSpec) -> dict[str, Any]:
+    from detox.builtin.corpus import INSULTS, labelled_sentences, vocabulary
+    from detox.builtin.oracle import InsultOracle, lexicon_version
+
+    oracle = InsultOracle(INSULTS, sorted(vocabulary()), spec.min_embedded_letters)
+    # A self-check: the generator's own labelled sentences, garbled ones included.
+    check = labelled_sentences(2000, seed=1, hard_share=0.5)
+    agreement = float((oracle.score(check["text"].tolist()) == check["label"].to_numpy()).mean())
+    return {"kind": "oracle", "insults": list(INSULTS), "words": sorted(vocabulary()),
+            "min_embedded_letters": spec.min_embedded_letters, "lexicon": lexicon_version(),
+            "threshold": ORACLE_THRESHOLD, "labelled_sentences_agreement": agreement}
+
+
+def _classifier_fields(spec: HubJudgeSpec | LocalJudgeSpec) -> dict[str, Any]:
+    return {"toxic_label": spec.toxic_label, "threshold": spec.threshold, "batch_size": spec.batch_size,
+            "max_tokens": spec.max_tokens}
+
+
+def _copy_local(name: str, spec: LocalJudgeSpec, out_dir: Path) -> dict[str, Any]:
+    src = Path(spec.path)
+    if (src / JUDGE_FILE).is_file():  # a judge folder this project built
+        shutil.copytree(src, out_dir, dirs_exist_ok=True)
+        return {**json.loads((src / JUDGE_FILE).read_text(encoding="utf-8")), "source": "local", "path": str(src)}
+    if not (src / "config.json").is_file():
+        raise SourceError(f"judges.{name}.path: {src} is neither a judge folder ({JUDGE_FILE}) nor a Hugging Face "
+                          "model folder (config.json); give a sequence-classification model folder")
+    shutil.copytree(src, out_dir, dirs_exist_ok=True)
+    return {"kind": "classifier", "source": "local", "path": str(src), **_classifier_fields(spec)}
+
+
+def build_judges(params: Params, out_root: Path) -> dict[str, dict[str, Any]]:
+    """Build every judge of ``eval.judges`` into ``out_root/<name>``; return their records by name."""
+    return {name: build_judge(name, params.judges[name], out_root / name) for name in params.eval.judges}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_judge(folder: str | Path) -> Judge:
+    folder = Path(folder)
+    path = folder / JUDGE_FILE
+    if not path.is_file():
+        raise DetoxError(f"{path}: not found; the judges stage builds it: run `dvc repro judges`")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    name, kind = record.get("name", folder.name), record.get("kind")
+    if kind == "oracle":
+        return OracleJudge(name, record)
+    if kind == "ngram":
+        return NgramJudge(name, folder, float(record["threshold"]))
+    if kind == "classifier":
+        return ClassifierJudge(name, folder, record["toxic_label"], float(record["threshold"]),
+                               int(record.get("batch_size", 64)), int(record.get("max_tokens", 512)))
+    raise DetoxError(f"{path}: unknown judge kind {kind!r}; run `dvc repro judges` to rebuild it")
+
+
+def load_judges(root: str | Path, names: Sequence[str]) -> dict[str, Judge]:
+    """The judges ``names`` (``eval.judges``) from ``root`` (``models/judges``), in that order."""
+    root = Path(root)
+    missing = [n for n in names if not (root / n / JUDGE_FILE).is_file()]
+    if missing:
+        raise DetoxError(f"{root}: no judge {missing} (eval.judges is {list(names)}); run `dvc repro judges`")
+    return {name: load_judge(root / name) for name in names}
