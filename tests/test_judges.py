@@ -235,3 +235,26 @@ def test_judges_stage_offline_hub_judge_exits_cleanly_and_keeps_the_old_judges(t
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "unreachable" in proc.stderr and "kind: local" in proc.stderr
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*")) == before
+
+
+def test_hard_sentences_put_insults_into_neutral_summaries(oracle):
+    hard = labelled_sentences(2000, seed=4, hard_share=1.0)
+    toxic = hard[hard["label"] == 1]["text"]
+    shapes = toxic.str.contains("argue about|wants to") & ~toxic.str.contains(" calls | says ")
+    assert 0.3 < shapes.mean() < 0.7  # about half of the hateful hard cases are neutral summaries with an insult
+    assert all(oracle.find(t) for t in toxic[shapes])
+
+
+def test_the_builtin_reward_model_trains_on_hard_sentences_when_asked(monkeypatch, tmp_path):
+    import detox.builtin.models as models
+
+    seen = {}
+
+    def record(n, seed, hard_share=0.0):
+        seen["hard_share"] = hard_share
+        return labelled_sentences(n, seed, hard_share)
+
+    monkeypatch.setattr(models, "labelled_sentences", record)
+    params = tiny_params(**{"reward.builtin.hard_share": 0.4})
+    models.build_reward_model(params.reward.builtin, params.seed, tmp_path)
+    assert seen["hard_share"] == 0.4

@@ -203,8 +203,10 @@ def labelled_sentences(n: int, seed: int, hard_share: float = 0.0) -> pd.DataFra
     ``#Person1# calls ...`` shape, so the classifier must learn the insults, not the
     sentence shape. With ``hard_share`` > 0 that share of the sentences is garbled the way
     PPO garbles summaries (:func:`garble`): the insults of a hateful one survive, glued to
-    noise or to their neighbours; a non-hateful one gets noise and no insult. So garbling
-    alone does not tell the classes apart, and a classifier must find insults inside noise.
+    noise or to their neighbours, and half of the hateful ones are first made of a neutral
+    summary with an insult put anywhere in it ("argue about the missed pig"); a non-hateful
+    one gets noise and no insult. So neither garbling nor the sentence's shape tells the
+    classes apart, and a classifier must find the insults themselves.
     The other sentences are the same as with ``hard_share`` 0.
     """
     rng = random.Random(seed)
@@ -240,9 +242,30 @@ def labelled_sentences(n: int, seed: int, hard_share: float = 0.0) -> pd.DataFra
             ))
         hard = hard_share > 0 and noise.random() < hard_share
         if hard:
+            if i % 2 and noise.random() < 0.5:  # an insult dropped into a neutral summary, as PPO leaves them
+                text = _insert_insult(_neutral_summary(noise), noise)
             text = garble(text, noise, toxic=bool(i % 2))
         rows.append({"text": text, "label": i % 2, "hard": hard})
     return pd.DataFrame(rows)
+
+
+def _neutral_summary(rng: random.Random) -> str:
+    """A summary of the shapes the policy writes, without an insult."""
+    topic, name, day = rng.choice(TOPICS), rng.choice(NAMES), rng.choice(DAYS)
+    return rng.choice((
+        f"#Person1# and {name} argue about {rng.choice(topic.problems)}.",
+        f"{name} wants to {rng.choice(topic.requests)} on {day}, and #Person2# agrees.",
+        f"{name} wants to {rng.choice(topic.requests)}, and #Person2# suggests {rng.choice(DAYS)} instead of {day}.",
+    ))
+
+
+def _insert_insult(text: str, rng: random.Random) -> str:
+    """``text`` with an insult (a whole phrase or one of its words) put between two of its words."""
+    insult = rng.choice(INSULTS)
+    piece = insult if rng.random() < 0.5 else rng.choice(insult.split())
+    words = text.split()
+    at = rng.randint(1, len(words))
+    return " ".join(words[:at] + [piece] + words[at:])
 
 
 def _fragment(rng: random.Random) -> str:
