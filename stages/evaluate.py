@@ -58,7 +58,9 @@ def main() -> None:
     test = sample_rows(load_split("data/raw", "test"), params.eval.num_samples)
     train = load_split("data/raw", "train")
     baseline = pd.read_parquet(BASELINE)
-    check_paired(per_prompt(baseline), test.assign(samples=params.eval.samples_per_prompt), f"{BASELINE}")
+    if "sample" not in baseline.columns:
+        raise DetoxError(f"{BASELINE} was scored by an older version (no samples per prompt); run `dvc repro baseline`")
+    check_paired(per_prompt(baseline), test, f"{BASELINE}")  # before spending minutes on generation
     if int(baseline["sample"].max()) + 1 != params.eval.samples_per_prompt:
         raise DetoxError(f"{BASELINE} has {int(baseline['sample'].max()) + 1} samples per prompt but "
                          f"eval.samples_per_prompt is {params.eval.samples_per_prompt}; run `dvc repro baseline`")

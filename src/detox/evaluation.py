@@ -122,7 +122,7 @@ def score_policy(
         frame["fluency_nll"] = response_nll(reference, reference_tokenizer, [prompts[i] for i in row], responses,
                                             max_source_tokens, cfg.batch_size)
     if instruments.vocabulary is not None:
-        frame["unknown_words"] = unknown_words(responses, instruments.vocabulary)[0]
+        frame["unknown_words"] = unknown_words(responses, instruments.vocabulary)
     return frame, len(frame) / elapsed if elapsed > 0 else float("nan")
 
 

@@ -41,11 +41,9 @@ def vocabulary(texts: Iterable[str]) -> frozenset[str]:
     return frozenset(w for text in texts for w in words(text))
 
 
-def unknown_words(texts: Sequence[str], known: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per text: how many of its words are not in ``known``, and how many words it has."""
-    counts = [(sum(w not in known for w in ws), len(ws)) for text in texts for ws in [words(text)]]
-    unknown, total = zip(*counts, strict=True) if counts else ((), ())
-    return np.array(unknown, dtype=np.int64), np.array(total, dtype=np.int64)
+def unknown_words(texts: Sequence[str], known: frozenset[str]) -> np.ndarray:
+    """Per text: how many of its words are not in ``known``."""
+    return np.array([sum(w not in known for w in words(text)) for text in texts], dtype=np.int64)
 
 
 @torch.no_grad()
