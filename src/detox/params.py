@@ -94,7 +94,7 @@ class BuiltinReward(Strict):
     intermediate_size: int = Field(128, ge=16, le=4096)
     num_sentences: int = Field(6000, ge=100, le=500_000)
     hard_share: float = Field(
-        0.0, ge=0.0, le=1.0, description="share of the sentences garbled like PPO output (insults inside noise)"
+        0.3, ge=0.0, le=1.0, description="share of the sentences garbled like PPO output (insults inside noise)"
     )
     training: ClassifierTraining = ClassifierTraining()
 
@@ -283,7 +283,7 @@ class LoraParams(Strict):
 
 class KLParams(Strict):
     adaptive: bool = Field(True, description="adaptive controller (target, horizon) or a fixed coefficient")
-    init_coef: float = Field(0.2, ge=0.0, le=100.0)
+    init_coef: float = Field(2.0, ge=0.0, le=100.0)
     target: float = Field(6.0, gt=0.0, description="target KL (summed over response tokens)")
     horizon: int = Field(10_000, ge=1)
     estimator: Literal["k1", "abs", "mse"] = "k1"
@@ -306,8 +306,8 @@ class ScoreParams(Strict):
 
 
 class PPOParams(Strict):
-    steps: int = Field(30, ge=1, le=1_000_000)
-    batch_size: int = Field(32, ge=1, le=65_536, description="prompts per PPO step (per process)")
+    steps: int = Field(100, ge=1, le=1_000_000)
+    batch_size: int = Field(64, ge=1, le=65_536, description="prompts per PPO step (per process)")
     mini_batch_size: int = Field(8, ge=1, le=65_536)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     ppo_epochs: int = Field(4, ge=1, le=100)
