@@ -354,8 +354,7 @@ class OurEngine:
         self.scorer = RewardScorer(reward_model, reward_tokenizer, params.reward)
         accelerator = Accelerator(gradient_accumulation_steps=params.ppo.gradient_accumulation_steps,
                                   cpu=base.device.type == "cpu")
-        self.trainer = PPOTrainer(policy, tokenizer, self.scorer, params.ppo, params.generation, accelerator,
-                                  params.seed)
+        self.trainer = PPOTrainer(policy, tokenizer, self.scorer, params.ppo, accelerator, params.seed)
 
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
         stats, batch = self.trainer.step(prompts, dialogues, step)

@@ -34,7 +34,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 import detox.ppo.engine as engine
 from detox.evaluation import TOXIC_THRESHOLD, score_policy
 from detox.fetch import run_fetch
-from detox.generation import build_prompts, generation_kwargs, load_policy
+from detox.generation import build_prompts, load_policy
 from detox.ppo.core import response_mask
 from detox.ppo.engine import PPOTrainer, Rollout, TrainingDivergedError
 from detox.ppo.policy import Seq2SeqPolicy, load_trained_policy
@@ -153,7 +153,7 @@ def make_trainer(world: Path, params) -> PPOTrainer:
     tokenizer.padding_side = "right"
     policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
     scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
-    return PPOTrainer(policy, tokenizer, scorer, params.ppo, params.generation, Accelerator(), params.seed)
+    return PPOTrainer(policy, tokenizer, scorer, params.ppo, Accelerator(), params.seed)
 
 
 def train_batch(world: Path, params, n: int = 8) -> tuple[list[str], list[str]]:
@@ -347,6 +347,51 @@ def test_dropout_enabled_rollout_forwards_are_deterministic_from_the_first_step(
     batch = trainer.rollout(prompts, dialogues, 0)
     first, second = trainer.old_and_reference(batch), trainer.old_and_reference(batch)
     torch.testing.assert_close(first["logprobs"], second["logprobs"], atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------- 1b. the rollout samples on its own
+
+
+WARPED = {"generation.do_sample": False, "generation.temperature": 0.5, "generation.top_k": 3,
+          "generation.top_p": 0.5, "generation.min_new_tokens": 6}
+
+
+def test_rollout_ignores_generation_settings_and_the_model_folders_generation_config(world):
+    """PPO samples from the policy's own distribution whatever generation.* and generation_config.json say."""
+    params = ppo_params()
+    prompts, dialogues = train_batch(world, params)
+    plain = make_trainer(world, params).rollout(prompts, dialogues, 0)
+
+    warped = make_trainer(world, ppo_params(**WARPED))
+    base = warped.unwrapped.generator()
+    poisoned = base.generation_config
+    poisoned.repetition_penalty, poisoned.no_repeat_ngram_size = 10.0, 1
+    poisoned.suppress_tokens = [int(plain.response_ids[0, 0])]  # the first token a pure sample drew
+    batch = warped.rollout(prompts, dialogues, 0)
+    assert batch.responses == plain.responses
+    assert torch.equal(batch.response_ids, plain.response_ids)
+    assert base.generation_config is poisoned  # the folder's config is put back after the rollout
+    old = warped.old_and_reference(batch)
+    gap = (old["logprobs"] - old["ref_logprobs"])[batch.mask].abs().max().item()
+    assert gap < ATOL  # still the policy's own distribution: the first KL is 0
+
+
+def test_rollout_config_is_pure_sampling_with_only_the_length_as_a_knob(world):
+    trainer = make_trainer(world, ppo_params(**WARPED))
+    config = trainer.rollout_config(17)
+    assert (config.do_sample, config.temperature, config.top_k, config.top_p) == (True, 1.0, 0, 1.0)
+    assert (config.min_new_tokens, config.max_new_tokens) == (0, 17)
+    assert config.repetition_penalty in (None, 1.0) and not config.no_repeat_ngram_size
+
+
+def test_generation_settings_do_not_rerun_or_invalidate_ppo(world):
+    """dvc.yaml: generation.* is not a param of the ppo stage; the checkpoint fingerprint ignores it too."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert not any(str(p).startswith("generation") for p in stages["ppo"]["params"])
+    assert "generation" in stages["baseline"]["params"] and "generation" in stages["evaluate"]["params"]
+    models = (world / "models" / "policy", world / "models" / "reward")
+    assert fingerprint(ppo_params(), *models) == fingerprint(ppo_params(**WARPED), *models)
+    assert fingerprint(ppo_params(), *models) != fingerprint(ppo_params(**{"ppo.max_source_tokens": 64}), *models)
 
 
 # --------------------------------------------------------------------------- 2. masking

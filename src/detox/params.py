@@ -320,6 +320,7 @@ class PPOParams(Strict):
     max_grad_norm: float = Field(1.0, gt=0.0)
     kl: KLParams = KLParams()
     response_length: Range = Field(Range(min=24, max=48), description="max_new_tokens drawn per batch")
+    max_source_tokens: int = Field(512, ge=8, le=8192, description="rollout prompts are truncated to this many tokens")
     score: ScoreParams = ScoreParams()
     max_kl: float | None = Field(None, gt=0.0, description="stop early when the mean KL exceeds this")
     disable_dropout: bool = True

@@ -4,9 +4,10 @@ TRL dropped PPO and never supported encoder-decoder policies in its current
 trainers, so this project owns a compact engine (the math is in
 :mod:`detox.ppo.core`). A step, in the order the code runs it:
 
-1. **rollout**   sample a response per prompt (pure sampling; ``max_new_tokens``
-                 drawn per batch from ``ppo.response_length`` like the original's
-                 LengthSampler) and mask everything after each response's first EOS.
+1. **rollout**   sample a response per prompt (pure sampling from a generation config
+                 built from params alone, never ``generation.*`` nor the model folder's;
+                 ``max_new_tokens`` drawn per batch from ``ppo.response_length`` like the
+                 original's LengthSampler) and mask everything after each response's first EOS.
                  ``generate`` also returns the raw logits and the last decoder hidden
                  state of every sampled position: the old log-probs, entropy and values
                  come from them, with no second forward pass of the policy;
@@ -35,16 +36,17 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
 from detox.errors import DetoxError
-from detox.generation import generation_kwargs
-from detox.params import GenerationParams, PPOParams
+from detox.params import PPOParams
 from detox.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -105,6 +107,23 @@ class RunningMoments:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
+@contextmanager
+def only_this_generation_config(model: PreTrainedModel, config: GenerationConfig) -> Iterator[None]:
+    """Make ``config`` the model's whole generation config for the duration.
+
+    ``generate`` fills every setting a passed config leaves unset from ``model.generation_config``,
+    the model folder's ``generation_config.json``: a repetition penalty, suppressed tokens or a
+    ``no_repeat_ngram_size`` there would warp the rollout. Swapped in, nothing else can reach it.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = base.generation_config
+    base.generation_config = config
+    try:
+        yield
+    finally:
+        base.generation_config = saved
+
+
 class PPOTrainer:
     def __init__(
         self,
@@ -112,11 +131,10 @@ class PPOTrainer:
         tokenizer: PreTrainedTokenizerBase,
         scorer: RewardScorer,
         cfg: PPOParams,
-        generation: GenerationParams,
         accelerator: Accelerator,
         seed: int,
     ) -> None:
-        self.cfg, self.generation, self.seed = cfg, generation, seed
+        self.cfg, self.seed = cfg, seed
         self.tokenizer, self.scorer, self.accelerator = tokenizer, scorer, accelerator
         optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.learning_rate)
         self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
@@ -155,11 +173,27 @@ class PPOTrainer:
     def _step_seed(self, step: int) -> int:
         return self.seed * 1_000_003 + step * 1009 + self.accelerator.process_index
 
+    def rollout_config(self, max_new_tokens: int) -> GenerationConfig:
+        """Pure sampling from the policy's own distribution, built from params alone.
+
+        The old log-probs and the KL assume the responses were sampled from the policy itself:
+        temperature 1, no top-k or top-p, no forced minimum length (DESIGN's negative-KL pitfall).
+        So PPO never samples with ``generation.*`` (the settings of baseline, evaluate and
+        serving) nor with the model folder's generation config; only the length is a knob
+        (``ppo.response_length``).
+        """
+        return GenerationConfig(
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=0, max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            decoder_start_token_id=self.start_token,
+            output_logits=True, output_hidden_states=True, return_dict_in_generate=True,
+        )
+
     @torch.no_grad()
     def rollout(self, prompts: list[str], dialogues: list[str], step: int) -> Rollout:
         device = self.accelerator.device
         policy = self.unwrapped
-        enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.generation.max_source_tokens,
+        enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.cfg.max_source_tokens,
                              return_tensors="pt").to(device)
         # Encoded here rather than inside generate(), which with output_hidden_states=True would also
         # keep every encoder layer's output. Kept for the rest of the step when the encoder is frozen.
@@ -167,11 +201,11 @@ class PPOTrainer:
         max_new = random.Random(self._step_seed(step)).randint(self.cfg.response_length.min,
                                                                 self.cfg.response_length.max)
         torch.manual_seed(self._step_seed(step))
-        out = policy.generator().generate(
-            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id, output_logits=True, output_hidden_states=True,
-            return_dict_in_generate=True, encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-            **generation_kwargs(self.generation, max_new_tokens=max_new))
+        config = self.rollout_config(max_new)
+        with only_this_generation_config(policy.generator(), config):
+            out = policy.generator().generate(
+                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=config,
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden))
         response_ids = out.sequences[:, 1:]
         mask = response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         # The raw (unwarped) logits of each sampled position, and the last decoder layer's hidden

@@ -58,8 +58,8 @@ def fingerprint(params: Params, *model_dirs: Path) -> str:
     # How long to train, how often to checkpoint and when to stop early do not change the
     # steps already taken, so a run extended with more ppo.steps still resumes.
     ppo = params.ppo.model_dump(exclude={"steps", "checkpoint_every", "max_kl"})
-    relevant = {"seed": params.seed, "ppo": ppo, "generation": params.generation.model_dump(),
-                "prompt": params.prompt.model_dump(), "reward": params.reward.model_dump()}
+    relevant = {"seed": params.seed, "ppo": ppo, "prompt": params.prompt.model_dump(),
+                "reward": params.reward.model_dump()}
     digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
     for directory in model_dirs:  # contents, not sizes: a re-fetched model has the same sizes
         digest.update(sha256_tree(directory).encode())
@@ -149,7 +149,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(paths.policy), cfg)
     reward_model = AutoModelForSequenceClassification.from_pretrained(paths.reward).to(accelerator.device)
     scorer = RewardScorer(reward_model, AutoTokenizer.from_pretrained(paths.reward), params.reward)
-    trainer = PPOTrainer(policy, tokenizer, scorer, cfg, params.generation, accelerator, params.seed)
+    trainer = PPOTrainer(policy, tokenizer, scorer, cfg, accelerator, params.seed)
 
     train = pd.read_parquet(paths.train)
     prompts = build_prompts(train["dialogue"].tolist(), params.prompt.template)
@@ -185,9 +185,9 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
             bar.set_postfix(reward=f"{stats['env/reward_mean']:.3f}", kl=f"{stats['objective/kl']:.3f}")
             bar.update()
             if stats["objective/kl"] < -3 * stats["objective/kl_stderr"] + NEGATIVE_KL_TOLERANCE and main:
-                log.warning("step %d: mean KL is negative (%.4f): responses were not sampled from the policy's "
-                            "own distribution; use pure sampling (generation.top_k 0, top_p 1, temperature 1, "
-                            "min_new_tokens 0)", step, stats["objective/kl"])
+                log.warning("step %d: mean KL is negative (%.4f): the rollout's log-probs differ from the "
+                            "distribution it sampled from; check that ppo.disable_dropout is true", step,
+                            stats["objective/kl"])
             if cfg.max_kl is not None and stats["objective/kl"] > cfg.max_kl:
                 stop_reason = f"mean KL {stats['objective/kl']:.3f} exceeded ppo.max_kl {cfg.max_kl} at step {step}"
                 log.warning("stopping early: %s", stop_reason)
