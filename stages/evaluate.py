@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from detox.cli import run_stage
 from detox.comparison import (
-    check_paired, compare, decide, disagreements, evidence, reward_diff_table, test_fingerprint,
+    check_paired, compare, decide, disagreements, evidence, prompts_fingerprint, reward_diff_table,
 )
 from detox.data import load_split
 from detox.errors import DetoxError
@@ -81,7 +81,7 @@ def main() -> None:
         )
         metrics = {**compare(baseline, scored, params.promotion, params.eval.seed),
                    "samples_per_second": samples_per_second}
-        test_sha = test_fingerprint(scored)
+        test_sha = prompts_fingerprint(scored)
         champion = champion_evidence(params.tracking.registered_model)
         decision = decide(metrics, params.promotion, champion, test_sha)
         metrics["promotion"] = {**decision.as_dict(), "judge": params.promotion.judge}

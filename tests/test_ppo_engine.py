@@ -394,6 +394,13 @@ def test_generation_settings_do_not_rerun_or_invalidate_ppo(world):
     assert fingerprint(ppo_params(), *models) != fingerprint(ppo_params(**{"ppo.max_source_tokens": 64}), *models)
 
 
+def test_a_checkpoint_is_not_resumed_with_another_number_of_processes(world):
+    models = (world / "models" / "policy", world / "models" / "reward")
+    one = fingerprint(ppo_params(), *models)
+    assert one == fingerprint(ppo_params(), *models, processes=1)
+    assert fingerprint(ppo_params(), *models, processes=2) != one  # other data per step and other seeds
+
+
 # --------------------------------------------------------------------------- 2. masking
 
 
@@ -694,6 +701,77 @@ def test_trained_policy_loads_from_any_working_directory(world, tmp_path):
         mp.chdir(elsewhere)
         model = load_trained_policy(project / "models" / "ppo")
     assert model.config.d_model == base_config.d_model
+
+
+# --------------------------------------------------------------------------- 6b. the settings users are invited to change
+
+
+def test_full_fine_tuning_trains_the_model_against_a_frozen_reference(world):
+    params = ppo_params(**{"ppo.lora.enabled": False, "ppo.learning_rate": 1e-3})
+    trainer = make_trainer(world, params)
+    policy = trainer.unwrapped
+    assert not policy.uses_lora and policy.frozen_reference is not None
+    reference = {n: p.detach().clone() for n, p in policy.frozen_reference.named_parameters()}
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    assert all(not p.requires_grad for p in policy.frozen_reference.parameters())
+    prompts, dialogues = train_batch(world, params)
+    stats, _ = trainer.step(prompts, dialogues, 0)
+    assert abs(stats["objective/kl"]) < 1e-4  # the policy equals its frozen copy before the first update
+    assert any(not torch.equal(before[n], p) for n, p in policy.model.named_parameters())  # the model trained
+    assert all(torch.equal(reference[n], p) for n, p in policy.frozen_reference.named_parameters())
+    batch = trainer.rollout(prompts, dialogues, 1)
+    old = trainer.old_and_reference(batch)
+    assert (old["logprobs"] - old["ref_logprobs"])[batch.mask].abs().max().item() > 1e-3  # now it differs
+
+
+def optimizer_steps(trainer: PPOTrainer) -> int:
+    """How many updates AdamW made (its per-parameter step counter)."""
+    return int(max(state["step"].item() for state in trainer.optimizer.state.values()))
+
+
+@pytest.mark.parametrize("accumulation, updates", [(1, 4), (2, 2)])
+def test_gradient_accumulation_updates_once_per_accumulated_mini_batches(world, accumulation, updates):
+    # batch 8, mini-batches of 4, 2 epochs: 4 mini-batches per step, one update per `accumulation` of them
+    params = ppo_params(**{"ppo.gradient_accumulation_steps": accumulation})
+    torch.manual_seed(params.seed)
+    tokenizer = AutoTokenizer.from_pretrained(world / "models" / "policy")
+    tokenizer.padding_side = "right"
+    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
+    scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
+    trainer = PPOTrainer(policy, tokenizer, scorer, params.ppo,
+                         Accelerator(gradient_accumulation_steps=accumulation, cpu=True), params.seed)
+    prompts, dialogues = train_batch(world, params)
+    trainer.step(prompts, dialogues, 0)
+    assert optimizer_steps(trainer) == updates
+
+
+def test_fixed_kl_controller_keeps_its_coefficient_and_the_adaptive_one_moves(world):
+    prompts, dialogues = train_batch(world, ppo_params())
+    coefficients = {}
+    for adaptive in (False, True):
+        params = ppo_params(**{"ppo.kl.adaptive": adaptive, "ppo.kl.init_coef": 0.3, "ppo.kl.horizon": 10})
+        trainer = make_trainer(world, params)
+        history = [trainer.step(prompts, dialogues, step)[0]["objective/kl_coef"] for step in range(3)]
+        coefficients[adaptive] = history + [trainer.kl_ctl.value]
+    assert coefficients[False] == [0.3] * 4
+    assert coefficients[True][0] == 0.3 and len(set(coefficients[True])) > 1  # KL far below target: it falls
+    assert coefficients[True][-1] < 0.3
+
+
+def test_a_negative_mean_kl_is_warned_about(world, project, monkeypatch, caplog):
+    root, _ = project
+    original = PPOTrainer.reference_logprobs
+
+    def inflated(self, batch):  # the reference finds every response likelier: logp - ref < 0
+        return original(self, batch) + 0.5
+
+    monkeypatch.setattr(PPOTrainer, "reference_logprobs", inflated)
+    with caplog.at_level("WARNING", logger="detox.ppo.train"):
+        metrics = run_ppo(ppo_params(**{"ppo.steps": 2}), world_paths(world, root))
+    assert metrics["kl_min"] < 0
+    warnings = [r.getMessage() for r in caplog.records if "mean KL is negative" in r.getMessage()]
+    assert len(warnings) == 2 and warnings[0].startswith("step 0: mean KL is negative")
+    assert "ppo.disable_dropout" in warnings[0]
 
 
 # --------------------------------------------------------------------------- 7. accelerate, 2 processes

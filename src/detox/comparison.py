@@ -230,7 +230,7 @@ class PromotionDecision:
                 "checks": {c.name: {"passed": c.passed, "detail": c.detail} for c in self.checks}}
 
 
-def test_fingerprint(frame: pd.DataFrame) -> str:
+def prompts_fingerprint(frame: pd.DataFrame) -> str:
     """Identifies the evaluated prompts (ids and dialogues, in order): numbers are compared only on equal ones."""
     digest = hashlib.sha256()
     for row_id, dialogue in per_prompt(frame)[["id", "dialogue"]].itertuples(index=False):

@@ -52,14 +52,19 @@ class PPOPaths:
     metrics: Path = Path("metrics/ppo.json")
 
 
-def fingerprint(params: Params, *model_dirs: Path) -> str:
-    """Identifies a training configuration: what a checkpoint must match to be resumed."""
+def fingerprint(params: Params, *model_dirs: Path, processes: int = 1) -> str:
+    """Identifies a training configuration: what a checkpoint must match to be resumed.
+
+    The number of processes is part of it: each step's data (``ppo.batch_size`` per process)
+    and random draws (seeded per process) depend on it, so a run resumed with another number
+    would not continue the one it resumes.
+    """
     digest = hashlib.sha256()
     # How long to train, how often to checkpoint and when to stop early do not change the
     # steps already taken, so a run extended with more ppo.steps still resumes.
     ppo = params.ppo.model_dump(exclude={"steps", "checkpoint_every", "max_kl"})
     relevant = {"seed": params.seed, "ppo": ppo, "prompt": params.prompt.model_dump(),
-                "reward": params.reward.model_dump()}
+                "reward": params.reward.model_dump(), "processes": processes}
     digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
     for directory in model_dirs:  # contents, not sizes: a re-fetched model has the same sizes
         digest.update(sha256_tree(directory).encode())
@@ -82,7 +87,8 @@ def latest_checkpoint(directory: Path, expected: str) -> dict[str, Any] | None:
         return None
     state = torch.load(files[-1], map_location="cpu", weights_only=True)
     if state["fingerprint"] != expected:
-        log.warning("ignoring checkpoints in %s: they were made with other params or models", directory)
+        log.warning("ignoring checkpoints in %s: they were made with other params, models or number of "
+                    "processes; starting afresh", directory)
         return None
     return state
 
@@ -155,7 +161,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     prompts = build_prompts(train["dialogue"].tolist(), params.prompt.template)
     dialogues = train["dialogue"].tolist()
 
-    key = fingerprint(params, paths.policy, paths.reward)
+    key = fingerprint(params, paths.policy, paths.reward, processes=accelerator.num_processes)
     checkpoint = latest_checkpoint(paths.checkpoints, key)
     start, history, run_id = 0, [], None
     if checkpoint is not None:
