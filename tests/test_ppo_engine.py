@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import detox.ppo.engine as engine
+from detox.errors import DetoxError
 from detox.evaluation import TOXIC_THRESHOLD, score_policy
 from detox.fetch import run_fetch
 from detox.generation import build_prompts, load_policy
@@ -772,6 +773,65 @@ def test_a_negative_mean_kl_is_warned_about(world, project, monkeypatch, caplog)
     warnings = [r.getMessage() for r in caplog.records if "mean KL is negative" in r.getMessage()]
     assert len(warnings) == 2 and warnings[0].startswith("step 0: mean KL is negative")
     assert "ppo.disable_dropout" in warnings[0]
+
+
+# --------------------------------------------------------------------------- 6c. precision
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one AcceleratorState per process: another precision needs it reset, before and after."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_step_starts_at_ratio_one_and_zero_kl(world, monkeypatch, fresh_accelerate_state):
+    """Rollout, reference and training passes all run under the same autocast, and the old log-probs
+    come from the training forward: the first ratio is 1 and the first KL 0, also in bf16."""
+    params = ppo_params(**{"ppo.precision": "bf16"})
+    torch.manual_seed(params.seed)
+    tokenizer = AutoTokenizer.from_pretrained(world / "models" / "policy")
+    tokenizer.padding_side = "right"
+    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
+    scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
+    trainer = PPOTrainer(policy, tokenizer, scorer, params.ppo, Accelerator(mixed_precision="bf16", cpu=True),
+                         params.seed)
+    ratios = []
+    real_policy_loss = engine.policy_loss
+
+    def recording_policy_loss(*args, **kwargs):
+        loss, stats = real_policy_loss(*args, **kwargs)
+        ratios.append(stats["ratio"].item())
+        return loss, stats
+
+    monkeypatch.setattr(engine, "policy_loss", recording_policy_loss)
+    head = trainer.unwrapped.model.get_output_embeddings()
+    dtypes = []  # the LM head's output in every pass of the step: rollout, reference, training
+    hook = head.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    prompts, dialogues = train_batch(world, params)
+    stats, _ = trainer.step(prompts, dialogues, 0)
+    hook.remove()
+    assert len(dtypes) > params.ppo.response_length.min and set(dtypes) == {torch.bfloat16}
+    assert abs(stats["objective/kl"]) < 1e-6  # policy and reference: the same bf16 forward while LoRA's B is 0
+    assert ratios[0] == pytest.approx(1.0, abs=1e-2)  # bf16 rounding across mini-batch compositions
+    assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_precision_must_agree_with_accelerate_launch(world, project, monkeypatch):
+    root, _ = project
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(DetoxError, match=r"--mixed_precision bf16 but ppo.precision is fp32.*-S ppo.precision=bf16"):
+        run_ppo(ppo_params(**{"ppo.steps": 1}), world_paths(world, root))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's refusal")
+def test_fp16_needs_a_gpu(world, project):
+    root, _ = project
+    with pytest.raises(DetoxError, match="fp16 needs a GPU"):
+        run_ppo(ppo_params(**{"ppo.steps": 1, "ppo.precision": "fp16"}), world_paths(world, root))
 
 
 # --------------------------------------------------------------------------- 7. accelerate, 2 processes

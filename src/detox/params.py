@@ -324,6 +324,10 @@ class PPOParams(Strict):
     score: ScoreParams = ScoreParams()
     max_kl: float | None = Field(None, gt=0.0, description="stop early when the mean KL exceeds this")
     disable_dropout: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="the whole step (rollout, reference and training passes) under this autocast; fp16 "
+        "with a gradient scaler (GPU only); must agree with `accelerate launch --mixed_precision`",
+    )
     checkpoint_every: int = Field(10, ge=1, description="steps between resumable checkpoints")
     lora: LoraParams = LoraParams()
 

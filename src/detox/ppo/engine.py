@@ -191,6 +191,10 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompts: list[str], dialogues: list[str], step: int) -> Rollout:
+        with self.accelerator.autocast():
+            return self._rollout(prompts, dialogues, step)
+
+    def _rollout(self, prompts: list[str], dialogues: list[str], step: int) -> Rollout:
         device = self.accelerator.device
         policy = self.unwrapped
         enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.cfg.max_source_tokens,
@@ -235,9 +239,10 @@ class PPOTrainer:
     def reference_logprobs(self, batch: Rollout) -> torch.Tensor:
         """Reference log-probs (B, T), in mini-batch-sized forwards."""
         model = self.unwrapped
-        return torch.cat([self._forward(model, batch, slice(start, start + self.cfg.mini_batch_size), reference=True,
-                                        with_values=False)[1]
-                          for start in range(0, len(batch.responses), self.cfg.mini_batch_size)])
+        with self.accelerator.autocast():
+            return torch.cat([self._forward(model, batch, slice(start, start + self.cfg.mini_batch_size),
+                                            reference=True, with_values=False)[1]
+                              for start in range(0, len(batch.responses), self.cfg.mini_batch_size)])
 
     @torch.no_grad()
     def old_and_reference(self, batch: Rollout) -> dict[str, torch.Tensor]:
@@ -250,7 +255,8 @@ class PPOTrainer:
         model = self.unwrapped
         for start in range(0, len(batch.responses), self.cfg.mini_batch_size):
             index = slice(start, start + self.cfg.mini_batch_size)
-            logits, logprobs, values = self._forward(model, batch, index)
+            with self.accelerator.autocast():
+                logits, logprobs, values = self._forward(model, batch, index)
             parts["logprobs"].append(logprobs)
             parts["values"].append(values)
             parts["entropy"].append(entropy_from_logits(logits))
@@ -276,7 +282,7 @@ class PPOTrainer:
             order = torch.randperm(len(batch.responses), generator=generator).to(mask.device)
             for start in range(0, len(order), self.cfg.mini_batch_size):
                 index = order[start : start + self.cfg.mini_batch_size]
-                with self.accelerator.accumulate(self.policy):
+                with self.accelerator.accumulate(self.policy), self.accelerator.autocast():
                     _, logprobs, values = self._forward(self.policy, batch, index)
                     pg_loss, pg_stats = policy_loss(logprobs, old["logprobs"][index], advantages[index], mask[index],
                                                     self.cfg.cliprange)
@@ -323,7 +329,13 @@ class PPOTrainer:
         timings["time/scoring"] = self._clock() - tick
 
         tick = self._clock()
-        old = {**batch.old, "ref_logprobs": self.reference_logprobs(batch)}
+        if self.accelerator.mixed_precision == "no":
+            old = {**batch.old, "ref_logprobs": self.reference_logprobs(batch)}
+        else:
+            # Under autocast, generate's cached, token-by-token decoding and a teacher-forced forward
+            # round differently; the old log-probs then come from the same forward as the training
+            # passes, so the first ratio is 1 and the first KL 0 (one forward pass more).
+            old = self.old_and_reference(batch)
         mask = batch.mask
         rewards, kl, non_score = compute_rewards(scores, old["logprobs"], old["ref_logprobs"], mask,
                                                  self.kl_ctl.value, self.cfg.kl.estimator)

@@ -36,6 +36,9 @@ from detox.tracking import RUN_FILE, Tracker
 
 log = logging.getLogger(__name__)
 
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ppo.precision -> accelerate's name
+PRECISION_OF = {v: k for k, v in MIXED_PRECISION.items()}
+
 # The per-sample KL estimate is noisy; a mean more than 3 standard errors below 0 means the
 # rollout distribution differs from the policy's (warped sampling), not noise.
 NEGATIVE_KL_TOLERANCE = -1e-3
@@ -139,8 +142,17 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     cfg = params.ppo
     # cpu=True on a machine without CUDA, so `accelerate launch --multi_gpu` / torchrun form a
     # gloo process group there instead of several processes that each believe they are alone.
+    precision = MIXED_PRECISION[cfg.precision]
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != precision:
+        raise DetoxError(
+            f"accelerate launch set --mixed_precision {launched} but ppo.precision is {cfg.precision}: make them "
+            f"agree (-S ppo.precision={PRECISION_OF[launched]}, or --mixed_precision {precision})"
+        )
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise DetoxError("ppo.precision fp16 needs a GPU (its gradient scaler is CUDA's); on the CPU use bf16 or fp32")
     accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                                             cpu=not torch.cuda.is_available())
+                                             cpu=not torch.cuda.is_available(), mixed_precision=precision)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != accelerator.num_processes:
         raise DetoxError(
