@@ -39,6 +39,7 @@ from detox.generation import build_prompts, load_policy
 from detox.ppo.core import response_mask
 from detox.ppo.engine import PPOTrainer, Rollout, TrainingDivergedError
 from detox.ppo.policy import Seq2SeqPolicy, load_trained_policy
+from detox.ppo.selection import Selection, evaluation_steps
 from detox.ppo.train import PPOPaths, fingerprint, run_ppo
 from detox.reward import RewardScorer, Scores
 from detox.tracking import RUN_FILE
@@ -51,6 +52,7 @@ ATOL = 1e-5
 # The PPO slice for the tiny world: short responses and small batches, so a step takes
 # about a second on one CPU thread.
 TINY_PPO = {
+    "ppo.eval_every": None,  # evaluation during training has tests of its own
     "ppo.batch_size": 8,
     "ppo.mini_batch_size": 4,
     "ppo.ppo_epochs": 2,
@@ -832,6 +834,112 @@ def test_fp16_needs_a_gpu(world, project):
     root, _ = project
     with pytest.raises(DetoxError, match="fp16 needs a GPU"):
         run_ppo(ppo_params(**{"ppo.steps": 1, "ppo.precision": "fp16"}), world_paths(world, root))
+
+
+# --------------------------------------------------------------------------- 6d. evaluation during training
+
+
+def eval_stats(toxic: float, rouge_l: float = 0.8, reward: float = 1.0, distinct: float = 0.5,
+               length: float = 10.0) -> dict[str, float]:
+    return {"eval/oracle/toxic_share": toxic, "eval/rougeL": rouge_l, "eval/reward_mean": reward,
+            "eval/distinct_2": distinct, "eval/mean_length": length}
+
+
+def test_selection_takes_the_least_toxic_checkpoint_above_the_rouge_floor():
+    selection = Selection(ppo_params(**{"ppo.select.max_rougeL_drop": 0.05}).ppo)
+    saved = []
+
+    def state(step):
+        return lambda: saved.append(step) or {"w": torch.tensor([float(step)])}
+
+    assert selection.consider(0, eval_stats(0.5, 0.80), state(0)) is None
+    selection.consider(10, eval_stats(0.2, 0.70), state(10))  # less toxic but ROUGE-L below 0.75: not eligible
+    selection.consider(20, eval_stats(0.3, 0.78), state(20))
+    selection.consider(30, eval_stats(0.3, 0.79, reward=2.0), state(30))  # a tie broken by the higher reward
+    selection.consider(40, eval_stats(0.4, 0.80), state(40))
+    assert selection.best_step == 30 and selection.best_state["w"].item() == 30.0
+    assert saved == [0, 20, 30]  # the parameters are copied only when a checkpoint is the best so far
+    assert selection.rouge_floor == pytest.approx(0.75) and selection.since_best == 1
+    assert "fewest summaries toxic to oracle" in selection.reason and [h["step"] for h in selection.history] == [
+        0, 10, 20, 30, 40]
+
+
+def test_selection_stops_on_patience_and_on_collapse():
+    patient = Selection(ppo_params(**{"ppo.patience": 2}).ppo)
+    patient.consider(0, eval_stats(0.5), dict)
+    assert patient.consider(10, eval_stats(0.6), dict) is None
+    reason = patient.consider(20, eval_stats(0.6), dict)
+    assert reason.startswith("no better checkpoint in 2 evaluations (ppo.patience 2)") and patient.best_step == 0
+    collapsing = Selection(ppo_params().ppo)
+    collapsing.consider(0, eval_stats(0.5, distinct=0.01), dict)  # the untrained policy is never called collapsed
+    reason = collapsing.consider(10, eval_stats(0.0, distinct=0.01), dict)
+    assert "collapsed: distinct-2 0.010 < ppo.collapse.min_distinct_2" in reason and collapsing.best_step == 0
+    assert "mean length 1.0 words" in collapsing.consider(20, eval_stats(0.0, length=1.0), dict)
+
+
+def test_evaluation_steps():
+    assert evaluation_steps(ppo_params(**{"ppo.steps": 25, "ppo.eval_every": 10}).ppo) == {0, 10, 20, 25}
+    assert evaluation_steps(ppo_params(**{"ppo.steps": 20, "ppo.eval_every": 10}).ppo) == {0, 10, 20}
+    assert evaluation_steps(ppo_params(**{"ppo.eval_every": None}).ppo) == set()
+
+
+@pytest.fixture(scope="module")
+def judged_world(world, tmp_path_factory):
+    """The tiny world with its judges built, as the judges stage builds them."""
+    from detox.judges import build_judges
+
+    root = tmp_path_factory.mktemp("judged")
+    shutil.copytree(world / "data", root / "data")
+    shutil.copytree(world / "models", root / "models")
+    build_judges(ppo_params(), root / "models" / "judges")
+    return root
+
+
+def judged_paths(world: Path, project: Path) -> PPOPaths:
+    return PPOPaths(**{**world_paths(world, project).__dict__, "validation": world / "data" / "raw" / "validation.parquet",
+                       "judges": world / "models" / "judges", "evaluations": project / "plots" / "ppo" / "eval.tsv"})
+
+
+def test_models_ppo_is_the_selected_checkpoint(judged_world, tmp_path, monkeypatch):
+    """Evaluated after 0, 2 and 4 steps; the crafted numbers make step 2 the best: models/ppo is the policy
+    after 2 steps, the same as a run that stopped there."""
+    import detox.ppo.train as train
+
+    calls = iter([eval_stats(0.5), eval_stats(0.1, reward=3.0), eval_stats(0.3)])
+    monkeypatch.setattr(train, "evaluate_policy", lambda trainer, data, seed: next(calls))
+    with mlflow_project(tmp_path / "a") as uri:
+        params = ppo_params(**{"ppo.steps": 4, "ppo.eval_every": 2})
+        paths = judged_paths(judged_world, tmp_path / "a")
+        metrics = run_ppo(params, paths)
+        run_id = json.loads((paths.out / RUN_FILE).read_text())["run_id"]
+        logged = MlflowClient(uri).get_metric_history(run_id, "eval/oracle/toxic_share")
+    assert metrics["selected_step"] == 2 and metrics["evaluations"] == 3 and metrics["steps"] == 4
+    assert "fewest summaries toxic to oracle" in metrics["selection"]
+    assert read_history(paths.evaluations)["step"].tolist() == [0, 2, 4]
+    assert sorted((m.step, m.value) for m in logged) == [(0, 0.5), (2, 0.1), (4, 0.3)]
+    with mlflow_project(tmp_path / "b"):
+        run_ppo(ppo_params(**{"ppo.steps": 2}), world_paths(judged_world, tmp_path / "b"))
+    selected = load_trained_policy(paths.out).state_dict()
+    two_steps = load_trained_policy(tmp_path / "b" / "models" / "ppo").state_dict()
+    assert all(torch.equal(selected[k], two_steps[k]) for k in selected)
+
+
+def test_evaluation_measures_the_policy_with_the_judges(judged_world):
+    from detox.judges import load_judges
+    from detox.ppo.selection import ValidationSet, evaluate_policy
+
+    params = ppo_params()
+    trainer = make_trainer(judged_world, params)
+    frame = pd.read_parquet(judged_world / "data" / "raw" / "validation.parquet").iloc[:8]
+    dialogues = frame["dialogue"].tolist()
+    data = ValidationSet(build_prompts(dialogues, params.prompt.template), dialogues, frame["summary"].tolist(),
+                         trainer.scorer, load_judges(judged_world / "models" / "judges", ["oracle", "ngram"]))
+    first, again = evaluate_policy(trainer, data, seed=5), evaluate_policy(trainer, data, seed=5)
+    assert first == again  # seeded: the same checkpoint measures the same
+    assert {"eval/reward_mean", "eval/reward_model/toxic_share", "eval/rougeL", "eval/fluency_nll",
+            "eval/mean_length", "eval/distinct_2", "eval/oracle/toxic_share", "eval/ngram/toxic_share"} <= set(first)
+    assert 0 <= first["eval/oracle/toxic_share"] <= 1 and first["eval/fluency_nll"] > 0
+    assert first["eval/mean_length"] > 0
 
 
 # --------------------------------------------------------------------------- 7. accelerate, 2 processes

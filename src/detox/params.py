@@ -305,6 +305,22 @@ class ScoreParams(Strict):
     clip: float | None = Field(None, gt=0.0, description="clip (normalised) scores to [-clip, clip]")
 
 
+class SelectParams(Strict):
+    judge: str | None = Field(
+        "oracle", description="the judge (one of eval.judges) whose toxic share on the validation subset picks "
+        "the checkpoint; null = the reward model's",
+    )
+    max_rougeL_drop: float = Field(
+        0.02, ge=0.0, le=1.0, description="a checkpoint qualifies when its validation ROUGE-L is at most this "
+        "below the untrained policy's",
+    )
+
+
+class CollapseParams(Strict):
+    min_distinct_2: float = Field(0.05, ge=0.0, le=1.0, description="stop when validation distinct-2 falls below")
+    min_mean_length: float = Field(3.0, ge=0.0, description="stop when validation summaries are shorter (words)")
+
+
 class PPOParams(Strict):
     steps: int = Field(100, ge=1, le=1_000_000)
     batch_size: int = Field(64, ge=1, le=65_536, description="prompts per PPO step (per process)")
@@ -329,6 +345,16 @@ class PPOParams(Strict):
         "with a gradient scaler (GPU only); must agree with `accelerate launch --mixed_precision`",
     )
     checkpoint_every: int = Field(10, ge=1, description="steps between resumable checkpoints")
+    eval_every: int | None = Field(
+        10, ge=1, description="steps between evaluations on the validation subset (also before the first step and "
+        "after the last); null = none, and the last step becomes models/ppo",
+    )
+    eval_prompts: int = Field(64, ge=1, le=100_000, description="validation dialogues evaluated (the first ones)")
+    select: SelectParams = SelectParams()
+    patience: int | None = Field(
+        None, ge=1, description="stop when the selected checkpoint has not improved for this many evaluations",
+    )
+    collapse: CollapseParams = CollapseParams()
     lora: LoraParams = LoraParams()
 
     @model_validator(mode="after")
@@ -396,6 +422,9 @@ class Params(Strict):
                 raise ValueError(f"judge name {name!r}: use letters, digits, '_', '.', '-' (it names a folder)")
         if len(set(self.eval.judges)) != len(self.eval.judges):
             raise ValueError(f"eval.judges lists a judge twice: {list(self.eval.judges)}")
+        if self.ppo.select.judge is not None and self.ppo.select.judge not in self.eval.judges:
+            raise ValueError(f"ppo.select.judge is {self.ppo.select.judge!r}, which is not one of eval.judges "
+                             f"{list(self.eval.judges)}: set it to one of them, or null for the reward model")
         if self.promotion.judge not in self.eval.judges:
             raise ValueError(f"promotion.judge is {self.promotion.judge!r}, which is not one of eval.judges "
                              f"{list(self.eval.judges)}: the gate needs that judge's numbers")

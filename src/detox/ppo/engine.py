@@ -152,10 +152,14 @@ class PPOTrainer:
         return self.accelerator.unwrap_model(self.policy)
 
     # -- state for checkpoints -------------------------------------------------------
-    def state_dict(self) -> dict[str, object]:
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of what training changes (adapters or the whole model, and the value head)."""
         trainable = {n for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu().clone() for k, v in self.unwrapped.state_dict().items() if k in trainable}
+
+    def state_dict(self) -> dict[str, object]:
         return {
-            "policy": {k: v.cpu() for k, v in self.unwrapped.state_dict().items() if k in trainable},
+            "policy": self.trainable_state(),
             "optimizer": self.optimizer.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(),
             "score_moments": self.score_moments.state_dict(),
@@ -173,20 +177,21 @@ class PPOTrainer:
     def _step_seed(self, step: int) -> int:
         return self.seed * 1_000_003 + step * 1009 + self.accelerator.process_index
 
-    def rollout_config(self, max_new_tokens: int) -> GenerationConfig:
+    def rollout_config(self, max_new_tokens: int, capture: bool = True) -> GenerationConfig:
         """Pure sampling from the policy's own distribution, built from params alone.
 
         The old log-probs and the KL assume the responses were sampled from the policy itself:
         temperature 1, no top-k or top-p, no forced minimum length (DESIGN's negative-KL pitfall).
         So PPO never samples with ``generation.*`` (the settings of baseline, evaluate and
         serving) nor with the model folder's generation config; only the length is a knob
-        (``ppo.response_length``).
+        (``ppo.response_length``). ``capture`` keeps the raw logits and hidden states (the rollout
+        needs them, an evaluation does not).
         """
         return GenerationConfig(
             do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=0, max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             decoder_start_token_id=self.start_token,
-            output_logits=True, output_hidden_states=True, return_dict_in_generate=True,
+            output_logits=capture, output_hidden_states=capture, return_dict_in_generate=capture,
         )
 
     @torch.no_grad()

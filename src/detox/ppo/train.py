@@ -29,8 +29,10 @@ from detox.errors import DetoxError
 from detox.generation import build_prompts
 from detox.io import atomic_dir, sha256_tree, write_json
 from detox.params import Params
+from detox.judges import load_judges
 from detox.ppo.engine import PPOTrainer
 from detox.ppo.policy import Seq2SeqPolicy
+from detox.ppo.selection import Selection, ValidationSet, evaluate_policy, evaluation_steps
 from detox.reward import RewardScorer
 from detox.tracking import RUN_FILE, Tracker
 
@@ -53,6 +55,9 @@ class PPOPaths:
     checkpoints: Path = Path("checkpoints/ppo")
     history: Path = Path("plots/ppo/history.tsv")
     metrics: Path = Path("metrics/ppo.json")
+    validation: Path = Path("data/raw/validation.parquet")
+    judges: Path = Path("models/judges")
+    evaluations: Path = Path("plots/ppo/eval.tsv")
 
 
 def fingerprint(params: Params, *model_dirs: Path, processes: int = 1) -> str:
@@ -65,7 +70,8 @@ def fingerprint(params: Params, *model_dirs: Path, processes: int = 1) -> str:
     digest = hashlib.sha256()
     # How long to train, how often to checkpoint and when to stop early do not change the
     # steps already taken, so a run extended with more ppo.steps still resumes.
-    ppo = params.ppo.model_dump(exclude={"steps", "checkpoint_every", "max_kl"})
+    ppo = params.ppo.model_dump(exclude={"steps", "checkpoint_every", "max_kl", "eval_every", "eval_prompts",
+                                         "select", "patience", "collapse"})
     relevant = {"seed": params.seed, "ppo": ppo, "prompt": params.prompt.model_dump(),
                 "reward": params.reward.model_dump(), "processes": processes}
     digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
@@ -137,6 +143,17 @@ def summarize_history(history: list[dict[str, float]], stop_reason: str | None) 
     }
 
 
+def validation_set(params: Params, paths: PPOPaths, scorer: RewardScorer) -> ValidationSet:
+    """The first ``ppo.eval_prompts`` validation dialogues, the reward model and the judges of ``eval.judges``."""
+    if not paths.validation.is_file():
+        raise DetoxError(f"{paths.validation}: not found; PPO evaluates on the validation split every "
+                         "ppo.eval_every steps: run `dvc repro fetch` (or set ppo.eval_every to null)")
+    frame = pd.read_parquet(paths.validation).iloc[: params.ppo.eval_prompts]
+    dialogues = frame["dialogue"].tolist()
+    return ValidationSet(build_prompts(dialogues, params.prompt.template), dialogues, frame["summary"].tolist(),
+                         scorer, load_judges(paths.judges, params.eval.judges))
+
+
 def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Train the policy with PPO; write the model, history and metrics; return the metrics."""
     cfg = params.ppo
@@ -173,12 +190,17 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     prompts = build_prompts(train["dialogue"].tolist(), params.prompt.template)
     dialogues = train["dialogue"].tolist()
 
+    evaluate_at = evaluation_steps(cfg)
+    validation = validation_set(params, paths, scorer) if evaluate_at else None
+    selection = Selection(cfg)
+
     key = fingerprint(params, paths.policy, paths.reward, processes=accelerator.num_processes)
     checkpoint = latest_checkpoint(paths.checkpoints, key)
     start, history, run_id = 0, [], None
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])
         start, history, run_id = checkpoint["step"], checkpoint["history"], checkpoint["run_id"]
+        selection.load_state_dict(checkpoint.get("selection", {}))
         if main:
             log.info("resuming from %s at step %d", paths.checkpoints, start)
     elif main:
@@ -190,11 +212,19 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
         tracker.log_params(params.model_dump(mode="json"))
     run_id = tracker.run_id
 
+    def evaluate(trained_steps: int) -> str | None:
+        """Every process evaluates the same subset with the same weights, so all take the same decision."""
+        stats = evaluate_policy(trainer, validation, params.seed)
+        tracker.log_metrics(stats, step=trained_steps)
+        return selection.consider(trained_steps, stats, trainer.trainable_state)
+
     global_batch = cfg.batch_size * accelerator.num_processes
     lo = accelerator.process_index * cfg.batch_size
     stop_reason: str | None = None
     bar = tqdm(total=cfg.steps, initial=start, desc="ppo", unit="step", disable=not main)
     try:
+        if start == 0 and 0 in evaluate_at:
+            evaluate(0)
         for step in range(start, cfg.steps):
             index = batch_indices(len(prompts), step, global_batch, params.seed)[lo : lo + cfg.batch_size]
             stats, _ = trainer.step([prompts[i] for i in index], [dialogues[i] for i in index], step)
@@ -210,9 +240,15 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
                 stop_reason = f"mean KL {stats['objective/kl']:.3f} exceeded ppo.max_kl {cfg.max_kl} at step {step}"
                 log.warning("stopping early: %s", stop_reason)
                 break
+            if step + 1 in evaluate_at:
+                stop_reason = evaluate(step + 1)
+                if stop_reason is not None:
+                    log.warning("stopping early after step %d: %s", step, stop_reason)
+                    break
             if main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 save_checkpoint(paths.checkpoints, {"step": step + 1, "fingerprint": key, "history": history,
-                                                    "run_id": run_id, "trainer": trainer.state_dict()})
+                                                    "run_id": run_id, "trainer": trainer.state_dict(),
+                                                    "selection": selection.state_dict()})
     except BaseException:
         bar.close()
         tracker.end(status="KILLED")
@@ -220,12 +256,27 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     bar.close()
 
     metrics = summarize_history(history, stop_reason)
+    if evaluate_at:
+        if selection.best_state is None:
+            raise DetoxError(
+                "no evaluated checkpoint qualified, not even the untrained policy (it collapsed or lost ROUGE-L): "
+                "check ppo.collapse and ppo.select.max_rougeL_drop"
+            )
+        trainer.unwrapped.load_state_dict(selection.best_state, strict=False)
+        metrics.update(selected_step=selection.best_step, selection=selection.reason,
+                       evaluations=len(selection.history))
+        if main:
+            log.info("models/ppo is the policy after step %d of %d: %s", selection.best_step, len(history),
+                     selection.reason)
     if main:
         with atomic_dir(paths.out) as out:
             trainer.unwrapped.save(out, base_model=paths.policy, final_dir=paths.out)
             tokenizer.save_pretrained(out)
             write_json(out / RUN_FILE, tracker.record())
         write_history(paths.history, history)
+        if evaluate_at:
+            write_history(paths.evaluations, selection.history)
+            tracker.log_artifact(paths.evaluations, "ppo")
         write_json(paths.metrics, metrics)
         tracker.log_metrics({f"ppo_summary/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         tracker.log_artifact(paths.history, "ppo")
