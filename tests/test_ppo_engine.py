@@ -467,6 +467,7 @@ def test_ppo_raises_heldout_reward_with_bounded_kl(mid_world, tmp_path):
     params = tiny_params(**MID_WORLD, **{
         "ppo.steps": 12, "ppo.batch_size": 16, "ppo.mini_batch_size": 8, "ppo.learning_rate": 3e-3,
         "ppo.kl.init_coef": 0.2,  # a loose leash, so that 12 steps move the reward clearly
+        "ppo.eval_every": None,  # the last step is what this test measures
         "ppo.checkpoint_every": 1000, "ppo.response_length.min": 24, "ppo.response_length.max": 32,
     })
     heldout = pd.read_parquet(world / "data" / "raw" / "validation.parquet")
