@@ -349,7 +349,7 @@ class PPOParams(Strict):
         10, ge=1, description="steps between evaluations on the validation subset (also before the first step and "
         "after the last); null = none, and the last step becomes models/ppo",
     )
-    eval_prompts: int = Field(64, ge=1, le=100_000, description="validation dialogues evaluated (the first ones)")
+    eval_prompts: int = Field(200, ge=1, le=100_000, description="validation dialogues evaluated (the first ones)")
     select: SelectParams = SelectParams()
     patience: int | None = Field(
         None, ge=1, description="stop when the selected checkpoint has not improved for this many evaluations",
