@@ -749,6 +749,41 @@ def test_gradient_accumulation_updates_once_per_accumulated_mini_batches(world, 
     assert optimizer_steps(trainer) == updates
 
 
+def accumulating_trainer(world: Path, params, accumulation: int) -> PPOTrainer:
+    torch.manual_seed(params.seed)
+    tokenizer = AutoTokenizer.from_pretrained(world / "models" / "policy")
+    tokenizer.padding_side = "right"
+    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
+    scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
+    return PPOTrainer(policy, tokenizer, scorer, params.ppo,
+                      Accelerator(gradient_accumulation_steps=accumulation, cpu=True), params.seed)
+
+
+def test_accumulating_two_mini_batches_equals_one_mini_batch_twice_the_size(world, monkeypatch):
+    """The accumulated gradient of mini-batches of 4 equals the gradient of one mini-batch of 8 of the same
+    rows, up to the weighting of the two halves' token means (the loss is a mean over a mini-batch's tokens)."""
+    grads = {}
+    for accumulation, mini in ((2, 4), (1, 8)):
+        params = ppo_params(**{"ppo.gradient_accumulation_steps": accumulation, "ppo.mini_batch_size": mini,
+                               "ppo.ppo_epochs": 1})
+        trainer = accumulating_trainer(world, params, accumulation)
+        captured = {}
+
+        def record(self, closure=None, _captured=captured, _trainer=trainer):  # the gradient the update would use
+            for name, p in _trainer.unwrapped.named_parameters():
+                if p.requires_grad and p.grad is not None:
+                    _captured[name] = p.grad.detach().clone()
+
+        monkeypatch.setattr(type(trainer.optimizer.optimizer), "step", record)
+        prompts, dialogues = train_batch(world, params)
+        trainer.step(prompts, dialogues, 0)
+        grads[accumulation] = captured
+    assert grads[1].keys() == grads[2].keys() and grads[1]
+    flat = {k: torch.cat([g.flatten() for g in grads[k].values()]) for k in grads}
+    cosine = torch.nn.functional.cosine_similarity(flat[1], flat[2], dim=0).item()
+    assert cosine > 0.99 and flat[2].norm() / flat[1].norm() == pytest.approx(1.0, rel=0.1)
+
+
 def test_fixed_kl_controller_keeps_its_coefficient_and_the_adaptive_one_moves(world):
     prompts, dialogues = train_batch(world, ppo_params())
     coefficients = {}
