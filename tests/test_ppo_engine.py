@@ -981,14 +981,16 @@ def test_evaluation_measures_the_policy_with_the_judges(judged_world):
 # --------------------------------------------------------------------------- 7. accelerate, 2 processes
 
 @pytest.mark.slow
-def test_two_processes_on_cpu(world, tmp_path):
-    """`accelerate launch --multi_gpu` on a machine without GPUs: two processes, one gloo group."""
+def test_two_processes_on_cpu(judged_world, tmp_path):
+    """`accelerate launch --multi_gpu` on a machine without GPUs: two processes, one gloo group.
+
+    Both evaluate during training (after 0, 2 and 3 steps) and so take the same choice of checkpoint."""
     steps = 3
-    params = ppo_params(**{"ppo.steps": steps})
+    params = ppo_params(**{"ppo.steps": steps, "ppo.eval_every": 2})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
-    shutil.copytree(world / "data" / "raw", tmp_path / "data" / "raw")
-    for name in ("policy", "reward"):
-        shutil.copytree(world / "models" / name, tmp_path / "models" / name)
+    shutil.copytree(judged_world / "data" / "raw", tmp_path / "data" / "raw")
+    for name in ("policy", "reward", "judges"):
+        shutil.copytree(judged_world / "models" / name, tmp_path / "models" / name)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     prefix = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -1017,6 +1019,9 @@ def test_two_processes_on_cpu(world, tmp_path):
     assert len(runs) == 1, "only the main process talks to MLflow"
     assert runs[0].info.run_id == json.loads((out / RUN_FILE).read_text())["run_id"]
     assert len(client.get_metric_history(runs[0].info.run_id, "env/reward_mean")) == steps
+    assert len(client.get_metric_history(runs[0].info.run_id, "eval/oracle/toxic_share")) == 3
+    assert read_history(tmp_path / "plots" / "ppo" / "eval.tsv")["step"].tolist() == [0, 2, 3]
+    assert json.loads((tmp_path / "metrics" / "ppo.json").read_text())["selected_step"] in (0, 2, 3)
     load_trained_policy(out)  # from any working directory
 
 
