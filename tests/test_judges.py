@@ -197,7 +197,10 @@ def test_params_check_judge_names_and_the_gate_judge():
         parse_params({"eval": {"judges": ["nope"]}})
     with pytest.raises(ParamsError, match=r"promotion.judge is 'roberta-toxicity', which is not one of eval.judges"):
         parse_params({"promotion": {"judge": "roberta-toxicity"}})
-    hub = parse_params({"eval": {"judges": ["roberta-toxicity"]}, "promotion": {"judge": "roberta-toxicity"}})
+    with pytest.raises(ParamsError, match=r"ppo.select.judge is 'oracle', which is not one of eval.judges"):
+        parse_params({"eval": {"judges": ["roberta-toxicity"]}, "promotion": {"judge": "roberta-toxicity"}})
+    hub = parse_params({"eval": {"judges": ["roberta-toxicity"]}, "promotion": {"judge": "roberta-toxicity"},
+                        "ppo": {"select": {"judge": "roberta-toxicity"}}})
     assert hub.judges["roberta-toxicity"].name == "s-nlp/roberta_toxicity_classifier"
     assert isinstance(parse_params({}).judges["oracle"], OracleJudgeSpec)
     assert isinstance(parse_params({}).judges["ngram"], BuiltinJudgeSpec)

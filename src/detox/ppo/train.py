@@ -177,6 +177,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
             "launch with `accelerate launch --multi_gpu --num_processes N stages/ppo.py` (on a CPU machine too)"
         )
     main = accelerator.is_main_process
+    tracker = Tracker(params.tracking.experiment, enabled=main)  # a tracking server that is down fails here
     torch.manual_seed(params.seed)  # LoRA and value-head initialisation
 
     tokenizer = AutoTokenizer.from_pretrained(paths.policy)
@@ -206,7 +207,6 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     elif main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
 
-    tracker = Tracker(params.tracking.experiment, enabled=main)
     tracker.start(run_id=run_id, run_name=None, tags={"stage": "ppo", "policy": str(paths.policy)})
     if run_id is None:
         tracker.log_params(params.model_dump(mode="json"))
