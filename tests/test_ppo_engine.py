@@ -150,13 +150,13 @@ def project(tmp_path):
         yield tmp_path, uri
 
 
-def make_trainer(world: Path, params) -> PPOTrainer:
+def make_trainer(world: Path, params, accelerator: Accelerator | None = None) -> PPOTrainer:
     torch.manual_seed(params.seed)  # LoRA A and value-head initialisation, as run_ppo does
     tokenizer = AutoTokenizer.from_pretrained(world / "models" / "policy")
     tokenizer.padding_side = "right"
     policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
     scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
-    return PPOTrainer(policy, tokenizer, scorer, params.ppo, Accelerator(), params.seed)
+    return PPOTrainer(policy, tokenizer, scorer, params.ppo, accelerator or Accelerator(), params.seed)
 
 
 def train_batch(world: Path, params, n: int = 8) -> tuple[list[str], list[str]]:
@@ -737,26 +737,10 @@ def optimizer_steps(trainer: PPOTrainer) -> int:
 def test_gradient_accumulation_updates_once_per_accumulated_mini_batches(world, accumulation, updates):
     # batch 8, mini-batches of 4, 2 epochs: 4 mini-batches per step, one update per `accumulation` of them
     params = ppo_params(**{"ppo.gradient_accumulation_steps": accumulation})
-    torch.manual_seed(params.seed)
-    tokenizer = AutoTokenizer.from_pretrained(world / "models" / "policy")
-    tokenizer.padding_side = "right"
-    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
-    scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
-    trainer = PPOTrainer(policy, tokenizer, scorer, params.ppo,
-                         Accelerator(gradient_accumulation_steps=accumulation, cpu=True), params.seed)
+    trainer = make_trainer(world, params, Accelerator(gradient_accumulation_steps=accumulation, cpu=True))
     prompts, dialogues = train_batch(world, params)
     trainer.step(prompts, dialogues, 0)
     assert optimizer_steps(trainer) == updates
-
-
-def accumulating_trainer(world: Path, params, accumulation: int) -> PPOTrainer:
-    torch.manual_seed(params.seed)
-    tokenizer = AutoTokenizer.from_pretrained(world / "models" / "policy")
-    tokenizer.padding_side = "right"
-    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
-    scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
-    return PPOTrainer(policy, tokenizer, scorer, params.ppo,
-                      Accelerator(gradient_accumulation_steps=accumulation, cpu=True), params.seed)
 
 
 def test_accumulating_two_mini_batches_equals_one_mini_batch_twice_the_size(world, monkeypatch):
@@ -766,7 +750,7 @@ def test_accumulating_two_mini_batches_equals_one_mini_batch_twice_the_size(worl
     for accumulation, mini in ((2, 4), (1, 8)):
         params = ppo_params(**{"ppo.gradient_accumulation_steps": accumulation, "ppo.mini_batch_size": mini,
                                "ppo.ppo_epochs": 1})
-        trainer = accumulating_trainer(world, params, accumulation)
+        trainer = make_trainer(world, params, Accelerator(gradient_accumulation_steps=accumulation, cpu=True))
         captured = {}
 
         def record(self, closure=None, _captured=captured, _trainer=trainer):  # the gradient the update would use
@@ -830,13 +814,7 @@ def test_bf16_step_starts_at_ratio_one_and_zero_kl(world, monkeypatch, fresh_acc
     """Rollout, reference and training passes all run under the same autocast, and the old log-probs
     come from the training forward: the first ratio is 1 and the first KL 0, also in bf16."""
     params = ppo_params(**{"ppo.precision": "bf16"})
-    torch.manual_seed(params.seed)
-    tokenizer = AutoTokenizer.from_pretrained(world / "models" / "policy")
-    tokenizer.padding_side = "right"
-    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
-    scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
-    trainer = PPOTrainer(policy, tokenizer, scorer, params.ppo, Accelerator(mixed_precision="bf16", cpu=True),
-                         params.seed)
+    trainer = make_trainer(world, params, Accelerator(mixed_precision="bf16", cpu=True))
     ratios = []
     real_policy_loss = engine.policy_loss
 
