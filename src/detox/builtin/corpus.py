@@ -300,7 +300,6 @@ def garble(text: str, rng: random.Random, toxic: bool) -> str:
         for _ in range(rng.randint(1, 3)):
             i = rng.randrange(len(words))
             kind = rng.choice(("glue", "fragment", "fragment", "replace", "drop"))
-            bare = words[i].strip(".,!?").lower()
             if kind == "glue" and i + 1 < len(words):
                 words[i : i + 2] = [words[i].rstrip(".,!?") + words[i + 1]]
             elif kind == "fragment":
