@@ -18,7 +18,8 @@ def check_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
     for flag, path in missing:
         print(f"error: --{flag} {path} does not exist.", file=sys.stderr)
     others = "/".join(f"--{flag}" for flag in flags if flag != "params")
-    print("The policy, the reward model and data/raw are made by the fetch stage: run `dvc repro fetch` "
+    print("The policy, the reward model and data/raw are made by the fetch, sft and reward stages: run "
+          "`dvc repro sft reward` "
           f"first (or point {others} at existing ones).", file=sys.stderr)
     sys.exit(2)
 

@@ -1,4 +1,8 @@
-"""DVC stage `fetch`: data and models from the sources in params.yaml -> data/raw, models/."""
+"""DVC stage `fetch`: data, labelled reward data and model folders from the sources in params.yaml.
+
+Writes data/raw/ (splits), data/labelled/labelled.parquet and models/base/{policy,reward}/, each
+folder with a manifest.json of its sources (commits, hashes). It trains nothing: sft and reward do.
+"""
 
 from pathlib import Path
 
@@ -10,16 +14,15 @@ from detox.params import load_params
 
 def main() -> None:
     params = load_params("params.yaml")
-    manifest = run_fetch(params, Path("data/raw"), Path("models/policy"), Path("models/reward"))
+    manifest = run_fetch(params, Path("data/raw"), Path("data/labelled"), Path("models/base"))
     metrics = {f"rows_{split}": info["rows"] for split, info in manifest["data"]["splits"].items()}
-    for model in ("policy", "reward"):
-        for key, value in manifest[model].get("training", {}).items():
-            metrics[f"{model}_{key}"] = value
-    if "finetune" in manifest["reward"]:
-        metrics["reward_finetune_heldout_accuracy"] = manifest["reward"]["finetune"]["heldout_accuracy"]
+    metrics["rows_labelled"] = manifest["labelled"]["rows"]
+    if "dropped_test_overlap" in manifest["labelled"]:
+        metrics["labelled_dropped_test_overlap"] = manifest["labelled"]["dropped_test_overlap"]
     write_json("metrics/fetch.json", metrics)
-    print(f"fetched: data={manifest['data']['source']} policy={manifest['policy']['source']} "
-          f"reward={manifest['reward']['source']}; manifest in data/raw/manifest.json")
+    print(f"fetched: data={manifest['data']['source']} labelled={manifest['labelled']['source']} "
+          f"policy={manifest['policy']['source']} reward={manifest['reward']['source']}; "
+          "manifests in data/raw/, data/labelled/ and models/base/")
 
 
 if __name__ == "__main__":

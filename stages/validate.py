@@ -1,8 +1,9 @@
-"""Stage ``validate``: check data/raw/*.parquet with a Great Expectations suite per split.
+"""Stage ``validate``: check data/raw/*.parquet with a Great Expectations suite per split, and the
+reward stage's labelled data (data/labelled/labelled.parquet) with a suite of its own.
 
-Writes ``reports/validation/<split>.json`` (GX validation results),
+Writes ``reports/validation/<split>.json`` and ``labelled.json`` (GX validation results),
 ``reports/validation/data_docs/index.html`` (GX Data Docs) and
-``metrics/validation.json``; exits with status 1 and the list of failed
+``metrics/validation.json`` (the splits) and ``metrics/validation_labelled.json``; exits with status 1 and the list of failed
 expectations if any split fails. Run from the project root.
 """
 
@@ -14,17 +15,26 @@ from detox.cli import run_stage
 from detox.errors import DataValidationError
 from detox.io import write_json
 from detox.params import load_params
-from detox.validation import format_failures, validate_dir
+from detox.validation import LABELLED as LABELLED_NAME
+from detox.validation import format_failures, read_labelled, validate_dir
 
 RAW_DIR = Path("data/raw")
+LABELLED = Path("data/labelled/labelled.parquet")
+REWARD_BASE = Path("models/base/reward")
 REPORT_DIR = Path("reports/validation")
-METRICS = Path("metrics/validation.json")
+METRICS = Path("metrics/validation.json")  # the splits: what sft, baseline and ppo depend on
+LABELLED_METRICS = Path("metrics/validation_labelled.json")  # the labelled data: what reward depends on
 
 
 def main() -> None:
     params = load_params("params.yaml")
-    summary = validate_dir(RAW_DIR, params.validation, REPORT_DIR)
-    write_json(METRICS, summary.metrics())
+    labelled = read_labelled(LABELLED, REWARD_BASE, params.reward.toxic_label, params.validation.labelled)
+    summary = validate_dir(RAW_DIR, params.validation, REPORT_DIR, labelled)
+    metrics = summary.metrics()
+    labelled_split = metrics["splits"].pop(LABELLED_NAME)
+    metrics["success"] = all(split["success"] for split in metrics["splits"].values())
+    write_json(METRICS, metrics)
+    write_json(LABELLED_METRICS, labelled_split)
     for name, split in summary.splits.items():
         status = "ok" if split.success else f"FAILED ({split.failed} failed)"
         print(f"{name}: {split.rows} rows, {split.successful}/{split.evaluated} expectations passed: {status}")

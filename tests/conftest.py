@@ -1,18 +1,25 @@
 import copy
+from pathlib import Path
 
 import pytest
 
+from detox.fetch import run_fetch
+from detox.io import atomic_dir
 from detox.params import parse_params
+from detox.reward_training import run_reward
+from detox.sft import run_sft
 
 # A built-in world small enough to build in seconds: the same code paths as the
 # default one, with fewer rows, epochs and sentences.
 TINY = {
     "data": {"builtin": {"train_size": 96, "validation_size": 24, "test_size": 24, "num_topics": 8}},
     "policy": {"builtin": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1,
-                           "num_heads": 2, "epochs": 1, "batch_size": 32, "vocab_size": 400}},
+                           "num_heads": 2, "vocab_size": 400}},
+    "sft": {"epochs": 1, "batch_size": 32, "eval_samples": 8},
     "reward": {"builtin": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                           "num_sentences": 200, "vocab_size": 400, "training": {"epochs": 1}}},
-    "validation": {"min_rows": {"train": 10, "validation": 5, "test": 5}},
+                           "vocab_size": 400},
+               "data": {"builtin": {"num_sentences": 200}}, "train": {"epochs": 1}},
+    "validation": {"min_rows": {"train": 10, "validation": 5, "test": 5}, "labelled": {"min_rows": 50}},
     "generation": {"batch_size": 8, "max_new_tokens": 12},
     "eval": {"samples_per_prompt": 2},
     "judges": {"oracle": {"kind": "oracle"}, "ngram": {"kind": "builtin", "num_sentences": 400}},
@@ -34,3 +41,15 @@ def tiny_params(**overrides):
 @pytest.fixture
 def tiny():
     return tiny_params
+
+
+def build_world(params, root: Path) -> Path:
+    """What `dvc repro fetch sft reward` makes, under ``root`` (data/, models/), without MLflow."""
+    root = Path(root)
+    run_fetch(params, root / "data" / "raw", root / "data" / "labelled", root / "models" / "base")
+    with atomic_dir(root / "models" / "policy") as scratch:
+        run_sft(params, root / "models" / "base" / "policy", root / "data" / "raw", scratch)
+    with atomic_dir(root / "models" / "reward") as scratch:
+        run_reward(params, root / "models" / "base" / "reward", root / "data" / "labelled" / "labelled.parquet",
+                   scratch)
+    return root

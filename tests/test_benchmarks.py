@@ -18,7 +18,6 @@ import torch
 import yaml
 
 import conftest
-from detox.fetch import run_fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "ppo_vs_original.py"
@@ -28,7 +27,7 @@ SCRIPT = ROOT / "benchmarks" / "ppo_vs_original.py"
 def bench_world(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("bench_world")
     params = conftest.tiny_params()
-    run_fetch(params, root / "data" / "raw", root / "models" / "policy", root / "models" / "reward")
+    conftest.build_world(params, root)
     params_file = root / "params.yaml"
     dumped = params.model_dump(mode="json")
     dumped["ppo"].update(mini_batch_size=2, ppo_epochs=1)
@@ -93,7 +92,7 @@ def test_ppo_vs_original_missing_input_is_a_clear_error(bench_world, tmp_path):
     proc = run_bench(root, params_file, "--policy", str(tmp_path / "nowhere"))
     assert proc.returncode == 2
     assert f"--policy {tmp_path / 'nowhere'} does not exist" in proc.stderr
-    assert "dvc repro fetch" in proc.stderr and "Traceback" not in proc.stderr
+    assert "dvc repro sft reward" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_machine_rates_prints_every_rate():

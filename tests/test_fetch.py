@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import TINY, tiny_params
-from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from detox.builtin.corpus import generate_corpus, labelled_sentences
 from detox.errors import HubUnreachableError, SourceError
 from detox.fetch import run_fetch
 from detox.hub import ensure_reachable
+from detox.io import sha256_tree
 from detox.params import BuiltinCorpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,47 +56,61 @@ def test_labelled_sentences_are_balanced_and_deterministic():
     assert a["label"].sum() == 50
 
 
+def fetch(params, root):
+    return run_fetch(params, root / "raw", root / "labelled", root / "base")
+
+
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory):
     root = tmp_path_factory.mktemp("fetch")
-    manifest = run_fetch(tiny_params(), root / "raw", root / "policy", root / "reward")
-    return root, manifest
+    return root, fetch(tiny_params(), root)
 
 
-def test_builtin_fetch_writes_splits_models_and_manifest(fetched):
+def test_builtin_fetch_writes_splits_labelled_data_untrained_models_and_manifest(fetched):
     root, manifest = fetched
     for split, rows in (("train", 96), ("validation", 24), ("test", 24)):
         assert len(pd.read_parquet(root / "raw" / f"{split}.parquet")) == rows
         assert manifest["data"]["splits"][split]["rows"] == rows
-    on_disk = json.loads((root / "raw" / "manifest.json").read_text())
+    on_disk = {**json.loads((root / "raw" / "manifest.json").read_text()),
+               **json.loads((root / "labelled" / "manifest.json").read_text()),
+               **json.loads((root / "base" / "manifest.json").read_text())}
     assert on_disk == json.loads(json.dumps(manifest))
-    assert manifest["reward"]["training"]["heldout_examples"] == 20
+    labelled = pd.read_parquet(root / "labelled" / "labelled.parquet")
+    assert set(labelled["label"]) == {"hate", "nothate"} and len(labelled) == manifest["labelled"]["rows"]
+    assert not labelled["text"].isin(set(pd.read_parquet(root / "raw" / "test.parquet")["summary"])).any()
+    assert manifest["labelled"]["rows"] + manifest["labelled"]["dropped_test_overlap"] == 200
+    # fetch trains nothing: configurations and tokenizers only
+    for model in ("policy", "reward"):
+        files = {p.name for p in (root / "base" / model).iterdir()}
+        assert "config.json" in files and "tokenizer.json" in files
+        assert not files & {"model.safetensors", "pytorch_model.bin"}, files
     assert not list(root.glob(".*")), "scratch folders must be gone after a successful fetch"
 
 
-def test_fetched_models_load_with_auto_classes(fetched):
+def test_fetched_configurations_and_tokenizers_load_with_auto_classes(fetched):
     root, _ = fetched
-    tokenizer = AutoTokenizer.from_pretrained(root / "policy")
-    policy = AutoModelForSeq2SeqLM.from_pretrained(root / "policy")
-    assert policy.config.model_type == "t5" and policy.config.feed_forward_proj == "gated-gelu"
+    tokenizer = AutoTokenizer.from_pretrained(root / "base" / "policy")
+    config = AutoConfig.from_pretrained(root / "base" / "policy")
+    assert config.model_type == "t5" and config.feed_forward_proj == "gated-gelu"
     ids = tokenizer("#Person1#: Hello.", return_tensors="pt")["input_ids"]
     assert ids[0, -1].item() == tokenizer.eos_token_id == 1 and tokenizer.pad_token_id == 0
     assert tokenizer.decode(ids[0], skip_special_tokens=True) == "#Person1#: Hello."
-    out = policy.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
-    assert out.shape[0] == 1
-
-    reward = AutoModelForSequenceClassification.from_pretrained(root / "reward")
-    assert reward.config.model_type == "roberta"
-    assert reward.config.id2label == {0: "nothate", 1: "hate"}
-    reward_tokenizer = AutoTokenizer.from_pretrained(root / "reward")
-    logits = reward(**reward_tokenizer(["You are an idiot."], return_tensors="pt")).logits
-    assert logits.shape == (1, 2)
+    reward = AutoConfig.from_pretrained(root / "base" / "reward")
+    assert reward.model_type == "roberta" and reward.id2label == {0: "nothate", 1: "hate"}
+    assert AutoTokenizer.from_pretrained(root / "base" / "reward")("You are an idiot.")["input_ids"]
 
 
 def test_same_seed_gives_identical_fetch_outputs(fetched, tmp_path):
     root, manifest = fetched
-    again = run_fetch(tiny_params(), tmp_path / "raw", tmp_path / "policy", tmp_path / "reward")
-    assert again == manifest  # includes content hashes of the splits and of both model folders
+    assert fetch(tiny_params(), tmp_path) == manifest  # includes content hashes of the data and both folders
+
+
+def test_other_labelled_data_leaves_the_splits_and_the_policy_folder_byte_identical(fetched, tmp_path):
+    root, manifest = fetched
+    other = fetch(tiny_params(**{"reward.data.builtin.hard_share": 0.5}), tmp_path)
+    assert other["labelled"]["sha256"] != manifest["labelled"]["sha256"]
+    assert sha256_tree(tmp_path / "raw") == sha256_tree(root / "raw")  # sft's inputs: it is not rerun
+    assert sha256_tree(tmp_path / "base" / "policy") == sha256_tree(root / "base" / "policy")
 
 
 def test_failed_fetch_keeps_previous_outputs(tmp_path):
@@ -104,7 +119,7 @@ def test_failed_fetch_keeps_previous_outputs(tmp_path):
     (raw / "keep.txt").write_text("previous run")
     params = tiny_params(**{"policy.source": "local", "policy.local.path": str(tmp_path / "nowhere")})
     with pytest.raises(SourceError, match="not a Hugging Face model folder"):
-        run_fetch(params, raw, tmp_path / "policy", tmp_path / "reward")
+        fetch(params, tmp_path)
     assert [p.name for p in raw.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
@@ -116,15 +131,31 @@ def test_local_sources(fetched, tmp_path):
     for split in ("train", "validation", "test"):
         frame = pd.read_parquet(root / "raw" / f"{split}.parquet").drop(columns="heated")
         frame.to_csv(data_dir / f"{split}.csv", index=False)
+    labelled = labelled_sentences(60, 5)  # integer ids are accepted as well as names
+    labelled.drop(columns="hard").to_csv(tmp_path / "labels.csv", index=False)
     params = tiny_params(**{
         "data.source": "local", "data.local.path": str(data_dir),
-        "policy.source": "local", "policy.local.path": str(root / "policy"),
-        "reward.source": "local", "reward.local.path": str(root / "reward"),
+        "policy.source": "local", "policy.local.path": str(root / "base" / "policy"),
+        "reward.source": "local", "reward.local.path": str(root / "base" / "reward"),
+        "reward.data.source": "local", "reward.data.local.path": str(tmp_path / "labels.csv"),
     })
-    manifest = run_fetch(params, tmp_path / "raw", tmp_path / "policy", tmp_path / "reward")
+    manifest = fetch(params, tmp_path / "out")
     assert manifest["data"]["source"] == "local" and manifest["data"]["splits"]["test"]["rows"] == 24
-    assert manifest["policy"]["sha256"] == json.loads((root / "raw" / "manifest.json").read_text())["policy"]["sha256"]
-    assert list(pd.read_parquet(tmp_path / "raw" / "test.parquet").columns) == ["id", "dialogue", "summary", "topic"]
+    assert manifest["policy"]["sha256"] == json.loads((root / "base" / "manifest.json").read_text())["policy"]["sha256"]
+    assert list(pd.read_parquet(tmp_path / "out" / "raw" / "test.parquet").columns) == ["id", "dialogue", "summary",
+                                                                                          "topic"]
+    out = pd.read_parquet(tmp_path / "out" / "labelled" / "labelled.parquet")
+    assert list(out.columns) == ["text", "label"] and set(out["label"]) == {"0", "1"} and len(out) == 60
+
+
+def test_local_labelled_file_needs_text_and_label_columns(tmp_path):
+    pd.DataFrame({"sentence": ["a"], "label": [1]}).to_csv(tmp_path / "labels.csv", index=False)
+    params = tiny_params(**{"reward.data.source": "local", "reward.data.local.path": str(tmp_path / "labels.csv")})
+    with pytest.raises(SourceError, match=r"no column\(s\) \['text'\]; it has \['sentence', 'label'\]"):
+        fetch(params, tmp_path)
+    params = tiny_params(**{"reward.data.source": "local", "reward.data.local.path": str(tmp_path / "no.csv")})
+    with pytest.raises(SourceError, match="is not a file"):
+        fetch(params, tmp_path)
 
 
 def test_local_single_file_needs_a_split_column(tmp_path):
@@ -132,25 +163,17 @@ def test_local_single_file_needs_a_split_column(tmp_path):
     path.write_text('{"id": "a", "dialogue": "#Person1#: Hi.", "summary": "Hi.", "topic": "x"}\n')
     params = tiny_params(**{"data.source": "local", "data.local.path": str(path)})
     with pytest.raises(SourceError, match="needs a 'split' column"):
-        run_fetch(params, tmp_path / "raw", tmp_path / "policy", tmp_path / "reward")
+        fetch(params, tmp_path)
 
 
-def test_reward_finetune_on_a_labelled_file(fetched, tmp_path):
-    root, _ = fetched
-    labelled = tmp_path / "labels.csv"
-    frame = labelled_sentences(40, 5)
-    frame["label"] = frame["label"].map({0: "nothate", 1: "hate"})  # names are accepted as well as ids
-    frame.to_csv(labelled, index=False)
-    params = tiny_params(**{"reward.source": "local", "reward.local.path": str(root / "reward"),
-                            "reward.finetune.path": str(labelled)})
-    manifest = run_fetch(params, tmp_path / "raw", tmp_path / "policy", tmp_path / "reward")
-    assert manifest["reward"]["finetune"]["train_examples"] == 36
-    assert manifest["reward"]["sha256"] != json.loads((root / "raw" / "manifest.json").read_text())["reward"]["sha256"]
-
-    frame.loc[3, "label"] = "toxic"
-    frame.to_csv(labelled, index=False)
-    with pytest.raises(SourceError, match=r"row 3 has label 'toxic'; allowed: \['hate', 'nothate'\]"):
-        run_fetch(params, tmp_path / "raw2", tmp_path / "policy2", tmp_path / "reward2")
+def test_labelled_hub_dataset_fails_fast_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    params = tiny_params(**{"reward.data.source": "hub", "reward.data.hub.name": "someone/toxic-sentences"})
+    started = time.monotonic()
+    with pytest.raises(HubUnreachableError, match="someone/toxic-sentences@main.*reward.data.local.path"):
+        fetch(params, tmp_path)
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "raw").exists()
 
 
 def test_hub_unreachable_fails_fast_with_advice(monkeypatch):
@@ -177,19 +200,19 @@ def test_fetch_stage_from_hub_offline_exits_cleanly(tmp_path):
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.parquet"))
 
 
-def test_killed_fetch_leaves_no_partial_outputs(tmp_path):
+def test_killed_training_stage_leaves_no_partial_outputs(tmp_path):
     import signal
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(dict(TINY)))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "fetch.py")], cwd=tmp_path,
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY, "sft": {**TINY["sft"], "epochs": 50}}))
+    run_fetch(tiny_params(), tmp_path / "data" / "raw", tmp_path / "data" / "labelled", tmp_path / "models" / "base")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "sft.py")], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not list((tmp_path / "data").glob(".raw.*")) and time.monotonic() < deadline:
+    while not list((tmp_path / "models").glob(".policy.*")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list((tmp_path / "data").glob(".raw.*")), "the stage never started writing"
+    assert list((tmp_path / "models").glob(".policy.*")), "the stage never started writing"
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert proc.returncode != 0
-    leftovers = [p.name for p in tmp_path.rglob(".*") if p.name.startswith((".raw.", ".policy.", ".reward."))]
-    assert leftovers == []
-    assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "models" / "policy").exists()
+    assert [p.name for p in tmp_path.rglob(".policy.*")] == []
+    assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "metrics" / "sft.json").exists()

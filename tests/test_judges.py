@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -117,7 +118,7 @@ def test_oracle_and_ngram_judges_build_load_and_score(tmp_path, oracle):
 def test_ngram_judge_shares_no_seed_or_sentences_with_the_reward_model():
     params = tiny_params()
     judge_sentences = labelled_sentences(400, params.judges["ngram"].seed, params.judges["ngram"].hard_share)
-    reward_sentences = labelled_sentences(params.reward.builtin.num_sentences, params.seed)
+    reward_sentences = labelled_sentences(params.reward.data.builtin.num_sentences, params.seed)
     assert params.judges["ngram"].seed != params.seed
     assert judge_sentences["text"].tolist()[:50] != reward_sentences["text"].tolist()[:50]
 
@@ -248,16 +249,15 @@ def test_hard_sentences_put_insults_into_neutral_summaries(oracle):
     assert all(oracle.find(t) for t in toxic[shapes])
 
 
-def test_the_builtin_reward_model_trains_on_hard_sentences_when_asked(monkeypatch, tmp_path):
-    import detox.builtin.models as models
+def test_the_builtin_labelled_data_holds_hard_sentences_when_asked(tmp_path):
+    from detox.fetch import fetch_labelled
 
-    seen = {}
-
-    def record(n, seed, hard_share=0.0):
-        seen["hard_share"] = hard_share
-        return labelled_sentences(n, seed, hard_share)
-
-    monkeypatch.setattr(models, "labelled_sentences", record)
-    params = tiny_params(**{"reward.builtin.hard_share": 0.4})
-    models.build_reward_model(params.reward.builtin, params.seed, tmp_path)
-    assert seen["hard_share"] == 0.4
+    test = generate_corpus(tiny_params().data.builtin, 42)["test"]
+    for share in (0.0, 0.4):
+        params = tiny_params(**{"reward.data.builtin.hard_share": share, "reward.data.builtin.num_sentences": 1000})
+        out = tmp_path / str(share)
+        out.mkdir()
+        record = fetch_labelled(params, test, out)
+        frame = pd.read_parquet(out / "labelled.parquet")
+        assert record["hard_share"] == share
+        assert abs(frame["hard"].mean() - share) < 0.05

@@ -1,6 +1,6 @@
 """Tests of the PPO engine (detox.ppo.engine) and the training run (detox.ppo.train).
 
-Everything runs on small built-in worlds made by ``run_fetch`` in temporary folders:
+Everything runs on small built-in worlds made by ``build_world`` (fetch, sft, reward) in temporary folders:
 a tiny one (seconds) for the engine's invariants, checkpoints, MLflow and the
 guards, and a mid-size one (``slow``) whose policy really writes toxic summaries,
 so that PPO has something to fix. MLflow always goes to a temporary sqlite store
@@ -34,7 +34,6 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 import detox.ppo.engine as engine
 from detox.errors import DetoxError
 from detox.evaluation import TOXIC_THRESHOLD, score_policy
-from detox.fetch import run_fetch
 from detox.generation import build_prompts, load_policy
 from detox.ppo.core import response_mask
 from detox.ppo.engine import PPOTrainer, Rollout, TrainingDivergedError
@@ -79,15 +78,15 @@ MID_WORLD = {
     "policy.builtin.num_layers": 2,
     "policy.builtin.num_decoder_layers": 2,
     "policy.builtin.num_heads": 4,
-    "policy.builtin.epochs": 4,
-    "policy.builtin.batch_size": 16,
-    "policy.builtin.learning_rate": 0.006,
+    "sft.epochs": 4,
+    "sft.batch_size": 16,
+    "sft.learning_rate": 0.006,
     "reward.builtin.hidden_size": 64,
     "reward.builtin.num_layers": 2,
     "reward.builtin.num_heads": 4,
     "reward.builtin.intermediate_size": 128,
-    "reward.builtin.num_sentences": 3000,
-    "reward.builtin.training.epochs": 3,
+    "reward.data.builtin.num_sentences": 3000,
+    "reward.train.epochs": 3,
     "generation.max_new_tokens": 32,
     "generation.batch_size": 32,
 }
@@ -120,7 +119,7 @@ def one_torch_thread():
 def world(tmp_path_factory) -> Path:
     """The tiny built-in world: data/raw splits, models/policy, models/reward."""
     root = tmp_path_factory.mktemp("tiny_world")
-    run_fetch(tiny_params(), root / "data" / "raw", root / "models" / "policy", root / "models" / "reward")
+    conftest.build_world(tiny_params(), root)
     return root
 
 
@@ -457,7 +456,7 @@ def test_padding_after_eos_does_not_change_old_logprobs_values_or_entropy(world)
 def mid_world(tmp_path_factory) -> tuple[Path, float]:
     root = tmp_path_factory.mktemp("mid_world")
     started = time.perf_counter()
-    run_fetch(tiny_params(**MID_WORLD), root / "data" / "raw", root / "models" / "policy", root / "models" / "reward")
+    conftest.build_world(tiny_params(**MID_WORLD), root)
     return root, time.perf_counter() - started
 
 

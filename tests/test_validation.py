@@ -276,12 +276,20 @@ def test_missing_split_file_names_it(tmp_path: Path) -> None:
 
 def _project(tmp_path: Path, splits: dict[str, pd.DataFrame]) -> Path:
     (tmp_path / "params.yaml").write_text(
-        "validation:\n  min_rows: {train: 5, validation: 2, test: 2}\n", encoding="utf-8"
+        "validation:\n  min_rows: {train: 5, validation: 2, test: 2}\n  labelled: {min_rows: 10}\n",
+        encoding="utf-8",
     )
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
     for split, frame in splits.items():
         frame.to_parquet(raw / f"{split}.parquet", index=False)
+    labelled = tmp_path / "data" / "labelled"
+    labelled.mkdir()
+    pd.DataFrame({"text": [f"sentence number {i}" for i in range(20)],
+                  "label": ["hate", "nothate"] * 10}).to_parquet(labelled / "labelled.parquet", index=False)
+    reward = tmp_path / "models" / "base" / "reward"
+    reward.mkdir(parents=True)
+    (reward / "config.json").write_text(json.dumps({"id2label": {"0": "nothate", "1": "hate"}}), encoding="utf-8")
     return tmp_path
 
 
@@ -296,7 +304,9 @@ def test_stage_main_passes_on_good_data(tmp_path: Path, monkeypatch: pytest.Monk
     assert metrics["success"] is True
     assert metrics["splits"]["validation"]["rows"] == 10
     assert (project / "reports" / "validation" / "data_docs" / "index.html").is_file()
-    assert "train: 30 rows" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "train: 30 rows" in out and "labelled: 20 rows, 11/11 expectations passed: ok" in out
+    assert json.loads((project / "metrics" / "validation_labelled.json").read_text())["success"] is True
     assert not (project / "gx").exists()
 
 

@@ -1,4 +1,5 @@
-"""The fetch stage's logic: data and both models from builtin, hub or local sources.
+"""The fetch stage's logic: data, labelled reward data and both model folders from builtin, hub or
+local sources. It trains nothing: the builtin models are written as configurations and tokenizers.
 
 Everything is built in scratch folders and swapped in only when all of it
 succeeded, so a failed fetch leaves the previous outputs as they were.
@@ -12,18 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from detox.builtin.corpus import generate_corpus
-from detox.builtin.models import build_policy, build_reward_model
-from detox.data import COLUMNS, SPLITS, read_local_splits
+from detox.builtin.corpus import generate_corpus, labelled_sentences
+from detox.builtin.models import ID2LABEL, write_policy_base, write_reward_base
+from detox.data import COLUMNS, SPLITS, read_local_splits, read_table
 from detox.errors import SourceError
 from detox.hub import download_model, load_dataset_splits
 from detox.io import atomic_dir, sha256_file, sha256_tree, write_json
 from detox.params import HubRef, LocalRef, Params
-from detox.reward_training import encode_labels, read_labelled_file, train_classifier
 
 log = logging.getLogger(__name__)
+
+LABELLED_FILE = "labelled.parquet"
+MANIFEST = "manifest.json"
 
 
 def fetch_data(params: Params, out_dir: Path) -> dict[str, Any]:
@@ -70,7 +72,7 @@ def fetch_policy(params: Params, train: pd.DataFrame, out_dir: Path) -> dict[str
     cfg = params.policy
     record: dict[str, Any] = {"source": cfg.source}
     if cfg.source == "builtin":
-        record["training"] = build_policy(train, params.prompt.template, cfg.builtin, params.seed, out_dir)
+        record.update(write_policy_base(train, params.prompt.template, cfg.builtin, out_dir), weights=False)
     elif cfg.source == "hub":
         record.update(_hub_model(cfg.hub, "policy", out_dir))
     else:
@@ -79,41 +81,89 @@ def fetch_policy(params: Params, train: pd.DataFrame, out_dir: Path) -> dict[str
     return record
 
 
-def fetch_reward(params: Params, out_dir: Path) -> dict[str, Any]:
+def fetch_reward(params: Params, labelled: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
     cfg = params.reward
     record: dict[str, Any] = {"source": cfg.source}
     if cfg.source == "builtin":
-        record["training"] = build_reward_model(cfg.builtin, params.seed, out_dir)
+        texts = labelled["text"].dropna().astype(str).tolist()
+        record.update(write_reward_base(texts, cfg.builtin, out_dir), weights=False)
     elif cfg.source == "hub":
         record.update(_hub_model(cfg.hub, "reward", out_dir))
     else:
         _copy_model(cfg.local, "reward", out_dir)
         record["path"] = str(cfg.local.path)
-    if cfg.finetune.path:
-        record["finetune"] = finetune_reward(out_dir, cfg.finetune.path, params)
     return record
 
 
-def finetune_reward(model_dir: Path, labelled: str, params: Params) -> dict[str, Any]:
-    """Fine-tune the reward model in ``model_dir`` on a ``text,label`` file, in place."""
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    frame = read_labelled_file(labelled)
-    labels = encode_labels(frame["label"], dict(model.config.label2id), origin=labelled)
-    stats = train_classifier(model, tokenizer, frame["text"].astype(str).tolist(), labels,
-                             params.reward.finetune.training, params.seed, desc="reward fine-tune")
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return {"path": labelled, "sha256": sha256_file(labelled), **stats}
+def fetch_labelled(params: Params, test: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+    """The reward stage's labelled ``text,label`` data -> ``out_dir/labelled.parquet`` (labels as text).
+
+    The built-in generator's sentences that equal a test summary are dropped, so the reward model
+    never trains on what the policy is evaluated against; other sources are checked for it by validate.
+    """
+    cfg = params.reward.data
+    record: dict[str, Any] = {"source": cfg.source}
+    if cfg.source == "builtin":
+        frame = labelled_sentences(cfg.builtin.num_sentences, params.seed, hard_share=cfg.builtin.hard_share)
+        frame["label"] = frame["label"].map(ID2LABEL)
+        overlap = frame["text"].isin(set(test["summary"].astype(str)))
+        frame = frame[~overlap].reset_index(drop=True)
+        record.update(seed=params.seed, **cfg.builtin.model_dump(), dropped_test_overlap=int(overlap.sum()))
+    elif cfg.source == "hub":
+        name = str(cfg.hub.name)
+        splits, commit = load_dataset_splits(name, cfg.hub.revision, (cfg.hub.split,), what="reward.data.hub")
+        frame = _text_label(splits[cfg.hub.split], cfg.hub.text_column, cfg.hub.label_column,
+                            f"reward.data.hub {name}@{cfg.hub.revision}")
+        record.update(name=name, revision=cfg.hub.revision, commit=commit, split=cfg.hub.split)
+    else:
+        path = _local_path(cfg.local, "reward.data")
+        if not path.is_file():
+            raise SourceError(f"reward.data.local.path: {path} is not a file; give a csv, parquet or jsonl "
+                              "file with columns text,label")
+        frame = _text_label(read_table(path), "text", "label", str(path))
+        record["path"] = str(path)
+    frame["label"] = frame["label"].map(_label_text)
+    path = out_dir / LABELLED_FILE
+    frame.to_parquet(path, index=False)
+    record.update(rows=len(frame), sha256=sha256_file(path))
+    return record
 
 
-def run_fetch(params: Params, raw_dir: Path, policy_dir: Path, reward_dir: Path) -> dict[str, Any]:
-    """Fetch everything; write the splits, both models and ``manifest.json``; return the manifest."""
-    with atomic_dir(raw_dir) as raw, atomic_dir(policy_dir) as policy, atomic_dir(reward_dir) as reward:
+def _text_label(frame: pd.DataFrame, text: str, label: str, origin: str) -> pd.DataFrame:
+    missing = [column for column in (text, label) if column not in frame.columns]
+    if missing:
+        raise SourceError(f"{origin}: no column(s) {missing}; it has {list(frame.columns)}. Labelled data needs "
+                          "a text and a label column")
+    return frame[[text, label]].rename(columns={text: "text", label: "label"}).reset_index(drop=True)
+
+
+def _label_text(value: Any) -> str | None:
+    """A label as text: names stay, integer ids (also 1.0 from a csv) become "1"; missing stays missing."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def run_fetch(params: Params, raw_dir: Path, labelled_dir: Path, base_dir: Path) -> dict[str, Any]:
+    """Fetch everything; write the splits to ``raw_dir``, the labelled data to ``labelled_dir`` and both
+    model folders to ``base_dir/{policy,reward}``; return the manifest (data, labelled, policy, reward).
+
+    Each output folder holds the ``manifest.json`` of what it holds, so a change to the labelled data
+    leaves ``data/raw`` and ``models/base/policy`` byte-identical and DVC does not retrain the policy.
+    Nothing is trained here: the sft and reward stages train the models.
+    """
+    with atomic_dir(raw_dir) as raw, atomic_dir(labelled_dir) as labelled, atomic_dir(base_dir) as base:
         manifest: dict[str, Any] = {"data": fetch_data(params, raw)}
-        manifest["reward"] = fetch_reward(params, reward)
-        manifest["policy"] = fetch_policy(params, pd.read_parquet(raw / "train.parquet"), policy)
-        manifest["policy"]["sha256"] = sha256_tree(policy)
-        manifest["reward"]["sha256"] = sha256_tree(reward)
-        write_json(raw / "manifest.json", manifest)
+        manifest["labelled"] = fetch_labelled(params, pd.read_parquet(raw / "test.parquet"), labelled)
+        (base / "policy").mkdir()
+        (base / "reward").mkdir()
+        manifest["policy"] = fetch_policy(params, pd.read_parquet(raw / "train.parquet"), base / "policy")
+        manifest["reward"] = fetch_reward(params, pd.read_parquet(labelled / LABELLED_FILE), base / "reward")
+        manifest["policy"]["sha256"] = sha256_tree(base / "policy")
+        manifest["reward"]["sha256"] = sha256_tree(base / "reward")
+        write_json(raw / MANIFEST, {"data": manifest["data"]})
+        write_json(labelled / MANIFEST, {"labelled": manifest["labelled"]})
+        write_json(base / MANIFEST, {"policy": manifest["policy"], "reward": manifest["reward"]})
     return manifest

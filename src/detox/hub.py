@@ -18,9 +18,9 @@ from detox.errors import HubUnreachableError, SourceError
 CONNECT_TIMEOUT_S = 5.0
 
 HOW_TO_AVOID = (
-    "To run without the Hub, set data.source / policy.source / reward.source to 'builtin' "
-    "(the offline world, the default) or to 'local' with data.local.path / policy.local.path / "
-    "reward.local.path pointing at files or model folders on disk."
+    "To run without the Hub, set data.source / policy.source / reward.source / reward.data.source to "
+    "'builtin' (the offline world, the default) or to 'local' with data.local.path / policy.local.path / "
+    "reward.local.path / reward.data.local.path pointing at files or model folders on disk."
 )
 
 
@@ -45,7 +45,8 @@ def ensure_reachable(what: str) -> None:
         ) from None
 
 
-def load_dataset_splits(name: str, revision: str, splits: tuple[str, ...]) -> tuple[dict[str, pd.DataFrame], str]:
+def load_dataset_splits(name: str, revision: str, splits: tuple[str, ...],
+                        what: str = "data.hub") -> tuple[dict[str, pd.DataFrame], str]:
     """Download a dataset's splits with ``datasets``; return frames and the resolved commit."""
     ensure_reachable(f"dataset {name}@{revision}")
     import datasets
@@ -55,10 +56,10 @@ def load_dataset_splits(name: str, revision: str, splits: tuple[str, ...]) -> tu
         commit = HfApi(endpoint=endpoint()).dataset_info(name, revision=revision).sha or revision
         loaded = datasets.load_dataset(name, revision=commit)
     except Exception as exc:  # network and Hub errors come in many classes; all are a fetch failure here
-        raise SourceError(f"data.hub: could not load dataset {name}@{revision}: {exc}") from exc
+        raise SourceError(f"{what}: could not load dataset {name}@{revision}: {exc}") from exc
     missing = [s for s in splits if s not in loaded]
     if missing:
-        raise SourceError(f"data.hub: dataset {name}@{revision} has no split(s) {missing}; it has {list(loaded)}")
+        raise SourceError(f"{what}: dataset {name}@{revision} has no split(s) {missing}; it has {list(loaded)}")
     return {s: loaded[s].to_pandas() for s in splits}, commit
 
 

@@ -54,7 +54,8 @@ class DataParams(Strict):
 
 
 class BuiltinPolicy(Strict):
-    """A small FLAN-T5-shaped model (gated-gelu) trained here on the built-in corpus."""
+    """The architecture of a small FLAN-T5-shaped model (gated-gelu); fetch writes its config and tokenizer,
+    the sft stage trains it from scratch."""
 
     vocab_size: int = Field(1024, ge=128, le=64_000)
     d_model: int = Field(128, ge=16, le=2048)
@@ -63,11 +64,6 @@ class BuiltinPolicy(Strict):
     num_layers: int = Field(2, ge=1, le=24)
     num_decoder_layers: int = Field(2, ge=1, le=24)
     num_heads: int = Field(4, ge=1, le=32)
-    epochs: int = Field(8, ge=1, le=200)
-    batch_size: int = Field(32, ge=1, le=1024)
-    learning_rate: float = Field(2e-3, gt=0, le=1.0)
-    max_source_tokens: int = Field(192, ge=16, le=4096)
-    max_target_tokens: int = Field(48, ge=4, le=1024)
 
 
 class PolicyParams(Strict):
@@ -77,26 +73,15 @@ class PolicyParams(Strict):
     builtin: BuiltinPolicy = BuiltinPolicy()
 
 
-class ClassifierTraining(Strict):
-    epochs: int = Field(3, ge=1, le=100)
-    batch_size: int = Field(32, ge=1, le=1024)
-    learning_rate: float = Field(1e-3, gt=0, le=1.0)
-    max_tokens: int = Field(64, ge=8, le=512)
-
-
 class BuiltinReward(Strict):
-    """A small RoBERTa hate-speech classifier trained here on generated labelled sentences."""
+    """The architecture of a small RoBERTa hate-speech classifier; fetch writes its config and a BPE tokenizer,
+    the reward stage trains it from scratch."""
 
     vocab_size: int = Field(1024, ge=300, le=64_000)
     hidden_size: int = Field(64, ge=16, le=1024)
     num_layers: int = Field(2, ge=1, le=24)
     num_heads: int = Field(4, ge=1, le=16)
     intermediate_size: int = Field(128, ge=16, le=4096)
-    num_sentences: int = Field(6000, ge=100, le=500_000)
-    hard_share: float = Field(
-        0.3, ge=0.0, le=1.0, description="share of the sentences garbled like PPO output (insults inside noise)"
-    )
-    training: ClassifierTraining = ClassifierTraining()
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "BuiltinReward":
@@ -107,11 +92,83 @@ class BuiltinReward(Strict):
         return self
 
 
-class RewardFinetune(Strict):
-    """Fine-tune the fetched reward model on a labelled ``text,label`` file (csv/parquet/jsonl)."""
+class BuiltinLabelled(Strict):
+    """Labelled sentences from the corpus generator: half insult someone (``hate``), half do not."""
 
-    path: str | None = Field(None, description="labelled file; null = use the fetched model as it is")
-    training: ClassifierTraining = ClassifierTraining(epochs=2, learning_rate=2e-5, batch_size=16)
+    num_sentences: int = Field(6000, ge=100, le=500_000)
+    hard_share: float = Field(
+        0.3, ge=0.0, le=1.0, description="share of the sentences garbled like PPO output (insults inside noise)"
+    )
+
+
+class LabelledHub(Strict):
+    """A labelled Hub dataset: one split, its text column and its label column."""
+
+    name: str | None = Field(None, description="Hub dataset id; required when reward.data.source is hub")
+    revision: str = Field("main", min_length=1, description="branch, tag or commit; pin a commit")
+    split: str = Field("train", min_length=1)
+    text_column: str = Field("text", min_length=1)
+    label_column: str = Field("label", min_length=1)
+
+
+class RewardData(Strict):
+    """The labelled ``text,label`` data the reward stage trains and measures the reward model on."""
+
+    source: Source = "builtin"
+    builtin: BuiltinLabelled = BuiltinLabelled()
+    hub: LabelledHub = LabelledHub()
+    local: LocalRef = LocalRef()
+
+
+class RewardTrain(Strict):
+    """How the reward stage trains (builtin: from scratch) or fine-tunes (hub, local) the reward model."""
+
+    enabled: bool | None = Field(
+        None, description="null = train a builtin model and use a hub/local one as it is; true = also "
+        "fine-tune a hub/local model on reward.data; false is refused for builtin (it has no weights)",
+    )
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(32, ge=1, le=1024)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="1e-3 suits the small builtin model; "
+                                 "use about 2e-5 to fine-tune a pretrained one")
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    max_tokens: int = Field(64, ge=8, le=512)
+    holdout_share: float = Field(
+        0.1, gt=0.0, lt=0.9, description="share of the labelled data held out (never trained on) for the metrics"
+    )
+
+
+class SFTLora(Strict):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = Field(("q", "v"), min_length=1)
+
+
+class SFTParams(Strict):
+    """Supervised fine-tuning of the policy on the train split, with the prompt template."""
+
+    enabled: bool | None = Field(
+        None, description="null = train a builtin policy from scratch and use a hub/local one as it is; true = "
+        "also fine-tune a hub/local policy; false is refused for builtin (it has no weights)",
+    )
+    method: Literal["full", "lora"] = Field(
+        "full", description="lora trains adapters and merges them into the saved model"
+    )
+    epochs: int = Field(8, ge=1, le=200)
+    batch_size: int = Field(32, ge=1, le=1024)
+    learning_rate: float = Field(2e-3, gt=0, le=1.0, description="2e-3 suits the small builtin model; "
+                                 "use about 1e-4 (lora 1e-3) for flan-t5-base")
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    max_source_tokens: int = Field(192, ge=16, le=4096)
+    max_target_tokens: int = Field(48, ge=4, le=1024)
+    eval_samples: int = Field(
+        100, ge=0, le=100_000, description="validation dialogues summarised (greedy) for ROUGE after each epoch; "
+        "0 = loss only",
+    )
+    lora: SFTLora = SFTLora()
 
 
 class RewardParams(Strict):
@@ -119,7 +176,8 @@ class RewardParams(Strict):
     hub: HubRef = HubRef(name="facebook/roberta-hate-speech-dynabench-r4-target", revision="main")
     local: LocalRef = LocalRef()
     builtin: BuiltinReward = BuiltinReward()
-    finetune: RewardFinetune = RewardFinetune()
+    data: RewardData = RewardData()
+    train: RewardTrain = RewardTrain()
     reward_label: str = Field("nothate", min_length=1, description="reward = logit of this label")
     toxic_label: str = Field("hate", min_length=1, description="toxicity = softmax probability of this label")
     input: Literal["response", "dialogue+response"] = "response"
@@ -138,11 +196,22 @@ class Bounds(Strict):
         return self
 
 
+class LabelledChecks(Strict):
+    """Expectations on the reward stage's labelled data (``data/labelled/labelled.parquet``)."""
+
+    min_rows: int = Field(100, ge=10)
+    text_chars: Bounds = Bounds(min=1, max=2_000)
+    min_class_share: float = Field(
+        0.2, ge=0.0, le=0.5, description="the toxic share must lie within [this, 1 - this]"
+    )
+
+
 class ValidateParams(Strict):
     min_rows: dict[Literal["train", "validation", "test"], int] = {"train": 100, "validation": 20, "test": 20}
     dialogue_chars: Bounds = Bounds(min=20, max=20_000)
     summary_chars: Bounds = Bounds(min=5, max=2_000)
     turn_pattern: str = Field(r"^#Person\d+#: ", description="regex every dialogue must start with")
+    labelled: LabelledChecks = LabelledChecks()
 
     @field_validator("min_rows")
     @classmethod
@@ -371,6 +440,8 @@ class PPOParams(Strict):
 class TrackingParams(Strict):
     experiment: str = Field("detox-summaries", min_length=1, description="MLflow experiment name")
     registered_model: str = Field("detox-summarizer", min_length=1, description="MLflow registered model name")
+    sft_model: str = Field("detox-sft", min_length=1, description="registered model of the sft stage's policy")
+    reward_model: str = Field("detox-reward", min_length=1, description="registered model of the reward stage")
 
 
 class PromotionParams(Strict):
@@ -402,6 +473,7 @@ class Params(Strict):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataParams = DataParams()
     policy: PolicyParams = PolicyParams()
+    sft: SFTParams = SFTParams()
     reward: RewardParams = RewardParams()
     validation: ValidateParams = ValidateParams()
     prompt: PromptParams = PromptParams()
@@ -411,6 +483,19 @@ class Params(Strict):
     ppo: PPOParams = PPOParams()
     tracking: TrackingParams = TrackingParams()
     promotion: PromotionParams = PromotionParams()
+
+    @model_validator(mode="after")
+    def _trainings_possible(self) -> "Params":
+        if self.policy.source == "builtin" and self.sft.enabled is False:
+            raise ValueError("sft.enabled is false, but the builtin policy has no weights until the sft stage "
+                             "trains it: set sft.enabled to null (or true), or use policy.source hub/local")
+        if self.reward.source == "builtin" and self.reward.train.enabled is False:
+            raise ValueError("reward.train.enabled is false, but the builtin reward model has no weights until the "
+                             "reward stage trains it: set it to null (or true), or use reward.source hub/local")
+        if self.reward.data.source == "hub" and not self.reward.data.hub.name:
+            raise ValueError("reward.data.source is hub but reward.data.hub.name is empty: set it to a Hub "
+                             "dataset id with text and label columns")
+        return self
 
     @model_validator(mode="after")
     def _judges_defined(self) -> "Params":

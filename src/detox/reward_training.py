@@ -1,115 +1,227 @@
-"""Train or fine-tune a sequence-classification reward model on labelled text.
+"""The reward stage: train or fine-tune the reward classifier on labelled text, and measure it.
 
-One code path for both uses the original project lists: the built-in world trains
-its small RoBERTa here, and a user fine-tunes any ``AutoModelForSequenceClassification``
-(Meta's hate-speech RoBERTa included) on a ``text,label`` file through
-``reward.finetune.path``.
+The built-in RoBERTa is trained from scratch (fetch wrote only its configuration and
+tokenizer). A Hub or local classifier (Meta's hate-speech RoBERTa by default) is used as it
+is, or fine-tuned on the labelled data when ``reward.train.enabled`` is true. Either way
+the model is measured on a held-out share of the labelled data that it never trains on:
+accuracy, per-class precision/recall/F1, ROC-AUC and expected calibration error of the
+toxic label's probability, confusion counts, and the ROC and calibration curves that DVC
+plots. Labels are matched to the model's ``label2id`` by name (or by id), so a classifier
+whose labels are called ``toxic``/``clean`` trains on a file that uses those names.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from detox.errors import SourceError
-from detox.params import ClassifierTraining
+from detox.params import Params
+from detox.reward import label_index
+from detox.training import Fit, Schedule, fit, has_weights
 
 log = logging.getLogger(__name__)
 
+CALIBRATION_BINS = 10
 
-def read_labelled_file(path: str | Path) -> pd.DataFrame:
-    """Read a ``text,label`` file (csv, parquet, jsonl/json)."""
+
+def load_labelled(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise SourceError(f"reward.finetune.path: {path} is not a file; give a csv, parquet or jsonl with text,label")
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True),
-               ".json": pd.read_json}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise SourceError(f"reward.finetune.path: {path} has suffix {path.suffix!r}; use one of {sorted(readers)}")
-    frame = reader(path)
-    missing = {"text", "label"} - set(frame.columns)
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {sorted(missing)}; the file needs columns text,label")
-    return frame[["text", "label"]]
+        raise SourceError(f"{path}: labelled data not found; run `dvc repro fetch` first")
+    return pd.read_parquet(path)
 
 
 def encode_labels(labels: pd.Series, label2id: dict[str, int], origin: str) -> list[int]:
-    """Map label names (e.g. ``hate``) or integer ids to the model's ids, failing on unknown ones."""
-    ids = set(label2id.values())
+    """Map label names (``hate``, case-insensitive) or ids (``1``) to the model's ids; fail on any other."""
+    by_name = {str(name).lower(): int(i) for name, i in label2id.items()}
+    ids = set(by_name.values())
     out: list[int] = []
     for row, value in enumerate(labels):
-        if isinstance(value, str) and value in label2id:
-            out.append(label2id[value])
-        elif not isinstance(value, str) and int(value) == value and int(value) in ids:
-            out.append(int(value))
+        text = str(value).strip()
+        if text.lower() in by_name:
+            out.append(by_name[text.lower()])
+        elif text.lstrip("-").isdigit() and int(text) in ids:
+            out.append(int(text))
         else:
-            raise SourceError(
-                f"{origin}: row {row} has label {value!r}; allowed: {sorted(label2id)} or ids {sorted(ids)}"
-            )
+            raise SourceError(f"{origin}: row {row} has label {value!r}; the model's labels are "
+                              f"{sorted(label2id)} (or their ids {sorted(ids)})")
     return out
 
 
-def train_classifier(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    labels: list[int],
-    cfg: ClassifierTraining,
-    seed: int,
-    holdout_share: float = 0.1,
-    desc: str = "reward model",
-) -> dict[str, float]:
-    """Fine-tune ``model`` in place; return loss and accuracy on a held-out share of the data."""
-    if len(texts) != len(labels) or len(texts) < 10:
-        raise SourceError(f"{desc}: need at least 10 labelled texts with one label each (got {len(texts)})")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(texts), generator=generator).tolist()
-    n_hold = max(1, int(len(texts) * holdout_share))
-    held, train = order[:n_hold], order[n_hold:]
+def holdout_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held out): a seeded permutation, ``share`` of the rows held out (at least one)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = max(1, int(round(n * share)))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
 
-    def batches(index: list[int], shuffle: bool) -> list[list[int]]:
-        if shuffle:
-            index = [index[i] for i in torch.randperm(len(index), generator=generator).tolist()]
-        return [index[i : i + cfg.batch_size] for i in range(0, len(index), cfg.batch_size)]
 
-    def encode(batch: list[int]) -> dict[str, torch.Tensor]:
-        enc = tokenizer([texts[i] for i in batch], padding=True, truncation=True,
-                        max_length=cfg.max_tokens, return_tensors="pt")
-        enc["labels"] = torch.tensor([labels[i] for i in batch])
-        return enc
-
+def load_classifier(model_dir: Path, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The classifier in ``model_dir``: its weights, or (builtin, configuration only) a seeded fresh one."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if has_weights(model_dir):
+        return AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer
     torch.manual_seed(seed)
-    random.seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
-    total = cfg.epochs * len(batches(train, False))
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total // 20), total)
-    model.train()
-    with tqdm(total=total, desc=f"train {desc}", unit="step") as bar:
-        for _ in range(cfg.epochs):
-            for batch in batches(train, True):
-                loss = model(**encode(batch)).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update()
+    return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir)), tokenizer
+
+
+@torch.no_grad()
+def predict_probs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                  batch_size: int, max_tokens: int) -> np.ndarray:
+    """Softmax probabilities, one row per text."""
     model.eval()
-    correct, loss_sum = 0, 0.0
-    with torch.no_grad():
-        for batch in batches(held, False):
-            out = model(**encode(batch))
-            loss_sum += out.loss.item() * len(batch)
-            correct += (out.logits.argmax(-1) == torch.tensor([labels[i] for i in batch])).sum().item()
-    metrics = {"heldout_accuracy": correct / len(held), "heldout_loss": loss_sum / len(held),
-               "train_examples": len(train), "heldout_examples": len(held)}
-    log.info("%s: held-out accuracy %.4f on %d texts", desc, metrics["heldout_accuracy"], len(held))
-    return metrics
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_tokens,
+                        return_tensors="pt").to(device)
+        out.append(torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
+
+
+def expected_calibration_error(truth: np.ndarray, prob: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """The mean gap |observed toxic share - mean predicted probability| over equal-width bins, weighted by size."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(prob, edges[1:-1], right=True), 0, bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            gap += mask.sum() * abs(truth[mask].mean() - prob[mask].mean())
+    return float(gap / max(1, len(prob)))
+
+
+def classifier_metrics(labels: np.ndarray, probs: np.ndarray, id2label: dict[int, str], toxic_id: int,
+                       hard: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """Held-out numbers and curves from true label ids and predicted probabilities.
+
+    Returns the metrics and three tables: ``roc`` (fpr, tpr, threshold), ``calibration`` (per
+    bin: mean predicted toxicity, observed toxic share, count) and ``predictions`` (actual,
+    predicted label names: DVC's confusion template).
+    """
+    labels = np.asarray(labels)
+    predicted = probs.argmax(axis=1)
+    classes = sorted(id2label)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=classes, zero_division=0)
+    truth = (labels == toxic_id).astype(int)
+    prob = probs[:, toxic_id]
+    flagged = (predicted == toxic_id).astype(int)
+    tn, fp, fn, tp = confusion_matrix(truth, flagged, labels=[0, 1]).ravel()
+    both = 0 < truth.sum() < len(truth)
+    metrics: dict[str, Any] = {
+        "examples": int(len(labels)),
+        "accuracy": float((predicted == labels).mean()),
+        "per_class": {
+            id2label[c]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support)
+        },
+        "toxic_label": id2label[toxic_id],
+        "roc_auc": float(roc_auc_score(truth, prob)) if both else None,
+        "calibration_error": expected_calibration_error(truth, prob),
+        "brier": float(np.mean((prob - truth) ** 2)),
+        "confusion": {"true_positive": int(tp), "false_positive": int(fp), "true_negative": int(tn),
+                      "false_negative": int(fn)},
+    }
+    if hard is not None and hard.any():
+        hard = hard.astype(bool)
+        metrics["accuracy_hard"] = float((predicted[hard] == labels[hard]).mean())
+        metrics["accuracy_clean"] = float((predicted[~hard] == labels[~hard]).mean()) if (~hard).any() else None
+        metrics["hard_examples"] = int(hard.sum())
+    if both:
+        fpr, tpr, thresholds = roc_curve(truth, prob)
+        roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
+    else:
+        roc = pd.DataFrame(columns=["fpr", "tpr", "threshold"])
+    edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
+    which = np.clip(np.digitize(prob, edges[1:-1], right=True), 0, CALIBRATION_BINS - 1)
+    rows = [{"bin": b, "predicted": float(prob[which == b].mean()), "observed": float(truth[which == b].mean()),
+             "count": int((which == b).sum())} for b in range(CALIBRATION_BINS) if (which == b).any()]
+    calibration = pd.DataFrame(rows, columns=["bin", "predicted", "observed", "count"])
+    predictions = pd.DataFrame({"actual": [id2label[int(i)] for i in labels],
+                                "predicted": [id2label[int(i)] for i in predicted]})
+    return metrics, {"roc": roc, "calibration": calibration, "predictions": predictions}
+
+
+@dataclass
+class RewardResult:
+    trained: bool
+    metrics: dict[str, Any]
+    curves: dict[str, pd.DataFrame]
+    fit: Fit | None
+
+
+def trains_reward(params: Params) -> bool:
+    enabled = params.reward.train.enabled
+    return params.reward.source == "builtin" if enabled is None else enabled
+
+
+def run_reward(params: Params, base_dir: Path, labelled_path: Path, out_dir: Path) -> RewardResult:
+    """Train (or take as it is) the reward model in ``base_dir``; save it to the empty folder ``out_dir``
+    (the caller swaps it in when all succeeded); measure it on the held-out labelled rows."""
+    cfg = params.reward.train
+    frame = load_labelled(labelled_path)
+    model, tokenizer = load_classifier(base_dir, params.seed)
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    label2id = {name: i for i, name in id2label.items()}
+    labels = np.array(encode_labels(frame["label"], label2id, origin=str(labelled_path)))
+    toxic_id = label_index(model, params.reward.toxic_label)
+    label_index(model, params.reward.reward_label)  # fail now, not in the ppo stage
+    texts = frame["text"].astype(str).tolist()
+    # RoBERTa's positions start after the padding index: 2 fewer tokens than its position table holds.
+    max_tokens = min(cfg.max_tokens, getattr(model.config, "max_position_embeddings", 514) - 2)
+    train_idx, held_idx = holdout_split(len(texts), cfg.holdout_share, params.seed)
+    trained = trains_reward(params)
+
+    def encode(index: np.ndarray) -> list[dict[str, Any]]:
+        enc = tokenizer([texts[i] for i in index], truncation=True, max_length=max_tokens)
+        return [{"input_ids": ids, "attention_mask": mask, "labels": int(labels[i])}
+                for ids, mask, i in zip(enc["input_ids"], enc["attention_mask"], index)]
+
+    held_texts = [texts[i] for i in held_idx]
+
+    def held_accuracy(trained_model: PreTrainedModel) -> dict[str, float]:
+        probs = predict_probs(trained_model, tokenizer, held_texts, cfg.batch_size * 2, max_tokens)
+        trained_model.train()
+        return {"eval_accuracy": float((probs.argmax(axis=1) == labels[held_idx]).mean())}
+
+    record = None
+    if trained:
+        if len(train_idx) < 10:
+            raise SourceError(f"{labelled_path}: {len(train_idx)} labelled rows to train on; need at least 10")
+        schedule = Schedule(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                            weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio)
+        record = fit(model, encode(train_idx), DataCollatorWithPadding(tokenizer), schedule, params.seed,
+                     evaluation=encode(held_idx), on_epoch=held_accuracy, desc="reward model")
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    else:
+        shutil.copytree(base_dir, out_dir, dirs_exist_ok=True)
+    probs = predict_probs(model, tokenizer, held_texts, cfg.batch_size * 2, max_tokens)
+    hard = frame["hard"].to_numpy()[held_idx] if "hard" in frame.columns else None
+    metrics, curves = classifier_metrics(labels[held_idx], probs, id2label, toxic_id, hard)
+    summary: dict[str, Any] = {"trained": trained, "train_examples": int(len(train_idx)) if trained else 0,
+                               "heldout": metrics}
+    if record is not None:
+        summary["training"] = {"epochs": cfg.epochs, "steps": record.steps, "seconds": round(record.seconds, 1),
+                               "train_loss": record.last("train_loss"), "eval_loss": record.last("eval_loss")}
+    summary["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    log.info("reward model: held-out accuracy %.4f, ROC-AUC %s on %d texts", metrics["accuracy"],
+             metrics["roc_auc"], metrics["examples"])
+    return RewardResult(trained=trained, metrics=summary, curves=curves, fit=record)

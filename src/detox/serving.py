@@ -110,3 +110,39 @@ class Summarizer(mlflow.pyfunc.PythonModel):
         prompts = build_prompts(dialogues_of(model_input), self.config["prompt.template"])
         return generate_summaries(self.model, self.tokenizer, prompts, generation, int(settings["seed"]),
                                   generation.max_source_tokens, desc="serve")
+
+
+# --------------------------------------------------------------------------- the reward model
+
+REWARD_ARTIFACT = "reward"
+REWARD_CONFIG_KEYS = ("reward.reward_label", "reward.toxic_label", "reward.batch_size", "reward.max_tokens")
+
+
+def reward_config(reward: Any) -> dict[str, Any]:
+    """The reward model's serving settings, by their ``params.yaml`` names."""
+    return {key: getattr(reward, key.split(".", 1)[1]) for key in REWARD_CONFIG_KEYS}
+
+
+def reward_signature() -> ModelSignature:
+    """Texts in (as for the policy: a ``text`` column or a list), reward and toxicity out."""
+    return ModelSignature(inputs=None, outputs=Schema([ColSpec("double", "reward"), ColSpec("double", "toxicity")]))
+
+
+class RewardClassifier(mlflow.pyfunc.PythonModel):
+    """Scores texts with the reward model in the ``reward`` artifact: the reward (logit of the reward
+    label) and the toxicity (probability of the toxic label), exactly as PPO and evaluation score them."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from detox.params import RewardParams
+        from detox.reward import RewardScorer
+
+        config = dict(context.model_config or {})
+        cfg = RewardParams(**{key.split(".", 1)[1]: config[key] for key in REWARD_CONFIG_KEYS if key in config})
+        self.scorer = RewardScorer.from_pretrained(context.artifacts[REWARD_ARTIFACT], cfg)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if isinstance(model_input, pd.DataFrame) and "text" in model_input.columns:
+            model_input = model_input["text"]
+        scores = self.scorer.score(dialogues_of(model_input))
+        return pd.DataFrame({"reward": scores.reward.numpy().astype(float),
+                             "toxicity": scores.toxicity.numpy().astype(float)})

@@ -271,9 +271,11 @@ class Tracker:
         signature: Any,
         registered_model: str,
         input_example: pd.DataFrame | None = None,
+        artifact: str = "policy",
     ) -> str | None:
         """Log a pyfunc model into this run; register it as a new version of ``registered_model`` (returned).
 
+        ``policy_dir`` becomes the model's artifact named ``artifact`` (a policy, or the reward model).
         The ``detox`` package travels with the model (``code_paths``), so its class is importable wherever
         the model is loaded or served.
         """
@@ -289,7 +291,7 @@ class Tracker:
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=python_model,
-                artifacts={"policy": str(policy_dir)},
+                artifacts={artifact: str(policy_dir)},
                 model_config=dict(config),
                 signature=signature,
                 input_example=input_example,
@@ -377,6 +379,48 @@ class RegisteredVersion:
 EVIDENCE_TAG = "evidence."  # the judged numbers a version was promoted or rejected on
 
 
+def tag_version(registered_model: str, version: str, tags: Mapping[str, Any]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_model, version, key, str(value))
+
+
+def version_with_content(registered_model: str, sha256: str) -> Any | None:
+    """The newest version of ``registered_model`` whose model folder had this content hash (tag ``sha256``)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    try:
+        found = client.search_model_versions(f"name = '{registered_model}' and tags.sha256 = '{sha256}'")
+    except mlflow.exceptions.MlflowException as exc:
+        if _is_connection_failure(exc):
+            raise
+        return None
+    return max(found, key=lambda v: int(v.version), default=None)
+
+
+def lineage_tags(models: Mapping[str, tuple[Path, str]]) -> dict[str, str]:
+    """Run tags naming the registered versions a training started from, found by content hash.
+
+    ``models`` maps a role (``sft``, ``reward``) to (model folder, registered model name). A folder no
+    version was registered for (a hub model used as it is, or one checked out from a DVC remote
+    without its runs) is tagged ``unregistered``; its hash is recorded either way.
+    """
+    from detox.io import sha256_tree
+
+    tags: dict[str, str] = {}
+    for role, (folder, name) in models.items():
+        sha = sha256_tree(folder)
+        version = version_with_content(name, sha)
+        tags[f"lineage.{role}.sha256"] = sha
+        tags[f"lineage.{role}.model"] = f"{name}/{version.version}" if version else "unregistered"
+        if version is not None and version.run_id:
+            tags[f"lineage.{role}.run_id"] = version.run_id
+    return tags
+
+
 def champion_evidence(registered_model: str) -> dict[str, Any] | None:
     """The judged numbers of the version aliased ``champion`` (from its ``evidence.*`` tags); None without one.
 
@@ -429,6 +473,45 @@ class PolicyModel:
     config: Mapping[str, Any]
     signature: Any
     input_example: pd.DataFrame | None = None
+    artifact: str = "policy"  # the artifact's name in the pyfunc model (``reward`` for the reward model)
+
+
+def log_training(
+    tracker: Tracker,
+    stage: str,
+    params: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+    metrics: Mapping[str, Any],
+    artifacts: Sequence[Path],
+    model: PolicyModel | None,
+    registered_model: str,
+    version_tags: Mapping[str, Any],
+) -> str | None:
+    """One training stage's MLflow run: its params, a metric per epoch (``<stage>/epoch/train_loss`` at step =
+    epoch), the final metrics, ``artifacts`` (plots) and the model, registered as a new version of
+    ``registered_model`` and tagged with ``version_tags`` (the folder's ``sha256`` among them, which later
+    runs find it by: :func:`lineage_tags`). Returns the version, or None when no model was logged."""
+    tracker.start(run_name=stage, tags={"stage": stage})
+    version = None
+    try:
+        tracker.log_params(params)
+        for row in history:
+            tracker.log_metrics({f"{stage}/epoch/{key}": value for key, value in row.items()
+                                 if key != "epoch" and value is not None}, step=int(row["epoch"]))
+        tracker.log_metrics(numeric_metrics(metrics, f"{stage}/"))
+        for path in artifacts:
+            tracker.log_artifact(path, stage)
+        if model is not None and tracker.enabled:
+            version = tracker.log_policy_model(model.python_model, model.policy_dir, model.config, model.signature,
+                                               registered_model, model.input_example, artifact=model.artifact)
+            if version is not None:
+                tag_version(registered_model, version, version_tags)
+                tracker.set_tags({f"{stage}.model_version": f"{registered_model}/{version}"})
+    except BaseException:
+        tracker.end(status="FAILED")
+        raise
+    tracker.end()
+    return version
 
 
 def log_evaluation(
@@ -476,6 +559,9 @@ def log_evaluation(
                 raise
             tracker.lost = True
             raise _lost("apply_promotion", exc) from None
+        if tracker.run_id is not None and version is not None:  # the version shows what it was trained from
+            run_tags = tracker._mlflow.get_run(tracker.run_id).data.tags
+            tag_version(registered_model, version, {k: v for k, v in run_tags.items() if k.startswith("lineage.")})
         tracker.set_tags({"evaluate.model_version": version, "evaluate.status": "finished"})
     except BaseException:
         tracker.set_tags({"evaluate.status": "failed"})

@@ -11,6 +11,15 @@ suite built from :class:`~detox.params.ValidateParams`:
 * every dialogue matches ``turn_pattern`` (the speaker-turn format);
 * the split has at least ``min_rows[split]`` rows.
 
+The reward stage's labelled data (``text,label``) gets a suite of its own, ``labelled``:
+
+* at least ``labelled.min_rows`` rows; ``text`` and ``label`` exist and are non-null;
+* texts are strings of ``labelled.text_chars`` characters, not blank, and none equals a
+  summary of the test split (the reward model must not train on what it is judged on);
+* labels are in the reward model's set (its ``id2label`` names, or their ids);
+* class balance: the share of rows with the toxic label (a derived ``toxic`` column, 0/1)
+  lies within ``[min_class_share, 1 - min_class_share]``.
+
 The GX context is ephemeral (in memory), so no ``gx/`` folder is created. Under the
 report folder the stage leaves one GX validation-result JSON per split
 (``<split>.json``) and a GX Data Docs site (``data_docs/index.html``).
@@ -36,7 +45,7 @@ import pandas as pd
 from detox.data import COLUMNS, SPLITS
 from detox.errors import DataValidationError, ParamsError
 from detox.io import atomic_dir, write_json
-from detox.params import ValidateParams
+from detox.params import LabelledChecks, ValidateParams
 
 if TYPE_CHECKING:  # pragma: no cover
     from great_expectations.data_context import AbstractDataContext
@@ -51,6 +60,17 @@ DATA_DOCS_DIR = "data_docs"
 DATA_DOCS_SITE = "local_site"
 EXAMPLES = 5  # unexpected values kept per failed expectation
 EXAMPLE_CHARS = 60  # long values (dialogues) are cut to this length in the summary
+LABELLED = "labelled"
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """The labelled data to validate, with what the reward model allows."""
+
+    frame: pd.DataFrame
+    labels: tuple[str, ...]  # allowed label values (names and ids, as text)
+    toxic: tuple[str, ...]  # the values that mean the toxic label
+    checks: LabelledChecks
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,7 @@ class FailedExpectation:
     element_count: int | None = None  # rows the expectation looked at
     examples: list[Any] = field(default_factory=list)  # a few unexpected values (cut short)
     example_ids: list[Any] = field(default_factory=list)  # the ids of those rows, when known
+    id_column: str = "id"  # what example_ids are: ids, or ("row") row numbers of the labelled file
     observed: Any = None  # aggregate expectations: GX's observed value; column_to_exist: the columns present
     error: str | None = None  # set when GX could not evaluate the expectation
 
@@ -76,11 +97,12 @@ class FailedExpectation:
         if self.unexpected_count is not None:
             text = f"{head} failed: {self.unexpected_count} unexpected of {self.element_count} rows"
             values_known = any(value is not None for value in self.examples)
-            if self.example_ids and self.column != "id":
+            if self.example_ids and self.column != self.id_column:
+                ids = "ids" if self.id_column == "id" else f"{self.id_column}s"
                 if values_known:
-                    text += f", e.g. {self.examples!r} (ids {self.example_ids!r})"
+                    text += f", e.g. {self.examples!r} ({ids} {self.example_ids!r})"
                 else:
-                    text += f", e.g. ids {self.example_ids!r}"
+                    text += f", e.g. {ids} {self.example_ids!r}"
             elif self.examples:
                 text += f", e.g. {self.examples!r}"
             return f"{text}; expected {self.expected}"
@@ -147,8 +169,31 @@ def format_failures(summary: ValidationSummary) -> str:
     return "\n".join(lines)
 
 
-def validate_dir(raw_dir: str | Path, cfg: ValidateParams, report_dir: str | Path) -> ValidationSummary:
-    """Read ``<raw_dir>/<split>.parquet`` for every split and validate them together."""
+def read_labelled(path: str | Path, reward_dir: str | Path, toxic_label: str, checks: LabelledChecks) -> LabelledData:
+    """The labelled file and the label set of the reward model folder ``reward_dir`` (its config.json)."""
+    import json
+
+    path, config_path = Path(path), Path(reward_dir) / "config.json"
+    for needed in (path, config_path):
+        if not needed.is_file():
+            raise DataValidationError(f"{needed}: not found; the fetch stage writes it (run: dvc repro fetch)")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several unrelated types
+        raise DataValidationError(f"{path}: cannot be read as parquet: {exc}") from None
+    id2label = json.loads(config_path.read_text(encoding="utf-8")).get("id2label") or {}
+    labels = tuple(sorted({str(name) for name in id2label.values()} | {str(i) for i in id2label}))
+    toxic = tuple(sorted({str(name) for name in id2label.values() if str(name).lower() == toxic_label.lower()}
+                         | {str(i) for i, name in id2label.items() if str(name).lower() == toxic_label.lower()}))
+    if not toxic:
+        raise DataValidationError(f"{config_path}: the reward model has no label {toxic_label!r} (reward.toxic_label); "
+                                  f"its labels are {sorted(str(v) for v in id2label.values())}")
+    return LabelledData(frame=frame, labels=labels, toxic=toxic, checks=checks)
+
+
+def validate_dir(raw_dir: str | Path, cfg: ValidateParams, report_dir: str | Path,
+                 labelled: LabelledData | None = None) -> ValidationSummary:
+    """Read ``<raw_dir>/<split>.parquet`` for every split and validate them together (and ``labelled``)."""
     raw_dir = Path(raw_dir)
     splits: dict[str, pd.DataFrame] = {}
     for split in SPLITS:
@@ -162,11 +207,12 @@ def validate_dir(raw_dir: str | Path, cfg: ValidateParams, report_dir: str | Pat
             splits[split] = pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several unrelated types
             raise DataValidationError(f"{path}: cannot be read as parquet: {exc}") from None
-    return validate_splits(splits, cfg, Path(report_dir))
+    return validate_splits(splits, cfg, Path(report_dir), labelled)
 
 
 def validate_splits(
-    splits: Mapping[str, pd.DataFrame], cfg: ValidateParams, report_dir: str | Path
+    splits: Mapping[str, pd.DataFrame], cfg: ValidateParams, report_dir: str | Path,
+    labelled: LabelledData | None = None,
 ) -> ValidationSummary:
     """Validate every split with its GX suite; write result JSON and Data Docs under ``report_dir``.
 
@@ -191,6 +237,12 @@ def validate_splits(
             later = {other: splits[other] for other in names[position + 1 :]}
             expectations = _expectations(name, frame, later, cfg)
             results[name] = _run_suite(context, source, name, frame, expectations, report_dir)
+        if labelled is not None:
+            test = splits.get("test")
+            summaries = _distinct(test["summary"]) if test is not None and "summary" in test.columns else []
+            frame = _with_toxic_column(labelled)
+            results[LABELLED] = _run_suite(context, source, LABELLED, frame,
+                                           _labelled_expectations(frame, summaries, labelled), report_dir)
         context.build_data_docs(site_names=[DATA_DOCS_SITE])
     index = report_dir / DATA_DOCS_DIR / "index.html"
     if not index.is_file():  # pragma: no cover - GX always writes it
@@ -283,6 +335,46 @@ def _expectations(
     return suite
 
 
+def _with_toxic_column(labelled: LabelledData) -> pd.DataFrame:
+    frame = labelled.frame.copy()
+    frame["row"] = range(len(frame))  # failures name the rows of data/labelled/labelled.parquet (from 0)
+    if "label" in frame.columns:
+        frame["toxic"] = frame["label"].map(lambda value: int(str(value) in labelled.toxic))
+    return frame
+
+
+def _labelled_expectations(frame: pd.DataFrame, test_summaries: list[Any], labelled: LabelledData) -> list[Expectation]:
+    import great_expectations.expectations as gxe
+
+    checks = labelled.checks
+    suite: list[Expectation] = [gxe.ExpectTableRowCountToBeBetween(min_value=checks.min_rows)]
+    suite += [gxe.ExpectColumnToExist(column=column) for column in ("text", "label")]
+    if "text" in frame.columns:
+        suite += [
+            gxe.ExpectColumnValuesToNotBeNull(column="text"),
+            gxe.ExpectColumnValuesToBeOfType(column="text", type_="str"),
+            gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=max(1, checks.text_chars.min),
+                                                    max_value=checks.text_chars.max),
+            gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
+            gxe.ExpectColumnValuesToNotBeInSet(
+                column="text", value_set=test_summaries, meta={"other_split": "test", "what": "summaries"},
+                description=f"texts must not equal a summary of the test split ({len(test_summaries)} summaries)",
+            ),
+        ]
+    if "label" in frame.columns:
+        share = checks.min_class_share
+        suite += [
+            gxe.ExpectColumnValuesToNotBeNull(column="label"),
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(labelled.labels)),
+            gxe.ExpectColumnMeanToBeBetween(
+                column="toxic", min_value=share, max_value=1 - share, meta={"toxic": list(labelled.toxic)},
+                description=f"the share of toxic labels ({', '.join(labelled.toxic)}) must lie in "
+                f"[{share:g}, {1 - share:g}]",
+            ),
+        ]
+    return suite
+
+
 def _distinct(series: pd.Series) -> list[Any]:
     """The other split's distinct non-null values, sorted so the suite is deterministic.
 
@@ -312,8 +404,9 @@ def _run_suite(
     suite = context.suites.add(gx.ExpectationSuite(name=split, expectations=expectations))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=split, data=batch, suite=suite))
     result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES}
-    if "id" in frame.columns:
-        result_format["unexpected_index_column_names"] = ["id"]
+    id_column = "id" if "id" in frame.columns else "row" if "row" in frame.columns else None
+    if id_column:
+        result_format["unexpected_index_column_names"] = [id_column]
     result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
 
     result_path = report_dir / f"{split}.json"
@@ -321,7 +414,7 @@ def _run_suite(
 
     order = {expectation.id: position for position, expectation in enumerate(suite.expectations)}
     outcomes = sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order)))
-    failures = [_failure(split, outcome, frame) for outcome in outcomes if not outcome.success]
+    failures = [_failure(split, outcome, frame, id_column or "id") for outcome in outcomes if not outcome.success]
     stats = result.statistics
     return SplitSummary(
         split=split,
@@ -335,7 +428,7 @@ def _run_suite(
     )
 
 
-def _failure(split: str, outcome: Any, frame: pd.DataFrame) -> FailedExpectation:
+def _failure(split: str, outcome: Any, frame: pd.DataFrame, id_column: str = "id") -> FailedExpectation:
     config = outcome.expectation_config
     kwargs = dict(config.kwargs)
     column = kwargs.get("column")
@@ -345,7 +438,8 @@ def _failure(split: str, outcome: Any, frame: pd.DataFrame) -> FailedExpectation
     error = info.get("exception_message") if info.get("raised_exception") else None
     result = outcome.result or {}
     examples = [_example(value) for value in result.get("partial_unexpected_list") or []]
-    ids = [_example(row.get("id")) for row in result.get("partial_unexpected_index_list") or [] if isinstance(row, dict)]
+    ids = [_example(row.get(id_column)) for row in result.get("partial_unexpected_index_list") or []
+           if isinstance(row, dict)]
     observed = _plain(result.get("observed_value"))
     if config.type == "expect_column_to_exist":
         observed = [str(name) for name in frame.columns]  # GX reports no observed value here
@@ -358,6 +452,7 @@ def _failure(split: str, outcome: Any, frame: pd.DataFrame) -> FailedExpectation
         element_count=result.get("element_count"),
         examples=examples,
         example_ids=ids,
+        id_column=id_column,
         observed=observed,
         error=error,
     )
@@ -380,7 +475,17 @@ def _expected(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
     if kind == "expect_column_values_to_match_regex":
         return f'values matching the regex "{kwargs.get("regex")}"'
     if kind == "expect_column_values_to_not_be_in_set":
+        if meta.get("what"):
+            return f"no value equal to one of the {meta.get('other_split')} split's {meta['what']}"
         return f"no value shared with the {meta.get('other_split', 'other')} split"
+    if kind == "expect_column_values_to_not_match_regex":
+        return f'no value matching the regex "{kwargs.get("regex")}" (blank text)'
+    if kind == "expect_column_values_to_be_in_set":
+        return f"values in {kwargs.get('value_set')}"
+    if kind == "expect_column_mean_to_be_between":
+        toxic = ", ".join(meta.get("toxic", []))
+        return (f"a toxic share ({toxic}) between {kwargs.get('min_value'):g} and {kwargs.get('max_value'):g}"
+                " (class balance)")
     return kind
 
 

@@ -34,7 +34,7 @@ from detox.ppo.engine import PPOTrainer
 from detox.ppo.policy import Seq2SeqPolicy
 from detox.ppo.selection import Selection, ValidationSet, evaluate_policy, evaluation_steps
 from detox.reward import RewardScorer
-from detox.tracking import RUN_FILE, Tracker
+from detox.tracking import RUN_FILE, Tracker, lineage_tags
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,23 @@ class PPOPaths:
     validation: Path = Path("data/raw/validation.parquet")
     judges: Path = Path("models/judges")
     evaluations: Path = Path("plots/ppo/eval.tsv")
+    base_manifest: Path = Path("models/base/manifest.json")  # where the fetched models came from
+
+
+def lineage(params: Params, paths: PPOPaths) -> dict[str, str]:
+    """Tags naming the registered sft and reward versions this run trains from (found by content hash),
+    and, for a model used as fetched, where it came from (the fetch manifest)."""
+    tags = lineage_tags({"sft": (paths.policy, params.tracking.sft_model),
+                         "reward": (paths.reward, params.tracking.reward_model)})
+    manifest_path = paths.base_manifest
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        for role, key in (("sft", "policy"), ("reward", "reward")):
+            source = manifest.get(key, {})
+            where = source.get("name") or source.get("path") or "generated here"
+            revision = source.get("commit") or source.get("revision")
+            tags[f"lineage.{role}.source"] = f"{source.get('source')}: {where}" + (f"@{revision}" if revision else "")
+    return tags
 
 
 def fingerprint(params: Params, *model_dirs: Path, processes: int = 1) -> str:
@@ -210,6 +227,8 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     tracker.start(run_id=run_id, run_name=None, tags={"stage": "ppo", "policy": str(paths.policy)})
     if run_id is None:
         tracker.log_params(params.model_dump(mode="json"))
+        if tracker.enabled:  # the MLflow UI's lineage: reward model -> sft policy -> this PPO policy
+            tracker.set_tags(lineage(params, paths))
     run_id = tracker.run_id
 
     def evaluate(trained_steps: int) -> str | None:

@@ -1,0 +1,59 @@
+"""DVC stage `reward`: train (or take as it is) the reward model and measure it on held-out labelled data.
+
+Writes models/reward/, metrics/reward.json and plots/reward/ (ROC, calibration, per-epoch history,
+held-out predictions for a confusion matrix). The run is logged to MLflow and the model registered as
+a new version of tracking.reward_model (see src/detox/reward_training.py).
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from detox.cli import run_stage
+from detox.io import atomic_dir, sha256_file, sha256_tree, write_json, write_text
+from detox.params import load_params
+from detox.reward_training import run_reward
+from detox.serving import RewardClassifier, reward_config, reward_signature
+from detox.tracking import PolicyModel, Tracker, log_training
+
+BASE = Path("models/base/reward")
+LABELLED = Path("data/labelled/labelled.parquet")
+REWARD = Path("models/reward")
+METRICS = Path("metrics/reward.json")
+PLOTS = Path("plots/reward")
+
+
+def main() -> None:
+    params = load_params("params.yaml")
+    tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
+    with atomic_dir(REWARD) as scratch:
+        result = run_reward(params, BASE, LABELLED, scratch)
+        history = pd.DataFrame(result.fit.history if result.fit else [], columns=[
+            "epoch", "train_loss", "eval_loss", "eval_accuracy"])
+        tables = {"history.tsv": history, "roc.tsv": result.curves["roc"],
+                  "calibration.tsv": result.curves["calibration"], "predictions.csv": result.curves["predictions"]}
+        for name, table in tables.items():
+            write_text(PLOTS / name, table.to_csv(sep="," if name.endswith(".csv") else "\t", index=False))
+        heldout = result.metrics["heldout"]
+        model = None  # a hub/local model used as it is stays where it came from (the fetch manifest names it)
+        if result.trained:
+            model = PolicyModel(RewardClassifier(), scratch, reward_config(params.reward), reward_signature(),
+                                pd.DataFrame({"text": ["You are an idiot.", "Thanks for your help."]}),
+                                artifact="reward")
+        version = log_training(
+            tracker, "reward", {"seed": params.seed, "reward": params.reward.model_dump(mode="json")},
+            history.to_dict("records"), result.metrics, [PLOTS / name for name in tables], model,
+            params.tracking.reward_model,
+            {"sha256": sha256_tree(scratch), "stage": "reward", "trained": result.trained,
+             "heldout.accuracy": heldout["accuracy"], "heldout.roc_auc": heldout["roc_auc"],
+             "labelled.sha256": sha256_file(LABELLED), "reward.source": params.reward.source},
+        )
+    write_json(METRICS, result.metrics)
+    print(f"reward model {'trained' if result.trained else 'used as fetched'}: held-out accuracy "
+          f"{heldout['accuracy']:.4f}, ROC-AUC {heldout['roc_auc']}, calibration error "
+          f"{heldout['calibration_error']:.4f} on {heldout['examples']} texts; MLflow model "
+          f"{params.tracking.reward_model} version {version}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
