@@ -17,7 +17,7 @@ from detox.errors import DetoxError
 
 def run_stage(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "great_expectations", "alembic", "mlflow.store"):
+    for noisy in ("httpx", "urllib3", "filelock", "great_expectations", "alembic", "mlflow.store", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A killed stage (dvc's Ctrl-C, a scheduler's SIGTERM) unwinds like an exception, so
     # scratch folders are removed and no half-written output is left behind.
