@@ -14,10 +14,12 @@ from detox.params import load_params
 from detox.quality import vocabulary
 from detox.report import headline
 from detox.reward import RewardScorer
+from detox.gate import require_validated
 
 
 def main() -> None:
     params = load_params("params.yaml")
+    require_validated()
     test = sample_rows(load_split("data/raw", "test"), params.eval.num_samples)
     train = load_split("data/raw", "train")
     model, tokenizer = load_policy("models/policy")

@@ -30,7 +30,8 @@ from detox.quality import vocabulary
 from detox.report import headline, render_report, write_disagreements, write_plots, write_reward_diff
 from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking import PolicyModel, champion_evidence, check_tracking_server, log_evaluation, read_run_record
+from detox.tracking import PolicyModel, champion_evidence, preflight, log_evaluation, read_run_record
+from detox.gate import require_validated
 
 PPO_DIR = Path("models/ppo")
 BASELINE = Path("data/scored/baseline.parquet")
@@ -50,7 +51,8 @@ def require(path: Path, fix: str) -> None:
 
 def main() -> None:
     params = load_params("params.yaml")
-    check_tracking_server(params.tracking.experiment)  # a server that is down fails here, not after scoring
+    require_validated()
+    preflight(params.tracking.experiment)  # a server that is down or a read-only store fails here, not after scoring
     require(PPO_DIR / POLICY_FILE, "run `dvc repro ppo` to train the policy first")
     require(BASELINE, "run `dvc repro baseline` to score the baseline first")
     require(BASELINE_METRICS, "run `dvc repro baseline` to score the baseline first")

@@ -9,10 +9,13 @@ import sys
 from detox.cli import run_stage
 from detox.params import load_params
 from detox.ppo.train import run_ppo
+from detox.gate import require_validated
 
 
 def main() -> None:
-    metrics = run_ppo(load_params("params.yaml"))
+    params = load_params("params.yaml")
+    require_validated()  # never train on data whose validation failed
+    metrics = run_ppo(params)
     # One write per line: under `accelerate launch` every process prints it to the same (unbuffered)
     # stdout, and print()'s separate write of the newline lets two processes' lines run together.
     sys.stdout.write(f"ppo: {metrics['steps']} steps, reward {metrics['reward_mean_first5']:.3f} -> "

@@ -5,6 +5,7 @@ held-out predictions for a confusion matrix). The run is logged to MLflow and th
 a new version of tracking.reward_model (see src/detox/reward_training.py).
 """
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from detox.params import load_params
 from detox.reward_training import run_reward
 from detox.serving import RewardClassifier, reward_config, reward_signature
 from detox.tracking import PolicyModel, Tracker, log_training
+from detox.gate import LABELLED_METRICS, require_validated
 
 BASE = Path("models/base/reward")
 LABELLED = Path("data/labelled/labelled.parquet")
@@ -25,15 +27,18 @@ PLOTS = Path("plots/reward")
 
 def main() -> None:
     params = load_params("params.yaml")
+    require_validated(LABELLED_METRICS)  # never train on labelled data whose validation failed
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
-    with atomic_dir(REWARD) as scratch:
+    with atomic_dir(REWARD) as scratch, tempfile.TemporaryDirectory(prefix="detox-reward-") as logged:
         result = run_reward(params, BASE, LABELLED, scratch)
         history = pd.DataFrame(result.fit.history if result.fit else [], columns=[
             "epoch", "train_loss", "eval_loss", "eval_accuracy"])
         tables = {"history.tsv": history, "roc.tsv": result.curves["roc"],
                   "calibration.tsv": result.curves["calibration"], "predictions.csv": result.curves["predictions"]}
-        for name, table in tables.items():
-            write_text(PLOTS / name, table.to_csv(sep="," if name.endswith(".csv") else "\t", index=False))
+        texts = {name: table.to_csv(sep="," if name.endswith(".csv") else "\t", index=False)
+                 for name, table in tables.items()}
+        for name, text in texts.items():  # for MLflow now; to plots/ once everything succeeded
+            write_text(Path(logged) / name, text)
         heldout = result.metrics["heldout"]
         model = None  # a hub/local model used as it is stays where it came from (the fetch manifest names it)
         if result.trained:
@@ -42,12 +47,14 @@ def main() -> None:
                                 artifact="reward")
         version = log_training(
             tracker, "reward", {"seed": params.seed, "reward": params.reward.model_dump(mode="json")},
-            history.to_dict("records"), result.metrics, [PLOTS / name for name in tables], model,
+            history.to_dict("records"), result.metrics, [Path(logged) / name for name in tables], model,
             params.tracking.reward_model,
             {"sha256": sha256_tree(scratch), "stage": "reward", "trained": result.trained,
              "heldout.accuracy": heldout["accuracy"], "heldout.roc_auc": heldout["roc_auc"],
              "labelled.sha256": sha256_file(LABELLED), "reward.source": params.reward.source},
         )
+    for name, text in texts.items():
+        write_text(PLOTS / name, text)
     write_json(METRICS, result.metrics)
     print(f"reward model {'trained' if result.trained else 'used as fetched'}: held-out accuracy "
           f"{heldout['accuracy']:.4f}, ROC-AUC {heldout['roc_auc']}, calibration error "

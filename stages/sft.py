@@ -5,6 +5,7 @@ unless sft.enabled is true. The run is logged to MLflow and the trained policy r
 version of tracking.sft_model (see src/detox/sft.py).
 """
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from detox.params import GenerationParams, load_params
 from detox.serving import Summarizer, model_config, signature
 from detox.sft import run_sft
 from detox.tracking import PolicyModel, Tracker, log_training
+from detox.gate import require_validated
 
 BASE = Path("models/base/policy")
 RAW = Path("data/raw")
@@ -25,12 +27,14 @@ HISTORY = Path("plots/sft/history.tsv")
 
 def main() -> None:
     params = load_params("params.yaml")
+    require_validated()  # never train on data whose validation failed
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
-    with atomic_dir(POLICY) as scratch:
+    with atomic_dir(POLICY) as scratch, tempfile.TemporaryDirectory(prefix="detox-sft-") as logged:
         result = run_sft(params, BASE, RAW, scratch)
         history = pd.DataFrame(result.fit.history if result.fit else [], columns=[
             "epoch", "train_loss", "eval_loss", "eval_rougeL"])
-        write_text(HISTORY, history.to_csv(sep="\t", index=False))
+        # Written for MLflow now, and to plots/ only once everything succeeded (no half-updated outputs).
+        write_text(Path(logged) / HISTORY.name, history.to_csv(sep="\t", index=False))
         model = None
         if result.trained:
             # Served greedily by default; a request may pass do_sample, temperature, seed, max_new_tokens.
@@ -40,10 +44,12 @@ def main() -> None:
         version = log_training(
             tracker, "sft", {"seed": params.seed, "policy": params.policy.model_dump(mode="json"),
                              "sft": params.sft.model_dump(mode="json"), "prompt": params.prompt.model_dump()},
-            history.to_dict("records"), result.metrics, [HISTORY], model, params.tracking.sft_model,
+            history.to_dict("records"), result.metrics, [Path(logged) / HISTORY.name], model,
+            params.tracking.sft_model,
             {"sha256": sha256_tree(scratch), "stage": "sft", "validation_rougeL": result.metrics.get("validation_rougeL"),
              "policy.source": params.policy.source},
         )
+    write_text(HISTORY, history.to_csv(sep="\t", index=False))
     write_json(METRICS, result.metrics)
     if result.trained:
         print(f"policy trained: validation loss {result.metrics['validation_loss']:.4f}, ROUGE-L "

@@ -16,14 +16,16 @@ from detox.errors import DataValidationError
 from detox.io import write_json
 from detox.params import load_params
 from detox.validation import LABELLED as LABELLED_NAME
+from detox.gate import LABELLED_METRICS as LABELLED_METRICS_PATH
+from detox.gate import VALIDATION_METRICS
 from detox.validation import format_failures, read_labelled, validate_dir
 
 RAW_DIR = Path("data/raw")
 LABELLED = Path("data/labelled/labelled.parquet")
 REWARD_BASE = Path("models/base/reward")
 REPORT_DIR = Path("reports/validation")
-METRICS = Path("metrics/validation.json")  # the splits: what sft, baseline and ppo depend on
-LABELLED_METRICS = Path("metrics/validation_labelled.json")  # the labelled data: what reward depends on
+METRICS = VALIDATION_METRICS  # the splits: what sft, baseline, ppo and evaluate depend on
+LABELLED_METRICS = LABELLED_METRICS_PATH  # the labelled data: what reward depends on
 
 
 def main() -> None:
@@ -33,6 +35,9 @@ def main() -> None:
     metrics = summary.metrics()
     labelled_split = metrics["splits"].pop(LABELLED_NAME)
     metrics["success"] = all(split["success"] for split in metrics["splits"].values())
+    # The failures, for the stages after validate: they refuse to run on failed data and say why.
+    metrics["failures"] = [f.describe() for f in summary.failures if f.split != LABELLED_NAME]
+    labelled_split["failures"] = [f.describe() for f in summary.failures if f.split == LABELLED_NAME]
     write_json(METRICS, metrics)
     write_json(LABELLED_METRICS, labelled_split)
     for name, split in summary.splits.items():

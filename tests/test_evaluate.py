@@ -547,6 +547,15 @@ def test_a_failed_evaluation_leaves_the_training_run_finished_and_registers_noth
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == "1"
 
 
+def test_pyfunc_model_reads_an_over_long_dialogue_up_to_its_limit_and_says_so(registry, dialogues, caplog):
+    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
+    long = " ".join([dialogues[0]] * 200)
+    with caplog.at_level("WARNING", logger="detox.serving"):
+        [summary] = loaded.predict(pd.DataFrame({"dialogue": [long]}))
+    assert isinstance(summary, str)
+    assert any("dialogue 0:" in r.message and "the model reads the first" in r.message for r in caplog.records)
+
+
 def test_pyfunc_model_summarizes_a_dialogue_dataframe(registry, tiny_policy, dialogues):
     model, tokenizer, _ = tiny_policy
     loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
@@ -555,15 +564,21 @@ def test_pyfunc_model_summarizes_a_dialogue_dataframe(registry, tiny_policy, dia
     expected = generate_summaries(model, tokenizer, build_prompts(dialogues[:3], TEMPLATE), GENERATION, EVAL_SEED)
     assert summaries == expected  # the same summaries as the evaluate stage generates
     assert len(summaries) == 3 and all(isinstance(s, str) and s for s in summaries)
-    assert loaded.predict(dialogues[:3]) == expected  # a plain list of strings works too
+    with pytest.raises(Exception, match=r"missing inputs \['dialogue'\]"):  # the input schema: a dialogue column
+        loaded.predict(dialogues[:3])
     greedy = loaded.predict(frame, params={"do_sample": False})
     assert greedy == generate_summaries(model, tokenizer, build_prompts(dialogues[:3], TEMPLATE),
                                         GENERATION.model_copy(update={"do_sample": False}), 0)
     assert loaded.predict(frame, params={"seed": 7}) != summaries
     with_ids = pd.DataFrame({"id": ["x", "y", "z"], "dialogue": dialogues[:3]})
     assert loaded.predict(with_ids) == expected  # the dialogue column is found by name
-    with pytest.raises(Exception, match="'dialogue' column"):
+    with pytest.raises(Exception, match=r"missing inputs \['dialogue'\]"):
         loaded.predict(pd.DataFrame({"id": ["x"], "text": ["hello"]}))
+    for bad in ("", "   ", None):
+        with pytest.raises(Exception, match=r"dialogue 1: expected a non-empty string"):
+            loaded.predict(pd.DataFrame({"dialogue": [dialogues[0], bad]}))
+    with pytest.raises(Exception, match="Incompatible input types"):
+        loaded.predict(pd.DataFrame({"dialogue": [123]}))
 
 
 def _free_port() -> int:
@@ -605,6 +620,14 @@ def test_mlflow_models_serve_answers_invocations(registry, tiny_policy, dialogue
         model, tokenizer, _ = tiny_policy
         assert predictions == generate_summaries(model, tokenizer, build_prompts(dialogues[:2], TEMPLATE),
                                                  GENERATION, EVAL_SEED)
+        for records in ([{"dialogue": ""}], [{"dialogue": None}], [{"dialogue": 123}], [{"text": "hello"}]):
+            bad = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"dataframe_records": records}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(bad, timeout=30)
+            assert err.value.code == 400, records
+            assert "dialogue" in json.loads(err.value.read())["message"]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=20)
@@ -615,12 +638,15 @@ def test_mlflow_models_serve_answers_invocations(registry, tiny_policy, dialogue
 
 def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "models/ppo/ppo_policy.json: not found; run `dvc repro ppo`" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "metrics").exists() and not (tmp_path / "reports").exists()
+    assert [p.name for p in (tmp_path / "metrics").iterdir()] == ["validation.json"]
+    assert not (tmp_path / "reports").exists()
 
 
 def test_embedded_store_lives_at_the_dvc_project_root(tmp_path, monkeypatch):

@@ -133,15 +133,17 @@ def test_local_sources(fetched, tmp_path):
         frame.to_csv(data_dir / f"{split}.csv", index=False)
     labelled = labelled_sentences(60, 5)  # integer ids are accepted as well as names
     labelled.drop(columns="hard").to_csv(tmp_path / "labels.csv", index=False)
+    policy = saved_policy(root, tmp_path / "policy")
+    reward = saved_reward(root, tmp_path / "reward")
     params = tiny_params(**{
         "data.source": "local", "data.local.path": str(data_dir),
-        "policy.source": "local", "policy.local.path": str(root / "base" / "policy"),
-        "reward.source": "local", "reward.local.path": str(root / "base" / "reward"),
+        "policy.source": "local", "policy.local.path": str(policy),
+        "reward.source": "local", "reward.local.path": str(reward),
         "reward.data.source": "local", "reward.data.local.path": str(tmp_path / "labels.csv"),
     })
     manifest = fetch(params, tmp_path / "out")
     assert manifest["data"]["source"] == "local" and manifest["data"]["splits"]["test"]["rows"] == 24
-    assert manifest["policy"]["sha256"] == json.loads((root / "base" / "manifest.json").read_text())["policy"]["sha256"]
+    assert manifest["policy"]["sha256"] == sha256_tree(policy) and manifest["reward"]["sha256"] == sha256_tree(reward)
     assert list(pd.read_parquet(tmp_path / "out" / "raw" / "test.parquet").columns) == ["id", "dialogue", "summary",
                                                                                           "topic"]
     out = pd.read_parquet(tmp_path / "out" / "labelled" / "labelled.parquet")
@@ -205,6 +207,8 @@ def test_killed_training_stage_leaves_no_partial_outputs(tmp_path):
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY, "sft": {**TINY["sft"], "epochs": 50}}))
     run_fetch(tiny_params(), tmp_path / "data" / "raw", tmp_path / "data" / "labelled", tmp_path / "models" / "base")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')  # as the validate stage leaves it
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "sft.py")], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -216,3 +220,144 @@ def test_killed_training_stage_leaves_no_partial_outputs(tmp_path):
     assert proc.returncode != 0
     assert [p.name for p in tmp_path.rglob(".policy.*")] == []
     assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "metrics" / "sft.json").exists()
+
+
+def test_a_stage_after_validate_refuses_data_that_failed_validation(tmp_path):
+    run_fetch(tiny_params(), tmp_path / "data" / "raw", tmp_path / "data" / "labelled", tmp_path / "models" / "base")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(dict(TINY)))
+    failure = "test: expect_column_values_to_be_unique(id) failed: 2 unexpected of 24 rows; expected unique values"
+    for stage, metrics in (("sft", "validation.json"), ("reward", "validation_labelled.json"),
+                           ("baseline", "validation.json"), ("ppo", "validation.json"),
+                           ("evaluate", "validation.json")):
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        for name in ("validation.json", "validation_labelled.json"):
+            (tmp_path / "metrics" / name).write_text('{"success": true}')
+        (tmp_path / "metrics" / metrics).write_text(json.dumps({"success": False, "failures": [failure]}))
+        proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, (stage, proc.stderr[-2000:])
+        assert f"error: metrics/{metrics} says the data failed validation, so this stage does not run on it" in \
+            proc.stderr, (stage, proc.stderr[-2000:])
+        assert failure in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "metrics" / "validation.json").unlink()
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "ppo.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "metrics/validation.json: not found; this stage runs only on validated data" \
+        in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "models" / "reward").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# --------------------------------------------------------------------------- bad model folders and data files
+
+
+def saved_policy(fetched_root: Path, folder: Path) -> Path:
+    """A policy folder with weights (random), its config and tokenizer, like a local checkpoint."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    base = fetched_root / "base" / "policy"
+    AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(base)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return folder
+
+
+def saved_reward(fetched_root: Path, folder: Path) -> Path:
+    from transformers import AutoModelForSequenceClassification
+
+    base = fetched_root / "base" / "reward"
+    AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(base)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return folder
+
+
+def fetch_local_policy(folder: Path, tmp_path: Path) -> str:
+    params = tiny_params(**{"policy.source": "local", "policy.local.path": str(folder)})
+    (tmp_path / "raw").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "raw" / "keep.txt").write_text("previous run")
+    with pytest.raises(SourceError) as err:
+        fetch(params, tmp_path)
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["keep.txt"], "nothing may be replaced"
+    return str(err.value)
+
+
+def test_a_local_policy_folder_that_would_load_only_half_stops_fetch(fetched, tmp_path):
+    import shutil
+
+    root, _ = fetched
+    good = saved_policy(root, tmp_path / "good")
+    assert fetch(tiny_params(**{"policy.source": "local", "policy.local.path": str(good)}), tmp_path / "ok")
+
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(good, no_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    assert f"policy.local: {no_tokenizer} has no tokenizer files" in fetch_local_policy(no_tokenizer, tmp_path / "a")
+
+    other_tokenizer = tmp_path / "other_tokenizer"
+    shutil.copytree(good, other_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(root / "base" / "reward" / name, other_tokenizer / name)
+    message = fetch_local_policy(other_tokenizer, tmp_path / "b")
+    assert "tokens but config.json's vocab_size is" in message and "do not belong together" in message
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(good, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    message = fetch_local_policy(truncated, tmp_path / "c")
+    assert f"the weights in {truncated} cannot be read" in message
+
+    causal = tmp_path / "causal"
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=400)).save_pretrained(causal)
+    AutoTokenizer.from_pretrained(root / "base" / "policy").save_pretrained(causal)
+    message = fetch_local_policy(causal, tmp_path / "d")
+    assert "describes GPT2LMHeadModel, but this needs a sequence-to-sequence model" in message
+
+
+def test_a_masked_lm_given_as_the_reward_model_stops_fetch(fetched, tmp_path):
+    from transformers import RobertaForMaskedLM
+
+    root, _ = fetched
+    folder = tmp_path / "mlm"
+    RobertaForMaskedLM(AutoConfig.from_pretrained(root / "base" / "reward")).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(root / "base" / "reward").save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["architectures"] == ["RobertaForMaskedLM"]
+    params = tiny_params(**{"reward.source": "local", "reward.local.path": str(folder)})
+    with pytest.raises(SourceError, match="describes RobertaForMaskedLM, but this needs a sequence classifier.*"
+                                          "its classification head would be random"):
+        fetch(params, tmp_path / "out")
+
+
+def test_a_csv_export_of_the_data_keeps_its_types(fetched, tmp_path):
+    root, _ = fetched
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split in ("train", "validation", "test"):  # heated included: a csv holds it as text
+        pd.read_parquet(root / "raw" / f"{split}.parquet").to_csv(data_dir / f"{split}.csv", index=False)
+    fetch(tiny_params(**{"data.source": "local", "data.local.path": str(data_dir)}), tmp_path / "out")
+    again = pd.read_parquet(tmp_path / "out" / "raw" / "test.parquet")
+    assert again["heated"].dtype == bool
+    pd.testing.assert_series_equal(again["heated"], pd.read_parquet(root / "raw" / "test.parquet")["heated"])
+    frame = pd.read_csv(data_dir / "test.csv", dtype=str)
+    frame.loc[0, "heated"] = "yes"
+    frame.to_csv(data_dir / "test.csv", index=False)
+    with pytest.raises(SourceError, match=r"test.csv: column 'heated', row 1: 'yes' is not a boolean"):
+        fetch(tiny_params(**{"data.source": "local", "data.local.path": str(data_dir)}), tmp_path / "again")
+
+
+def test_a_file_that_is_not_utf8_names_the_file_and_the_row(fetched, tmp_path):
+    root, _ = fetched
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split in ("train", "validation", "test"):
+        pd.read_parquet(root / "raw" / f"{split}.parquet").to_csv(data_dir / f"{split}.csv", index=False)
+    frame = pd.read_parquet(root / "raw" / "validation.parquet")
+    frame.loc[2, "summary"] = "They meet at the café."
+    (data_dir / "validation.csv").write_bytes(frame.to_csv(index=False).encode("latin-1"))
+    params = tiny_params(**{"data.source": "local", "data.local.path": str(data_dir)})
+    with pytest.raises(SourceError, match=r"validation.csv: not UTF-8 text: byte 0xe9 at line \d+, data row 3; "
+                                          "save the file as UTF-8"):
+        fetch(params, tmp_path / "out")

@@ -70,3 +70,12 @@ def test_stage_reports_params_error_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "eval.num_samples: Input should be greater than or equal to 1 (got 0)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_judge_key_error_names_the_key_as_written_in_params_yaml():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"judges": {"ngram": {"kind": "builtin", "C": -1, "Cx": 2}}})
+    message = str(err.value)
+    assert "judges.ngram.C: Input should be greater than 0 (got -1)" in message
+    assert "judges.ngram.Cx: unknown key (allowed here: C, hard_share, kind, ngram_max" in message
+    assert "builtin.C" not in message

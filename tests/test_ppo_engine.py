@@ -968,6 +968,8 @@ def test_two_processes_on_cpu(judged_world, tmp_path):
     shutil.copytree(judged_world / "data" / "raw", tmp_path / "data" / "raw")
     for name in ("policy", "reward", "judges"):
         shutil.copytree(judged_world / "models" / name, tmp_path / "models" / name)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')  # as the validate stage leaves it
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     prefix = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no"]

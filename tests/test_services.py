@@ -31,8 +31,9 @@ import pytest
 import yaml
 from conftest import tiny_params
 
+from detox.io import sha256_tree
 from detox.errors import TrackingError
-from detox.tracking import CANDIDATE, CHAMPION, RUN_FILE, Tracker, check_tracking_server
+from detox.tracking import CANDIDATE, CHAMPION, RUN_FILE, Tracker, check_local_store, check_tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # python, dvc and mlflow of this environment
@@ -42,7 +43,7 @@ PPO_STEPS = 3
 EVAL_SAMPLES = 16
 SERVER_START_S = 90  # a cold `mlflow server` takes ~10 s here
 PIPELINE_S = 600
-STAGES = ("fetch", "validate", "judges", "baseline", "ppo", "evaluate")
+STAGES = ("fetch", "validate", "sft", "reward", "judges", "baseline", "ppo", "evaluate")
 
 
 def free_port() -> int:
@@ -259,10 +260,13 @@ def test_dvc_pull_into_a_fresh_clone_leaves_nothing_to_reproduce(pipeline, tmp_p
 
 @pytest.fixture(scope="module")
 def fetched_project(tmp_path_factory) -> Path:
-    """A project folder with tiny params, data and models (the fetch stage), ready for the ppo stage."""
+    """A project folder with tiny params, validated data and trained models, ready for the ppo stage."""
     root = tmp_path_factory.mktemp("fetched")
     write_tiny_params(root / "params.yaml")
-    run([sys.executable, str(ROOT / "stages" / "fetch.py")], root, base_env(), timeout=300)
+    setup_store = base_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'setup' / 'mlflow.db'}")
+    (root / "setup").mkdir()
+    for stage in ("fetch", "validate", "sft", "reward"):
+        run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], root, setup_store, timeout=300)
     return root
 
 
@@ -278,9 +282,20 @@ def test_ppo_stage_with_tracking_server_down_fails_fast_and_writes_nothing(fetch
     assert not (fetched_project / "models" / "ppo").exists()
     assert not list((fetched_project / "models").glob(".ppo*")), "no scratch folder left behind"
     assert not (fetched_project / "metrics" / "ppo.json").exists()
-    assert not (fetched_project / "plots").exists()
+    assert not (fetched_project / "plots" / "ppo").exists()
     assert not (fetched_project / "checkpoints").exists()
     assert not (fetched_project / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "model"), [("sft", "policy"), ("reward", "reward")])
+def test_training_stages_with_tracking_server_down_fail_fast_and_keep_their_model(fetched_project, stage, model):
+    before = sha256_tree(fetched_project / "models" / model)
+    proc, uri = run_stage_with_server_down(stage, fetched_project)
+    assert f"cannot reach the MLflow tracking server at {uri}" in proc.stderr
+    assert "epoch" not in proc.stderr, "no training may run before the check"
+    assert sha256_tree(fetched_project / "models" / model) == before
+    assert not list((fetched_project / "models").glob(f".{model}*")), "no scratch folder left behind"
 
 
 # --------------------------------------------------------------------------- the preflight (fast)
@@ -360,9 +375,52 @@ def test_preflight_reads_the_servers_answer(status, body, content_type, expected
         server.server_close()
 
 
-def test_local_stores_are_not_checked(tmp_path):
+def test_local_stores_are_not_asked_over_http(tmp_path):
     check_tracking_server(uri=f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}")
     check_tracking_server(uri=str(tmp_path / "mlruns"))
+
+
+def test_a_local_store_that_cannot_be_written_stops_the_preflight(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    check_local_store(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")  # a new store in a writable place is fine
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(TrackingError, match=r"folder.db cannot be written \(it is a folder, not a database file\)"):
+        check_local_store(f"sqlite:///{tmp_path / 'folder.db'}")
+    with pytest.raises(TrackingError, match=r"/proc/detox/mlflow.db cannot be written \(cannot create files in /proc"):
+        check_local_store("sqlite:////proc/detox/mlflow.db")
+    (tmp_path / "locked.db").write_bytes(b"this is not a database")
+    with pytest.raises(TrackingError, match=r"locked.db cannot be written \(sqlite: file is not a database\)"):
+        check_local_store(f"sqlite:///{tmp_path / 'locked.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'folder.db'}")
+    with pytest.raises(TrackingError) as err:
+        Tracker("x")
+    assert "\n" not in str(err.value) and "set MLFLOW_TRACKING_URI to a store this user can write" in str(err.value)
+
+
+def test_artifacts_go_under_the_project_even_after_mlflow_set_the_uri(tmp_path, monkeypatch):
+    """`dvc exp run --temp` runs in a scratch copy that DVC deletes; DVC_ROOT names the real project."""
+    import mlflow
+
+    project, scratch = tmp_path / "project", tmp_path / "scratch"
+    project.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    first = Tracker("first")  # sets MLFLOW_TRACKING_URI, as mlflow.set_tracking_uri does
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{project.resolve()}/mlflow.db"
+    second = Tracker("second")
+    for tracker in (first, second):
+        tracker.start()
+        (scratch / "note.txt").write_text(tracker.experiment)
+        tracker.log_artifact(scratch / "note.txt", "notes")
+        tracker.end()
+        uri = mlflow.get_run(tracker.run_id).info.artifact_uri
+        assert uri.startswith((project / "mlartifacts" / tracker.experiment).resolve().as_uri()), uri
+    assert not (scratch / "mlruns").exists() and not (scratch / "mlartifacts").exists()
+    assert len(list((project / "mlartifacts").rglob("note.txt"))) == 2
+    mlflow.set_tracking_uri(None)
 
 
 def test_a_server_lost_after_the_check_gives_one_tracking_error_then_silence(no_tracking_env):

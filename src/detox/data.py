@@ -13,15 +13,59 @@ COLUMNS = ("id", "dialogue", "summary", "topic")
 SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
+BOOLEAN_COLUMNS = ("heated", "hard")  # the builtin world's flags: a csv export of them reads back as booleans
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+
+
 def read_table(path: Path) -> pd.DataFrame:
+    """A data file with its declared types: text columns as strings, the boolean flags as booleans.
+
+    A file that is not UTF-8 fails with the file, the line (and for a csv the row) of the first bad byte."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    if suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
-    raise SourceError(f"{path}: unsupported file type {suffix!r}; use one of {list(SUFFIXES)}")
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+        elif suffix in (".jsonl", ".json"):
+            frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
+        else:
+            raise SourceError(f"{path}: unsupported file type {suffix!r}; use one of {list(SUFFIXES)}")
+    except UnicodeDecodeError as exc:
+        raise SourceError(_encoding_error(path, exc)) from None
+    for column in BOOLEAN_COLUMNS:
+        if column in frame.columns and not pd.api.types.is_bool_dtype(frame[column]):
+            frame[column] = _booleans(frame[column], path, column)
+    return frame
+
+
+def _booleans(values: pd.Series, path: Path, column: str) -> pd.Series:
+    out = []
+    for row, value in enumerate(values):
+        key = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
+        if key not in BOOLEANS:
+            raise SourceError(f"{path}: column {column!r}, row {row + 1}: {value!r} is not a boolean; "
+                              f"use one of {sorted(BOOLEANS)}")
+        out.append(BOOLEANS[key])
+    return pd.Series(out, index=values.index, dtype=bool)
+
+
+def _encoding_error(path: Path, exc: UnicodeDecodeError) -> str:
+    import csv
+    import io
+
+    raw = path.read_bytes()
+    try:  # the reader's position is within its buffer: find the byte in the whole file
+        raw.decode("utf-8")
+        start = exc.start
+    except UnicodeDecodeError as whole:
+        start = whole.start
+    prefix = raw[:start].decode("utf-8")
+    where = f"line {prefix.count(chr(10)) + 1}"
+    if path.suffix.lower() == ".csv":  # dialogues span lines: count the csv records before the bad byte
+        where += f", data row {max(1, len(list(csv.reader(io.StringIO(prefix)))) - 1)}"
+    return (f"{path}: not UTF-8 text: byte 0x{raw[start]:02x} at {where}; save the file as UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8`)")
 
 
 def read_local_splits(path: str | Path) -> dict[str, pd.DataFrame]:

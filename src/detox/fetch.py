@@ -20,6 +20,7 @@ from detox.data import COLUMNS, SPLITS, read_local_splits, read_table
 from detox.errors import SourceError
 from detox.hub import download_model, load_dataset_splits
 from detox.io import atomic_dir, sha256_file, sha256_tree, write_json
+from detox.model_check import check_model_folder
 from detox.params import HubRef, LocalRef, Params
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,19 @@ def fetch_policy(params: Params, train: pd.DataFrame, out_dir: Path) -> dict[str
     else:
         _copy_model(cfg.local, "policy", out_dir)
         record["path"] = str(cfg.local.path)
+    # Before anything is replaced: a folder that would load only half fails here, naming the file.
+    check_model_folder(out_dir, "seq2seq", f"policy.{cfg.source}", weights=cfg.source != "builtin",
+                       shown=_origin(cfg.source, cfg.hub, cfg.local))
     return record
+
+
+def _origin(source: str, hub: HubRef, local: LocalRef) -> str | None:
+    """How a model folder's source is named in errors: the user's path, or the Hub id and revision."""
+    if source == "local":
+        return str(local.path)
+    if source == "hub":
+        return f"{hub.name}@{hub.revision}"
+    return None
 
 
 def fetch_reward(params: Params, labelled: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
@@ -92,6 +105,8 @@ def fetch_reward(params: Params, labelled: pd.DataFrame, out_dir: Path) -> dict[
     else:
         _copy_model(cfg.local, "reward", out_dir)
         record["path"] = str(cfg.local.path)
+    check_model_folder(out_dir, "classifier", f"reward.{cfg.source}", weights=cfg.source != "builtin",
+                       shown=_origin(cfg.source, cfg.hub, cfg.local))
     return record
 
 

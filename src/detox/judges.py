@@ -146,6 +146,10 @@ def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
     else:  # the schema admits no other kind
         raise TypeError(f"unknown judge spec {type(spec).__name__}")
     record["name"] = name
+    if record["kind"] == "classifier":
+        from detox.model_check import check_model_folder
+
+        check_model_folder(out_dir, "classifier", f"judges.{name}")
     write_json(out_dir / JUDGE_FILE, record)
     load_judge(out_dir)  # a judge that does not load fails here, in the stage that built it
     record["sha256"] = sha256_tree(out_dir)

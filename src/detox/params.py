@@ -516,8 +516,19 @@ class Params(Strict):
         return self
 
 
+JUDGE_SPECS: dict[str, type[BaseModel]] = {"oracle": OracleJudgeSpec, "builtin": BuiltinJudgeSpec,
+                                             "hub": HubJudgeSpec, "local": LocalJudgeSpec}
+JUDGE_KINDS = tuple(JUDGE_SPECS)
+
+
 def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    loc = tuple(error["loc"])
+    if len(loc) > 2 and loc[0] == "judges" and loc[2] in JUDGE_KINDS:
+        spec = JUDGE_SPECS[loc[2]]
+        loc = loc[:2] + loc[3:]  # pydantic puts the union's tag in the path: judges.ngram.builtin.C -> judges.ngram.C
+        if error["type"] == "extra_forbidden" and len(loc) == 3:
+            return f"{'.'.join(map(str, loc))}: unknown key (allowed here: {', '.join(sorted(spec.model_fields))})"
+    key = ".".join(str(part) for part in loc)
     if not key:  # a check across sections: its message names the keys
         return str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":

@@ -9,11 +9,14 @@ travels with the model (``code_paths``), so ``mlflow.pyfunc.load_model`` and
 ``mlflow models serve`` need only the model's pip requirements.
 
 A request may override ``do_sample``, ``max_new_tokens``, ``temperature`` and
-``seed`` through MLflow's ``params``.
+``seed`` through MLflow's ``params``. The input is a ``dialogue`` string column (the signature's
+input schema); an empty or non-string dialogue is refused with HTTP 400, and a dialogue longer than
+``generation.max_source_tokens`` is read up to that length, with a warning in the server's log.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from detox.generation import build_prompts, generate_summaries, load_policy
 from detox.params import GenerationParams
+
+log = logging.getLogger(__name__)
 
 POLICY_ARTIFACT = "policy"
 INPUT_COLUMN = "dialogue"
@@ -47,15 +52,11 @@ def model_config(template: str, generation: GenerationParams, seed: int) -> dict
 
 
 def signature(config: dict[str, Any]) -> ModelSignature:
-    """One summary string per input out, and the request params with their defaults.
-
-    No input schema on purpose: MLflow would then reshape the input before ``predict`` sees it
-    (a named ``dialogue`` column refuses a plain list of strings; an unnamed one keeps only the
-    first column of a DataFrame, whatever it is). :func:`dialogues_of` checks the input instead.
-    """
+    """Input: one ``dialogue`` string column (MLflow refuses other shapes and types with HTTP 400);
+    output: one summary string per dialogue; the request params with their defaults."""
     defaults = _settings(config)
     return ModelSignature(
-        inputs=None,
+        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec(name, kind, defaults[name]) for name, kind in REQUEST_PARAMS.items()]),
     )
@@ -78,21 +79,37 @@ def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ou
 
 
 def dialogues_of(model_input: Any) -> list[str]:
-    """The dialogues of a request: a DataFrame's ``dialogue`` column, a Series, a list or one string."""
+    """The dialogues of a request: a DataFrame's ``dialogue`` column, a Series, a list or one string.
+
+    Every dialogue must be a non-empty string: anything else (``""``, ``null``, a number) is refused
+    with an :class:`~mlflow.exceptions.MlflowException` that the scoring server answers with HTTP 400.
+    """
     if isinstance(model_input, pd.DataFrame):
         if INPUT_COLUMN in model_input.columns:
             column = model_input[INPUT_COLUMN]
         elif model_input.shape[1] == 1:
             column = model_input.iloc[:, 0]
         else:
-            raise ValueError(f"expected a {INPUT_COLUMN!r} column; got columns {list(model_input.columns)}")
-        return [str(d) for d in column.tolist()]
-    if isinstance(model_input, str):
-        return [model_input]
-    if isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
-        return [str(d) for d in np.asarray(model_input, dtype=object).reshape(-1)]
-    raise ValueError(f"expected a DataFrame with a {INPUT_COLUMN!r} column or a list of strings, "
-                     f"got {type(model_input).__name__}")
+            raise _bad_request(f"expected a {INPUT_COLUMN!r} column; got columns {list(model_input.columns)}")
+        values = column.tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
+        values = list(np.asarray(model_input, dtype=object).reshape(-1))
+    else:
+        raise _bad_request(f"expected a DataFrame with a {INPUT_COLUMN!r} column or a list of strings, "
+                           f"got {type(model_input).__name__}")
+    for row, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise _bad_request(f"{INPUT_COLUMN} {row}: expected a non-empty string, got {value!r}")
+    return [str(value) for value in values]
+
+
+def _bad_request(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 class Summarizer(mlflow.pyfunc.PythonModel):
@@ -108,6 +125,11 @@ class Summarizer(mlflow.pyfunc.PythonModel):
         settings = _settings(self.config, params)
         generation = GenerationParams(**{key: settings[key] for key in GenerationParams.model_fields})
         prompts = build_prompts(dialogues_of(model_input), self.config["prompt.template"])
+        limit = generation.max_source_tokens
+        for row, ids in enumerate(self.tokenizer(prompts)["input_ids"]):
+            if len(ids) > limit:
+                log.warning("dialogue %d: %d tokens with the prompt; the model reads the first %d "
+                            "(generation.max_source_tokens)", row, len(ids), limit)
         return generate_summaries(self.model, self.tokenizer, prompts, generation, int(settings["seed"]),
                                   generation.max_source_tokens, desc="serve")
 
@@ -124,8 +146,9 @@ def reward_config(reward: Any) -> dict[str, Any]:
 
 
 def reward_signature() -> ModelSignature:
-    """Texts in (as for the policy: a ``text`` column or a list), reward and toxicity out."""
-    return ModelSignature(inputs=None, outputs=Schema([ColSpec("double", "reward"), ColSpec("double", "toxicity")]))
+    """Texts in (a ``text`` string column), reward and toxicity out."""
+    return ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                          outputs=Schema([ColSpec("double", "reward"), ColSpec("double", "toxicity")]))
 
 
 class RewardClassifier(mlflow.pyfunc.PythonModel):

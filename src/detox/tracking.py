@@ -211,6 +211,7 @@ class Tracker:
             import mlflow
 
             check_tracking_server(experiment)
+            check_local_store()
             mlflow.set_tracking_uri(tracking_uri())
             self._mlflow = mlflow
 
@@ -572,7 +573,77 @@ def log_evaluation(
 
 
 def _artifact_location(experiment: str) -> str | None:
-    """With the embedded store, artifacts go to ./mlartifacts beside mlflow.db; a server decides its own."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    """With a local store (sqlite or a folder), artifacts go to mlartifacts/ beside params.yaml (the DVC
+    project's root, also for `dvc exp run --temp`); a tracking server decides its own.
+
+    Decided from the URI, not from whether ``MLFLOW_TRACKING_URI`` is set: ``mlflow.set_tracking_uri``
+    sets that variable, so after the first tracker it is always set.
+    """
+    if urlparse(tracking_uri()).scheme in ("http", "https", "databricks"):
         return None
     return (project_root() / "mlartifacts" / experiment).resolve().as_uri()
+
+
+def preflight(experiment: str = "Default") -> None:
+    """Before any work: a tracking server answers, or the local store and its artifact folder can be written."""
+    check_tracking_server(experiment)
+    check_local_store()
+
+
+def _local_store_path(uri: str) -> Path | None:
+    """The file or folder a local tracking URI writes to (``sqlite:///x.db``, ``file:///x``, a path)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
+        return Path(path) if path and path != ":memory:" else None
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme == "" and uri:
+        return Path(uri)
+    return None
+
+
+def _probe_writable(path: Path, is_file: bool) -> str | None:
+    """None when ``path`` (a file, or a folder to create files in) can be written; else why not."""
+    import sqlite3
+
+    if is_file and path.is_dir():
+        return "it is a folder, not a database file"
+    if is_file and path.exists():
+        try:
+            with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5) as conn:
+                conn.execute("BEGIN IMMEDIATE")  # takes the write lock; refused on a read-only file
+                conn.rollback()
+        except sqlite3.Error as exc:
+            return f"sqlite: {exc}"
+        if not os.access(path, os.W_OK):
+            return "no write permission"
+        return None
+    folder = path.parent if is_file else path
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".detox-write-check-", dir=folder)
+    except OSError as exc:
+        return f"cannot create files in {folder}: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def check_local_store(uri: str | None = None) -> None:
+    """Raise :class:`TrackingError` (one line) when a local store or its artifact folder cannot be written.
+
+    Runs before any work, so a read-only ``mlflow.db`` stops a stage at once instead of after training."""
+    uri = uri or tracking_uri()
+    path = _local_store_path(uri)
+    if path is None:
+        return
+    checks = [(path, urlparse(uri).scheme == "sqlite")]
+    if urlparse(uri).scheme == "sqlite":
+        checks.append((project_root() / "mlartifacts", False))
+    for target, is_file in checks:
+        reason = _probe_writable(target.resolve() if not target.is_absolute() else target, is_file)
+        if reason:
+            raise TrackingError(f"the MLflow store {target} cannot be written ({reason}); make it writable "
+                                "(e.g. chmod u+w), or set MLFLOW_TRACKING_URI to a store this user can write")

@@ -1,0 +1,98 @@
+"""A new DVC project on the tiny world: its first run is `dvc exp run --temp`, then every stage fails under
+`dvc repro` once, keeps its previous outputs, and the fix reruns nothing (slow: minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from test_services import REGISTERED_MODEL, VENV_BIN, base_env, copy_project, run
+
+from detox.io import sha256_file, sha256_tree
+
+DVC = str(VENV_BIN / "dvc")
+
+# For each stage: an invalid value of a key only that stage (and what follows it) reads, and its outputs.
+BREAKS = [
+    ("fetch", "data.builtin.train_size", 1, ["data/raw", "data/labelled", "models/base", "metrics/fetch.json"]),
+    ("validate", "validation.labelled.min_rows", 1, ["reports/validation", "metrics/validation.json"]),
+    ("sft", "sft.epochs", 0, ["models/policy", "metrics/sft.json", "plots/sft/history.tsv"]),
+    ("reward", "reward.train.epochs", 0, ["models/reward", "metrics/reward.json", "plots/reward"]),
+    ("judges", "judges.ngram.C", -1.0, ["models/judges", "metrics/judges.json"]),
+    ("baseline", "generation.top_p", 0.0, ["data/scored/baseline.parquet", "metrics/baseline.json"]),
+    ("ppo", "ppo.steps", 0, ["models/ppo", "metrics/ppo.json", "plots/ppo/history.tsv"]),
+    ("evaluate", "promotion.confidence", 2.0, ["reports/report.md", "metrics/evaluate.json", "plots/evaluate"]),
+]
+
+
+def digest(path: Path) -> str:
+    return sha256_tree(path) if path.is_dir() else sha256_file(path)
+
+
+def set_param(params_file: Path, dotted: str, value) -> None:
+    raw = yaml.safe_load(params_file.read_text())
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A new project whose first run is a temporary experiment, then `dvc repro` in the workspace."""
+    repo = tmp_path_factory.mktemp("failures") / "repo"
+    copy_project(repo)
+    env = base_env(PYTHONPATH=str(repo / "src"))
+    run(["git", "init", "-q", "-b", "main"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "a new project"], repo, env)
+    run([DVC, "exp", "run", "--temp"], repo, env, timeout=900)
+    run([DVC, "repro"], repo, env, timeout=900)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-q", "-m", "dvc repro"], repo, env)
+    return repo, env
+
+
+@pytest.mark.slow
+def test_a_temporary_experiment_first_leaves_its_artifacts_in_the_project(project):
+    repo, _ = project
+    assert not (repo / "mlruns").exists()
+    stored = list((repo / "mlartifacts").rglob("MLmodel"))
+    assert stored, "the registered models' files must be under the project's mlartifacts/"
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        first = client.get_model_version(REGISTERED_MODEL, "1")  # registered by the temporary experiment
+        model = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{first.version}")
+        dialogue = pd.read_parquet(repo / "data" / "raw" / "test.parquet")["dialogue"].iloc[0]
+        [summary] = model.predict(pd.DataFrame({"dialogue": [dialogue]}))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert isinstance(summary, str) and summary
+
+
+@pytest.mark.slow
+def test_a_stage_that_fails_under_dvc_repro_keeps_its_outputs_and_the_fix_reruns_nothing(project):
+    repo, env = project
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    for stage, key, bad, outputs in BREAKS:
+        before = {path: digest(repo / path) for path in outputs}
+        set_param(params_file, key, bad)
+        failed = __import__("subprocess").run([DVC, "repro"], cwd=repo, env=env, capture_output=True, text=True,
+                                              timeout=600)
+        assert failed.returncode != 0, (stage, failed.stdout[-2000:])
+        assert f"Running stage '{stage}'" in failed.stdout, (stage, failed.stdout[-2000:])
+        assert key in failed.stderr + failed.stdout, (stage, failed.stderr[-2000:])
+        after = {path: digest(repo / path) for path in outputs}
+        assert after == before, f"{stage}: a failed run changed or removed its outputs"
+        params_file.write_text(original)
+        fixed = run([DVC, "repro"], repo, env, timeout=600)
+        assert "Running stage" not in fixed.stdout, (stage, fixed.stdout[-2000:])
+        status = run([DVC, "status"], repo, env)
+        assert "Data and pipelines are up to date." in status.stdout, (stage, status.stdout)
