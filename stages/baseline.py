@@ -15,6 +15,7 @@ from detox.quality import vocabulary
 from detox.report import headline
 from detox.reward import RewardScorer
 from detox.gate import require_validated
+from detox.timings import write_timings
 
 
 def main() -> None:
@@ -32,8 +33,9 @@ def main() -> None:
         instruments=instruments,
     )
     write_parquet("data/scored/baseline.parquet", scored)
-    metrics = summarize(scored, samples_per_second)
+    metrics = summarize(scored)
     write_json("metrics/baseline.json", metrics)
+    write_timings("baseline", {"samples_per_second": samples_per_second})  # not a DVC metric: it varies by run
     print(f"baseline on {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples: "
           f"reward {metrics['reward_mean']:.3f}, ROUGE-L {metrics['rougeL']:.3f}; toxic share "
           + headline(metrics["toxicity"]))

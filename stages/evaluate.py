@@ -32,6 +32,7 @@ from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
 from detox.tracking import PolicyModel, champion_evidence, preflight, log_evaluation, read_run_record
 from detox.gate import require_validated
+from detox.timings import TIMINGS_DIR, write_timings
 
 PPO_DIR = Path("models/ppo")
 BASELINE = Path("data/scored/baseline.parquet")
@@ -81,8 +82,9 @@ def main() -> None:
             params.generation.max_source_tokens, desc="evaluate", samples_per_prompt=params.eval.samples_per_prompt,
             instruments=instruments,
         )
-        metrics = {**compare(baseline, scored, params.promotion, params.eval.seed),
-                   "samples_per_second": samples_per_second}
+        metrics = compare(baseline, scored, params.promotion, params.eval.seed)
+        timings = {"samples_per_second": samples_per_second}
+        write_timings("evaluate", timings)
         test_sha = prompts_fingerprint(scored)
         champion = champion_evidence(params.tracking.registered_model)
         decision = decide(metrics, params.promotion, champion, test_sha)
@@ -104,8 +106,11 @@ def main() -> None:
         write_json(METRICS, metrics)
 
         config = model_config(params.prompt.template, params.generation, params.eval.seed)
+        baseline_metrics = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
+        if TIMINGS_DIR.joinpath("baseline.json").is_file():  # timings reach MLflow, never DVC's metrics
+            baseline_metrics["timing"] = json.loads(TIMINGS_DIR.joinpath("baseline.json").read_text())
         registered = log_evaluation(
-            run, params.tracking.experiment, metrics, json.loads(BASELINE_METRICS.read_text(encoding="utf-8")),
+            run, params.tracking.experiment, {**metrics, "timing": timings}, baseline_metrics,
             {"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
             {"evaluate": [*tables.values(), *disagreement_files.values(), report, METRICS],
              "evaluate/plots": [PLOTS], "validation": sorted(VALIDATION.glob("*.json"))},

@@ -15,6 +15,7 @@ from detox.io import atomic_dir, sha256_file, sha256_tree, write_json, write_tex
 from detox.params import load_params
 from detox.reward_training import run_reward
 from detox.serving import RewardClassifier, reward_config, reward_signature
+from detox.timings import write_timings
 from detox.tracking import PolicyModel, Tracker, log_training
 from detox.gate import LABELLED_METRICS, require_validated
 
@@ -31,6 +32,7 @@ def main() -> None:
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
     with atomic_dir(REWARD) as scratch, tempfile.TemporaryDirectory(prefix="detox-reward-") as logged:
         result = run_reward(params, BASE, LABELLED, scratch)
+        timings = {"seconds": round(result.fit.seconds, 1)} if result.fit else {}
         history = pd.DataFrame(result.fit.history if result.fit else [], columns=[
             "epoch", "train_loss", "eval_loss", "eval_accuracy"])
         tables = {"history.tsv": history, "roc.tsv": result.curves["roc"],
@@ -47,7 +49,8 @@ def main() -> None:
                                 artifact="reward")
         version = log_training(
             tracker, "reward", {"seed": params.seed, "reward": params.reward.model_dump(mode="json")},
-            history.to_dict("records"), result.metrics, [Path(logged) / name for name in tables], model,
+            history.to_dict("records"), {**result.metrics, "timing": timings},
+            [Path(logged) / name for name in tables], model,
             params.tracking.reward_model,
             {"sha256": sha256_tree(scratch), "stage": "reward", "trained": result.trained,
              "heldout.accuracy": heldout["accuracy"], "heldout.roc_auc": heldout["roc_auc"],
@@ -56,6 +59,7 @@ def main() -> None:
     for name, text in texts.items():
         write_text(PLOTS / name, text)
     write_json(METRICS, result.metrics)
+    write_timings("reward", timings)  # not a DVC metric: it varies by run
     print(f"reward model {'trained' if result.trained else 'used as fetched'}: held-out accuracy "
           f"{heldout['accuracy']:.4f}, ROC-AUC {heldout['roc_auc']}, calibration error "
           f"{heldout['calibration_error']:.4f} on {heldout['examples']} texts; MLflow model "

@@ -15,6 +15,7 @@ from detox.io import atomic_dir, sha256_tree, write_json, write_text
 from detox.params import GenerationParams, load_params
 from detox.serving import Summarizer, model_config, signature
 from detox.sft import run_sft
+from detox.timings import write_timings
 from detox.tracking import PolicyModel, Tracker, log_training
 from detox.gate import require_validated
 
@@ -31,6 +32,7 @@ def main() -> None:
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
     with atomic_dir(POLICY) as scratch, tempfile.TemporaryDirectory(prefix="detox-sft-") as logged:
         result = run_sft(params, BASE, RAW, scratch)
+        timings = {"seconds": round(result.fit.seconds, 1)} if result.fit else {}
         history = pd.DataFrame(result.fit.history if result.fit else [], columns=[
             "epoch", "train_loss", "eval_loss", "eval_rougeL"])
         # Written for MLflow now, and to plots/ only once everything succeeded (no half-updated outputs).
@@ -44,13 +46,14 @@ def main() -> None:
         version = log_training(
             tracker, "sft", {"seed": params.seed, "policy": params.policy.model_dump(mode="json"),
                              "sft": params.sft.model_dump(mode="json"), "prompt": params.prompt.model_dump()},
-            history.to_dict("records"), result.metrics, [Path(logged) / HISTORY.name], model,
-            params.tracking.sft_model,
-            {"sha256": sha256_tree(scratch), "stage": "sft", "validation_rougeL": result.metrics.get("validation_rougeL"),
-             "policy.source": params.policy.source},
+            history.to_dict("records"), {**result.metrics, "timing": timings}, [Path(logged) / HISTORY.name],
+            model, params.tracking.sft_model,
+            {"sha256": sha256_tree(scratch), "stage": "sft", "policy.source": params.policy.source,
+             "validation_rougeL": result.metrics.get("validation_rougeL")},
         )
     write_text(HISTORY, history.to_csv(sep="\t", index=False))
     write_json(METRICS, result.metrics)
+    write_timings("sft", timings)  # not a DVC metric: it varies by run
     if result.trained:
         print(f"policy trained: validation loss {result.metrics['validation_loss']:.4f}, ROUGE-L "
               f"{result.metrics['validation_rougeL']}; MLflow model {params.tracking.sft_model} version {version}")

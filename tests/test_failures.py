@@ -96,3 +96,18 @@ def test_a_stage_that_fails_under_dvc_repro_keeps_its_outputs_and_the_fix_reruns
         assert "Running stage" not in fixed.stdout, (stage, fixed.stdout[-2000:])
         status = run([DVC, "status"], repo, env)
         assert "Data and pipelines are up to date." in status.stdout, (stage, status.stdout)
+
+
+@pytest.mark.slow
+def test_a_forced_rerun_on_the_same_machine_reproduces_every_metric(project):
+    """Same machine, same seeds: identical metrics and plots (timings live outside DVC: logs/timings/)."""
+    repo, env = project
+    run([DVC, "repro", "--force"], repo, env, timeout=900)
+    diff = run([DVC, "metrics", "diff", "--all"], repo, env)
+    changed = [line for line in diff.stdout.splitlines() if line.strip() and not line.startswith(("Path", "-"))]
+    assert run([DVC, "metrics", "diff"], repo, env).stdout.strip() == "", diff.stdout
+    assert changed, "the full listing shows the metrics themselves"
+    # metrics/ and plots/ are committed to git (cache: false): a forced rerun rewrites them byte for byte
+    status = run(["git", "status", "--porcelain", "--", "metrics", "plots"], repo, env)
+    assert status.stdout.strip() == "", f"a forced rerun changed metrics or plots:\n{status.stdout}"
+    assert (repo / "logs" / "timings" / "ppo.json").is_file() and (repo / "logs" / "timings" / "sft.json").is_file()

@@ -23,7 +23,7 @@ from detox.fetch import run_fetch
 from detox.io import sha256_tree
 from detox.reward_training import classifier_metrics, expected_calibration_error, run_reward
 from detox.sft import run_sft
-from detox.training import has_weights
+from detox.model_check import has_weights
 from detox.validation import format_failures, read_labelled, validate_dir
 from test_judges import tiny_classifier
 

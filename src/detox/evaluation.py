@@ -20,16 +20,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rouge_score import rouge_scorer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from detox.generation import build_prompts, generate_summaries
 from detox.judges import Judge
 from detox.params import GenerationParams
-from detox.quality import distinct_ngrams, response_nll, unknown_words, words
+from detox.quality import ROUGE_KEYS, distinct_ngrams, response_nll, rouge, unknown_words, words  # noqa: F401
 from detox.reward import RewardScorer
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 TOXIC_THRESHOLD = 0.5  # the reward model's: toxic when P(toxic label) > 0.5
 REWARD_MODEL = "reward_model"  # the reward model's view, always first and never merged with a judge's
 SAMPLE_SEED_STRIDE = 1_000_003  # sample j of every prompt is drawn from seed + j * stride
@@ -46,13 +44,6 @@ def sources(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
     out.update({col.split(":", 1)[1]: judge_columns(col.split(":", 1)[1])
                 for col in frame.columns if col.startswith("toxicity:")})
     return out
-
-
-def rouge(responses: list[str], references: list[str]) -> pd.DataFrame:
-    """Per-sample ROUGE F-measures (rouge-score package, with stemming)."""
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
-    rows = [scorer.score(ref, resp) for resp, ref in zip(responses, references, strict=True)]
-    return pd.DataFrame({key: [r[key].fmeasure for r in rows] for key in ROUGE_KEYS})
 
 
 @dataclass(frozen=True)

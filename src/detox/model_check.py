@@ -18,8 +18,9 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from detox.errors import SourceError
-from detox.training import WEIGHT_FILES
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.json", "sentencepiece.bpe.model", "vocab.txt",
                    "tokenizer.model")
 KINDS = {
@@ -28,6 +29,11 @@ KINDS = {
     "classifier": (MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, AutoModelForSequenceClassification,
                    "a sequence classifier (AutoModelForSequenceClassification)"),
 }
+
+
+def has_weights(model_dir: str | Path) -> bool:
+    """Whether a model folder holds weights (a builtin one from fetch holds only its configuration)."""
+    return any((Path(model_dir) / name).is_file() for name in WEIGHT_FILES)
 
 
 def check_model_folder(folder: str | Path, kind: str, section: str, weights: bool = True,

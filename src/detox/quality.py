@@ -19,9 +19,13 @@ import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from rouge_score import rouge_scorer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 WORDS = re.compile(r"[a-z]+")
 
@@ -69,3 +73,10 @@ def response_nll(
         tokens = (labels != -100).sum(1).clamp(min=1)
         out[start:stop] = (nll.sum(1) / tokens).cpu().numpy()
     return out
+
+
+def rouge(responses: list[str], references: list[str]) -> pd.DataFrame:
+    """Per-sample ROUGE F-measures (rouge-score package, with stemming)."""
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    rows = [scorer.score(ref, resp) for resp, ref in zip(responses, references, strict=True)]
+    return pd.DataFrame({key: [r[key].fmeasure for r in rows] for key in ROUGE_KEYS})

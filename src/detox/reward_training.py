@@ -34,7 +34,8 @@ from transformers import (
 from detox.errors import SourceError
 from detox.params import Params
 from detox.reward import label_index
-from detox.training import Fit, Schedule, fit, has_weights
+from detox.model_check import has_weights
+from detox.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def run_reward(params: Params, base_dir: Path, labelled_path: Path, out_dir: Pat
     summary: dict[str, Any] = {"trained": trained, "train_examples": int(len(train_idx)) if trained else 0,
                                "heldout": metrics}
     if record is not None:
-        summary["training"] = {"epochs": cfg.epochs, "steps": record.steps, "seconds": round(record.seconds, 1),
+        summary["training"] = {"epochs": cfg.epochs, "steps": record.steps,
                                "train_loss": record.last("train_loss"), "eval_loss": record.last("eval_loss")}
     summary["parameters"] = int(sum(p.numel() for p in model.parameters()))
     log.info("reward model: held-out accuracy %.4f, ROC-AUC %s on %d texts", metrics["accuracy"],

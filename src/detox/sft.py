@@ -28,10 +28,11 @@ from transformers import (
 )
 
 from detox.data import load_split
-from detox.evaluation import rouge
+from detox.quality import rouge
 from detox.generation import build_prompts, generate_summaries
 from detox.params import GenerationParams, Params
-from detox.training import Fit, Schedule, fit, has_weights
+from detox.model_check import has_weights
+from detox.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
         shutil.copy2(base_dir / "spiece.model", out_dir / "spiece.model")  # the slow tokenizer's model, as on the Hub
     metrics = {
         "trained": True, "method": cfg.method, "epochs": cfg.epochs, "steps": record.steps,
-        "seconds": round(record.seconds, 1), "train_examples": len(train), "validation_examples": len(held),
+        "train_examples": len(train), "validation_examples": len(held),
         "train_loss": record.last("train_loss"), "validation_loss": record.last("eval_loss"),
         "validation_rougeL": record.last("eval_rougeL"), "rouge_dialogues": len(probe),
         "parameters": int(sum(p.numel() for p in model.parameters())), "trained_parameters": int(trained_params),

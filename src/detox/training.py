@@ -16,21 +16,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 log = logging.getLogger(__name__)
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-
-
-def has_weights(model_dir: str | Path) -> bool:
-    """Whether a model folder holds weights (a builtin one from fetch holds only its configuration)."""
-    return any((Path(model_dir) / name).is_file() for name in WEIGHT_FILES)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from detox.evaluation import TOXIC_THRESHOLD, rouge
+from detox.evaluation import TOXIC_THRESHOLD
+from detox.quality import rouge
 from detox.judges import Judge
 from detox.params import PPOParams
 from detox.ppo.engine import PPOTrainer, only_this_generation_config

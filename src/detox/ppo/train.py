@@ -38,6 +38,8 @@ from detox.tracking import RUN_FILE, Tracker, lineage_tags
 
 log = logging.getLogger(__name__)
 
+TIMING_PREFIX = "time/"
+
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ppo.precision -> accelerate's name
 PRECISION_OF = {v: k for k, v in MIXED_PRECISION.items()}
 
@@ -58,6 +60,7 @@ class PPOPaths:
     validation: Path = Path("data/raw/validation.parquet")
     judges: Path = Path("models/judges")
     evaluations: Path = Path("plots/ppo/eval.tsv")
+    timings: Path = Path("logs/timings/ppo_history.tsv")  # per-step wall clock (and ppo.json beside it)
     base_manifest: Path = Path("models/base/manifest.json")  # where the fetched models came from
 
 
@@ -156,8 +159,14 @@ def summarize_history(history: list[dict[str, float]], stop_reason: str | None) 
         "kl_coef_last": float(frame["objective/kl_coef"].iloc[-1]),
         "response_length_last5": float(tail["ppo/mean_response_length"].mean()),
         "distinct_2_last5": float(tail["env/distinct_2"].mean()),
-        "seconds_per_step": float(frame["time/total"].mean()),
     }
+
+
+def history_timings(history: list[dict[str, float]]) -> dict[str, float]:
+    """The wall-clock side of a run (MLflow and logs/timings/ppo.json, never DVC's metrics or plots)."""
+    frame = pd.DataFrame(history)
+    return {"seconds_per_step": float(frame["time/total"].mean()), "seconds": float(frame["time/total"].sum()),
+            "tokens_per_second": float(frame["time/tokens_per_second"].mean())}
 
 
 def validation_set(params: Params, paths: PPOPaths, scorer: RewardScorer) -> ValidationSet:
@@ -292,12 +301,19 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
             trainer.unwrapped.save(out, base_model=paths.policy, final_dir=paths.out)
             tokenizer.save_pretrained(out)
             write_json(out / RUN_FILE, tracker.record())
-        write_history(paths.history, history)
+        # DVC's plot holds what a rerun reproduces; the time/* columns go to MLflow (per step) and logs/.
+        write_history(paths.history, [{k: v for k, v in row.items() if not k.startswith(TIMING_PREFIX)}
+                                      for row in history])
+        write_history(paths.timings, [{k: v for k, v in row.items() if k == "step" or k.startswith(TIMING_PREFIX)}
+                                      for row in history])
         if evaluate_at:
             write_history(paths.evaluations, selection.history)
             tracker.log_artifact(paths.evaluations, "ppo")
         write_json(paths.metrics, metrics)
-        tracker.log_metrics({f"ppo_summary/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        timings = history_timings(history)
+        write_json(paths.timings.with_suffix(".json"), timings)
+        tracker.log_metrics({f"ppo_summary/{k}": v for k, v in {**metrics, **timings}.items()
+                             if isinstance(v, (int, float))})
         tracker.log_artifact(paths.history, "ppo")
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     tracker.end()
