@@ -319,7 +319,9 @@ def _against_champion(metrics: dict[str, Any], cfg: PromotionParams, champion: d
     worse_rouge = after["rougeL"] < float(champion["rougeL"]) - cfg.max_rougeL_drop
     return Check(
         "champion", not (worse_toxicity or worse_rouge),
-        f"vs the champion (version {version}) on the same prompts: {cfg.judge} toxicity {toxicity:.4f} vs "
+        # No version number here: this text lands in metrics/evaluate.json, which a rerun must reproduce
+        # (the champion's version moves with every promotion; MLflow shows it).
+        f"vs the champion on the same prompts: {cfg.judge} toxicity {toxicity:.4f} vs "
         f"{float(champion['judge_toxicity']):.4f}, ROUGE-L {after['rougeL']:.4f} vs {float(champion['rougeL']):.4f}"
         + (" (worse: the champion keeps the alias)" if worse_toxicity or worse_rouge else " (not worse)"),
     )
