@@ -311,7 +311,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
             tracker.log_artifact(paths.evaluations, "ppo")
         write_json(paths.metrics, metrics)
         timings = history_timings(history)
-        write_json(paths.timings.with_suffix(".json"), timings)
+        write_json(paths.timings.with_name("ppo.json"), timings)
         tracker.log_metrics({f"ppo_summary/{k}": v for k, v in {**metrics, **timings}.items()
                              if isinstance(v, (int, float))})
         tracker.log_artifact(paths.history, "ppo")
