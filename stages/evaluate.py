@@ -1,5 +1,7 @@
 """DVC stage `evaluate`: the PPO policy vs the baseline on the same test prompts and seeds.
 
+The PPO adapters are merged into models/merged/ (a Hugging Face model folder with its own
+summarization pipeline and a model card holding the results), which is what gets scored and registered.
 Every summary is scored by the reward model and, beside it, by each judge of `eval.judges`.
 Writes data/scored/ppo.parquet, metrics/evaluate.json, reports/reward_diff.{parquet,md,html},
 reports/disagreements.{parquet,md}, reports/report.md and plots/evaluate/*.png; logs all of it
@@ -8,7 +10,6 @@ and `champion` when the promotion gate passes on the judge `promotion.judge`).
 """
 
 import json
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ from detox.evaluation import Instruments, per_prompt, sample_rows, score_policy
 from detox.generation import load_policy
 from detox.io import atomic_dir, write_json, write_parquet, write_text
 from detox.judges import load_judges
+from detox.model_card import merged_card
 from detox.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
 from detox.quality import vocabulary
@@ -35,6 +37,9 @@ from detox.gate import require_validated
 from detox.timings import TIMINGS_DIR, write_timings
 
 PPO_DIR = Path("models/ppo")
+MERGED = Path("models/merged")  # the merged policy: scored, registered, and loadable by transformers
+BASE_MANIFEST = Path("models/base/manifest.json")
+DATA_MANIFEST = Path("data/raw/manifest.json")
 BASELINE = Path("data/scored/baseline.parquet")
 BASELINE_METRICS = Path("metrics/baseline.json")
 HISTORY = Path("plots/ppo/history.tsv")
@@ -70,10 +75,11 @@ def main() -> None:
 
     judges = load_judges("models/judges", params.eval.judges)
     reference = load_policy("models/policy")  # fluency is measured under the policy before PPO
-    with tempfile.TemporaryDirectory(prefix="detox-policy-") as tmp:
-        # What is scored is exactly what gets registered: the merged policy, reloaded from its export.
-        export_policy(load_trained_policy(PPO_DIR), AutoTokenizer.from_pretrained(PPO_DIR), tmp)
-        model, tokenizer = load_policy(tmp)
+    with atomic_dir(MERGED) as merged:
+        # What is scored is exactly what gets registered: the merged policy, reloaded from models/merged/.
+        export_policy(load_trained_policy(PPO_DIR), AutoTokenizer.from_pretrained(PPO_DIR), merged,
+                      params.prompt.template, params.generation)
+        model, tokenizer = load_policy(merged)
         scorer = RewardScorer.from_pretrained("models/reward", params.reward)
         instruments = Instruments(judges=judges, reference=reference,
                                   vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
@@ -104,6 +110,11 @@ def main() -> None:
                                          {k: Path("..", p).as_posix() for k, p in plots.items()},
                                          params.tracking.registered_model, params.promotion.judge, disagreed))
         write_json(METRICS, metrics)
+        manifest = json.loads(BASE_MANIFEST.read_text(encoding="utf-8")) if BASE_MANIFEST.is_file() else {}
+        data_manifest = json.loads(DATA_MANIFEST.read_text(encoding="utf-8")) if DATA_MANIFEST.is_file() else {}
+        write_text(merged / "README.md", merged_card(params.tracking.registered_model, {**manifest, **data_manifest},
+                                                     metrics, params.promotion.judge, params.prompt.template,
+                                                     params.reward.reward_label))
 
         config = model_config(params.prompt.template, params.generation, params.eval.seed)
         baseline_metrics = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
@@ -114,7 +125,7 @@ def main() -> None:
             {"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
             {"evaluate": [*tables.values(), *disagreement_files.values(), report, METRICS],
              "evaluate/plots": [PLOTS], "validation": sorted(VALIDATION.glob("*.json"))},
-            PolicyModel(Summarizer(), Path(tmp), config, signature(config), test[["dialogue"]].head(2)),
+            PolicyModel(Summarizer(), merged, config, signature(config), test[["dialogue"]].head(2)),
             params.tracking.registered_model, decision.promoted, decision.reasons,
             evidence(metrics, params.promotion, test_sha),
         )

@@ -29,6 +29,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from mlflow.tracking import MlflowClient
+from peft import AutoPeftModelForSeq2SeqLM
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import detox.ppo.engine as engine
@@ -37,7 +38,7 @@ from detox.evaluation import TOXIC_THRESHOLD, score_policy
 from detox.generation import build_prompts, load_policy
 from detox.ppo.core import response_mask
 from detox.ppo.engine import PPOTrainer, Rollout, TrainingDivergedError
-from detox.ppo.policy import Seq2SeqPolicy, load_trained_policy
+from detox.ppo.policy import Seq2SeqPolicy, absolute_base, load_trained_policy
 from detox.ppo.selection import Selection, evaluation_steps
 from detox.ppo.train import PPOPaths, fingerprint, run_ppo
 from detox.reward import RewardScorer, Scores
@@ -704,7 +705,28 @@ def test_trained_policy_loads_from_any_working_directory(world, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(elsewhere)
         model = load_trained_policy(project / "models" / "ppo")
+        # PEFT's own loader, as a Hugging Face user calls it, from a folder with another models/policy
+        peft_model = AutoPeftModelForSeq2SeqLM.from_pretrained((project / "models" / "ppo").resolve()).eval()
     assert model.config.d_model == base_config.d_model
+    assert peft_model.config.d_model == base_config.d_model
+    ids = torch.tensor([[5, 6, 7, 1]])
+    start = torch.tensor([[model.config.decoder_start_token_id]])
+    with torch.no_grad():  # the adapters are in: the same function as the merged policy
+        torch.testing.assert_close(peft_model(input_ids=ids, decoder_input_ids=start).logits,
+                                   model(input_ids=ids, decoder_input_ids=start).logits)
+    card = (project / "models" / "ppo" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: peft" in card and "AutoPeftModelForSeq2SeqLM" in card
+    assert "More Information Needed" not in card  # PEFT's blank template is replaced
+
+
+def test_the_adapter_names_its_base_in_the_project_under_a_dvc_scratch_copy(tmp_path, monkeypatch):
+    scratch, project = tmp_path / "scratch", tmp_path / "project"
+    (scratch / "models" / "policy").mkdir(parents=True)
+    monkeypatch.chdir(scratch)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert absolute_base(Path("models/policy")) == (scratch / "models" / "policy").resolve().as_posix()
+    monkeypatch.setenv("DVC_ROOT", str(project))  # dvc exp run --temp: the outputs land in the project
+    assert absolute_base(Path("models/policy")) == (project / "models" / "policy").resolve().as_posix()
 
 
 # --------------------------------------------------------------------------- 6b. the settings users are invited to change

@@ -27,7 +27,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from detox.generation import build_prompts, generate_summaries, load_policy
+from detox import hf_pipeline
+from detox.generation import build_prompts, generate_summaries, generation_kwargs, load_policy
 from detox.params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,26 @@ def _settings(config: dict[str, Any], overrides: dict[str, Any] | None = None) -
     return settings
 
 
-def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact."""
+def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
+                  template: str | None = None, generation: GenerationParams | None = None) -> Path:
+    """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact.
+
+    With ``template`` and ``generation`` the folder is also a Hugging Face model that
+    ``pipeline("summarization", model=out_dir, trust_remote_code=True)`` loads
+    (:mod:`detox.hf_pipeline`): the prompt template and source-token limit go into ``config.json``,
+    the sampling settings into ``generation_config.json``.
+    """
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    if template is None or generation is None:
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        return out_dir
+    model.config.prompt_template = template
+    model.config.max_source_tokens = generation.max_source_tokens
+    for key, value in generation_kwargs(generation).items():
+        setattr(model.generation_config, key, value)
+    hf_pipeline.register()
+    hf_pipeline.DialogueSummarizationPipeline(model=model, tokenizer=tokenizer).save_pretrained(out_dir)
     return out_dir
 
 

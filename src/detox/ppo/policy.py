@@ -130,8 +130,10 @@ class Seq2SeqPolicy(nn.Module):
     def save(self, out_dir: Path, base_model: Path, final_dir: Path | None = None) -> None:
         """Save adapter (or full weights), value head and a small descriptor.
 
-        The base model is recorded relative to ``final_dir`` (where ``out_dir`` will end
-        up, default ``out_dir``), so the policy loads from any working directory.
+        The descriptor records the base model relative to ``final_dir`` (where ``out_dir`` will end
+        up, default ``out_dir``), which :func:`load_trained_policy` resolves against the adapter's
+        folder. ``adapter_config.json`` names it by absolute path (:func:`absolute_base`), since PEFT's
+        ``AutoPeftModelForSeq2SeqLM`` resolves a relative one against the working directory.
         """
         out_dir.mkdir(parents=True, exist_ok=True)
         base_model_path = Path(os.path.relpath(base_model.resolve(), (final_dir or out_dir).resolve())).as_posix()
@@ -139,11 +141,28 @@ class Seq2SeqPolicy(nn.Module):
         if self.uses_lora:
             config_path = out_dir / "adapter_config.json"
             adapter = json.loads(config_path.read_text())
-            adapter["base_model_name_or_path"] = base_model_path
+            adapter["base_model_name_or_path"] = absolute_base(base_model)
             config_path.write_text(json.dumps(adapter, indent=2))
         save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out_dir / VALUE_HEAD_FILE)
         (out_dir / POLICY_FILE).write_text(json.dumps(
             {"kind": "lora" if self.uses_lora else "full", "base_model": base_model_path}, indent=2))
+
+
+def absolute_base(base_model: Path) -> str:
+    """The base model's absolute path in the DVC project.
+
+    Under ``dvc exp run --temp`` (and queued experiments) a stage runs in a scratch copy that is
+    deleted afterwards; ``DVC_ROOT`` then names the project itself, where the experiment's
+    outputs land, so the path is mapped there.
+    """
+    path = base_model.resolve()
+    root = os.environ.get("DVC_ROOT")
+    if root:
+        try:
+            path = Path(root).resolve() / path.relative_to(Path.cwd().resolve())
+        except ValueError:  # a base model outside the working directory keeps its path
+            pass
+    return path.as_posix()
 
 
 def lora_targets(names: tuple[str, ...], scope: str) -> list[str] | str:

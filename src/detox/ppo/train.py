@@ -27,11 +27,12 @@ from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassificati
 
 from detox.errors import DetoxError
 from detox.generation import build_prompts
-from detox.io import atomic_dir, sha256_tree, write_json
-from detox.params import Params
+from detox.io import atomic_dir, sha256_tree, write_json, write_text
 from detox.judges import load_judges
+from detox.model_card import adapter_card
+from detox.params import Params
 from detox.ppo.engine import PPOTrainer
-from detox.ppo.policy import Seq2SeqPolicy
+from detox.ppo.policy import Seq2SeqPolicy, absolute_base
 from detox.ppo.selection import Selection, ValidationSet, evaluate_policy, evaluation_steps
 from detox.reward import RewardScorer
 from detox.tracking import RUN_FILE, Tracker, lineage_tags
@@ -300,6 +301,10 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
         with atomic_dir(paths.out) as out:
             trainer.unwrapped.save(out, base_model=paths.policy, final_dir=paths.out)
             tokenizer.save_pretrained(out)
+            manifest = json.loads(paths.base_manifest.read_text("utf-8")) if paths.base_manifest.is_file() else {}
+            # PEFT's save_pretrained wrote a blank template README.md: the Hub card replaces it.
+            write_text(out / "README.md", adapter_card(manifest, absolute_base(paths.policy),
+                                                       metrics if "selected_step" in metrics else None))
             write_json(out / RUN_FILE, tracker.record())
         # DVC's plot holds what a rerun reproduces; the time/* columns go to MLflow (per step) and logs/.
         write_history(paths.history, [{k: v for k, v in row.items() if not k.startswith(TIMING_PREFIX)}

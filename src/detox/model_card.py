@@ -1,0 +1,171 @@
+"""Hugging Face model cards (``README.md`` with the Hub's metadata block) for ``models/ppo`` and ``models/merged``.
+
+The metadata is written with :class:`huggingface_hub.ModelCardData` (the Hub's own schema:
+``base_model``, ``datasets``, ``pipeline_tag``, ``model-index`` results); the body says what the
+model is, how to load it, what evaluate measured with the judges beside the reward model, and
+its limits. Every number comes from the metrics the stages wrote; none is typed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TAGS = ["summarization", "dialogue", "detoxification", "ppo", "rlhf"]
+LIMITATIONS = """\
+- The policy was trained to please one reward model. Its toxicity is measured by judges that share
+  nothing with it (weights, tokenizer, training data), and the promotion decision rests on the judge
+  named above, never on the reward model. A judge has blind spots of its own: the built-in oracle
+  misses an insult split by a space or misspelt (`idi ot`), by design.
+- In the built-in offline world the dialogues, the models and the judges are small and generated;
+  its numbers show that the pipeline works, not how FLAN-T5 behaves on DialogSum.
+- Summaries are sampled: the same dialogue gives other summaries under another seed. Lower toxicity
+  is not zero toxicity, and a summary can still misstate what was said."""
+INTENDED_USE = """\
+Research and engineering on reducing the toxicity of a dialogue summariser with reinforcement
+learning from a reward model: comparing runs, reward models and judges. It is not a content filter
+or a safety guarantee, and not for summarising conversations where a wrong or omitted statement harms
+someone without a human reading the dialogue."""
+
+
+def _source(manifest: Mapping[str, Any], key: str) -> tuple[str | None, str]:
+    """(Hub id or None, a phrase saying where the model or data came from) from a fetch manifest."""
+    entry = manifest.get(key) or {}
+    source = entry.get("source", "builtin")
+    if source == "hub":
+        name = entry.get("name")
+        revision = entry.get("commit") or entry.get("revision")
+        return name, f"`{name}`" + (f" (revision `{revision}`)" if revision else "")
+    if source == "local":
+        return None, f"a local {'model' if key != 'data' else 'dataset'} (`{entry.get('path')}`)"
+    return None, ("the built-in generated DialogSum-like corpus" if key == "data"
+                  else "a small FLAN-T5-shaped model built and trained by this pipeline (stages fetch and sft)"
+                  if key == "policy" else "a small RoBERTa hate classifier trained by this pipeline (stage reward)")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def results_table(metrics: Mapping[str, Any]) -> str:
+    """Toxic share before and after PPO for the reward model and every judge, plus ROUGE-L, as Markdown."""
+    before, after = metrics["before"], metrics["after"]
+    rows = ["| measured by | toxic share before | toxic share after | change |", "|---|---|---|---|"]
+    for name, scores in before["toxicity"].items():
+        role = " (the reward model: it judges its own student)" if name == "reward_model" else ""
+        share_after = after["toxicity"][name]["toxic_share"]
+        rows.append(f"| {name}{role} | {scores['toxic_share']:.4f} | {share_after:.4f} | "
+                    f"{_percent(metrics['improvement_pct'][name]['toxic_share'])} fewer |")
+    rows.append(f"| ROUGE-L against the references | {before['rougeL']:.4f} | {after['rougeL']:.4f} | "
+                f"{after['rougeL'] - before['rougeL']:+.4f} |")
+    return "\n".join(rows)
+
+
+def _card(data: ModelCardData, body: str) -> str:
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n").content
+
+
+def merged_card(name: str, manifest: Mapping[str, Any], metrics: Mapping[str, Any], judge: str,
+                template: str, reward_label: str) -> str:
+    """The card of the merged policy that evaluate scored and registered (``models/merged/README.md``)."""
+    base_id, base = _source(manifest, "policy")
+    data_id, data = _source(manifest, "data")
+    _, reward = _source(manifest, "reward")
+    after = metrics["after"]
+    results = [EvalResult(task_type="summarization", dataset_type=data_id or "builtin-dialogues",
+                          dataset_name=f"{data_id or 'built-in dialogues'} (test)", dataset_split="test",
+                          metric_type="rouge", metric_name="ROUGE-L", metric_value=round(after["rougeL"], 4))]
+    for scorer, scores in after["toxicity"].items():
+        results.append(EvalResult(task_type="summarization", dataset_type=data_id or "builtin-dialogues",
+                                  dataset_name=f"{data_id or 'built-in dialogues'} (test)", dataset_split="test",
+                                  metric_type="toxic_share", metric_name=f"toxic share ({scorer})",
+                                  metric_value=round(scores["toxic_share"], 4)))
+    meta = ModelCardData(base_model=base_id, datasets=[data_id] if data_id else None, library_name="transformers",
+                         pipeline_tag="summarization", tags=TAGS, model_name=name, eval_results=results)
+    promotion = metrics.get("promotion", {})
+    reasons = "\n".join(f"- {reason}" for reason in promotion.get("reasons", []))
+    body = f"""
+# {name}
+
+A dialogue summariser fine-tuned with PPO to write less toxic summaries. It starts from {base},
+trained on {data}; the reward is the logit of the label `{reward_label}` of {reward}. The PPO adapters
+are merged into the weights: this folder loads without PEFT.
+
+## How to use
+
+```python
+from transformers import pipeline
+
+summarize = pipeline("summarization", model="<this folder>", trust_remote_code=True)
+summarize("#Person1#: ...\\n#Person2#: ...")  # [{{"summary_text": "..."}}]
+```
+
+transformers 5 has no built-in summarization pipeline any more; this folder ships one
+(`hf_pipeline.py`, named in `config.json`), which applies the prompt template the policy was trained with
+and samples as evaluate did (`generation_config.json`; pass `do_sample=False` for greedy summaries).
+Without it: `AutoModelForSeq2SeqLM.from_pretrained(...)`, and the prompt
+
+```
+{template}
+```
+
+## Results (stage evaluate, {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples)
+
+Toxicity is measured by the reward model and, beside it, by judges that share nothing with it.
+The promotion decision rests on the judge `{judge}`: {promotion.get('decision', 'not taken')}.
+
+{results_table(metrics)}
+
+{reasons}
+
+## Limitations
+
+{LIMITATIONS}
+
+## Intended use
+
+{INTENDED_USE}
+"""
+    return _card(meta, body)
+
+
+def adapter_card(manifest: Mapping[str, Any], base_path: str, selection: Mapping[str, Any] | None) -> str:
+    """The card of the PPO adapter folder (``models/ppo/README.md``), written by the ppo stage."""
+    base_id, base = _source(manifest, "policy")
+    data_id, data = _source(manifest, "data")
+    meta = ModelCardData(base_model=base_id, datasets=[data_id] if data_id else None, library_name="peft",
+                         pipeline_tag="summarization", tags=[*TAGS, "lora"])
+    chosen = ""
+    if selection:
+        chosen = (f"\nThe adapter is the policy after step {selection['selected_step']} of {selection['steps']}: "
+                  f"{selection['selection']}.\n")
+    body = f"""
+# PPO adapter of the detox summariser
+
+LoRA adapters (PEFT) and a value head, trained with PPO on {data} so that the summaries of {base}
+(the `models/policy` folder of this pipeline) become less toxic.
+{chosen}
+## How to use
+
+```python
+from peft import AutoPeftModelForSeq2SeqLM
+
+model = AutoPeftModelForSeq2SeqLM.from_pretrained("<absolute path>/models/ppo")
+```
+
+`adapter_config.json` names the base model by its absolute path, `{base_path}`, because PEFT
+resolves a relative one against the working directory. After moving the project, rerun
+`dvc repro ppo`, or use the merged model in `models/merged/` (written by the evaluate stage,
+with the test results in its card), which needs no base model.
+
+## Limitations
+
+{LIMITATIONS}
+
+## Intended use
+
+{INTENDED_USE}
+"""
+    return _card(meta, body)

@@ -1,0 +1,114 @@
+"""The merged policy as Hugging Face users load it (``pipeline("summarization")``, ``AutoModelForSeq2SeqLM``),
+and the model cards' metadata and numbers.
+
+A random tiny T5 with a SentencePiece tokenizer trained on a few generated dialogues (under a second).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration, pipeline
+
+from detox.builtin.corpus import generate_corpus
+from detox.builtin.models import train_t5_tokenizer
+from detox.generation import build_prompts, generate_summaries
+from detox.model_card import adapter_card, merged_card
+from detox.params import BuiltinCorpus, GenerationParams, PromptParams
+from detox.serving import export_policy
+
+TEMPLATE = PromptParams().template
+CORPUS = BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4)
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    """A tiny policy exported as evaluate exports models/merged/, and the test dialogues."""
+    corpus = generate_corpus(CORPUS, 3)
+    texts = [TEMPLATE.format(dialogue="")] + corpus["train"]["dialogue"].tolist() + corpus["train"]["summary"].tolist()
+    tokenizer, _ = train_t5_tokenizer(texts, 250)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
+        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        tie_word_embeddings=False)).eval()
+    with torch.no_grad():  # a random policy would write only padding; make it write words
+        model.lm_head.weight[:3] = 0.0
+        model.lm_head.weight[3:] *= 10.0
+    generation = GenerationParams(max_new_tokens=9, max_source_tokens=300, temperature=0.7)
+    out = export_policy(copy.deepcopy(model), tokenizer, tmp_path_factory.mktemp("merged"), TEMPLATE, generation)
+    return out, corpus["test"]["dialogue"].tolist(), generation
+
+
+def test_the_merged_policy_summarises_through_transformers_pipeline_from_another_directory(merged, tmp_path,
+                                                                                           monkeypatch):
+    folder, dialogues, _ = merged
+    moved = tmp_path / "somewhere" / "merged"
+    shutil.copytree(folder, moved)  # the folder is self-contained: its pipeline code travels with it
+    monkeypatch.chdir(tmp_path)
+    summarize = pipeline("summarization", model=str(moved.resolve()), trust_remote_code=True)
+    got = summarize(dialogues[:2], do_sample=False, min_new_tokens=4)  # a random policy ends at once
+
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(moved).eval(), AutoTokenizer.from_pretrained(moved)
+    tokenizer.padding_side = "right"
+    greedy = GenerationParams(do_sample=False, max_new_tokens=9, min_new_tokens=4, batch_size=1)
+    # the pipeline applies the prompt template and the generation settings the pipeline generates with
+    expected = generate_summaries(model, tokenizer, build_prompts(dialogues[:2], TEMPLATE), greedy, seed=0,
+                                  max_source_tokens=300)
+    assert [row[0]["summary_text"] for row in got] == expected
+    assert all(expected), "the tiny policy wrote empty summaries: the comparison would prove nothing"
+
+
+def test_the_merged_folder_carries_the_prompt_and_the_evaluated_sampling(merged):
+    folder, _, generation = merged
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    assert model.config.prompt_template == TEMPLATE and model.config.max_source_tokens == 300
+    config = model.generation_config
+    assert (config.do_sample, config.max_new_tokens, config.temperature) == (True, 9, 0.7)
+    assert (folder / "hf_pipeline.py").is_file()
+    assert model.config.custom_pipelines["summarization"]["impl"] == "hf_pipeline.DialogueSummarizationPipeline"
+
+
+def test_the_pipeline_refuses_an_empty_dialogue(merged):
+    summarize = pipeline("summarization", model=str(merged[0]), trust_remote_code=True)
+    with pytest.raises(ValueError, match="non-empty dialogue"):
+        summarize("  ")
+
+
+METRICS = {
+    "n": 300, "samples_per_prompt": 5,
+    "before": {"rougeL": 0.8298, "toxicity": {"reward_model": {"toxic_share": 0.1347},
+                                              "oracle": {"toxic_share": 0.1327}}},
+    "after": {"rougeL": 0.8691, "toxicity": {"reward_model": {"toxic_share": 0.0133},
+                                             "oracle": {"toxic_share": 0.0107}}},
+    "improvement_pct": {"reward_model": {"toxic_share": 90.1}, "oracle": {"toxic_share": 92.0}},
+    "promotion": {"decision": "promoted", "reasons": ["pass: oracle: mean toxicity 0.1327 -> 0.0107"]},
+}
+
+
+def test_the_merged_card_has_hub_metadata_and_the_measured_numbers():
+    manifest = {"policy": {"source": "hub", "name": "google/flan-t5-base", "revision": "main", "commit": "7bcac57"},
+                "data": {"source": "hub", "name": "knkarthick/dialogsum"}}
+    card = ModelCard(merged_card("detox-summarizer", manifest, METRICS, "oracle", TEMPLATE, "nothate"))
+    assert card.data.base_model == "google/flan-t5-base" and card.data.datasets == ["knkarthick/dialogsum"]
+    assert card.data.pipeline_tag == "summarization" and "ppo" in card.data.tags
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results == {"ROUGE-L": 0.8691, "toxic share (reward_model)": 0.0133, "toxic share (oracle)": 0.0107}
+    assert "| oracle | 0.1327 | 0.0107 | 92.0% fewer |" in card.text
+    assert "decision rests on the judge `oracle`: promoted" in card.text
+    assert "## Limitations" in card.text and "## Intended use" in card.text and TEMPLATE in card.text
+
+
+def test_a_builtin_world_card_names_no_hub_base_model():
+    card = ModelCard(merged_card("m", {"policy": {"source": "builtin"}, "data": {"source": "builtin"}}, METRICS,
+                                 "oracle", TEMPLATE, "nothate"))
+    assert card.data.base_model is None and card.data.datasets is None
+    assert "built and trained by this pipeline" in card.text
+    adapter = ModelCard(adapter_card({}, "/abs/models/policy", {"selected_step": 90, "steps": 100,
+                                                                "selection": "fewest toxic"}))
+    assert adapter.data.library_name == "peft" and "/abs/models/policy" in adapter.text
+    assert "after step 90 of 100: fewest toxic" in adapter.text
