@@ -253,8 +253,10 @@ class PPOTrainer:
     def old_and_reference(self, batch: Rollout) -> dict[str, torch.Tensor]:
         """Old log-probs, values, entropy (teacher-forced forwards) and reference log-probs.
 
-        ``step`` takes the old values from the rollout instead; this recomputes them with a
-        teacher-forced pass, the reference the rollout's values are checked against.
+        In fp32 ``step`` takes the old values from the rollout, which equal these; under mixed
+        precision (``ppo.precision`` bf16 or fp16) it calls this, because autocast rounds the
+        rollout's cached decoding and a teacher-forced forward differently. The tests also check
+        the rollout's values against it.
         """
         parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "entropy": []}
         model = self.unwrapped
