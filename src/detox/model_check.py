@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+import torch
+from transformers import (
+    AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
@@ -34,6 +38,17 @@ KINDS = {
 def has_weights(model_dir: str | Path) -> bool:
     """Whether a model folder holds weights (a builtin one from fetch holds only its configuration)."""
     return any((Path(model_dir) / name).is_file() for name in WEIGHT_FILES)
+
+
+def load_or_init(model_dir: str | Path, kind: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The ``kind`` model (``seq2seq`` or ``classifier``) in ``model_dir`` and its tokenizer: its weights,
+    or, for a builtin folder (configuration only), a fresh model initialised from ``seed``."""
+    auto_class = KINDS[kind][1]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if has_weights(model_dir):
+        return auto_class.from_pretrained(model_dir), tokenizer
+    torch.manual_seed(seed)
+    return auto_class.from_config(AutoConfig.from_pretrained(model_dir)), tokenizer
 
 
 def check_model_folder(folder: str | Path, kind: str, section: str, weights: bool = True,

@@ -22,19 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
 from detox.errors import SourceError
+from detox.model_check import load_or_init
 from detox.params import Params
 from detox.reward import label_index
-from detox.model_check import has_weights
 from detox.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
@@ -71,15 +64,6 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarr
     order = np.random.default_rng(seed).permutation(n)
     n_held = max(1, int(round(n * share)))
     return np.sort(order[n_held:]), np.sort(order[:n_held])
-
-
-def load_classifier(model_dir: Path, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The classifier in ``model_dir``: its weights, or (builtin, configuration only) a seeded fresh one."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if has_weights(model_dir):
-        return AutoModelForSequenceClassification.from_pretrained(model_dir), tokenizer
-    torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir)), tokenizer
 
 
 @torch.no_grad()
@@ -178,7 +162,7 @@ def run_reward(params: Params, base_dir: Path, labelled_path: Path, out_dir: Pat
     (the caller swaps it in when all succeeded); measure it on the held-out labelled rows."""
     cfg = params.reward.train
     frame = load_labelled(labelled_path)
-    model, tokenizer = load_classifier(base_dir, params.seed)
+    model, tokenizer = load_or_init(base_dir, "classifier", params.seed)
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     label2id = {name: i for i, name in id2label.items()}
     labels = np.array(encode_labels(frame["label"], label2id, origin=str(labelled_path)))

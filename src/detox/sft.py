@@ -17,21 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    DataCollatorForSeq2Seq,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
 from detox.data import load_split
-from detox.quality import rouge
 from detox.generation import build_prompts, generate_summaries
+from detox.model_check import load_or_init
 from detox.params import GenerationParams, Params
-from detox.model_check import has_weights
+from detox.quality import rouge
 from detox.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
@@ -47,15 +39,6 @@ class SFTResult:
 def trains_policy(params: Params) -> bool:
     enabled = params.sft.enabled
     return params.policy.source == "builtin" if enabled is None else enabled
-
-
-def load_seq2seq(model_dir: Path, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The policy in ``model_dir``: its weights, or (builtin, configuration only) a seeded fresh one."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if has_weights(model_dir):
-        return AutoModelForSeq2SeqLM.from_pretrained(model_dir), tokenizer
-    torch.manual_seed(seed)
-    return AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(model_dir)), tokenizer
 
 
 def examples(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, template: str, max_source: int,
@@ -82,7 +65,7 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
     if not trains_policy(params):
         shutil.copytree(base_dir, out_dir, dirs_exist_ok=True)
         return SFTResult(trained=False, metrics={"trained": False}, fit=None)
-    model, tokenizer = load_seq2seq(base_dir, params.seed)
+    model, tokenizer = load_or_init(base_dir, "seq2seq", params.seed)
     template = params.prompt.template
     train = examples(tokenizer, load_split(raw_dir, "train"), template, cfg.max_source_tokens, cfg.max_target_tokens)
     validation = load_split(raw_dir, "validation")
