@@ -4,9 +4,10 @@ The PPO adapters are merged into models/merged/ (a Hugging Face model folder wit
 summarization pipeline and a model card holding the results), which is what gets scored and registered.
 Every summary is scored by the reward model and, beside it, by each judge of `eval.judges`.
 Writes data/scored/ppo.parquet, metrics/evaluate.json, reports/reward_diff.{parquet,md,html},
-reports/disagreements.{parquet,md}, reports/report.md and plots/evaluate/*.png; logs all of it
-into the PPO run in MLflow and registers the policy as a new model version (alias `candidate`,
-and `champion` when the promotion gate passes on the judge `promotion.judge`).
+reports/disagreements.{parquet,md}, reports/report.{md,html}, the figures reports/figures/*.png and
+the DVC plots' data plots/evaluate/{samples,judges}.tsv; logs all of it into the PPO run in MLflow
+and registers the policy as a new model version (alias `candidate`, and `champion` when the
+promotion gate passes on the judge `promotion.judge`).
 """
 
 import json
@@ -29,7 +30,9 @@ from detox.model_card import merged_card
 from detox.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
 from detox.quality import vocabulary
-from detox.report import headline, render_report, write_disagreements, write_plots, write_reward_diff
+from detox.report import (
+    headline, write_disagreements, write_plot_data, write_plots, write_report, write_reward_diff,
+)
 from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
 from detox.tracking import PolicyModel, champion_evidence, preflight, log_evaluation, read_run_record
@@ -46,7 +49,8 @@ HISTORY = Path("plots/ppo/history.tsv")
 SCORED = Path("data/scored/ppo.parquet")
 METRICS = Path("metrics/evaluate.json")
 REPORTS = Path("reports")
-PLOTS = Path("plots/evaluate")
+PLOTS = Path("plots/evaluate")  # data files of the DVC plots (dvc.yaml); compared across experiments
+FIGURES = Path("reports/figures")  # PNGs for the report and MLflow
 VALIDATION = Path("reports/validation")
 
 
@@ -102,13 +106,12 @@ def main() -> None:
         write_parquet(SCORED, scored)
         tables = write_reward_diff(table, REPORTS)
         disagreement_files = write_disagreements(disagreed, REPORTS)
-        with atomic_dir(PLOTS) as scratch:
-            plots = {key: PLOTS / path.name
-                     for key, path in write_plots(baseline, scored, history, scratch, metrics).items()}
-        report = REPORTS / "report.md"
-        write_text(report, render_report(metrics, decision, table, params.promotion.report_rows,
-                                         {k: Path("..", p).as_posix() for k, p in plots.items()},
-                                         params.tracking.registered_model, params.promotion.judge, disagreed))
+        plot_data = write_plot_data(baseline, scored, metrics, params.promotion.judge, PLOTS)
+        with atomic_dir(FIGURES) as scratch:
+            figures = {key: FIGURES / path.name
+                       for key, path in write_plots(baseline, scored, history, scratch, metrics).items()}
+        report = write_report(REPORTS, figures, metrics, decision, table, params.promotion.report_rows,
+                              params.tracking.registered_model, params.promotion.judge, disagreed)
         write_json(METRICS, metrics)
         manifest = json.loads(BASE_MANIFEST.read_text(encoding="utf-8")) if BASE_MANIFEST.is_file() else {}
         data_manifest = json.loads(DATA_MANIFEST.read_text(encoding="utf-8")) if DATA_MANIFEST.is_file() else {}
@@ -123,8 +126,8 @@ def main() -> None:
         registered = log_evaluation(
             run, params.tracking.experiment, {**metrics, "timing": timings}, baseline_metrics,
             {"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
-            {"evaluate": [*tables.values(), *disagreement_files.values(), report, METRICS],
-             "evaluate/plots": [PLOTS], "validation": sorted(VALIDATION.glob("*.json"))},
+            {"evaluate": [*tables.values(), *disagreement_files.values(), *report.values(), METRICS],
+             "evaluate/plots": [FIGURES, *plot_data.values()], "validation": sorted(VALIDATION.glob("*.json"))},
             PolicyModel(Summarizer(), merged, config, signature(config), test[["dialogue"]].head(2)),
             params.tracking.registered_model, decision.promoted, decision.reasons,
             evidence(metrics, params.promotion, test_sha),

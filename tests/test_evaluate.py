@@ -8,9 +8,11 @@ its SentencePiece tokenizer, well under a second).
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,8 +39,8 @@ from detox.generation import build_prompts, generate_summaries
 from detox.evaluation import per_prompt, summarize, toxicity_numbers
 from detox.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
 from detox.report import (
-    PLOT_FILES, escape_cell, html_table, markdown_table, render_report, write_disagreements, write_plots,
-    write_reward_diff,
+    JUDGE_FIELDS, PLOT_DATA, PLOT_FILES, REPORT_FILES, SAMPLE_FIELDS, escape_cell, html_table, markdown_table,
+    render_report, write_disagreements, write_plot_data, write_plots, write_report, write_reward_diff,
 )
 from detox.serving import Summarizer, export_policy, model_config, signature
 from detox.tracking import (
@@ -335,14 +337,20 @@ def test_reward_diff_table_columns_order_and_sorting():
     table = reward_diff_table(before, after)
     assert list(table.columns[:6]) == TABLE_COLUMNS == ["dialogue", "response_before", "response_after",
                                                         "reward_before", "reward_after", "reward_diff"]
-    assert list(table.columns[6:]) == ["reward_model_toxicity_before", "reward_model_toxicity_after",
-                                       "oracle_toxicity_before", "oracle_toxicity_after"]
+    assert list(table.columns[6:]) == ["reference", "group", "reward_model_toxicity_before",
+                                       "reward_model_toxicity_after", "oracle_toxicity_before", "oracle_toxicity_after"]
+    assert table["reference"].tolist() == [f"reference {i}" for i in "cadb"]
+    assert set(table["group"]) == {"all"}  # data without a heated flag
     assert table["reward_diff"].tolist() == pytest.approx([3.0, 0.5, 0.0, -1.0])
     # each row keeps its own pair together
     assert table["response_before"].tolist() == ["bc", "ba", "bd", "bb"]
     assert table["response_after"].tolist() == ["ac", "aa", "ad", "ab"]
     assert table["dialogue"].tolist() == [f"#Person1#: dialogue {i}" for i in "cadb"]
     assert (table["reward_after"] - table["reward_before"]).tolist() == pytest.approx(table["reward_diff"].tolist())
+    heated = {"heated": [True, False, False, True]}
+    grouped = reward_diff_table(scored(list("abcd"), [1.0, 2.0, 0.5, 3.0], [0] * 4, extra=heated),
+                                scored(list("abcd"), [1.5, 1.0, 3.5, 3.0], [0] * 4, extra=heated))
+    assert grouped["group"].tolist() == ["calm", "heated", "heated", "calm"]  # rows c, a, d, b
 
 
 def test_reward_diff_table_shows_the_first_sample_of_each_prompt():
@@ -354,6 +362,7 @@ def test_reward_diff_table_shows_the_first_sample_of_each_prompt():
 
 def test_markdown_escapes_pipes_and_line_breaks():
     assert escape_cell("a | b\nc\r\nd") == "a \\| b<br>c<br>d"
+    assert escape_cell("<b>x</b> & y") == "&lt;b&gt;x&lt;/b&gt; &amp; y"  # text, never HTML; only <br> is a tag
     assert escape_cell(0.123456) == "0.1235"
     frame = pd.DataFrame({"dialogue": ["#Person1#: x | y\n#Person2#: z"], "reward_diff": [1.0]})
     lines = markdown_table(frame).splitlines()
@@ -374,15 +383,21 @@ def test_reward_diff_files_and_html_escaping(tmp_path):
     page = paths["html"].read_text()
     assert "&lt;script&gt;" in page and "<script>" not in page and page.startswith("<!DOCTYPE html>")
     assert html_table(table, "t").count("<tr") == 3  # header + 2 rows
+    # a dialogue's line breaks are line breaks on the page, not the two characters "\n"
+    assert "<td>p | q<br>r</td>" in page and "\\n" not in page
+    for column in ("reference", "group", "reward_model_toxicity_before", "oracle_toxicity_after"):
+        assert f"<th>{column}</th>" in page
+    assert "<td>reference a</td>" in page
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="columns"):
         write_reward_diff(table.drop(columns="dialogue"), tmp_path)
 
 
 def test_plots_and_report(tmp_path):
-    before = scored(list("abcdef"), [0, 1, 2, -1, 3, 0], [0.9, 0.1, 0.2, 0.95, 0.05, 0.6],
+    turns = [f"#Person1#: hi {i}\n#Person2#: <ho> & bye" for i in "abcdef"]
+    before = scored(list("abcdef"), [0, 1, 2, -1, 3, 0], [0.9, 0.1, 0.2, 0.95, 0.05, 0.6], dialogues=turns,
                     judges={"oracle": [1, 0, 0, 1, 0, 1]}, extra={"why:oracle": ["idiot", "", "", "rat", "", "pig"]})
-    after = scored(list("abcdef"), [2, 1, 3, 1, 3, 2], [0.1, 0.1, 0.1, 0.3, 0.05, 0.2],
+    after = scored(list("abcdef"), [2, 1, 3, 1, 3, 2], [0.1, 0.1, 0.1, 0.3, 0.05, 0.2], dialogues=turns,
                    judges={"oracle": [1, 0, 0, 0, 0, 0]}, extra={"why:oracle": ["idiot in 'xidiot'", "", "", "", "", ""]},
                    responses=["glued xidiot", "b", "c", "d", "e", "f"])
     after["heated"] = [True, False, False, True, False, True]
@@ -402,8 +417,11 @@ def test_plots_and_report(tmp_path):
     disagreed = disagreements(before, after)
     files = write_disagreements(disagreed, tmp_path)
     pd.testing.assert_frame_equal(pd.read_parquet(files["parquet"]), disagreed)
-    report = render_report(metrics, decision, table, 2, {k: f"../plots/{p.name}" for k, p in paths.items()}, "m",
-                           "oracle", disagreed)
+    reports = write_report(tmp_path / "reports", paths, metrics, decision, table, 2, "m", "oracle", disagreed)
+    assert {k: p.name for k, p in reports.items()} == REPORT_FILES
+    report = reports["md"].read_text()
+    assert report == render_report(metrics, decision, table, 2, {k: f"../{p.name}" for k, p in paths.items()}, "m",
+                                   "oracle", disagreed)
     assert f"**Promotion: {decision.decision}**, decided on the judge `oracle`" in report
     first_screen = report[: report.index("## Quality")]
     # each judge's numbers beside the reward model's, in the first screen
@@ -413,8 +431,60 @@ def test_plots_and_report(tmp_path):
     assert "| oracle | glued xidiot | 0.1000 | 1.0000 | idiot in 'xidiot' |" in first_screen
     assert "Largest reward gains (top 2)" in report and "Largest reward losses (bottom 2)" in report
     assert markdown_table(table.head(2)[TABLE_COLUMNS]) in report
-    assert "![training](../plots/ppo_training.png)" in report and "![judges](../plots/toxic_share_by_judge.png)" in report
+    # links relative to the report that reach the figures
+    for key, path in paths.items():
+        assert f"![{key}](../{path.name})" in report and (reports["md"].parent / f"../{path.name}").resolve() == path
     assert "heated dialogues (3): toxic summaries reward model 100.0% -> 0.0%, oracle 100.0% -> 33.3%" in report
+
+    page = reports["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    # self-contained: every image embedded as a data URI, nothing loaded from a file or the network
+    assert page.count('<img src="data:image/png;base64,') == len(paths)
+    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<link" not in page and "<script" not in page and "url(" not in page and "@import" not in page
+    embedded = sources[list(paths).index("training")]
+    assert base64.b64decode(embedded.split(",", 1)[1]) == paths["training"].read_bytes()
+    # markdown rendered: tables and headings are HTML, no markdown table row or escaped <br> is left
+    assert page.count("<table>") == len(re.findall(r"^\|---", report, re.M)) and "<h2>Toxicity, judge by judge</h2>" in page
+    assert not re.search(r"^\|", page, re.M) and "&lt;br&gt;" not in page
+    # the dialogues' line breaks in the gains/losses tables; their text is text, never a tag
+    assert "<td>#Person1#: hi d<br>#Person2#: &lt;ho&gt; &amp; bye</td>" in page and "<ho>" not in page
+    assert "| #Person1#: hi d<br>#Person2#: &lt;ho&gt; &amp; bye |" in report  # GitHub renders both the same
+    assert "<td>judge <code>oracle</code></td>" in page
+    again = write_report(tmp_path / "again", paths, metrics, decision, table, 2, "m", "oracle", disagreed)
+    assert again["html"].read_bytes() == reports["html"].read_bytes()  # deterministic
+
+
+def test_plot_data_files_have_the_declared_fields_and_are_deterministic(tmp_path):
+    heated = {"heated": [True, False, True, False]}
+    before = scored(list("aabb"), [1.0, -1.0, 2.0, 0.5], [0.9, 0.1, 0.8, 0.2], samples=[0, 1, 0, 1],
+                    judges={"oracle": [1, 0, 1, 0], "ngram": [0.7, 0.2, 0.6, 0.1]}, extra=heated)
+    after = scored(list("aabb"), [2.0, -0.5, 2.0, 1.5], [0.1, 0.1, 0.6, 0.2], samples=[0, 1, 0, 1],
+                   judges={"oracle": [0, 0, 1, 0], "ngram": [0.3, 0.2, 0.9, 0.1]}, extra=heated)
+    metrics = compare(before, after, PromotionParams(bootstrap_samples=100), seed=0)
+    paths = write_plot_data(before, after, metrics, "ngram", tmp_path)
+    assert {k: p.name for k, p in paths.items()} == PLOT_DATA
+    samples = pd.read_csv(paths["samples"], sep="\t")
+    assert list(samples.columns) == SAMPLE_FIELDS and len(samples) == 4  # one row per summary
+    assert samples["id"].tolist() == list("aabb") and samples["sample"].tolist() == [0, 1, 0, 1]
+    assert samples["group"].tolist() == ["heated", "calm", "heated", "calm"]
+    assert samples["reward_diff"].tolist() == pytest.approx([1.0, 0.5, 0.0, 1.0])
+    assert samples["toxicity_before"].tolist() == pytest.approx([0.9, 0.1, 0.8, 0.2])
+    assert samples["judge_toxicity_after"].tolist() == pytest.approx([0.3, 0.2, 0.9, 0.1])  # the promotion judge's
+    judges = pd.read_csv(paths["judges"], sep="\t")
+    assert list(judges.columns) == JUDGE_FIELDS
+    assert judges["label"].tolist() == ["reward_model before", "reward_model after", "oracle before",
+                                        "oracle after", "ngram before", "ngram after"]
+    assert judges["role"].tolist() == ["trained against"] * 2 + ["judge"] * 2 + ["promotion judge"] * 2
+    assert judges["toxic_share"].tolist() == pytest.approx([0.5, 0.25, 0.5, 0.25, 0.5, 0.25])
+    assert judges["toxic_count"].tolist() == [2, 1, 2, 1, 2, 1] and set(judges["summaries"]) == {4}
+    first = {k: p.read_bytes() for k, p in paths.items()}
+    write_plot_data(before, after, metrics, "ngram", tmp_path)
+    assert {k: p.read_bytes() for k, p in paths.items()} == first  # same inputs, same bytes
+    assert b"\r" not in first["samples"] and first["samples"].endswith(b"\n")
+    with pytest.raises(ValueError, match="judge 'nope'"):
+        write_plot_data(before, after, metrics, "nope", tmp_path)
 
 
 # --------------------------------------------------------------------------- MLflow: registry and pyfunc model
@@ -527,6 +597,7 @@ def test_evaluation_is_logged_into_the_training_run(registry):
     logged = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/reward_diff.json",
                                                        str(registry["root"]))).read_text())
     assert logged["columns"][:6] == TABLE_COLUMNS
+    assert {"reference", "group", "reward_model_toxicity_before", "oracle_toxicity_after"} <= set(logged["columns"])
     # a run record naming a run this store does not have: a new run, tagged with the missing id
     version_2 = client.get_model_version(MODEL_NAME, "2")
     other = client.get_run(version_2.run_id)

@@ -24,7 +24,8 @@ BREAKS = [
     ("judges", "judges.ngram.C", -1.0, ["models/judges", "metrics/judges.json"]),
     ("baseline", "generation.top_p", 0.0, ["data/scored/baseline.parquet", "metrics/baseline.json"]),
     ("ppo", "ppo.steps", 0, ["models/ppo", "metrics/ppo.json", "plots/ppo/history.tsv"]),
-    ("evaluate", "promotion.confidence", 2.0, ["reports/report.md", "metrics/evaluate.json", "plots/evaluate"]),
+    ("evaluate", "promotion.confidence", 2.0, ["reports/report.md", "reports/report.html", "reports/figures",
+                                              "metrics/evaluate.json", "plots/evaluate/samples.tsv"]),
 ]
 
 

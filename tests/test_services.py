@@ -203,14 +203,14 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
     # The reward diff table (log_table -> JSON artifact), the reports and the model, listed through the API.
     listed = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"], path="evaluate")["files"]}
     assert {"evaluate/reward_diff.json", "evaluate/disagreements.json", "evaluate/report.md",
-            "evaluate/evaluate.json"} <= listed
+            "evaluate/report.html", "evaluate/evaluate.json"} <= listed
     top = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"])["files"]}
     assert {"evaluate", "ppo", "validation"} <= top
     stored = list((mlflow_server["root"] / "artifacts").rglob("reward_diff.json"))
     assert len(stored) == 1, "the table is stored in the server's --artifacts-destination"
     table = json.loads(stored[0].read_text())
     assert len(table["data"]) == EVAL_SAMPLES and "reward_diff" in table["columns"]
-    assert "oracle_toxicity_after" in table["columns"]
+    assert {"oracle_toxicity_after", "reference", "group"} <= set(table["columns"])
 
     # The registered version: this run's model, aliased candidate (and champion when promoted).
     evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
@@ -444,10 +444,11 @@ def test_evaluate_stage_with_tracking_server_down_fails_before_scoring(pipeline,
     """Checked before minutes of generation: the outputs of the last good run stay as they were."""
     project = tmp_path / "project"
     shutil.copytree(pipeline["repo"], project, ignore=shutil.ignore_patterns(".git", ".dvc"))
-    outputs = ("data/scored/ppo.parquet", "metrics/evaluate.json", "reports/report.md", "reports/reward_diff.parquet")
+    outputs = ("data/scored/ppo.parquet", "metrics/evaluate.json", "reports/report.md", "reports/report.html",
+               "reports/reward_diff.parquet", "plots/evaluate/samples.tsv")
     before = {path: (project / path).read_bytes() for path in outputs}
     proc, uri = run_stage_with_server_down("evaluate", project)
     assert f"error: cannot reach the MLflow tracking server at {uri}" in proc.stderr
     assert "evaluate:" not in proc.stderr, "no scoring may start before the check"
     assert {path: (project / path).read_bytes() for path in outputs} == before
-    assert not list(project.rglob(".*.tmp")) and not list((project / "plots").glob(".evaluate.*"))
+    assert not list(project.rglob(".*.tmp")) and not list((project / "reports").glob(".figures.*"))

@@ -327,10 +327,19 @@ def _against_champion(metrics: dict[str, Any], cfg: PromotionParams, champion: d
     )
 
 
+def groups(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's group: ``heated`` or ``calm`` by the data's ``heated`` flag, ``all`` without one."""
+    if "heated" not in frame.columns:
+        return np.full(len(frame), "all", dtype=object)
+    return np.where(frame["heated"].to_numpy(dtype=bool), "heated", "calm").astype(object)
+
+
 def reward_diff_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """The original project's table, one row per dialogue (its first sample), sorted by reward gain.
 
-    Beside the original columns: the reward model's toxicity and each judge's, before and after.
+    Beside the original columns (:data:`TABLE_COLUMNS`): the reference summary, the dialogue's group
+    (``heated`` / ``calm``, when the data has the flag; else ``all``), and the reward model's toxicity
+    and each judge's, before and after.
     """
     check_paired(before, after)
     first_before = before[before["sample"] == 0] if "sample" in before else before
@@ -343,6 +352,8 @@ def reward_diff_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame
         "reward_after": first_after["reward"].to_numpy(dtype=np.float64),
     })
     table["reward_diff"] = table["reward_after"] - table["reward_before"]
+    table["reference"] = first_after["reference"].to_numpy() if "reference" in first_after else ""
+    table["group"] = groups(first_after)
     for name, (score, _) in sources(first_after).items():
         label = "reward_model_toxicity" if name == REWARD_MODEL else f"{name}_toxicity"
         table[f"{label}_before"] = first_before[score].to_numpy(dtype=np.float64)

@@ -1,12 +1,17 @@
-"""What the evaluate stage shows people: the reward diff table, plots and a markdown report.
+"""What the evaluate stage shows people: the reward diff table, plots, their data and the report.
 
-Plots use matplotlib's object API (``Figure``, rendered by Agg), so no GUI backend
-and no global pyplot state is involved. Every file is written to a temporary name
-beside its target and renamed, so a failed run leaves no half-written output.
+Figures (PNG, for the report and MLflow) use matplotlib's object API (``Figure``, rendered by
+Agg), so no GUI backend and no global pyplot state is involved. The plot data files (TSV) are
+what ``dvc plots show`` / ``dvc plots diff`` draw and compare across experiments; they hold no
+timings, so the same inputs give byte-identical files. The report is markdown (for reading in
+git) and self-contained HTML (figures embedded, for MLflow's artifact viewer). Every file is
+written to a temporary name beside its target and renamed, so a failed run leaves no
+half-written output.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import os
 from collections.abc import Callable
@@ -15,10 +20,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from markdown_it import MarkdownIt
 from matplotlib.figure import Figure
 
-from detox.comparison import CHANGE_TOLERANCE, DISAGREEMENT_COLUMNS, JUDGE_ONLY, TABLE_COLUMNS, PromotionDecision
-from detox.evaluation import REWARD_MODEL, TOXIC_THRESHOLD
+from detox.comparison import (
+    CHANGE_TOLERANCE, DISAGREEMENT_COLUMNS, JUDGE_ONLY, TABLE_COLUMNS, PromotionDecision, check_paired, groups,
+)
+from detox.evaluation import REWARD_MODEL, TOXIC_THRESHOLD, sources
 from detox.io import write_parquet, write_text
 
 PLOT_FILES = {
@@ -31,6 +39,18 @@ QUALITY_ROWS = (("fluency_nll", "fluency: NLL under the reference policy (nats/t
                 ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("mean_length", "mean length (words)"),
                 ("unknown_word_share", "words never seen in the train split (garbling)"),
                 ("garbled_share", "summaries with such a word"))
+# The data of the DVC plots (dvc.yaml's top-level `plots:` name these files and fields).
+PLOT_DATA = {"samples": "samples.tsv", "judges": "judges.tsv"}
+SAMPLE_FIELDS = ["id", "sample", "group", "reward_before", "reward_after", "reward_diff", "toxicity_before",
+                 "toxicity_after", "judge_toxicity_before", "judge_toxicity_after"]
+JUDGE_FIELDS = ["label", "source", "role", "policy", "toxic_share", "toxic_count", "summaries", "toxicity_mean"]
+REPORT_FILES = {"md": "report.md", "html": "report.html"}
+REPORT_TITLE = "Evaluation: PPO policy vs baseline"
+# Inline CSS of the HTML pages: MLflow's artifact viewer shows them without any other file.
+PAGE_STYLE = ("body{font-family:sans-serif;margin:1.5em;line-height:1.4}table{border-collapse:collapse;margin:1em 0}"
+              "th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}"
+              "td{max-width:40em}th{background:#f3f3f3;position:sticky;top:0}img{max-width:100%}"
+              "code{background:#f3f3f3;padding:0 3px}")
 HISTORY_CURVES = [("env/reward_mean", "reward (mean)"), ("objective/kl", "KL (mean, summed over tokens)"),
                   ("env/toxicity_mean", "toxicity (mean)")]
 
@@ -42,10 +62,12 @@ HISTORY_CURVES = [("env/reward_mean", "reward (mean)"), ("objective/kl", "KL (me
 
 
 def escape_cell(value: Any) -> str:
-    """A value as one markdown table cell: ``|`` escaped, line breaks as ``<br>``, floats to 4 places."""
+    """A value as one markdown table cell: ``|`` escaped, ``&``, ``<`` and ``>`` as HTML entities (text is never
+    taken for HTML), line breaks as ``<br>`` (the one tag GitHub and the HTML report render in a table cell;
+    a cell cannot hold a newline), floats to 4 places."""
     if isinstance(value, (float, np.floating)):
         return f"{value:.4f}"
-    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    text = html.escape(str(value), quote=False).replace("\\", "\\\\").replace("|", "\\|")
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
 
 
@@ -57,14 +79,28 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_table(frame: pd.DataFrame, title: str) -> str:
-    """A standalone HTML page with ``frame`` as a table; line breaks in cells are kept."""
-    body = frame.to_html(index=False, escape=True, float_format=lambda v: f"{v:.4f}", border=0)
-    style = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
-             "th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}"
-             "td{white-space:pre-wrap;max-width:40em}th{background:#f3f3f3;position:sticky;top:0}")
+def html_page(title: str, body: str) -> str:
+    """A standalone HTML page: ``body`` (HTML) under the heading ``title``, styled inline, nothing external."""
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+            f"<style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def _html_text(value: Any) -> str:
+    """A text cell: HTML-escaped, line breaks (a dialogue's turns) as ``<br>``."""
+    text = html.escape("" if value is None else str(value))
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+
+
+def html_table(frame: pd.DataFrame, title: str) -> str:
+    """A standalone HTML page with ``frame`` as a table; line breaks in text cells are shown as line breaks."""
+    # pandas writes a newline in a cell as the two characters "\n", escape or not; so text cells are
+    # escaped here and their line breaks turned into <br>, and pandas is told not to escape again.
+    texts = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])
+             and not pd.api.types.is_bool_dtype(frame[c])]
+    shown = frame.rename(columns={c: html.escape(str(c)) for c in frame.columns})
+    body = shown.to_html(index=False, escape=False, border=0, float_format=lambda v: f"{v:.4f}",
+                         formatters={html.escape(str(c)): _html_text for c in texts})
+    return html_page(title, f"<h1>{html.escape(title)}</h1>\n{body}")
 
 
 def write_reward_diff(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
@@ -191,7 +227,84 @@ def write_plots(before: pd.DataFrame, after: pd.DataFrame, history: pd.DataFrame
     return paths
 
 
+def sample_plot_data(before: pd.DataFrame, after: pd.DataFrame, judge: str) -> pd.DataFrame:
+    """One row per summary (:data:`SAMPLE_FIELDS`), paired: the reward and the reward model's toxicity before
+    and after PPO, and the toxicity by ``judge`` (the promotion judge), in the scored frames' order."""
+    check_paired(before, after)
+    if judge not in sources(after) or judge not in sources(before):
+        raise ValueError(f"the judge {judge!r} did not score both frames (sources: {list(sources(after))})")
+    score = sources(after)[judge][0]
+    frame = pd.DataFrame({
+        "id": after["id"].astype(str).to_numpy(),
+        "sample": after["sample"].to_numpy() if "sample" in after else np.zeros(len(after), dtype=int),
+        "group": groups(after),
+        "reward_before": before["reward"].to_numpy(dtype=np.float64),
+        "reward_after": after["reward"].to_numpy(dtype=np.float64),
+    })
+    frame["reward_diff"] = frame["reward_after"] - frame["reward_before"]
+    frame["toxicity_before"] = before["toxicity"].to_numpy(dtype=np.float64)
+    frame["toxicity_after"] = after["toxicity"].to_numpy(dtype=np.float64)
+    frame["judge_toxicity_before"] = before[score].to_numpy(dtype=np.float64)
+    frame["judge_toxicity_after"] = after[score].to_numpy(dtype=np.float64)
+    return frame[SAMPLE_FIELDS]
+
+
+def judge_plot_data(metrics: dict[str, Any], judge: str) -> pd.DataFrame:
+    """Toxic share before and after PPO by who judged (:data:`JUDGE_FIELDS`): the reward model, then each judge."""
+    rows = []
+    for name in metrics["before"]["toxicity"]:
+        role = "trained against" if name == REWARD_MODEL else "promotion judge" if name == judge else "judge"
+        for policy in ("before", "after"):
+            numbers = metrics[policy]["toxicity"][name]
+            rows.append({"label": f"{name} {policy}", "source": name, "role": role, "policy": policy,
+                         "toxic_share": numbers["toxic_share"], "toxic_count": numbers["toxic_count"],
+                         "summaries": metrics[policy]["summaries"], "toxicity_mean": numbers["toxicity_mean"]})
+    return pd.DataFrame(rows, columns=JUDGE_FIELDS)
+
+
+def _tsv(frame: pd.DataFrame) -> str:
+    """Tab-separated, fixed float format: the same frame always gives the same bytes."""
+    return frame.to_csv(sep="\t", index=False, float_format="%.6f", lineterminator="\n")
+
+
+def write_plot_data(before: pd.DataFrame, after: pd.DataFrame, metrics: dict[str, Any], judge: str,
+                    out_dir: str | Path) -> dict[str, Path]:
+    """The DVC plots' data (:data:`PLOT_DATA`) in ``out_dir``: per summary and per judge; returns the paths."""
+    out_dir = Path(out_dir)
+    paths = {key: out_dir / name for key, name in PLOT_DATA.items()}
+    write_text(paths["samples"], _tsv(sample_plot_data(before, after, judge)))
+    write_text(paths["judges"], _tsv(judge_plot_data(metrics, judge)))
+    return paths
+
+
 # --------------------------------------------------------------------------- report
+
+
+def data_uri(path: str | Path) -> str:
+    """A PNG file as a ``data:`` URI, to embed it in a page that must stand alone."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def markdown_to_html(text: str) -> str:
+    """Markdown (CommonMark with GitHub's tables) as HTML. Raw HTML is let through: the report's only tags are
+    the ``<br>`` of table cells, since :func:`escape_cell` turns ``<`` in any text into an entity."""
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+
+
+def write_report(out_dir: str | Path, figures: dict[str, Path], metrics: dict[str, Any],
+                 decision: PromotionDecision, table: pd.DataFrame, rows: int, registered_model: str, judge: str,
+                 disagreements: pd.DataFrame | None = None) -> dict[str, Path]:
+    """``report.md`` (figures linked relative to it, for reading in git) and ``report.html`` (figures embedded,
+    no external resource: it renders alone, in MLflow's artifact viewer too) in ``out_dir``. Returns the paths."""
+    out_dir = Path(out_dir)
+    paths = {key: out_dir / name for key, name in REPORT_FILES.items()}
+    links = {key: Path(os.path.relpath(path, out_dir)).as_posix() for key, path in figures.items()}
+    embedded = {key: data_uri(path) for key, path in figures.items()}
+    rest = (registered_model, judge, disagreements)
+    write_text(paths["md"], render_report(metrics, decision, table, rows, links, *rest))
+    write_text(paths["html"], html_page(REPORT_TITLE, markdown_to_html(
+        render_report(metrics, decision, table, rows, embedded, *rest))))
+    return paths
 
 
 def _number(value: float | None, fmt: str = ".4f") -> str:
@@ -221,7 +334,7 @@ def render_report(metrics: dict[str, Any], decision: PromotionDecision, table: p
     level = f"{metrics['bootstrap']['confidence']:.0%}"
     k = metrics.get("samples_per_prompt", 1)
     lines = [
-        "# Evaluation: PPO policy vs baseline",
+        f"# {REPORT_TITLE}",
         "",
         f"{metrics['n']} test dialogues x {k} sampled summaries each: the same prompts, seeds, generation settings, "
         "reward model and judges for both policies (a paired comparison). The reward model is what PPO optimised, "
@@ -311,8 +424,8 @@ def render_report(metrics: dict[str, Any], decision: PromotionDecision, table: p
         f"## Largest reward losses (bottom {min(rows, len(table))})",
         "",
         markdown_table(table.tail(rows)[TABLE_COLUMNS]),
-        "The full table, with the reward model's and each judge's toxicity: `reports/reward_diff.md`, `.html`, "
-        "`.parquet` (and in the MLflow run).",
+        "The full table, with the reference summary, the group and the reward model's and each judge's toxicity: "
+        "`reports/reward_diff.html`, `.md`, `.parquet` (and `evaluate/reward_diff.json` in the MLflow run).",
         "",
         "## Plots",
         "",
