@@ -30,7 +30,9 @@ from detox.quality import vocabulary
 from detox.report import headline, render_report, write_disagreements, write_plots, write_reward_diff
 from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking import PolicyModel, champion_evidence, preflight, log_evaluation, read_run_record
+from detox.tracking.registry import PolicyModel, champion_evidence
+from detox.tracking.runs import log_evaluation, read_run_record
+from detox.tracking.store import preflight
 from detox.gate import require_validated
 from detox.timings import TIMINGS_DIR, write_timings
 

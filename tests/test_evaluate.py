@@ -41,9 +41,8 @@ from detox.report import (
     write_reward_diff,
 )
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking import (
-    CANDIDATE, CHAMPION, RUN_FILE, PolicyModel, Tracker, champion_evidence, log_evaluation, read_run_record,
-)
+from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
+from detox.tracking.runs import RUN_FILE, Tracker, log_evaluation, read_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template
@@ -651,13 +650,13 @@ def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
 
 def test_embedded_store_lives_at_the_dvc_project_root(tmp_path, monkeypatch):
     """`dvc exp run --temp` runs stages in a scratch copy but sets DVC_ROOT to the real project."""
-    from detox.tracking import _artifact_location, tracking_uri
+    from detox.tracking.store import artifact_location, tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     assert tracking_uri() == "sqlite:///mlflow.db"
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert _artifact_location("exp") == (tmp_path / "mlartifacts" / "exp").resolve().as_uri()
+    assert artifact_location("exp") == (tmp_path / "mlartifacts" / "exp").resolve().as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking_uri() == "http://127.0.0.1:5000" and _artifact_location("exp") is None
+    assert tracking_uri() == "http://127.0.0.1:5000" and artifact_location("exp") is None

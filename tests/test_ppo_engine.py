@@ -41,7 +41,7 @@ from detox.ppo.policy import Seq2SeqPolicy, load_trained_policy
 from detox.ppo.selection import Selection, evaluation_steps
 from detox.ppo.train import PPOPaths, fingerprint, run_ppo
 from detox.reward import RewardScorer, Scores
-from detox.tracking import RUN_FILE
+from detox.tracking.runs import RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

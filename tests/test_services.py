@@ -33,7 +33,9 @@ from conftest import tiny_params
 
 from detox.io import sha256_tree
 from detox.errors import TrackingError
-from detox.tracking import CANDIDATE, CHAMPION, RUN_FILE, Tracker, check_local_store, check_tracking_server
+from detox.tracking.registry import CANDIDATE, CHAMPION
+from detox.tracking.runs import RUN_FILE, Tracker
+from detox.tracking.store import check_local_store, check_tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # python, dvc and mlflow of this environment

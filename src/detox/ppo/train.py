@@ -34,7 +34,8 @@ from detox.ppo.engine import PPOTrainer
 from detox.ppo.policy import Seq2SeqPolicy
 from detox.ppo.selection import Selection, ValidationSet, evaluate_policy, evaluation_steps
 from detox.reward import RewardScorer
-from detox.tracking import RUN_FILE, Tracker, lineage_tags
+from detox.tracking.registry import lineage_tags
+from detox.tracking.runs import RUN_FILE, Tracker
 
 log = logging.getLogger(__name__)
 
