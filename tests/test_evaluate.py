@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import wait_until_answering
 from transformers import T5Config, T5ForConditionalGeneration
 
 from detox.builtin.corpus import generate_corpus
@@ -49,15 +49,7 @@ TEMPLATE = PromptParams().template
 GENERATION = GenerationParams(max_new_tokens=8, batch_size=2)
 EVAL_SEED = 1234
 MODEL_NAME = "detox-test-summarizer"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine they make generation far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def scored(ids, rewards, toxicity, rouge_l=None, responses=None, dialogues=None, judges=None, samples=None,
@@ -599,18 +591,8 @@ def test_mlflow_models_serve_answers_invocations(registry, tiny_policy, dialogue
         cwd=registry["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not come up: {server.stderr.read().decode()[-2000:]}"
-                            if server.poll() is not None else "mlflow models serve did not come up in 60 s")
-            time.sleep(0.5)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, 60,
+                             lambda: server.stderr.read().decode()[-2000:] if server.poll() is not None else "")
         body = json.dumps({"dataframe_records": [{"dialogue": d} for d in dialogues[:2]]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})

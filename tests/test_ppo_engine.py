@@ -44,6 +44,7 @@ from detox.reward import RewardScorer, Scores
 from detox.tracking.runs import RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 VENV_BIN = Path(sys.executable).parent
 PAD, EOS = 0, 1  # T5: pad = decoder start = 0, eos = 1
 ATOL = 1e-5
@@ -100,16 +101,6 @@ tiny_params = conftest.tiny_params
 
 def ppo_params(**overrides):
     return tiny_params(**{**TINY_PPO, **overrides})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small models gain nothing from threads, and on a busy 2-core machine the thread pool's
-    waits slow them down many times over; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- worlds and helpers

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_params
+from conftest import tiny_params, wait_until_answering
 
 from detox.io import sha256_tree
 from detox.errors import TrackingError
@@ -125,18 +125,8 @@ def mlflow_server(tmp_path_factory) -> Iterator[dict]:
         cwd=root, env=base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up in {SERVER_START_S} s "
-                            f"(exit {server.poll()}):\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_answering(f"{url}/health", server, SERVER_START_S,
+                             lambda: (root / "server.log").read_text()[-3000:])
         yield {"url": url, "root": root}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
