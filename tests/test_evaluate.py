@@ -441,8 +441,9 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
     previous_uri = mlflow.get_tracking_uri()
     try:
+        patch.delenv("DVC_EXP_NAME", raising=False)
         training = Tracker("detox-test")
-        training.start(tags={"stage": "ppo"})
+        training.start(stage="ppo")
         training.log_metrics({"env/reward_mean": 1.0}, step=0)
         (root / "ppo").mkdir()
         (root / "ppo" / RUN_FILE).write_text(json.dumps(training.record()))
@@ -470,7 +471,9 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
                                         {"evaluate/reward_diff.json": table,
                                          "evaluate/disagreements.json": disagreements(before, after)},
                                         {"evaluate": [report]}, model, MODEL_NAME, decision.promoted,
-                                        decision.reasons, evidence(metrics, cfg, "t"))
+                                        decision.reasons, evidence(metrics, cfg, "t"),
+                                        timings={"evaluate": {"samples_per_second": 5.0}},
+                                        tags={"dvc.lock.ppo": "0123456789ab"})
             results.append((registered, decision, metrics))
         yield {"root": root, "run_id": run["run_id"], "results": results,
                "client": mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")}
@@ -505,11 +508,16 @@ def test_evaluation_is_logged_into_the_training_run(registry):
     run = client.get_run(registry["run_id"])
     metrics = registry["results"][0][2]
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["evaluate/reward_diff.mean"] == pytest.approx(metrics["reward_diff"]["mean"])
-    assert run.data.metrics["evaluate/improvement_pct.oracle.toxicity_mean"] == pytest.approx(100.0)
-    assert run.data.metrics["evaluate/before.toxicity.reward_model.toxicity_mean"] == pytest.approx(0.9)
-    assert run.data.metrics["baseline/reward_mean"] == 0.0
+    # A few judged numbers, one chart section per source; all of them in the artifact evaluate/evaluate.json.
+    assert run.data.metrics["results/oracle/improvement_pct"] == pytest.approx(100.0)
+    assert run.data.metrics["results/oracle/toxic_share_after"] == 0.0
+    assert run.data.metrics["results/reward_model/toxicity_mean_before"] == pytest.approx(0.9)
+    assert run.data.metrics["results/quality/reward_mean_after"] == pytest.approx(metrics["after"]["reward_mean"])
+    assert run.data.metrics["results/promotion/n_dialogues"] == 8
+    assert run.data.metrics["timing/evaluate.samples_per_second"] == 5.0
+    assert not [k for k in run.data.metrics if k.startswith(("evaluate/", "baseline/"))]
     assert "env/reward_mean" in run.data.metrics  # the training run's own metrics are still there
+    assert run.info.run_name == "ppo · workspace" and run.data.tags["dvc.lock.ppo"] == "0123456789ab"
     assert run.data.tags["evaluate.promotion"] == "promoted"
     assert run.data.tags["evaluate.model_version"] == "1"
     assert run.data.tags["evaluate.status"] == "finished"  # (the failure test below runs later)
@@ -518,10 +526,25 @@ def test_evaluation_is_logged_into_the_training_run(registry):
     logged = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/reward_diff.json",
                                                        str(registry["root"]))).read_text())
     assert logged["columns"][:6] == TABLE_COLUMNS
+    full = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/evaluate.json",
+                                                     str(registry["root"]))).read_text())
+    assert full["reward_diff"]["mean"] == pytest.approx(metrics["reward_diff"]["mean"])
+    baseline = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/baseline.json",
+                                                         str(registry["root"]))).read_text())
+    assert baseline == {"reward_mean": 0.0}
+    # The registered model carries the judged numbers, not copies of the training run's step-0 metrics.
+    source = client.get_model_version(MODEL_NAME, "1").source  # models:/<logged model id>
+    logged_model = client.get_logged_model(source.removeprefix("models:/"))
+    model_metrics = {m.key: m.value for m in logged_model.metrics}
+    assert model_metrics["results/oracle/toxic_share_after"] == 0.0
+    assert all(key.startswith("results/") for key in model_metrics), sorted(model_metrics)
     # a run record naming a run this store does not have: a new run, tagged with the missing id
     version_2 = client.get_model_version(MODEL_NAME, "2")
     other = client.get_run(version_2.run_id)
     assert other.info.run_id != run.info.run_id and other.data.tags["ppo_run_id"] == "0" * 32
+    assert other.info.run_name == "evaluate · workspace"
+    # MLflow opens the experiment as a machine-learning one, not on its GenAI overview.
+    assert client.get_experiment_by_name("detox-test").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_a_failed_evaluation_leaves_the_training_run_finished_and_registers_nothing(registry, tmp_path):

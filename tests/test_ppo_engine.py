@@ -635,8 +635,8 @@ def test_mlflow_run_has_params_and_one_metric_value_per_step(world, uninterrupte
     assert [m.step for m in logged] == [0, 1, 2, 3]
     assert [m.value for m in logged] == pytest.approx(history["env/reward_mean"].tolist(), abs=1e-6)
     assert len(client.get_metric_history(record["run_id"], "objective/kl")) == 4
-    assert run.data.metrics["ppo_summary/steps"] == 4
-    assert run.data.metrics["ppo_summary/kl_last5"] == pytest.approx(metrics["kl_last5"])
+    assert run.data.metrics["summary/steps"] == 4
+    assert run.data.metrics["summary/kl_last5"] == pytest.approx(metrics["kl_last5"])
     artifacts = [a.path for a in client.list_artifacts(record["run_id"], "ppo")]
     assert artifacts == ["ppo/history.tsv"]
     assert len(client.search_runs([run.info.experiment_id])) == 1

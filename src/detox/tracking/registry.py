@@ -43,13 +43,13 @@ class PolicyModel:
     artifact: str = "policy"  # the artifact's name in the pyfunc model (``reward`` for the reward model)
 
 
-def log_model(model: PolicyModel, registered_model: str) -> Any:
+def log_model(model: PolicyModel, registered_model: str, step: int = 0) -> Any:
     """Log ``model`` into the active run and register it as a new version of ``registered_model``.
 
     ``model.policy_dir`` becomes the model's artifact named ``model.artifact`` (a policy, or the
     reward model). The ``detox`` package travels with the model (``code_paths``), so its class is
-    importable wherever the model is loaded or served. Returns MLflow's ``ModelInfo`` (its
-    ``registered_model_version`` and ``model_id``).
+    importable wherever the model is loaded or served. MLflow links the run's metrics of ``step`` to
+    the logged model. Returns MLflow's ``ModelInfo`` (its ``registered_model_version`` and ``model_id``).
     """
     import mlflow.pyfunc
 
@@ -68,6 +68,7 @@ def log_model(model: PolicyModel, registered_model: str) -> Any:
             code_paths=[str(code)],
             pip_requirements=pip_requirements(),
             registered_model_name=registered_model,
+            step=step,
         )
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from detox.errors import DetoxError, TrackingError
+from detox.tracking import provenance
 from detox.tracking.registry import PolicyModel, RegisteredVersion, apply_promotion, log_model, tag_version
 from detox.tracking.store import (
     artifact_location, check_local_store, check_tracking_server, failure_reason, is_connection_failure, is_remote,
@@ -28,6 +29,9 @@ from detox.tracking.store import (
 log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"
+# The experiment kind the MLflow UI (3.x) reads to choose its layout; the value is the UI's
+# "machine learning" kind (its other values: genai_development, and *_inferred guesses).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -58,6 +62,24 @@ def _lost(what: str, exc: BaseException) -> TrackingError:
         "after MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). Bring it back and "
         "run the stage again: a PPO run resumes from its last checkpoint in checkpoints/ppo/ into the same MLflow run."
     )
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of the MLflow experiment ``name``, created when missing, and marked as a machine-learning
+    experiment (tag ``mlflow.experimentKind``), so that the UI opens it on its runs and model metrics,
+    not on the GenAI overview. A kind chosen by hand (in the UI) is left as it is; one the UI only
+    inferred is replaced."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        return mlflow.create_experiment(name, artifact_location=artifact_location(name),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    kind = experiment.tags.get(EXPERIMENT_KIND_TAG, "")
+    if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":
+        mlflow.MlflowClient(tracking_uri()).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                                               EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -94,19 +116,23 @@ class Tracker:
             self._mlflow = mlflow
 
     @_guarded
-    def start(self, run_id: str | None = None, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> None:
-        """Start a new run, or reopen ``run_id`` (a resumed training run keeps its run)."""
+    def start(self, run_id: str | None = None, stage: str | None = None,
+              tags: Mapping[str, str] | None = None) -> None:
+        """Start a new run, or reopen ``run_id`` (a resumed training run keeps its run and its name).
+
+        A new run of ``stage`` is named after the DVC experiment (``ppo · <experiment>``) and tagged
+        ``stage``, ``dvc.exp_name`` and ``git.commit`` (:mod:`detox.tracking.provenance`).
+        """
         if not self.enabled:
             return
         mlflow = self._mlflow
-        experiment = mlflow.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            experiment_id = mlflow.create_experiment(
-                self.experiment, artifact_location=artifact_location(self.experiment))
-        else:
-            experiment_id = experiment.experiment_id
+        experiment_id = ensure_experiment(self.experiment)
+        run_tags = dict(tags or {})
+        if run_id is None:
+            run_tags = {**({"stage": stage} if stage else {}), **provenance.run_tags(), **run_tags}
         run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                               run_name=run_name, tags=dict(tags or {}))
+                               run_name=provenance.run_name(stage) if stage and run_id is None else None,
+                               tags=run_tags)
         self.run_id = run.info.run_id
 
     @_guarded
@@ -116,9 +142,15 @@ class Tracker:
             self._mlflow.log_params(flat)
 
     @_guarded
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Metrics of this run at ``step``; with ``model_id``, also of that logged model (MLflow 3)."""
+        if self.enabled and metrics:
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
+
+    @_guarded
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         if self.enabled:
-            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            self._mlflow.log_dict(dict(data), artifact_file)
 
     @_guarded
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -142,16 +174,19 @@ class Tracker:
             self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     @_guarded
-    def log_model(self, model: PolicyModel, registered_model: str) -> Any:
+    def log_model(self, model: PolicyModel, registered_model: str, step: int = 0) -> Any:
         """Log ``model`` into this run and register it as a new version of ``registered_model``; MLflow's
-        ``ModelInfo`` (``registered_model_version``, ``model_id``), or None when disabled."""
+        ``ModelInfo`` (``registered_model_version``, ``model_id``), or None when disabled. The model
+        carries the run's metrics logged at ``step``."""
         if not self.enabled:
             return None
-        return log_model(model, registered_model)
+        return log_model(model, registered_model, step=step)
 
     @_guarded
-    def reopen(self, run_id: str | None, tags: Mapping[str, str] | None = None) -> str | None:
-        """Reopen ``run_id`` when this store has it and return its status before; else start a new run.
+    def reopen(self, run_id: str | None, tags: Mapping[str, str] | None = None,
+               stage: str | None = None) -> str | None:
+        """Reopen ``run_id`` when this store has it and return its status before; else start a new run
+        (of ``stage``).
 
         A models/ppo/ checked out from a DVC remote may name a run recorded in another store: then
         the new run (status None returned) is tagged ``ppo_run_id`` with the missing id.
@@ -171,7 +206,7 @@ class Tracker:
                 if tags:
                     self.set_tags(tags)
                 return status
-        self.start(tags={**(tags or {}), **({"ppo_run_id": run_id} if run_id else {})})
+        self.start(stage=stage, tags={**(tags or {}), **({"ppo_run_id": run_id} if run_id else {})})
         return None
 
     @_guarded
@@ -220,7 +255,7 @@ def log_training(
     epoch), the final metrics, ``artifacts`` (plots) and the model, registered as a new version of
     ``registered_model`` and tagged with ``version_tags`` (the folder's ``sha256`` among them, which later
     runs find it by: :func:`lineage_tags`). Returns the version, or None when no model was logged."""
-    tracker.start(run_name=stage, tags={"stage": stage})
+    tracker.start(stage=stage)
     version = None
     try:
         tracker.log_params(params)
@@ -243,6 +278,40 @@ def log_training(
     return version
 
 
+# The judged numbers and the model they describe are logged at this step, which no training metric
+# uses: a model logged at step s carries the run's metrics of step s (MLflow 3), so the registered
+# policy carries its results, not the step-0 training metrics.
+RESULTS_STEP = -1
+RESULT_QUALITY = {"rougeL": ("rougeL",), "reward_mean": ("reward_mean",), "fluency_nll": ("quality", "fluency_nll"),
+                  "distinct_2": ("quality", "distinct_2")}
+
+
+def result_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The few numbers of an evaluation a reviewer looks at first, one chart section per source in the
+    MLflow UI: ``results/<judge or reward_model>/{toxic_share,toxicity_mean}_{before,after}`` and
+    ``improvement_pct`` (of the mean toxicity), ``results/quality/{rougeL,reward_mean,fluency_nll,
+    distinct_2}_{before,after}``, ``results/promotion/{promoted,n_dialogues}``. All the numbers are in
+    the run's artifact ``evaluate/evaluate.json``."""
+    def dig(tree: Any, *keys: str) -> Any:
+        for key in keys:
+            tree = tree.get(key) if isinstance(tree, Mapping) else None
+        return tree
+
+    results: dict[str, Any] = {}
+    sources = list(dig(metrics, "before", "toxicity") or {})
+    for source in sources:
+        for key in ("toxic_share", "toxicity_mean"):
+            for side in ("before", "after"):
+                results[f"results/{source}/{key}_{side}"] = dig(metrics, side, "toxicity", source, key)
+        results[f"results/{source}/improvement_pct"] = dig(metrics, "improvement_pct", source, "toxicity_mean")
+    for name, path in RESULT_QUALITY.items():
+        for side in ("before", "after"):
+            results[f"results/quality/{name}_{side}"] = dig(metrics, side, *path)
+    results["results/promotion/promoted"] = dig(metrics, "promotion", "promoted")
+    results["results/promotion/n_dialogues"] = metrics.get("n")
+    return numeric_metrics(results)
+
+
 def log_evaluation(
     run: Mapping[str, Any],
     experiment: str,
@@ -255,32 +324,43 @@ def log_evaluation(
     promoted: bool,
     reasons: Sequence[str],
     evidence: Mapping[str, Any] | None = None,
+    timings: Mapping[str, Mapping[str, float]] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> RegisteredVersion:
     """Log an evaluation into the training run ``run`` (a run record) and register its policy.
 
-    Metrics go under ``evaluate/`` and ``baseline/``, ``tables`` (artifact file -> frame, e.g. the
-    reward diff table to ``evaluate/reward_diff.json``) through ``log_table``, ``artifacts`` maps artifact folders to
-    files or folders. The new model version is aliased ``candidate`` (and ``champion``
-    when ``promoted``) and tagged with the decision and its reasons. A failure leaves the
-    training run in the status it had (tagged ``evaluate.status: failed``), not FAILED: the
-    training did not fail.
+    The judged before/after numbers go to metrics under ``results/`` (:func:`result_metrics`), and
+    to the logged model (its metrics in the MLflow UI); all of ``metrics`` and ``baseline_metrics``
+    go to the artifacts ``evaluate/evaluate.json`` and ``evaluate/baseline.json``; ``timings``
+    (``{"evaluate": {...}, "baseline": {...}}``) to metrics ``timing/<stage>.<key>``; ``tags``
+    (e.g. :func:`detox.tracking.provenance.evaluation_tags`) to the run. ``tables`` (artifact file
+    -> frame, e.g. the reward diff table to ``evaluate/reward_diff.json``) go through ``log_table``,
+    ``artifacts`` maps artifact folders to files or folders. The new model version is aliased
+    ``candidate`` (and ``champion`` when ``promoted``) and tagged with the decision and its reasons.
+    A failure leaves the training run in the status it had (tagged ``evaluate.status: failed``),
+    not FAILED: the training did not fail.
     """
     decision = "promoted" if promoted else "rejected"
     if run.get("tracking_uri") not in (None, tracking_uri()):
         log.warning("the training run was recorded in %s; logging the evaluation to %s",
                     run["tracking_uri"], tracking_uri())
     tracker = Tracker(run.get("experiment") or experiment)
-    previous = tracker.reopen(run.get("run_id"), tags={"evaluate.promotion": decision, "evaluate.status": "running"})
+    previous = tracker.reopen(run.get("run_id"), stage="evaluate",
+                              tags={**(tags or {}), "evaluate.promotion": decision, "evaluate.status": "running"})
     try:
-        tracker.log_metrics(numeric_metrics(metrics, "evaluate/"))
-        tracker.log_metrics(numeric_metrics(baseline_metrics, "baseline/"))
+        tracker.log_dict(metrics, "evaluate/evaluate.json")
+        tracker.log_dict(baseline_metrics, "evaluate/baseline.json")
+        tracker.log_metrics({f"timing/{stage}.{key}": value for stage, numbers in (timings or {}).items()
+                             for key, value in numbers.items()})
         for artifact_file, table in tables.items():
             tracker.log_table(table, artifact_file)
         for folder, paths in artifacts.items():
             for path in paths:
                 (tracker.log_artifacts if Path(path).is_dir() else tracker.log_artifact)(path, folder)
-        info = tracker.log_model(model, registered_model)
+        info = tracker.log_model(model, registered_model, step=RESULTS_STEP)
         version = None if info is None else str(info.registered_model_version)
+        tracker.log_metrics(result_metrics(metrics), step=RESULTS_STEP,
+                            model_id=None if info is None else info.model_id)
         try:
             registered = apply_promotion(registered_model, version, promoted, reasons, evidence)
         except Exception as exc:
