@@ -6,8 +6,8 @@ Every summary is scored by the reward model and, beside it, by each judge of `ev
 Writes data/scored/ppo.parquet, metrics/evaluate.json, reports/reward_diff.{parquet,md,html},
 reports/disagreements.{parquet,md}, reports/report.{md,html}, the figures reports/figures/*.png and
 the DVC plots' data plots/evaluate/{samples,judges}.tsv; logs all of it into the PPO run in MLflow
-and registers the policy as a new model version (alias `candidate`, and `champion` when the
-promotion gate passes on the judge `promotion.judge`).
+(tagged with the ppo stage's dvc.lock entry) and registers the policy as a new model version
+(alias `candidate`, and `champion` when the promotion gate passes on the judge `promotion.judge`).
 """
 
 import json
@@ -35,7 +35,10 @@ from detox.report import (
 )
 from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking import PolicyModel, champion_evidence, preflight, log_evaluation, read_run_record
+from detox.tracking.provenance import evaluation_tags
+from detox.tracking.registry import PolicyModel, champion_evidence
+from detox.tracking.runs import log_evaluation, read_run_record
+from detox.tracking.store import preflight
 from detox.gate import require_validated
 from detox.timings import TIMINGS_DIR, write_timings
 
@@ -121,16 +124,18 @@ def main() -> None:
 
         config = model_config(params.prompt.template, params.generation, params.eval.seed)
         baseline_metrics = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
-        if TIMINGS_DIR.joinpath("baseline.json").is_file():  # timings reach MLflow, never DVC's metrics
-            baseline_metrics["timing"] = json.loads(TIMINGS_DIR.joinpath("baseline.json").read_text())
+        stage_timings = {"evaluate": timings}  # timings reach MLflow, never DVC's metrics
+        if TIMINGS_DIR.joinpath("baseline.json").is_file():
+            stage_timings["baseline"] = json.loads(TIMINGS_DIR.joinpath("baseline.json").read_text())
         registered = log_evaluation(
-            run, params.tracking.experiment, {**metrics, "timing": timings}, baseline_metrics,
+            run, params.tracking.experiment, metrics, baseline_metrics,
             {"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
-            {"evaluate": [*tables.values(), *disagreement_files.values(), *report.values(), METRICS],
+            {"evaluate": [*tables.values(), *disagreement_files.values(), *report.values()],
              "evaluate/plots": [FIGURES, *plot_data.values()], "validation": sorted(VALIDATION.glob("*.json"))},
             PolicyModel(Summarizer(), merged, config, signature(config), test[["dialogue"]].head(2)),
             params.tracking.registered_model, decision.promoted, decision.reasons,
-            evidence(metrics, params.promotion, test_sha),
+            evidence(metrics, params.promotion, test_sha), timings=stage_timings,
+            tags=evaluation_tags("ppo"),  # DVC wrote the ppo stage's dvc.lock entry before this stage ran
         )
 
     judge = params.promotion.judge

@@ -16,7 +16,8 @@ from detox.params import load_params
 from detox.reward_training import run_reward
 from detox.serving import RewardClassifier, reward_config, reward_signature
 from detox.timings import write_timings
-from detox.tracking import PolicyModel, Tracker, log_training
+from detox.tracking.registry import PolicyModel
+from detox.tracking.runs import Tracker, log_training
 from detox.gate import LABELLED_METRICS, require_validated
 
 BASE = Path("models/base/reward")

@@ -16,7 +16,8 @@ from detox.params import GenerationParams, load_params
 from detox.serving import Summarizer, model_config, signature
 from detox.sft import run_sft
 from detox.timings import write_timings
-from detox.tracking import PolicyModel, Tracker, log_training
+from detox.tracking.registry import PolicyModel
+from detox.tracking.runs import Tracker, log_training
 from detox.gate import require_validated
 
 BASE = Path("models/base/policy")

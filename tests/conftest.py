@@ -1,4 +1,9 @@
 import copy
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,3 +58,34 @@ def build_world(params, root: Path) -> Path:
         run_reward(params, root / "models" / "base" / "reward", root / "data" / "labelled" / "labelled.parquet",
                    scratch)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine the thread pool's waits
+    make generation many times slower; the previous setting is restored afterwards. A module
+    asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float,
+                         explain: Callable[[], str] = lambda: "") -> None:
+    """Poll ``url`` until it answers HTTP 200; fail the test when ``process`` exits or ``timeout_s`` passes
+    first, with ``explain()`` (e.g. the end of the server's log) in the message."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            why = f"exited with {process.poll()}" if process.poll() is not None else f"no answer in {timeout_s:.0f} s"
+            pytest.fail(f"{' '.join(map(str, process.args[:3]))} did not come up at {url} ({why}):\n{explain()}")
+        time.sleep(0.5)

@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import wait_until_answering
 from transformers import T5Config, T5ForConditionalGeneration
 
 from detox.builtin.corpus import generate_corpus
@@ -43,24 +43,15 @@ from detox.report import (
     render_report, write_disagreements, write_plot_data, write_plots, write_report, write_reward_diff,
 )
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking import (
-    CANDIDATE, CHAMPION, RUN_FILE, PolicyModel, Tracker, champion_evidence, log_evaluation, read_run_record,
-)
+from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
+from detox.tracking.runs import RUN_FILE, Tracker, log_evaluation, read_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template
 GENERATION = GenerationParams(max_new_tokens=8, batch_size=2)
 EVAL_SEED = 1234
 MODEL_NAME = "detox-test-summarizer"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine they make generation far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def scored(ids, rewards, toxicity, rouge_l=None, responses=None, dialogues=None, judges=None, samples=None,
@@ -520,8 +511,9 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
     previous_uri = mlflow.get_tracking_uri()
     try:
+        patch.delenv("DVC_EXP_NAME", raising=False)
         training = Tracker("detox-test")
-        training.start(tags={"stage": "ppo"})
+        training.start(stage="ppo")
         training.log_metrics({"env/reward_mean": 1.0}, step=0)
         (root / "ppo").mkdir()
         (root / "ppo" / RUN_FILE).write_text(json.dumps(training.record()))
@@ -549,7 +541,9 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
                                         {"evaluate/reward_diff.json": table,
                                          "evaluate/disagreements.json": disagreements(before, after)},
                                         {"evaluate": [report]}, model, MODEL_NAME, decision.promoted,
-                                        decision.reasons, evidence(metrics, cfg, "t"))
+                                        decision.reasons, evidence(metrics, cfg, "t"),
+                                        timings={"evaluate": {"samples_per_second": 5.0}},
+                                        tags={"dvc.lock.ppo": "0123456789ab"})
             results.append((registered, decision, metrics))
         yield {"root": root, "run_id": run["run_id"], "results": results,
                "client": mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")}
@@ -584,11 +578,16 @@ def test_evaluation_is_logged_into_the_training_run(registry):
     run = client.get_run(registry["run_id"])
     metrics = registry["results"][0][2]
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["evaluate/reward_diff.mean"] == pytest.approx(metrics["reward_diff"]["mean"])
-    assert run.data.metrics["evaluate/improvement_pct.oracle.toxicity_mean"] == pytest.approx(100.0)
-    assert run.data.metrics["evaluate/before.toxicity.reward_model.toxicity_mean"] == pytest.approx(0.9)
-    assert run.data.metrics["baseline/reward_mean"] == 0.0
+    # A few judged numbers, one chart section per source; all of them in the artifact evaluate/evaluate.json.
+    assert run.data.metrics["results/oracle/improvement_pct"] == pytest.approx(100.0)
+    assert run.data.metrics["results/oracle/toxic_share_after"] == 0.0
+    assert run.data.metrics["results/reward_model/toxicity_mean_before"] == pytest.approx(0.9)
+    assert run.data.metrics["results/quality/reward_mean_after"] == pytest.approx(metrics["after"]["reward_mean"])
+    assert run.data.metrics["results/promotion/n_dialogues"] == 8
+    assert run.data.metrics["timing/evaluate.samples_per_second"] == 5.0
+    assert not [k for k in run.data.metrics if k.startswith(("evaluate/", "baseline/"))]
     assert "env/reward_mean" in run.data.metrics  # the training run's own metrics are still there
+    assert run.info.run_name == "ppo · workspace" and run.data.tags["dvc.lock.ppo"] == "0123456789ab"
     assert run.data.tags["evaluate.promotion"] == "promoted"
     assert run.data.tags["evaluate.model_version"] == "1"
     assert run.data.tags["evaluate.status"] == "finished"  # (the failure test below runs later)
@@ -598,10 +597,25 @@ def test_evaluation_is_logged_into_the_training_run(registry):
                                                        str(registry["root"]))).read_text())
     assert logged["columns"][:6] == TABLE_COLUMNS
     assert {"reference", "group", "reward_model_toxicity_before", "oracle_toxicity_after"} <= set(logged["columns"])
+    full = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/evaluate.json",
+                                                     str(registry["root"]))).read_text())
+    assert full["reward_diff"]["mean"] == pytest.approx(metrics["reward_diff"]["mean"])
+    baseline = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/baseline.json",
+                                                         str(registry["root"]))).read_text())
+    assert baseline == {"reward_mean": 0.0}
+    # The registered model carries the judged numbers, not copies of the training run's step-0 metrics.
+    source = client.get_model_version(MODEL_NAME, "1").source  # models:/<logged model id>
+    logged_model = client.get_logged_model(source.removeprefix("models:/"))
+    model_metrics = {m.key: m.value for m in logged_model.metrics}
+    assert model_metrics["results/oracle/toxic_share_after"] == 0.0
+    assert all(key.startswith("results/") for key in model_metrics), sorted(model_metrics)
     # a run record naming a run this store does not have: a new run, tagged with the missing id
     version_2 = client.get_model_version(MODEL_NAME, "2")
     other = client.get_run(version_2.run_id)
     assert other.info.run_id != run.info.run_id and other.data.tags["ppo_run_id"] == "0" * 32
+    assert other.info.run_name == "evaluate · workspace"
+    # MLflow opens the experiment as a machine-learning one, not on its GenAI overview.
+    assert client.get_experiment_by_name("detox-test").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_a_failed_evaluation_leaves_the_training_run_finished_and_registers_nothing(registry, tmp_path):
@@ -671,18 +685,8 @@ def test_mlflow_models_serve_answers_invocations(registry, tiny_policy, dialogue
         cwd=registry["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not come up: {server.stderr.read().decode()[-2000:]}"
-                            if server.poll() is not None else "mlflow models serve did not come up in 60 s")
-            time.sleep(0.5)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, 60,
+                             lambda: server.stderr.read().decode()[-2000:] if server.poll() is not None else "")
         body = json.dumps({"dataframe_records": [{"dialogue": d} for d in dialogues[:2]]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
@@ -722,13 +726,13 @@ def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
 
 def test_embedded_store_lives_at_the_dvc_project_root(tmp_path, monkeypatch):
     """`dvc exp run --temp` runs stages in a scratch copy but sets DVC_ROOT to the real project."""
-    from detox.tracking import _artifact_location, tracking_uri
+    from detox.tracking.store import artifact_location, tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     assert tracking_uri() == "sqlite:///mlflow.db"
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert _artifact_location("exp") == (tmp_path / "mlartifacts" / "exp").resolve().as_uri()
+    assert artifact_location("exp") == (tmp_path / "mlartifacts" / "exp").resolve().as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking_uri() == "http://127.0.0.1:5000" and _artifact_location("exp") is None
+    assert tracking_uri() == "http://127.0.0.1:5000" and artifact_location("exp") is None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -61,7 +62,7 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 @pytest.mark.slow
 def test_a_temporary_experiment_first_leaves_its_artifacts_in_the_project(project):
-    repo, _ = project
+    repo, env = project
     assert not (repo / "mlruns").exists()
     stored = list((repo / "mlartifacts").rglob("MLmodel"))
     assert stored, "the registered models' files must be under the project's mlartifacts/"
@@ -72,9 +73,20 @@ def test_a_temporary_experiment_first_leaves_its_artifacts_in_the_project(projec
         model = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{first.version}")
         dialogue = pd.read_parquet(repo / "data" / "raw" / "test.parquet")["dialogue"].iloc[0]
         [summary] = model.predict(pd.DataFrame({"dialogue": [dialogue]}))
+        run_ = client.get_run(first.run_id)  # the PPO run that the experiment's evaluate logged into
     finally:
         mlflow.set_tracking_uri(None)
     assert isinstance(summary, str) and summary
+    # The run is named and tagged after the DVC experiment, and leads to its row of `dvc exp show` and back.
+    name, tags = run_.data.tags["dvc.exp_name"], run_.data.tags
+    assert run_.info.run_name == f"ppo · {name}"
+    assert name in run([DVC, "exp", "list", "--all-commits", "--name-only"], repo, env).stdout.split()
+    assert tags["git.commit"] == run(["git", "rev-parse", "HEAD~1"], repo, env).stdout.strip()  # its baseline
+    shown = json.loads(run([DVC, "exp", "show", "--json", "-A"], repo, env).stdout)
+    rows = [exp for commit in shown for exp in commit.get("experiments") or []
+            if exp.get("name") == name]
+    [row] = [r for exp in rows for r in exp.get("revs") or [] if r.get("data")]
+    assert tags["dvc.lock.ppo.models/ppo"] == row["data"]["deps"]["models/ppo"]["hash"]
 
 
 @pytest.mark.slow

@@ -42,9 +42,10 @@ from detox.ppo.policy import Seq2SeqPolicy, absolute_base, load_trained_policy
 from detox.ppo.selection import Selection, evaluation_steps
 from detox.ppo.train import PPOPaths, fingerprint, run_ppo
 from detox.reward import RewardScorer, Scores
-from detox.tracking import RUN_FILE
+from detox.tracking.runs import RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 VENV_BIN = Path(sys.executable).parent
 PAD, EOS = 0, 1  # T5: pad = decoder start = 0, eos = 1
 ATOL = 1e-5
@@ -101,16 +102,6 @@ tiny_params = conftest.tiny_params
 
 def ppo_params(**overrides):
     return tiny_params(**{**TINY_PPO, **overrides})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small models gain nothing from threads, and on a busy 2-core machine the thread pool's
-    waits slow them down many times over; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- worlds and helpers
@@ -645,8 +636,8 @@ def test_mlflow_run_has_params_and_one_metric_value_per_step(world, uninterrupte
     assert [m.step for m in logged] == [0, 1, 2, 3]
     assert [m.value for m in logged] == pytest.approx(history["env/reward_mean"].tolist(), abs=1e-6)
     assert len(client.get_metric_history(record["run_id"], "objective/kl")) == 4
-    assert run.data.metrics["ppo_summary/steps"] == 4
-    assert run.data.metrics["ppo_summary/kl_last5"] == pytest.approx(metrics["kl_last5"])
+    assert run.data.metrics["summary/steps"] == 4
+    assert run.data.metrics["summary/kl_last5"] == pytest.approx(metrics["kl_last5"])
     artifacts = [a.path for a in client.list_artifacts(record["run_id"], "ppo")]
     assert artifacts == ["ppo/history.tsv"]
     assert len(client.search_runs([run.info.experiment_id])) == 1

@@ -31,6 +31,7 @@ from detox.reward import RewardScorer, label_index
 
 TEMPLATE = PromptParams().template
 ATOL = 1e-5
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 PAD, EOS = 0, 1  # T5: pad = decoder start = 0, eos = 1
 
 # Texts of very different lengths (1 word to ~80 tokens), some toxic, some not.
@@ -50,16 +51,6 @@ def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine the thread pool's
-    waits made generation 50x slower; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

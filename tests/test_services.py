@@ -29,11 +29,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import tiny_params
+from conftest import tiny_params, wait_until_answering
 
 from detox.io import sha256_tree
 from detox.errors import TrackingError
-from detox.tracking import CANDIDATE, CHAMPION, RUN_FILE, Tracker, check_local_store, check_tracking_server
+from detox.tracking.registry import CANDIDATE, CHAMPION
+from detox.tracking.runs import RUN_FILE, Tracker
+from detox.tracking.store import check_local_store, check_tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # python, dvc and mlflow of this environment
@@ -123,18 +125,8 @@ def mlflow_server(tmp_path_factory) -> Iterator[dict]:
         cwd=root, env=base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up in {SERVER_START_S} s "
-                            f"(exit {server.poll()}):\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_answering(f"{url}/health", server, SERVER_START_S,
+                             lambda: (root / "server.log").read_text()[-3000:])
         yield {"url": url, "root": root}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -158,11 +150,12 @@ def pipeline(tmp_path_factory, mlflow_server) -> dict:
     run([str(VENV_BIN / "dvc"), "remote", "add", "-f", "-d", "storage", str(remote)], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "project with tiny params and a folder remote"], repo, env)
+    commit = run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
     run([str(VENV_BIN / "dvc"), "repro"], repo, env, timeout=PIPELINE_S)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "dvc repro"], repo, env)
     run([str(VENV_BIN / "dvc"), "push"], repo, env)
-    return {"repo": repo, "remote": remote, "env": env}
+    return {"repo": repo, "remote": remote, "env": env, "commit": commit}
 
 
 def api(url: str, endpoint: str, **params) -> dict:
@@ -188,10 +181,16 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
     assert params["ppo.steps"] == str(PPO_STEPS) and params["eval.num_samples"] == str(EVAL_SAMPLES)
     tags = {t["key"]: t["value"] for t in data["tags"]}
     assert tags["stage"] == "ppo" and tags["evaluate.status"] == "finished"
+    assert info["run_name"] == "ppo · workspace" and tags["git.commit"] == pipeline["commit"]
+    # evaluate tags the run with the ppo stage's entry in dvc.lock, written just before it ran
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["ppo"]
+    assert tags["dvc.lock.ppo.models/ppo"] == next(o["md5"] for o in lock["outs"] if o["path"] == "models/ppo")
+    assert len(tags["dvc.lock.ppo"]) == 12
     metrics = {m["key"]: m["value"] for m in data["metrics"]}
-    assert metrics["ppo_summary/steps"] == PPO_STEPS
-    assert metrics["evaluate/n"] == EVAL_SAMPLES and "baseline/toxicity.reward_model.toxicity_mean" in metrics
-    assert "evaluate/after.toxicity.oracle.toxic_share" in metrics and "evaluate/agreement.ngram.after.judge_only" in metrics
+    assert metrics["summary/steps"] == PPO_STEPS
+    assert metrics["results/promotion/n_dialogues"] == EVAL_SAMPLES
+    assert {"results/oracle/toxic_share_after", "results/reward_model/toxic_share_before",
+            "results/quality/rougeL_after"} <= set(metrics)
 
     # One value per PPO step, equal to what DVC's plot file holds.
     history = api(url, "metrics/get-history", run_id=record["run_id"], metric_key="env/reward_mean")["metrics"]
@@ -203,7 +202,7 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
     # The reward diff table (log_table -> JSON artifact), the reports and the model, listed through the API.
     listed = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"], path="evaluate")["files"]}
     assert {"evaluate/reward_diff.json", "evaluate/disagreements.json", "evaluate/report.md",
-            "evaluate/report.html", "evaluate/evaluate.json"} <= listed
+            "evaluate/report.html", "evaluate/evaluate.json", "evaluate/baseline.json"} <= listed
     top = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"])["files"]}
     assert {"evaluate", "ppo", "validation"} <= top
     stored = list((mlflow_server["root"] / "artifacts").rglob("reward_diff.json"))

@@ -234,7 +234,7 @@ def test_validation_stops_on_unbalanced_classes(fetched, tmp_path):
 
 
 def run_stage(name: str, root: Path, uri: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DVC_EXP_")}, "MLFLOW_TRACKING_URI": uri}
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -279,7 +279,7 @@ def test_training_stages_log_runs_and_register_their_models(staged):
         [version] = client.search_model_versions(f"name = '{name}'")
         assert version.tags["sha256"] == sha256_tree(root / "models" / folder)
         run = client.get_run(version.run_id)
-        assert run.data.tags["stage"] == stage and run.info.run_name == stage
+        assert run.data.tags["stage"] == stage and run.info.run_name == f"{stage} · workspace"
         assert run.data.tags[f"{stage}.model_version"] == f"{name}/{version.version}"
         history = client.get_metric_history(run.info.run_id, f"{stage}/epoch/train_loss")
         assert [m.step for m in history] == [1]

@@ -35,7 +35,8 @@ from detox.ppo.engine import PPOTrainer
 from detox.ppo.policy import Seq2SeqPolicy, absolute_base
 from detox.ppo.selection import Selection, ValidationSet, evaluate_policy, evaluation_steps
 from detox.reward import RewardScorer
-from detox.tracking import RUN_FILE, Tracker, lineage_tags
+from detox.tracking.registry import lineage_tags
+from detox.tracking.runs import RUN_FILE, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     elif main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
 
-    tracker.start(run_id=run_id, run_name=None, tags={"stage": "ppo", "policy": str(paths.policy)})
+    tracker.start(run_id=run_id, stage="ppo", tags={"policy": str(paths.policy)})  # named after the DVC experiment
     if run_id is None:
         tracker.log_params(params.model_dump(mode="json"))
         if tracker.enabled:  # the MLflow UI's lineage: reward model -> sft policy -> this PPO policy
@@ -317,7 +318,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
         write_json(paths.metrics, metrics)
         timings = history_timings(history)
         write_json(paths.timings.with_name("ppo.json"), timings)
-        tracker.log_metrics({f"ppo_summary/{k}": v for k, v in {**metrics, **timings}.items()
+        tracker.log_metrics({f"summary/{k}": v for k, v in {**metrics, **timings}.items()
                              if isinstance(v, (int, float))})
         tracker.log_artifact(paths.history, "ppo")
         shutil.rmtree(paths.checkpoints, ignore_errors=True)

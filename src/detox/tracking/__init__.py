@@ -1,0 +1,10 @@
+"""The one place that knows MLflow (besides the pyfunc model class in :mod:`detox.serving`).
+
+- :mod:`detox.tracking.store`: where runs go (the embedded store or ``MLFLOW_TRACKING_URI``), and the
+  checks before any work that a tracking server answers or a local store can be written;
+- :mod:`detox.tracking.runs`: a stage's MLflow run (:class:`~detox.tracking.runs.Tracker`), what the
+  training and evaluate stages log into it, and the run record a training stage leaves beside its model;
+- :mod:`detox.tracking.registry`: logged and registered models, their tags, and the promotion aliases;
+- :mod:`detox.tracking.provenance`: the names and tags that tie a run to its DVC experiment, git commit
+  and ``dvc.lock`` entry.
+"""

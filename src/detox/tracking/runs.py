@@ -1,0 +1,382 @@
+"""The MLflow run of a stage: :class:`Tracker`, and what the training and evaluate stages log into it.
+
+Creating an enabled :class:`Tracker` first checks the store (:func:`detox.tracking.store.preflight`).
+A server lost in the middle of a run, once MLflow's own retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+``MLFLOW_HTTP_REQUEST_TIMEOUT``) are spent, raises :class:`~detox.errors.TrackingError` and the
+tracker makes no further calls. A training stage leaves a run record (:data:`RUN_FILE`) in its
+model folder, so that evaluate logs into the same run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from detox.errors import DetoxError, TrackingError
+from detox.tracking import provenance
+from detox.tracking.registry import PolicyModel, RegisteredVersion, apply_promotion, log_model, tag_version
+from detox.tracking.store import (
+    artifact_location, check_local_store, check_tracking_server, failure_reason, is_connection_failure, is_remote,
+    tracking_uri,
+)
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "mlflow_run.json"
+# The experiment kind the MLflow UI (3.x) reads to choose its layout; the value is the UI's
+# "machine learning" kind (its other values: genai_development, and *_inferred guesses).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(method: _F) -> _F:
+    """A Tracker call: a no-op when disabled or once the server is lost; a lost server -> TrackingError."""
+
+    @functools.wraps(method)
+    def call(self: Tracker, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled or self.lost:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            if not (is_remote(tracking_uri()) and is_connection_failure(exc)):
+                raise
+            self.lost = True
+            raise _lost(method.__name__, exc) from None
+
+    return call  # type: ignore[return-value]
+
+
+def _lost(what: str, exc: BaseException) -> TrackingError:
+    return TrackingError(
+        f"lost the MLflow tracking server at {tracking_uri()} (MLFLOW_TRACKING_URI) in {what}: {failure_reason(exc)}, "
+        "after MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). Bring it back and "
+        "run the stage again: a PPO run resumes from its last checkpoint in checkpoints/ppo/ into the same MLflow run."
+    )
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of the MLflow experiment ``name``, created when missing, and marked as a machine-learning
+    experiment (tag ``mlflow.experimentKind``), so that the UI opens it on its runs and model metrics,
+    not on the GenAI overview. A kind chosen by hand (in the UI) is left as it is; one the UI only
+    inferred is replaced."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        return mlflow.create_experiment(name, artifact_location=artifact_location(name),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    kind = experiment.tags.get(EXPERIMENT_KIND_TAG, "")
+    if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":
+        mlflow.MlflowClient(tracking_uri()).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                                               EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"ppo": {"kl": {"target": 6}}}`` -> ``{"ppo.kl.target": 6}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class Tracker:
+    """A thin handle on one MLflow run; every method is a no-op when ``enabled`` is False.
+
+    Only the main process of a multi-process run talks to MLflow. Creating an enabled tracker
+    checks that a tracking server (``MLFLOW_TRACKING_URI=http(s)://...``) answers, so a stage
+    fails within seconds, before any work, when it does not (:func:`check_tracking_server`).
+    """
+
+    def __init__(self, experiment: str, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.experiment = experiment
+        self.run_id: str | None = None
+        self.lost = False  # the server stopped answering: no further calls
+        if enabled:
+            import mlflow
+
+            check_tracking_server(experiment)
+            check_local_store()
+            mlflow.set_tracking_uri(tracking_uri())
+            self._mlflow = mlflow
+
+    @_guarded
+    def start(self, run_id: str | None = None, stage: str | None = None,
+              tags: Mapping[str, str] | None = None) -> None:
+        """Start a new run, or reopen ``run_id`` (a resumed training run keeps its run and its name).
+
+        A new run of ``stage`` is named after the DVC experiment (``ppo · <experiment>``) and tagged
+        ``stage``, ``dvc.exp_name`` and ``git.commit`` (:mod:`detox.tracking.provenance`).
+        """
+        if not self.enabled:
+            return
+        mlflow = self._mlflow
+        experiment_id = ensure_experiment(self.experiment)
+        run_tags = dict(tags or {})
+        if run_id is None:
+            run_tags = {**({"stage": stage} if stage else {}), **provenance.run_tags(), **run_tags}
+        run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                               run_name=provenance.run_name(stage) if stage and run_id is None else None,
+                               tags=run_tags)
+        self.run_id = run.info.run_id
+
+    @_guarded
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.enabled:
+            flat = {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(params).items()}
+            self._mlflow.log_params(flat)
+
+    @_guarded
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Metrics of this run at ``step``; with ``model_id``, also of that logged model (MLflow 3)."""
+        if self.enabled and metrics:
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
+
+    @_guarded
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        if self.enabled:
+            self._mlflow.log_dict(dict(data), artifact_file)
+
+    @_guarded
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    @_guarded
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._mlflow.log_artifacts(str(directory), artifact_path)
+
+    @_guarded
+    def log_table(self, table: pd.DataFrame, artifact_file: str) -> None:
+        """A table the MLflow UI shows in its artifact view and its evaluation tab (``*.json``)."""
+        if self.enabled:
+            self._mlflow.log_table(data=table, artifact_file=artifact_file)
+
+    @_guarded
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.enabled:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    @_guarded
+    def log_model(self, model: PolicyModel, registered_model: str, step: int = 0) -> Any:
+        """Log ``model`` into this run and register it as a new version of ``registered_model``; MLflow's
+        ``ModelInfo`` (``registered_model_version``, ``model_id``), or None when disabled. The model
+        carries the run's metrics logged at ``step``."""
+        if not self.enabled:
+            return None
+        return log_model(model, registered_model, step=step)
+
+    @_guarded
+    def reopen(self, run_id: str | None, tags: Mapping[str, str] | None = None,
+               stage: str | None = None) -> str | None:
+        """Reopen ``run_id`` when this store has it and return its status before; else start a new run
+        (of ``stage``).
+
+        A models/ppo/ checked out from a DVC remote may name a run recorded in another store: then
+        the new run (status None returned) is tagged ``ppo_run_id`` with the missing id.
+        """
+        if not self.enabled:
+            return None
+        if run_id is not None:
+            try:
+                status = self._mlflow.get_run(run_id).info.status
+            except self._mlflow.exceptions.MlflowException as exc:
+                if is_connection_failure(exc):
+                    raise
+                log.warning("MLflow run %s is not in %s: logging into a new run of experiment %r",
+                            run_id, tracking_uri(), self.experiment)
+            else:
+                self.start(run_id=run_id)
+                if tags:
+                    self.set_tags(tags)
+                return status
+        self.start(stage=stage, tags={**(tags or {}), **({"ppo_run_id": run_id} if run_id else {})})
+        return None
+
+    @_guarded
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self._mlflow.end_run(status=status)
+
+    def record(self) -> dict[str, str | None]:
+        """What later stages need to find this run again."""
+        return {"run_id": self.run_id, "experiment": self.experiment, "tracking_uri": tracking_uri()}
+
+
+def read_run_record(model_dir: str | Path) -> dict[str, Any]:
+    """The run record a training stage left in ``model_dir`` (run id, experiment, tracking URI)."""
+    path = Path(model_dir) / RUN_FILE
+    if not path.is_file():
+        raise DetoxError(f"{path}: not found; the ppo stage writes it: run `dvc repro ppo`")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DetoxError(f"{path}: not valid JSON ({exc}); run `dvc repro -f ppo` to rewrite it") from None
+    if not isinstance(record, dict):
+        raise DetoxError(f"{path}: expected a JSON object with run_id and experiment; run `dvc repro -f ppo`")
+    return record
+
+
+def numeric_metrics(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested metrics dict, flattened (``before.reward_mean``); booleans as 0/1, None dropped."""
+    flat = flatten(tree)
+    return {f"{prefix}{k}": float(v) for k, v in flat.items()
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and v != v)}
+
+
+def log_training(
+    tracker: Tracker,
+    stage: str,
+    params: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+    metrics: Mapping[str, Any],
+    artifacts: Sequence[Path],
+    model: PolicyModel | None,
+    registered_model: str,
+    version_tags: Mapping[str, Any],
+) -> str | None:
+    """One training stage's MLflow run: its params, a metric per epoch (``<stage>/epoch/train_loss`` at step =
+    epoch), the final metrics, ``artifacts`` (plots) and the model, registered as a new version of
+    ``registered_model`` and tagged with ``version_tags`` (the folder's ``sha256`` among them, which later
+    runs find it by: :func:`lineage_tags`). Returns the version, or None when no model was logged."""
+    tracker.start(stage=stage)
+    version = None
+    try:
+        tracker.log_params(params)
+        for row in history:
+            tracker.log_metrics({f"{stage}/epoch/{key}": value for key, value in row.items()
+                                 if key != "epoch" and value is not None}, step=int(row["epoch"]))
+        tracker.log_metrics(numeric_metrics(metrics, f"{stage}/"))
+        for path in artifacts:
+            tracker.log_artifact(path, stage)
+        if model is not None and tracker.enabled:
+            info = tracker.log_model(model, registered_model)
+            version = None if info is None else str(info.registered_model_version)
+            if version is not None:
+                tag_version(registered_model, version, version_tags)
+                tracker.set_tags({f"{stage}.model_version": f"{registered_model}/{version}"})
+    except BaseException:
+        tracker.end(status="FAILED")
+        raise
+    tracker.end()
+    return version
+
+
+# The judged numbers and the model they describe are logged at this step, which no training metric
+# uses: a model logged at step s carries the run's metrics of step s (MLflow 3), so the registered
+# policy carries its results, not the step-0 training metrics.
+RESULTS_STEP = -1
+RESULT_QUALITY = {"rougeL": ("rougeL",), "reward_mean": ("reward_mean",), "fluency_nll": ("quality", "fluency_nll"),
+                  "distinct_2": ("quality", "distinct_2")}
+
+
+def result_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The few numbers of an evaluation a reviewer looks at first, one chart section per source in the
+    MLflow UI: ``results/<judge or reward_model>/{toxic_share,toxicity_mean}_{before,after}`` and
+    ``improvement_pct`` (of the mean toxicity), ``results/quality/{rougeL,reward_mean,fluency_nll,
+    distinct_2}_{before,after}``, ``results/promotion/{promoted,n_dialogues}``. All the numbers are in
+    the run's artifact ``evaluate/evaluate.json``."""
+    def dig(tree: Any, *keys: str) -> Any:
+        for key in keys:
+            tree = tree.get(key) if isinstance(tree, Mapping) else None
+        return tree
+
+    results: dict[str, Any] = {}
+    sources = list(dig(metrics, "before", "toxicity") or {})
+    for source in sources:
+        for key in ("toxic_share", "toxicity_mean"):
+            for side in ("before", "after"):
+                results[f"results/{source}/{key}_{side}"] = dig(metrics, side, "toxicity", source, key)
+        results[f"results/{source}/improvement_pct"] = dig(metrics, "improvement_pct", source, "toxicity_mean")
+    for name, path in RESULT_QUALITY.items():
+        for side in ("before", "after"):
+            results[f"results/quality/{name}_{side}"] = dig(metrics, side, *path)
+    results["results/promotion/promoted"] = dig(metrics, "promotion", "promoted")
+    results["results/promotion/n_dialogues"] = metrics.get("n")
+    return numeric_metrics(results)
+
+
+def log_evaluation(
+    run: Mapping[str, Any],
+    experiment: str,
+    metrics: Mapping[str, Any],
+    baseline_metrics: Mapping[str, Any],
+    tables: Mapping[str, pd.DataFrame],
+    artifacts: Mapping[str, Sequence[Path]],
+    model: PolicyModel,
+    registered_model: str,
+    promoted: bool,
+    reasons: Sequence[str],
+    evidence: Mapping[str, Any] | None = None,
+    timings: Mapping[str, Mapping[str, float]] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> RegisteredVersion:
+    """Log an evaluation into the training run ``run`` (a run record) and register its policy.
+
+    The judged before/after numbers go to metrics under ``results/`` (:func:`result_metrics`), and
+    to the logged model (its metrics in the MLflow UI); all of ``metrics`` and ``baseline_metrics``
+    go to the artifacts ``evaluate/evaluate.json`` and ``evaluate/baseline.json``; ``timings``
+    (``{"evaluate": {...}, "baseline": {...}}``) to metrics ``timing/<stage>.<key>``; ``tags``
+    (e.g. :func:`detox.tracking.provenance.evaluation_tags`) to the run. ``tables`` (artifact file
+    -> frame, e.g. the reward diff table to ``evaluate/reward_diff.json``) go through ``log_table``,
+    ``artifacts`` maps artifact folders to files or folders. The new model version is aliased
+    ``candidate`` (and ``champion`` when ``promoted``) and tagged with the decision and its reasons.
+    A failure leaves the training run in the status it had (tagged ``evaluate.status: failed``),
+    not FAILED: the training did not fail.
+    """
+    decision = "promoted" if promoted else "rejected"
+    if run.get("tracking_uri") not in (None, tracking_uri()):
+        log.warning("the training run was recorded in %s; logging the evaluation to %s",
+                    run["tracking_uri"], tracking_uri())
+    tracker = Tracker(run.get("experiment") or experiment)
+    previous = tracker.reopen(run.get("run_id"), stage="evaluate",
+                              tags={**(tags or {}), "evaluate.promotion": decision, "evaluate.status": "running"})
+    try:
+        tracker.log_dict(metrics, "evaluate/evaluate.json")
+        tracker.log_dict(baseline_metrics, "evaluate/baseline.json")
+        tracker.log_metrics({f"timing/{stage}.{key}": value for stage, numbers in (timings or {}).items()
+                             for key, value in numbers.items()})
+        for artifact_file, table in tables.items():
+            tracker.log_table(table, artifact_file)
+        for folder, paths in artifacts.items():
+            for path in paths:
+                (tracker.log_artifacts if Path(path).is_dir() else tracker.log_artifact)(path, folder)
+        info = tracker.log_model(model, registered_model, step=RESULTS_STEP)
+        version = None if info is None else str(info.registered_model_version)
+        tracker.log_metrics(result_metrics(metrics), step=RESULTS_STEP,
+                            model_id=None if info is None else info.model_id)
+        try:
+            registered = apply_promotion(registered_model, version, promoted, reasons, evidence)
+        except Exception as exc:
+            if not (is_remote(tracking_uri()) and is_connection_failure(exc)):
+                raise
+            tracker.lost = True
+            raise _lost("apply_promotion", exc) from None
+        if tracker.run_id is not None and version is not None:  # the version shows what it was trained from
+            run_tags = tracker._mlflow.get_run(tracker.run_id).data.tags
+            tag_version(registered_model, version, {k: v for k, v in run_tags.items() if k.startswith("lineage.")})
+        tracker.set_tags({"evaluate.model_version": version, "evaluate.status": "finished"})
+    except BaseException:
+        tracker.set_tags({"evaluate.status": "failed"})
+        tracker.end(status=previous or "FAILED")
+        raise
+    tracker.end(status=previous or "FINISHED")
+    return registered
+
+
