@@ -254,6 +254,43 @@ def test_dvc_pull_into_a_fresh_clone_leaves_nothing_to_reproduce(pipeline, tmp_p
     assert run(["git", "status", "--porcelain"], clone, env).stdout == ""
 
 
+LOAD_AS_HF_USERS_DO = """
+import json, sys
+import torch
+from peft import AutoPeftModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline, set_seed
+
+ppo, merged, dialogue = sys.argv[1:4]
+set_seed(0)  # the folder's generation_config samples, as evaluate did (the tiny policy's greedy choice is padding)
+summary = pipeline("summarization", model=merged, trust_remote_code=True)(dialogue)[0]["summary_text"]
+adapter = AutoPeftModelForSeq2SeqLM.from_pretrained(ppo).eval()
+plain = AutoModelForSeq2SeqLM.from_pretrained(merged).eval()
+tokenizer = AutoTokenizer.from_pretrained(merged)
+ids = tokenizer(plain.config.prompt_template.format(dialogue=dialogue), return_tensors="pt").input_ids
+start = torch.tensor([[plain.config.decoder_start_token_id]])
+with torch.no_grad():
+    gap = (adapter(input_ids=ids, decoder_input_ids=start).logits
+           - plain(input_ids=ids, decoder_input_ids=start).logits).abs().max().item()
+print(json.dumps({"summary": summary, "gap": gap}))
+"""
+
+
+@pytest.mark.slow
+def test_the_reproduced_models_load_as_hugging_face_users_load_them_from_another_directory(pipeline, tmp_path):
+    repo = pipeline["repo"]
+    dialogue = pd.read_parquet(repo / "data" / "raw" / "test.parquet")["dialogue"].iloc[0]
+    env = {k: v for k, v in pipeline["env"].items() if k != "PYTHONPATH"}  # nothing of the project's code
+    got = run([sys.executable, "-c", LOAD_AS_HF_USERS_DO, str(repo / "models" / "ppo"), str(repo / "models" / "merged"),
+               dialogue], tmp_path, env)
+    result = json.loads(got.stdout.strip().splitlines()[-1])
+    assert result["summary"].strip(), "pipeline('summarization') wrote nothing"
+    assert result["gap"] < 1e-4, "the PEFT adapter on its base and the merged model must be the same policy"
+    card = (repo / "models" / "merged" / "README.md").read_text()
+    evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    oracle_after = evaluation["after"]["toxicity"]["oracle"]["toxic_share"]
+    assert card.startswith("---\n") and f"value: {round(oracle_after, 4)}" in card
+
+
 # --------------------------------------------------------------------------- a server that is down
 
 
