@@ -45,7 +45,7 @@ PPO_STEPS = 3
 EVAL_SAMPLES = 16
 SERVER_START_S = 90  # a cold `mlflow server` takes ~10 s here
 PIPELINE_S = 600
-STAGES = ("fetch", "validate", "sft", "reward", "judges", "baseline", "ppo", "evaluate")
+STAGES = tuple(yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"])  # every stage of the pipeline
 
 
 def free_port() -> int:
