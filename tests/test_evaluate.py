@@ -499,7 +499,7 @@ def tiny_policy(tmp_path_factory, dialogues):
                       decoder_start_token_id=0)
     model = T5ForConditionalGeneration(config).eval()
     tokenizer.padding_side = "right"
-    return model, tokenizer, export_policy(model, tokenizer, tmp_path_factory.mktemp("policy"))
+    return model, tokenizer, export_policy(model, tokenizer, tmp_path_factory.mktemp("policy"), TEMPLATE, GENERATION)
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,11 @@ def escape_cell(value: Any) -> str:
     a cell cannot hold a newline), floats to 4 places."""
     if isinstance(value, (float, np.floating)):
         return f"{value:.4f}"
-    text = html.escape(str(value), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return _line_breaks(html.escape(str(value), quote=False).replace("\\", "\\\\").replace("|", "\\|"))
+
+
+def _line_breaks(text: str) -> str:
+    """Every line break (``\\n``, ``\\r\\n``, ``\\r``) as ``<br>``: a table cell cannot hold a newline."""
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
 
 
@@ -87,8 +91,7 @@ def html_page(title: str, body: str) -> str:
 
 def _html_text(value: Any) -> str:
     """A text cell: HTML-escaped, line breaks (a dialogue's turns) as ``<br>``."""
-    text = html.escape("" if value is None else str(value))
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+    return _line_breaks(html.escape("" if value is None else str(value)))
 
 
 def html_table(frame: pd.DataFrame, title: str) -> str:

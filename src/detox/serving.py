@@ -71,27 +71,20 @@ def _settings(config: dict[str, Any], overrides: dict[str, Any] | None = None) -
     return settings
 
 
-def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path,
-                  template: str | None = None, generation: GenerationParams | None = None) -> Path:
-    """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact.
-
-    With ``template`` and ``generation`` the folder is also a Hugging Face model that
-    ``pipeline("summarization", model=out_dir, trust_remote_code=True)`` loads
-    (:mod:`detox.hf_pipeline`): the prompt template and source-token limit go into ``config.json``,
-    the sampling settings into ``generation_config.json``.
+def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, template: str,
+                  generation: GenerationParams) -> Path:
+    """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact, and a Hugging
+    Face model that ``pipeline("summarization", model=out_dir, trust_remote_code=True)`` loads
+    (:mod:`detox.hf_pipeline`). The prompt template and source-token limit go into ``config.json``, the
+    sampling settings into ``generation_config.json`` (``model`` is changed in place accordingly).
     """
-    out_dir = Path(out_dir)
-    if template is None or generation is None:
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
-        return out_dir
     model.config.prompt_template = template
     model.config.max_source_tokens = generation.max_source_tokens
     for key, value in generation_kwargs(generation).items():
         setattr(model.generation_config, key, value)
     hf_pipeline.register()
     hf_pipeline.DialogueSummarizationPipeline(model=model, tokenizer=tokenizer).save_pretrained(out_dir)
-    return out_dir
+    return Path(out_dir)
 
 
 def dialogues_of(model_input: Any) -> list[str]:
