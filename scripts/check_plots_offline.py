@@ -4,10 +4,11 @@
     python scripts/check_plots_offline.py --html dvc_plots/index.html --screenshot plots.png   # a page already written
 
 A copy of the page gets a first script that records errors (``error`` events, rejected promises,
-``console.error``; ``console.warn`` is counted apart) and every resource loaded from anywhere but the page's own file; Chromium
-(Debian's ``chromium``) runs it headless, with the network cut (``--host-resolver-rules``), and dumps the DOM
-after vega has rendered. The page passes when each plot div holds a rendered chart (vega's ``marks`` SVG or
-canvas, not empty), nothing was fetched and nothing was reported. Exit status 0 when it passes, 1 when not.
+``console.error``; ``console.warn`` is counted apart) and every resource loaded from anywhere but the page's
+own file. Chromium (Debian's ``chromium``) runs it headless, with the network cut (``--host-resolver-rules``),
+and dumps the DOM after vega has rendered. The page passes when each plot div holds a rendered chart (vega's
+``marks`` SVG or canvas, not empty), nothing was fetched and no error was reported. Exit status 0 when it
+passes, 1 when not.
 """
 
 from __future__ import annotations
@@ -37,14 +38,20 @@ RECORDER = """<script>
 (function () {
   var seen = {errors: [], warnings: [], fetched: []};
   function save() { document.documentElement.setAttribute("data-check", JSON.stringify(seen)); }
-  function note(list, kind, parts) { list.push(kind + ": " + Array.prototype.map.call(parts, String).join(" ")); save(); }
+  function note(list, kind, parts) {
+    list.push(kind + ": " + Array.prototype.map.call(parts, String).join(" "));
+    save();
+  }
   window.addEventListener("error", function (e) {
     note(seen.errors, "error", [e.message || "could not load " + (e.target && (e.target.src || e.target.href))]);
   }, true);
   window.addEventListener("unhandledrejection", function (e) { note(seen.errors, "unhandled rejection", [e.reason]); });
   [["error", seen.errors], ["warn", seen.warnings]].forEach(function (level) {
     var original = console[level[0]];
-    console[level[0]] = function () { note(level[1], "console." + level[0], arguments); original.apply(console, arguments); };
+    console[level[0]] = function () {
+      note(level[1], "console." + level[0], arguments);
+      original.apply(console, arguments);
+    };
   });
   new PerformanceObserver(function (list) {
     list.getEntries().forEach(function (entry) {
@@ -104,7 +111,8 @@ def browser(name: str | None) -> str:
 
 def show_plots(out_dir: Path) -> Path:
     """``dvc plots show`` in the project as a user runs it (only the output folder moved): its page."""
-    proc = subprocess.run(["dvc", "plots", "show", "-o", str(out_dir)], cwd=ROOT, capture_output=True, text=True)
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"  # this environment's, else PATH's
+    proc = subprocess.run([dvc, "plots", "show", "-o", str(out_dir)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"error: dvc plots show failed:\n{proc.stderr.strip()}")
     return out_dir / "index.html"
