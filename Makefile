@@ -6,7 +6,10 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: setup test repro clean-venv
 
-setup: $(BIN)/dvc
+# The page `dvc plots show` fills (.dvc/config names it; ignored by git): vega inline, so plots render offline.
+PLOTS_PAGE := .dvc/plots-page.html
+
+setup: $(BIN)/dvc $(PLOTS_PAGE)
 
 $(BIN)/dvc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +17,9 @@ $(BIN)/dvc: pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
+
+$(PLOTS_PAGE): $(BIN)/dvc
+	$(BIN)/python -m detox.plots_page
 
 test: setup
 	$(BIN)/pytest

@@ -1,14 +1,17 @@
-"""dvc.yaml's plots read the files and fields that the stages write, and DVC renders every one of them.
+"""dvc.yaml's plots read the files and fields that the stages write, and DVC renders exactly them, offline.
 
 The evaluate stage's plot data come from :func:`detox.report.write_plot_data`; renaming a file or a
-field there (or in dvc.yaml) fails here. The last test renders all plots with the real ``dvc plots
-diff`` in a scratch git + DVC project, comparing two commits as one compares two experiments.
+field there (or in dvc.yaml) fails here. The rendering tests run the real ``dvc plots diff`` / ``dvc
+plots show`` in scratch git + DVC projects, comparing two commits as one compares two experiments, and
+draw the charts with vl-convert (the Vega that the page bundles) to check what a reader sees: shares
+that compare across experiments of any size, points off the charts' edges, a page that needs no network.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import vl_convert
 import yaml
 
 from detox.comparison import compare
 from detox.params import PromotionParams
+from detox.plots_page import PLACEHOLDERS, configured_page, page_template, vega_lite_version
 from detox.report import JUDGE_FIELDS, PLOT_DATA, REPORT_FILES, SAMPLE_FIELDS, write_plot_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +34,9 @@ TEMPLATES = ROOT / ".dvc" / "plots"
 BUILTIN_TEMPLATES = {"linear", "simple", "scatter", "scatter_jitter", "smooth", "confusion", "confusion_normalized",
                      "bar_horizontal", "bar_horizontal_sorted"}
 DECLARED = {"samples": SAMPLE_FIELDS, "judges": JUDGE_FIELDS}
+# Templates of ours that draw [0, 1] x [0, 1] (ROC, calibration, toxicity) and the one that bins a field.
+UNIT_TEMPLATES = {"unit_curve", "unit_scatter"}
+HISTOGRAM = "histogram"
 
 
 def dvc_yaml() -> dict:
@@ -80,8 +88,11 @@ def frames(shift: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
         return frame
 
     toxicity = rng.uniform(0, 1, n)
+    toxicity[:2] = [0.0, 1.0]  # the edges of a [0, 1] chart, where points must still show
     before = one(rng.normal(0, 2, n), toxicity)
-    after = one(before["reward"].to_numpy() + 1.0 + shift, toxicity * 0.3)
+    after_toxicity = toxicity * 0.3
+    after_toxicity[2] = 1.0  # one summary turned toxic
+    after = one(before["reward"].to_numpy() + 1.0 + shift, after_toxicity)
     return before, after
 
 
@@ -119,7 +130,7 @@ def test_evaluate_plots_read_files_and_fields_the_stage_writes(tmp_path):
     assert not any(o.startswith(f"{plots_dir}/") and o.endswith(".png") for o in outs)
 
 
-def test_every_plot_has_a_template_git_keeps_and_one_quantity_per_axis():
+def test_every_plot_has_a_template_git_keeps():
     custom = {p.stem for p in TEMPLATES.glob("*.json")}
     for name, props in definitions().items():
         template = props.get("template", "linear")
@@ -128,10 +139,80 @@ def test_every_plot_has_a_template_git_keeps_and_one_quantity_per_axis():
         ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT)
         assert ignored.returncode == 1, f"{path.relative_to(ROOT)} is ignored by git"
         assert "<DVC_METRIC_DATA>" in path.read_text()
-    # the reward (a logit) and a toxicity (0 to 1) never share an axis
+
+
+def quantity(field: str) -> str:
+    """What a plotted field measures, without the split, the source or the policy it was measured on:
+    ``eval_loss`` and ``train_loss`` -> loss, ``eval/oracle/toxic_share`` -> toxic_share, ``reward_after`` ->
+    reward; ``objective/kl`` (kl) and ``objective/kl_coef`` (kl_coef) stay apart."""
+    return re.sub(r"_(before|after)$", "", re.sub(r"^(train|eval)_", "", field.rsplit("/", 1)[-1]))
+
+
+def test_each_chart_draws_one_quantity_on_one_scale():
     for name, props in definitions().items():
-        for names in fields(props).values():
-            assert not ({"env/reward_mean"} <= names and {"env/toxicity_mean"} <= names), name
+        y = props["y"]
+        drawn = {quantity(f) for names in y.values() for f in ([names] if isinstance(names, str) else names)}
+        assert len(drawn) == 1, f"{name!r} mixes {sorted(drawn)} on one axis: give each its own chart"
+    assert quantity("objective/kl") != quantity("objective/kl_coef")
+    assert quantity("eval_accuracy") != quantity("eval_loss")
+
+
+def test_only_the_charts_of_the_top_level_plots_and_every_plot_file_is_drawn():
+    stages = dvc_yaml()["stages"]
+    # a stage-level `plots:` entry draws a default plot of every column against the row number
+    assert [name for name, stage in stages.items() if "plots" in stage] == []
+    plot_outs = {next(iter(o)) for stage in stages.values() for o in stage.get("outs", [])
+                 if isinstance(o, dict) and next(iter(o)).startswith("plots/")}
+    assert plot_outs, "no stage writes plot data under plots/"
+    for path in plot_outs:
+        assert dvc_yaml_out(path) == {"cache": False, "persist": True}, path  # small files, committed to git
+    drawn = {file for props in definitions().values() for file in fields(props)}
+    assert drawn == plot_outs, f"drawn but not written: {sorted(drawn - plot_outs)}; " \
+                               f"written but not drawn: {sorted(plot_outs - drawn)}"
+    for name, props in definitions().items():
+        assert props.get("x_label") or props.get("template") == HISTOGRAM, f"{name!r}: no x_label"
+        assert props.get("y_label"), f"{name!r}: no y_label"
+        # the title is the page's HTML id and sits in a JavaScript string there: a quote would break it
+        assert not set(name) & set("'\"\\"), f"{name!r}: no quotes in a plot title"
+
+
+def dvc_yaml_out(path: str) -> dict:
+    for stage in dvc_yaml()["stages"].values():
+        for out in stage.get("outs", []):
+            if isinstance(out, dict) and path in out:
+                return out[path]
+    raise AssertionError(f"{path} is no out of dvc.yaml")
+
+
+def axes(content: dict) -> list[tuple[str, dict]]:
+    """Every x and y encoding of a Vega-Lite spec, in layers and facets too: (channel, definition)."""
+    found = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "encoding" and isinstance(value, dict):
+                    found.extend((ch, value[ch]) for ch in ("x", "y") if isinstance(value.get(ch), dict))
+                elif key != "data":
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(content)
+    return found
+
+
+def assert_axes_titled(name: str, props: dict, content: dict) -> None:
+    """Both axes carry the titles dvc.yaml gives them (a histogram: its field below, the share up the side)."""
+    drawn = [(ch, enc) for ch, enc in axes(content) if "field" in enc]  # a datum (the diagonal) draws no axis
+    assert {ch for ch, _ in drawn} == {"x", "y"}, f"{name!r}: not both axes drawn from the data"
+    histogram = props.get("template") == HISTOGRAM
+    expected = {"x": props["y_label"] if histogram else props["x_label"],
+                "y": "share of summaries" if histogram else props["y_label"]}
+    for channel, enc in drawn:
+        assert enc.get("title") == expected[channel], f"{name!r}: the {channel} axis is titled {enc.get('title')!r}"
+        assert expected[channel] not in {"x", "y"}, f"{name!r}: {channel} axis titled {expected[channel]!r}"
 
 
 def git(*args: str, cwd: Path) -> None:
@@ -139,13 +220,14 @@ def git(*args: str, cwd: Path) -> None:
                    check=True, capture_output=True)
 
 
-@pytest.mark.skipif(not Path(DVC).exists(), reason="dvc is not installed beside this Python")
-def test_dvc_plots_diff_renders_every_plot_of_two_revisions(tmp_path):
-    repo = tmp_path / "repo"
+def scratch_project(repo: Path) -> Path:
+    """A git + DVC project with this one's dvc.yaml, DVC config and templates, the other stages' committed plot
+    data and the evaluate data of :func:`frames`, committed."""
     repo.mkdir()
     git("init", "-q", cwd=repo)
     subprocess.run([DVC, "init", "-q"], cwd=repo, check=True, capture_output=True)
     shutil.copy2(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     shutil.copytree(TEMPLATES, repo / ".dvc" / "plots")
     files = {file for props in definitions().values() for file in fields(props)}
     plots_dir = stage_constant("PLOTS")
@@ -155,33 +237,177 @@ def test_dvc_plots_diff_renders_every_plot_of_two_revisions(tmp_path):
     write_evaluate_data(repo / plots_dir)
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "first", cwd=repo)
-    write_evaluate_data(repo / plots_dir, shift=0.5)  # another experiment's numbers, in the workspace
+    return repo
 
+
+def plots_diff(repo: Path) -> dict[str, dict]:
+    """``dvc plots diff HEAD --json``: chart title -> its one Vega-Lite plot (workspace against HEAD)."""
     proc = subprocess.run([DVC, "plots", "diff", "HEAD", "--json"], cwd=repo, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     assert not shown.get("errors"), shown.get("errors")
-    rendered = shown["data"]
+    charts = {}
+    for name, plots in shown["data"].items():
+        [charts[name]] = plots
+    return charts
+
+
+def computed_fields(content: dict) -> set[str]:
+    """The fields a spec's transforms make (not in the data files)."""
+    made = set()
+    for step in content.get("transform", []):
+        made |= {step["as"]} if isinstance(step.get("as"), str) else set()
+        made |= {op["as"] for op in step.get("joinaggregate", [])}
+    return made
+
+
+needs_dvc = pytest.mark.skipif(not Path(DVC).exists(), reason="dvc is not installed beside this Python")
+
+
+@needs_dvc
+def test_dvc_plots_diff_renders_every_plot_of_two_revisions(tmp_path):
+    repo = scratch_project(tmp_path / "repo")
+    plots_dir = stage_constant("PLOTS")
+    write_evaluate_data(repo / plots_dir, shift=0.5)  # another experiment's numbers, in the workspace
+
+    rendered = plots_diff(repo)
+    # exactly the charts of dvc.yaml's top-level plots: no stage-level default plot of a file's every column
+    assert list(rendered) == list(definitions())
     for name, props in definitions().items():
-        assert name in rendered, f"{name!r} was not rendered"
-        [plot] = rendered[name]
+        plot = rendered[name]
         assert plot["type"] == "vega" and set(plot["revisions"]) == {"HEAD", "workspace"}, name
         content = plot["content"]
         text = json.dumps(content)
         assert "<DVC_METRIC" not in text, f"{name!r}: an anchor was left unfilled"
+        assert_axes_titled(name, props, content)
         values = content["data"]["values"]
         assert {row["rev"] for row in values} == {"HEAD", "workspace"}, name
         for names in fields(props).values():
             for rev in ("HEAD", "workspace"):
                 assert all(any(f in row for row in values if row["rev"] == rev) for f in names), (name, rev)
-        if any(file.startswith(f"{plots_dir}/") for file in fields(props)):  # ours: flat encodings
-            for channel in ("x", "y"):
-                field = content["encoding"][channel].get("field")
-                if field is not None:  # (a histogram's y is a count)
-                    assert all(field in row for row in values), f"{name!r}: {channel} field {field!r} not in its data"
-    # the evaluate data files are only plotted through these definitions (no meaningless default plot)
-    assert not any(key.startswith(f"{plots_dir}/") for key in rendered)
-    histogram = rendered["Evaluate reward distribution, baseline and PPO (summaries per bin)"][0]["content"]
+        for channel, enc in axes(content):
+            if "field" in enc and enc["field"] not in computed_fields(content):
+                assert all(enc["field"] in row for row in values), f"{name!r}: {channel} {enc['field']!r} not in data"
+    [two_fields] = [name for name, props in definitions().items()
+                    if props.get("template") == HISTOGRAM and len(fields(props)[f"{plots_dir}/samples.tsv"]) == 2]
+    histogram = rendered[two_fields]["content"]
     assert histogram["encoding"]["x"]["bin"] and histogram["encoding"]["row"]["field"] == "field"
     assert {row["field"] for row in histogram["data"]["values"]} == {"reward_before", "reward_after"}
+
+
+# --------------------------------------------------------------------------- what a reader sees
+
+
+@pytest.fixture(scope="module")
+def larger_experiment(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    """A scratch project whose workspace holds the committed evaluate summaries three times over (an experiment
+    three times the size, with the same distribution), and its ``dvc plots diff HEAD`` charts."""
+    repo = scratch_project(tmp_path_factory.mktemp("larger") / "repo")
+    samples = repo / stage_constant("PLOTS") / PLOT_DATA["samples"]
+    frame = pd.read_csv(samples, sep="\t", dtype=str)
+    pd.concat([frame] * 3).to_csv(samples, sep="\t", index=False)
+    return repo, plots_diff(repo)
+
+
+def scenegraph(content: dict) -> dict:
+    """The chart as the page's Vega draws it (vl-convert runs the same Vega-Lite and Vega)."""
+    return vl_convert.vegalite_to_scenegraph(content, vl_version=vega_lite_version())
+
+
+def data_marks(node: object, marktype: str) -> list[list[dict]]:
+    """The items of every data mark (not axes, legends or grid) of ``marktype`` in a scenegraph, per mark."""
+    if isinstance(node, dict):
+        own = [node["items"]] if node.get("marktype") == marktype and node.get("role") == "mark" else []
+        return own + [items for value in node.values() for items in data_marks(value, marktype)]
+    if isinstance(node, list):
+        return [items for value in node for items in data_marks(value, marktype)]
+    return []
+
+
+def charts_with(template: str | set[str]) -> list[str]:
+    templates = {template} if isinstance(template, str) else template
+    names = [name for name, props in definitions().items() if props.get("template") in templates]
+    assert names, f"no chart uses {templates}"
+    return names
+
+
+@needs_dvc
+def test_histograms_show_shares_so_experiments_of_any_size_compare(larger_experiment):
+    _, rendered = larger_experiment
+    for name in charts_with(HISTOGRAM):
+        content = rendered[name]["content"]
+        assert content["encoding"]["y"]["title"] == "share of summaries", name
+        sizes = pd.DataFrame(content["data"]["values"]).groupby("rev").size()
+        assert sizes["workspace"] == 3 * sizes["HEAD"], name  # counts would make the workspace's bars 3x as high
+        facets = data_marks(scenegraph(content), "rect")
+        assert facets, f"{name!r}: no bars drawn"
+        for bars in facets:
+            by_rev: dict[str, list[tuple[float, float, float]]] = {}
+            for bar in bars:
+                by_rev.setdefault(bar["fill"], []).append((round(bar["x"], 6), round(bar["width"], 6),
+                                                           round(bar["height"], 6)))
+            assert len(by_rev) == 2, f"{name!r}: one colour per revision"
+            heights = [sorted(b) for b in by_rev.values()]
+            assert heights[0] == heights[1], f"{name!r}: the same distribution drew different bars"
+            assert all(h > 0 for _, _, h in heights[0])
+
+
+@needs_dvc
+def test_unit_charts_keep_points_on_0_and_1_off_the_edges(larger_experiment):
+    _, rendered = larger_experiment
+    at_edges = set()
+    for name in charts_with(UNIT_TEMPLATES):
+        content = rendered[name]["content"]
+        graph = scenegraph(content)
+        x_field, y_field = (next(e["field"] for ch, e in axes(content) if ch == axis and "field" in e)
+                            for axis in ("x", "y"))
+        values = pd.DataFrame(content["data"]["values"])
+        for axis, field_name in (("x", x_field), ("y", y_field)):
+            at_edges |= {(axis, v) for v in values[field_name].astype(float) if v in (0.0, 1.0)}
+        [points] = data_marks(graph, "symbol")
+        assert len(points) == len(values), name
+        for point in points:
+            # the domain is [-0.04, 1.04]: 0 and 1 lie 4% of the plot inside its edges (12 px of 300)
+            assert 10 < point["x"] < content["width"] - 10 and 10 < point["y"] < content["height"] - 10, name
+        [diagonal] = data_marks(graph, "rule")
+        assert len(diagonal) == 1, name
+    assert at_edges == {("x", 0.0), ("x", 1.0), ("y", 0.0), ("y", 1.0)}  # the check saw points on every edge
+
+
+# --------------------------------------------------------------------------- the page, offline
+
+
+def test_page_template_inlines_the_bundle_and_keeps_dvcs_placeholders():
+    page = page_template("window.vegaEmbed = function () {};")
+    assert page.count("{plot_divs}") == 1 and page.count("{refresh_tag}") == 1
+    assert "{scripts}" not in page  # where DVC would put its CDN <script> tags
+    assert "window.vegaEmbed = function () {};" in page and not re.search(r"<script[^>]*\bsrc=", page)
+    for bad in ("a = '</script>';", *(f"a = '{p}';" for p in PLACEHOLDERS)):
+        with pytest.raises(ValueError, match="cannot be inlined"):
+            page_template(bad)
+
+
+@needs_dvc
+def test_plain_dvc_plots_show_writes_a_page_that_needs_no_network(larger_experiment):
+    repo, _ = larger_experiment
+    write = subprocess.run([sys.executable, "-m", "detox.plots_page"], cwd=repo, capture_output=True, text=True)
+    assert write.returncode == 0, write.stderr
+    assert configured_page(repo).is_file() and configured_page(repo).parent == repo / ".dvc"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(configured_page(ROOT))], cwd=ROOT)
+    assert ignored.returncode == 0, "the generated page is ignored by git"
+    show = subprocess.run([DVC, "plots", "show"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert show.returncode == 0, show.stderr
+    page = (repo / "dvc_plots" / "index.html").read_text(encoding="utf-8")
+
+    markup = re.sub(r"(<script\b[^>]*>).*?</script>", r"\1</script>", page, flags=re.S | re.I)  # scripts' text out
+    assert markup.count("<script") == len(definitions()) + 1  # the bundle, then one per chart
+    tags = re.findall(r"<(?:script|link|img|iframe)\b[^>]*>", markup, re.I)
+    assert not [t for t in tags if re.search(r"\b(?:src|href)\s*=", t, re.I)], "every script and style inline"
+    assert "cdn.jsdelivr" not in page and "@import" not in page
+    assert vl_convert.javascript_bundle(vl_version=vega_lite_version()) in page
+    divs = re.findall(r'<div id = "([^"]*)">', page)
+    assert len(divs) == len(definitions())  # one per chart of dvc.yaml, no default plot
+    for div in divs:
+        assert re.fullmatch(r"[A-Za-z][\w-]*", div), f"{div!r} breaks the page's vegaEmbed('#...') call"
+        assert f"vegaEmbed('#{div}', spec);" in page

@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import wait_until_answering
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from transformers import T5Config, T5ForConditionalGeneration
 
 from detox.builtin.corpus import generate_corpus
@@ -39,8 +40,9 @@ from detox.generation import build_prompts, generate_summaries
 from detox.evaluation import per_prompt, summarize, toxicity_numbers
 from detox.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
 from detox.report import (
-    JUDGE_FIELDS, PLOT_DATA, PLOT_FILES, REPORT_FILES, SAMPLE_FIELDS, escape_cell, html_table, markdown_table,
-    render_report, write_disagreements, write_plot_data, write_plots, write_report, write_reward_diff,
+    JUDGE_FIELDS, PLOT_DATA, PLOT_FILES, REPORT_FILES, SAMPLE_FIELDS, TEXT_COLUMN_EM, escape_cell, html_table,
+    markdown_table, plot_rewards, plot_toxicity, render_report, write_disagreements, write_plot_data, write_plots,
+    write_report, write_reward_diff,
 )
 from detox.serving import Summarizer, export_policy, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
@@ -377,11 +379,41 @@ def test_reward_diff_files_and_html_escaping(tmp_path):
     # a dialogue's line breaks are line breaks on the page, not the two characters "\n"
     assert "<td>p | q<br>r</td>" in page and "\\n" not in page
     for column in ("reference", "group", "reward_model_toxicity_before", "oracle_toxicity_after"):
-        assert f"<th>{column}</th>" in page
+        assert f"<th>{column.replace('_', '_<wbr>')}</th>" in page  # a long name may wrap after an underscore
     assert "<td>reference a</td>" in page
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="columns"):
         write_reward_diff(table.drop(columns="dialogue"), tmp_path)
+
+
+def test_reward_diff_page_keeps_text_columns_readable():
+    """The automatic table layout would give the room to the long headers of the number columns and squeeze
+    the dialogue to a word a line: each text column has a least width, the dialogue the widest."""
+    dialogue = "#Person1#: " + "a rather long turn of a quarrel " * 3 + "\n#Person2#: no"
+    table = pd.DataFrame({"dialogue": [dialogue], "response_before": ["x " * 40], "reward_before": [1.0],
+                          "group": ["heated"], "reward_model_toxicity_before": [0.5]})
+    page = html_table(table, "t")
+    widths = {int(i): float(em) for i, em in re.findall(r"td:nth-child\((\d+)\)\{min-width:([\d.]+)em\}", page)}
+    # by position: dialogue, response (the default width), group (as wide as "heated" needs); no number column
+    assert widths == {1: TEXT_COLUMN_EM["dialogue"], 2: 10, 4: 3}
+    assert "overflow-wrap:break-word" in page  # a garbled word too long for its column wraps
+
+
+def test_figures_label_summaries_and_keep_the_legend_off_the_data():
+    rng = np.random.default_rng(0)
+    n = 40
+    heated = np.arange(n) % 4 == 0
+    before = pd.DataFrame({"reward": rng.normal(size=n), "toxicity": rng.uniform(size=n), "heated": heated})
+    after = pd.DataFrame({"reward": rng.normal(size=n), "toxicity": rng.uniform(size=n), "heated": heated})
+    assert plot_rewards(before, after).axes[0].get_ylabel() == "summaries"  # k of them per test dialogue
+    figure = plot_toxicity(before, after)
+    FigureCanvasAgg(figure).draw()
+    [ax] = figure.axes
+    [legend] = figure.legends
+    assert ax.get_legend() is None
+    assert not legend.get_window_extent().overlaps(ax.get_window_extent())  # no corner of the data hidden
+    assert [t.get_text() for t in legend.get_texts()] == ["30 summaries of calm dialogues",
+                                                         "10 summaries of heated dialogues", "no change"]
 
 
 def test_plots_and_report(tmp_path):

@@ -46,11 +46,19 @@ SAMPLE_FIELDS = ["id", "sample", "group", "reward_before", "reward_after", "rewa
 JUDGE_FIELDS = ["label", "source", "role", "policy", "toxic_share", "toxic_count", "summaries", "toxicity_mean"]
 REPORT_FILES = {"md": "report.md", "html": "report.html"}
 REPORT_TITLE = "Evaluation: PPO policy vs baseline"
-# Inline CSS of the HTML pages: MLflow's artifact viewer shows them without any other file.
+# Inline CSS of the HTML pages: MLflow's artifact viewer shows them without any other file. A long unbroken word
+# (a garbled summary) wraps rather than widening its column.
 PAGE_STYLE = ("body{font-family:sans-serif;margin:1.5em;line-height:1.4}table{border-collapse:collapse;margin:1em 0}"
               "th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}"
-              "td{max-width:40em}th{background:#f3f3f3;position:sticky;top:0}img{max-width:100%}"
-              "code{background:#f3f3f3;padding:0 3px}")
+              "td{max-width:40em;overflow-wrap:break-word}th{background:#f3f3f3;position:sticky;top:0}"
+              "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")
+# The least width of a text column of a standalone table (em; never more than its longest line needs, at about
+# 2 characters an em): without it the browser gives the room to the long headers of the number columns and
+# squeezes a dialogue to one word a line. The dialogue gets the most.
+TEXT_COLUMN_EM = {"dialogue": 26}
+TEXT_COLUMN_DEFAULT_EM = 10
+TABLE_STYLE = ("table.dataframe{font-size:0.875em}table.dataframe th{font-size:0.85em}"
+               "table.dataframe th,table.dataframe td{padding:4px 6px}")
 HISTORY_CURVES = [("env/reward_mean", "reward (mean)"), ("objective/kl", "KL (mean, summed over tokens)"),
                   ("env/toxicity_mean", "toxicity (mean)")]
 
@@ -83,10 +91,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_page(title: str, body: str) -> str:
-    """A standalone HTML page: ``body`` (HTML) under the heading ``title``, styled inline, nothing external."""
+def html_page(title: str, body: str, style: str = "") -> str:
+    """A standalone HTML page: ``body`` (HTML) under the heading ``title``, styled inline (:data:`PAGE_STYLE`
+    and ``style``), nothing external."""
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+            f"<style>{PAGE_STYLE}{style}</style></head>\n<body>\n{body}\n</body></html>\n")
 
 
 def _html_text(value: Any) -> str:
@@ -94,16 +103,30 @@ def _html_text(value: Any) -> str:
     return _line_breaks(html.escape("" if value is None else str(value)))
 
 
+def _html_header(name: Any) -> str:
+    """A column name, HTML-escaped, that may wrap after each ``_`` (``reward_model_toxicity_before``)."""
+    return html.escape(str(name)).replace("_", "_<wbr>")
+
+
 def html_table(frame: pd.DataFrame, title: str) -> str:
-    """A standalone HTML page with ``frame`` as a table; line breaks in text cells are shown as line breaks."""
+    """A standalone HTML page with ``frame`` as a table; line breaks in text cells are shown as line breaks, and
+    text columns keep a readable width (:data:`TEXT_COLUMN_EM`)."""
     # pandas writes a newline in a cell as the two characters "\n", escape or not; so text cells are
     # escaped here and their line breaks turned into <br>, and pandas is told not to escape again.
     texts = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])
              and not pd.api.types.is_bool_dtype(frame[c])]
-    shown = frame.rename(columns={c: html.escape(str(c)) for c in frame.columns})
+    shown = frame.rename(columns={c: _html_header(c) for c in frame.columns})
     body = shown.to_html(index=False, escape=False, border=0, float_format=lambda v: f"{v:.4f}",
-                         formatters={html.escape(str(c)): _html_text for c in texts})
-    return html_page(title, f"<h1>{html.escape(title)}</h1>\n{body}")
+                         formatters={_html_header(c): _html_text for c in texts})
+    widths = "".join(f"td:nth-child({i}){{min-width:{_text_width(frame[c], c)}em}}"
+                     for i, c in enumerate(frame.columns, start=1) if c in texts)
+    return html_page(title, f"<h1>{html.escape(title)}</h1>\n{body}", TABLE_STYLE + widths)
+
+
+def _text_width(column: pd.Series, name: Any) -> int:
+    """The least width of a text column (em): :data:`TEXT_COLUMN_EM`, or less when its longest line is short."""
+    longest = column.astype(str).str.split(r"\r\n|\r|\n", regex=True).explode().str.len().max()
+    return min(TEXT_COLUMN_EM.get(name, TEXT_COLUMN_DEFAULT_EM), -(-int(longest if longest == longest else 0) // 2))
 
 
 def write_reward_diff(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
@@ -167,7 +190,7 @@ def plot_rewards(before: pd.DataFrame, after: pd.DataFrame) -> Figure:
         reward = frame["reward"].to_numpy()
         ax.hist(reward, bins=bins, alpha=0.55, color=color, label=f"{label}: mean {reward.mean():.3f}")
     ax.set_xlabel("reward (logit of the reward label)")
-    ax.set_ylabel("test dialogues")
+    ax.set_ylabel("summaries")  # each sampled summary is one value: k per test dialogue
     ax.set_title("Reward distribution before and after PPO")
     ax.legend()
     return fig
@@ -179,10 +202,11 @@ def plot_toxicity(before: pd.DataFrame, after: pd.DataFrame) -> Figure:
     ax = fig.subplots()
     x, y = before["toxicity"].to_numpy(), after["toxicity"].to_numpy()
     heated = after["heated"].to_numpy(dtype=bool) if "heated" in after.columns else None
-    groups = [("dialogues", np.ones_like(x, dtype=bool), "tab:blue")] if heated is None else [
-        ("calm dialogues", ~heated, "tab:blue"), ("heated dialogues", heated, "tab:red")]
+    groups = [("summaries", np.ones_like(x, dtype=bool), "tab:blue")] if heated is None else [
+        ("of calm dialogues", ~heated, "tab:blue"), ("of heated dialogues", heated, "tab:red")]
     for label, mask, color in groups:
-        ax.scatter(x[mask], y[mask], s=18, alpha=0.5, color=color, edgecolors="none", label=f"{label} ({mask.sum()})")
+        ax.scatter(x[mask], y[mask], s=18, alpha=0.5, color=color, edgecolors="none",
+                   label=f"{mask.sum()} {label}" if heated is None else f"{mask.sum()} summaries {label}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="no change")
     ax.axhline(TOXIC_THRESHOLD, color="grey", linewidth=0.5)
     ax.axvline(TOXIC_THRESHOLD, color="grey", linewidth=0.5)
@@ -190,7 +214,8 @@ def plot_toxicity(before: pd.DataFrame, after: pd.DataFrame) -> Figure:
     turned_toxic = int(((x <= TOXIC_THRESHOLD) & (y > TOXIC_THRESHOLD)).sum())
     ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="toxicity before (baseline)", ylabel="toxicity after (PPO)",
            title=f"Per-sample toxicity: {detoxified} detoxified, {turned_toxic} turned toxic")
-    ax.legend(loc="upper left")
+    # below the axes: every corner of the square holds data ("turned toxic" is the upper left)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
