@@ -85,7 +85,7 @@ def main() -> None:
     with atomic_dir(MERGED) as merged:
         # What is scored is exactly what gets registered: the merged policy, reloaded from models/merged/.
         export_policy(load_trained_policy(PPO_DIR), AutoTokenizer.from_pretrained(PPO_DIR), merged,
-                      params.prompt.template, params.generation)
+                      params.prompt.template, params.generation, params.eval.seed)
         model, tokenizer = load_policy(merged)
         scorer = RewardScorer.from_pretrained("models/reward", params.reward)
         instruments = Instruments(judges=judges, reference=reference,

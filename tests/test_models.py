@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import copy
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration, pipeline
 
 from detox.builtin.corpus import generate_corpus
 from detox.builtin.models import train_t5_tokenizer
 from detox.generation import build_prompts, generate_summaries
-from detox.model_card import adapter_card, merged_card
+from detox.model_card import adapter_card, card_data, merged_card
 from detox.params import BuiltinCorpus, GenerationParams, PromptParams
 from detox.serving import export_policy
 
+ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template
+SEED = 1234  # eval.seed
 CORPUS = BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4)
 
 
@@ -40,7 +43,8 @@ def merged(tmp_path_factory):
         model.lm_head.weight[:3] = 0.0
         model.lm_head.weight[3:] *= 10.0
     generation = GenerationParams(max_new_tokens=9, max_source_tokens=300, temperature=0.7)
-    out = export_policy(copy.deepcopy(model), tokenizer, tmp_path_factory.mktemp("merged"), TEMPLATE, generation)
+    out = export_policy(copy.deepcopy(model), tokenizer, tmp_path_factory.mktemp("merged"), TEMPLATE, generation,
+                        SEED)
     return out, corpus["test"]["dialogue"].tolist(), generation
 
 
@@ -67,10 +71,26 @@ def test_the_merged_folder_carries_the_prompt_and_the_evaluated_sampling(merged)
     folder, _, generation = merged
     model = AutoModelForSeq2SeqLM.from_pretrained(folder)
     assert model.config.prompt_template == TEMPLATE and model.config.max_source_tokens == 300
+    assert model.config.sampling_seed == SEED
     config = model.generation_config
     assert (config.do_sample, config.max_new_tokens, config.temperature) == (True, 9, 0.7)
     assert (folder / "hf_pipeline.py").is_file()
     assert model.config.custom_pipelines["summarization"]["impl"] == "hf_pipeline.DialogueSummarizationPipeline"
+
+
+def test_the_pipeline_samples_seeded_the_same_answer_for_the_same_dialogue(merged):
+    folder, dialogues, _ = merged
+    summarize = pipeline("summarization", model=str(folder), trust_remote_code=True)
+    first = [row[0]["summary_text"] for row in summarize(dialogues[:3])]
+    assert [row[0]["summary_text"] for row in summarize(dialogues[:3])] == first  # the evaluated seed, every call
+    torch.manual_seed(99)
+    state = torch.get_rng_state()
+    assert [summarize(d)[0]["summary_text"] for d in reversed(dialogues[:3])] == first[::-1]  # each on its own
+    assert torch.equal(torch.get_rng_state(), state), "seeding must not reset the caller's random state"
+    assert summarize(dialogues[0], seed=SEED)[0]["summary_text"] == first[0]
+    others = {summarize(dialogues[0], seed=seed)[0]["summary_text"] for seed in (1, 2, 3)}
+    assert others - {first[0]}, "another seed draws other summaries"
+    assert len(set(first)) > 1 and all(first), "the tiny policy must write something for this to prove anything"
 
 
 def test_the_pipeline_refuses_an_empty_dialogue(merged):
