@@ -365,7 +365,15 @@ def test_the_scoring_server_refuses_bad_requests_in_one_line_of_json(server, dia
 
 
 @pytest.mark.slow
-def test_the_scoring_server_drops_an_unknown_param_and_logs_it(server, dialogues):
+def test_what_the_scoring_server_decides_before_the_model_runs(server, dialogues):
+    """MLflow's own answers, documented in the README: an unknown param dropped (and logged), a param of the
+    wrong type and a body that is not a request refused, without a traceback or a path."""
     request = {"dataframe_records": [{"dialogue": dialogues[0]}]}
     assert invoke(server["url"], {**request, "params": {"temprature": 0.01}}) == invoke(server["url"], request)
     assert "Unrecognized params ['temprature'] are ignored" in server["log"].read_text()
+    for body, expected in (({**request, "params": {"temperature": "hot"}}, "Invalid parameters found"),
+                           ("{not json", "Ensure that input is a valid JSON formatted string"),
+                           ({"dialogue": dialogues[0]}, "The input must be a JSON dictionary with exactly one of")):
+        status, text = invoke(server["url"], body)
+        assert status == 400 and expected in json.loads(text)["message"], text
+        assert "Traceback" not in text and sys.prefix not in text and "site-packages" not in text
