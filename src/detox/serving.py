@@ -165,13 +165,13 @@ class Served(mlflow.pyfunc.PythonModel, ABC):
 
     # A DataFrame hint: MLflow then infers nothing from the hint and passes the request as it came.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
-        texts = request_texts(model_input, self.column)
         try:
+            texts = request_texts(model_input, self.column)
             return self.answer(texts, {key: value for key, value in (params or {}).items() if value is not None})
         except RequestError:
             raise
         except Exception as exc:  # the serving boundary: the traceback goes to the log, never into an answer
-            log.exception("%s failed on a request of %d text(s)", type(self).__name__, len(texts))
+            log.exception("%s failed on a request", type(self).__name__)
             raise RequestError(f"the model failed on this request ({type(exc).__name__}); the server's log has "
                                "the traceback", error_code=INTERNAL_ERROR) from exc
 
