@@ -26,7 +26,7 @@ from detox.evaluation import Instruments, per_prompt, sample_rows, score_policy
 from detox.generation import load_policy
 from detox.io import atomic_dir, write_json, write_parquet, write_text
 from detox.judges import load_judges
-from detox.model_card import merged_card
+from detox.model_card import card_data, merged_card
 from detox.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
 from detox.quality import vocabulary
@@ -45,6 +45,7 @@ from detox.timings import TIMINGS_DIR, write_timings
 PPO_DIR = Path("models/ppo")
 MERGED = Path("models/merged")  # the merged policy: scored, registered, and loadable by transformers
 BASE_MANIFEST = Path("models/base/manifest.json")
+BASE_CARD = Path("models/base/policy/README.md")  # a Hub snapshot's card: the merged model's license
 DATA_MANIFEST = Path("data/raw/manifest.json")
 BASELINE = Path("data/scored/baseline.parquet")
 BASELINE_METRICS = Path("metrics/baseline.json")
@@ -85,7 +86,7 @@ def main() -> None:
     with atomic_dir(MERGED) as merged:
         # What is scored is exactly what gets registered: the merged policy, reloaded from models/merged/.
         export_policy(load_trained_policy(PPO_DIR), AutoTokenizer.from_pretrained(PPO_DIR), merged,
-                      params.prompt.template, params.generation)
+                      params.prompt.template, params.generation, params.eval.seed)
         model, tokenizer = load_policy(merged)
         scorer = RewardScorer.from_pretrained("models/reward", params.reward)
         instruments = Instruments(judges=judges, reference=reference,
@@ -120,7 +121,7 @@ def main() -> None:
         data_manifest = json.loads(DATA_MANIFEST.read_text(encoding="utf-8")) if DATA_MANIFEST.is_file() else {}
         write_text(merged / "README.md", merged_card(params.tracking.registered_model, {**manifest, **data_manifest},
                                                      metrics, params.promotion.judge, params.prompt.template,
-                                                     params.reward.reward_label))
+                                                     params.reward.reward_label, card_data(BASE_CARD)))
 
         config = model_config(params.prompt.template, params.generation, params.eval.seed)
         baseline_metrics = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))

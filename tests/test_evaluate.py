@@ -1,9 +1,9 @@
 """The evaluate stage's library: paired statistics, the reward diff table, the promotion gate,
-reports and plots, the MLflow registry, and the pyfunc model (loaded and served).
+reports and plots, and the MLflow registry (the served models: tests/test_serving.py).
 
-The statistics are checked on numbers worked out by hand. The registry and the pyfunc
-model run against a temporary SQLite store with a tiny random T5 (nothing trained but
-its SentencePiece tokenizer, well under a second).
+The statistics are checked on numbers worked out by hand. The registry runs against a
+temporary SQLite store with a tiny random T5 (nothing trained but its SentencePiece
+tokenizer, well under a second).
 """
 
 from __future__ import annotations
@@ -11,13 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import re
-import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -25,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import wait_until_answering
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from transformers import T5Config, T5ForConditionalGeneration
 
@@ -36,7 +31,6 @@ from detox.comparison import (
     disagreements, evidence, improvement_pct, paired_tests, reward_diff_table,
 )
 from detox.errors import DetoxError
-from detox.generation import build_prompts, generate_summaries
 from detox.evaluation import per_prompt, summarize, toxicity_numbers
 from detox.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
 from detox.report import (
@@ -510,7 +504,7 @@ def test_plot_data_files_have_the_declared_fields_and_are_deterministic(tmp_path
         write_plot_data(before, after, metrics, "nope", tmp_path)
 
 
-# --------------------------------------------------------------------------- MLflow: registry and pyfunc model
+# --------------------------------------------------------------------------- MLflow: the registry
 
 
 @pytest.fixture(scope="module")
@@ -531,7 +525,8 @@ def tiny_policy(tmp_path_factory, dialogues):
                       decoder_start_token_id=0)
     model = T5ForConditionalGeneration(config).eval()
     tokenizer.padding_side = "right"
-    return model, tokenizer, export_policy(model, tokenizer, tmp_path_factory.mktemp("policy"), TEMPLATE, GENERATION)
+    return model, tokenizer, export_policy(model, tokenizer, tmp_path_factory.mktemp("policy"), TEMPLATE, GENERATION,
+                                           EVAL_SEED)
 
 
 @pytest.fixture(scope="module")
@@ -662,82 +657,6 @@ def test_a_failed_evaluation_leaves_the_training_run_finished_and_registers_noth
     assert run.info.status == "FINISHED" and run.data.tags["evaluate.status"] == "failed"
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")) == [1, 2, 3]
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == "1"
-
-
-def test_pyfunc_model_reads_an_over_long_dialogue_up_to_its_limit_and_says_so(registry, dialogues, caplog):
-    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
-    long = " ".join([dialogues[0]] * 200)
-    with caplog.at_level("WARNING", logger="detox.serving"):
-        [summary] = loaded.predict(pd.DataFrame({"dialogue": [long]}))
-    assert isinstance(summary, str)
-    assert any("dialogue 0:" in r.message and "the model reads the first" in r.message for r in caplog.records)
-
-
-def test_pyfunc_model_summarizes_a_dialogue_dataframe(registry, tiny_policy, dialogues):
-    model, tokenizer, _ = tiny_policy
-    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
-    frame = pd.DataFrame({"dialogue": dialogues[:3]})
-    summaries = loaded.predict(frame)
-    expected = generate_summaries(model, tokenizer, build_prompts(dialogues[:3], TEMPLATE), GENERATION, EVAL_SEED)
-    assert summaries == expected  # the same summaries as the evaluate stage generates
-    assert len(summaries) == 3 and all(isinstance(s, str) and s for s in summaries)
-    with pytest.raises(Exception, match=r"missing inputs \['dialogue'\]"):  # the input schema: a dialogue column
-        loaded.predict(dialogues[:3])
-    greedy = loaded.predict(frame, params={"do_sample": False})
-    assert greedy == generate_summaries(model, tokenizer, build_prompts(dialogues[:3], TEMPLATE),
-                                        GENERATION.model_copy(update={"do_sample": False}), 0)
-    assert loaded.predict(frame, params={"seed": 7}) != summaries
-    with_ids = pd.DataFrame({"id": ["x", "y", "z"], "dialogue": dialogues[:3]})
-    assert loaded.predict(with_ids) == expected  # the dialogue column is found by name
-    with pytest.raises(Exception, match=r"missing inputs \['dialogue'\]"):
-        loaded.predict(pd.DataFrame({"id": ["x"], "text": ["hello"]}))
-    for bad in ("", "   ", None):
-        with pytest.raises(Exception, match=r"dialogue 1: expected a non-empty string"):
-            loaded.predict(pd.DataFrame({"dialogue": [dialogues[0], bad]}))
-    with pytest.raises(Exception, match="Incompatible input types"):
-        loaded.predict(pd.DataFrame({"dialogue": [123]}))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_invocations(registry, tiny_policy, dialogues):
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent  # the scoring server (uvicorn) lives beside this Python
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{registry['root']}/mlflow.db", "OMP_NUM_THREADS": "1",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    mlflow_cli = bin_dir / "mlflow"
-    server = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", f"models:/{MODEL_NAME}/1", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=registry["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )
-    try:
-        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, 60,
-                             lambda: server.stderr.read().decode()[-2000:] if server.poll() is not None else "")
-        body = json.dumps({"dataframe_records": [{"dialogue": d} for d in dialogues[:2]]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            predictions = json.loads(response.read())["predictions"]
-        model, tokenizer, _ = tiny_policy
-        assert predictions == generate_summaries(model, tokenizer, build_prompts(dialogues[:2], TEMPLATE),
-                                                 GENERATION, EVAL_SEED)
-        for records in ([{"dialogue": ""}], [{"dialogue": None}], [{"dialogue": 123}], [{"text": "hello"}]):
-            bad = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"dataframe_records": records}).encode(),
-                                         headers={"Content-Type": "application/json"})
-            with pytest.raises(urllib.error.HTTPError) as err:
-                urllib.request.urlopen(bad, timeout=30)
-            assert err.value.code == 400, records
-            assert "dialogue" in json.loads(err.value.read())["message"]
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=20)
 
 
 # --------------------------------------------------------------------------- the stage

@@ -11,6 +11,13 @@ transformers 4's summarization pipeline did. The prompt template and the source-
 policy was trained and evaluated with are in ``config.json`` (``prompt_template``,
 ``max_source_tokens``); the generation defaults are the evaluate stage's (``generation_config.json``).
 
+Sampling is seeded the way the served model seeds a request of one dialogue: ``torch.manual_seed(seed)``,
+then ``generate``, with ``seed`` the one evaluate used (``config.json``'s ``sampling_seed``) unless the
+call passes ``seed=...``. So the same dialogue gets the same summary from every call, and the same as
+``mlflow models serve`` answers for it alone with the same seed. Each dialogue of a list is seeded on
+its own (with ``batch_size`` > 1 the dialogues of a batch share one draw). The seeding does not reset
+the caller's random state.
+
 This module is copied into the model folder by ``save_pretrained`` (``custom_object_save``) and
 imported there on its own, so it imports nothing from ``detox``.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import AutoModelForSeq2SeqLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -34,9 +42,11 @@ class DialogueSummarizationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
-    def _sanitize_parameters(self, max_source_tokens: int | None = None, **generate_kwargs: Any):
+    def _sanitize_parameters(self, max_source_tokens: int | None = None, seed: int | None = None,
+                             **generate_kwargs: Any):
         preprocess = {} if max_source_tokens is None else {"max_source_tokens": max_source_tokens}
-        return preprocess, generate_kwargs, {}
+        forward = generate_kwargs if seed is None else {**generate_kwargs, "seed": seed}
+        return preprocess, forward, {}
 
     def preprocess(self, dialogue: str, max_source_tokens: int | None = None) -> dict[str, Any]:
         if not isinstance(dialogue, str) or not dialogue.strip():
@@ -46,10 +56,14 @@ class DialogueSummarizationPipeline(Pipeline):
         return self.tokenizer(template.format(dialogue=dialogue), return_tensors="pt", truncation=True,
                               max_length=limit)
 
-    def _forward(self, model_inputs: dict[str, Any], **generate_kwargs: Any) -> dict[str, Any]:
+    def _forward(self, model_inputs: dict[str, Any], seed: int | None = None,
+                 **generate_kwargs: Any) -> dict[str, Any]:
         # The call's and the pipeline's generation parameters on top of the model's generation_config.json.
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
-        return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
+        # fork_rng: seeding here must not reset the caller's random state (on a GPU, its device's too).
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.model.config.sampling_seed if seed is None else seed)
+            return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
 
     def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, str]]:
         return [{"summary_text": text.strip()}

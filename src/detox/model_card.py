@@ -1,14 +1,21 @@
 """Hugging Face model cards (``README.md`` with the Hub's metadata block) for ``models/ppo`` and ``models/merged``.
 
 The metadata is written with :class:`huggingface_hub.ModelCardData` (the Hub's own schema:
-``base_model``, ``datasets``, ``pipeline_tag``, ``model-index`` results); the body says what the
-model is, how to load it, what evaluate measured with the judges beside the reward model, and
+``base_model``, ``datasets``, ``license``, ``pipeline_tag``, ``model-index`` results); the body says what
+the model is, how to load it, what evaluate measured with the judges beside the reward model, and
 its limits. Every number comes from the metrics the stages wrote; none is typed here.
+
+``base_model`` and ``datasets`` take Hub ids only, so they are left out for a model or data made
+locally (the built-in world, a local folder) and the body says where they came from. The merged
+model's license is its base model's, read from the base's own card (``license: apache-2.0`` for
+google/flan-t5-base); the built-in world's model is this project's, and the project declares no
+license, so its card says ``license: other`` with ``license_name: none-declared`` and why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -45,6 +52,43 @@ def _source(manifest: Mapping[str, Any], key: str) -> tuple[str | None, str]:
                   if key == "policy" else "a small RoBERTa hate classifier trained by this pipeline (stage reward)")
 
 
+def card_data(path: Path) -> ModelCardData | None:
+    """The metadata of a model's own card (its ``README.md``; a Hub snapshot has one), or None without one."""
+    return ModelCard.load(path).data if path.is_file() else None
+
+
+LICENSE_KEYS = ("license", "license_name", "license_link")
+
+
+def _license(manifest: Mapping[str, Any], base_card: ModelCardData | None) -> tuple[dict[str, str], str]:
+    """(license metadata, the card's paragraph about it): the base model's license, or why there is none."""
+    declared = {key: getattr(base_card, key) for key in LICENSE_KEYS if base_card and getattr(base_card, key, None)}
+    if "license" in declared:
+        return declared, f"The license is the base model's, `{declared['license']}`, as its card declares it."
+    if (manifest.get("policy") or {}).get("source", "builtin") == "builtin":
+        return {"license": "other", "license_name": "none-declared"}, (
+            "This model, its base and its data were made by this project (the built-in world), which declares no "
+            "license (no LICENSE file, no license in pyproject.toml): hence `license: other` with "
+            "`license_name: none-declared`. Choose a license before sharing the model.")
+    return {"license": "other", "license_name": "unknown"}, (
+        "The base model's card declares no license (or it has no card): hence `license: other` with "
+        "`license_name: unknown`. Check the base model's terms before sharing this model.")
+
+
+def _provenance(base_id: str | None, data_id: str | None, data: str) -> str:
+    """What the card says besides its license about where the weights and data came from."""
+    notes = []
+    local = [(field, what) for field, what, hub_id in (("`base_model`", "the base model", base_id),
+                                                       ("`datasets`", "the data", data_id)) if hub_id is None]
+    if local:
+        fields, whats = (" and ".join(names) for names in zip(*local, strict=True))
+        notes.append(f"The metadata has no {fields}: those fields take Hugging Face Hub ids, and {whats} "
+                     f"{'are' if len(local) > 1 else 'is'} not on the Hub (see above).")
+    if data_id is not None:
+        notes.append(f"The training data, {data}, has terms of its own: see its card.")
+    return " ".join(notes)
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
 
@@ -68,8 +112,9 @@ def _card(data: ModelCardData, body: str) -> str:
 
 
 def merged_card(name: str, manifest: Mapping[str, Any], metrics: Mapping[str, Any], judge: str,
-                template: str, reward_label: str) -> str:
-    """The card of the merged policy that evaluate scored and registered (``models/merged/README.md``)."""
+                template: str, reward_label: str, base_card: ModelCardData | None) -> str:
+    """The card of the merged policy that evaluate scored and registered (``models/merged/README.md``);
+    ``base_card`` is the metadata of the base model's own card (:func:`card_data`), where it has one."""
     base_id, base = _source(manifest, "policy")
     data_id, data = _source(manifest, "data")
     _, reward = _source(manifest, "reward")
@@ -82,8 +127,10 @@ def merged_card(name: str, manifest: Mapping[str, Any], metrics: Mapping[str, An
                                   dataset_name=f"{data_id or 'built-in dialogues'} (test)", dataset_split="test",
                                   metric_type="toxic_share", metric_name=f"toxic share ({scorer})",
                                   metric_value=round(scores["toxic_share"], 4)))
+    license_metadata, license_text = _license(manifest, base_card)
     meta = ModelCardData(base_model=base_id, datasets=[data_id] if data_id else None, library_name="transformers",
-                         pipeline_tag="summarization", tags=TAGS, model_name=name, eval_results=results)
+                         pipeline_tag="summarization", tags=TAGS, model_name=name, eval_results=results,
+                         **license_metadata)
     promotion = metrics.get("promotion", {})
     reasons = "\n".join(f"- {reason}" for reason in promotion.get("reasons", []))
     body = f"""
@@ -105,6 +152,9 @@ summarize("#Person1#: ...\\n#Person2#: ...")  # [{{"summary_text": "..."}}]
 transformers 5 has no built-in summarization pipeline any more; this folder ships one
 (`hf_pipeline.py`, named in `config.json`), which applies the prompt template the policy was trained with
 and samples as evaluate did (`generation_config.json`; pass `do_sample=False` for greedy summaries).
+Sampling is seeded with the seed evaluate used (`sampling_seed` in `config.json`; `seed=7` for another),
+so the same dialogue gets the same summary on every call, and the one the served model (MLflow) answers
+for it alone with the same seed.
 Without it: `AutoModelForSeq2SeqLM.from_pretrained(...)`, and the prompt
 
 ```
@@ -127,6 +177,10 @@ The promotion decision rests on the judge `{judge}`: {promotion.get('decision', 
 ## Intended use
 
 {INTENDED_USE}
+
+## License
+
+{license_text} {_provenance(base_id, data_id, data)}
 """
     return _card(meta, body)
 

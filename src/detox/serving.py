@@ -1,42 +1,186 @@
-"""The trained policy as an MLflow pyfunc model: dialogues in, summaries out.
+"""The trained policy and the reward model as MLflow pyfunc models, served by ``mlflow models serve``.
 
-The model's one artifact, ``policy``, is a folder with the merged seq2seq model and
-its tokenizer; its ``model_config`` holds the prompt template, the generation
-settings and the seed the policy was evaluated with. It generates through
-:func:`detox.generation.generate_summaries`, so a served summary is the one the
-evaluate stage scored for the same dialogue, batch and seed. The ``detox`` package
-travels with the model (``code_paths``), so ``mlflow.pyfunc.load_model`` and
+The policy model's one artifact, ``policy``, is a folder with the merged seq2seq model and
+its tokenizer; its ``model_config`` holds the prompt template, the generation settings and the
+seed the policy was evaluated with. It generates through :func:`detox.generation.generate_summaries`,
+so a served summary is the one the evaluate stage scored for the same dialogue, batch and seed. The
+``detox`` package travels with the model (``code_paths``), so ``mlflow.pyfunc.load_model`` and
 ``mlflow models serve`` need only the model's pip requirements.
 
-A request may override ``do_sample``, ``max_new_tokens``, ``temperature`` and
-``seed`` through MLflow's ``params``. The input is a ``dialogue`` string column (the signature's
-input schema); an empty or non-string dialogue is refused with HTTP 400, and a dialogue longer than
-``generation.max_source_tokens`` is read up to that length, with a warning in the server's log.
+A request is checked by the model itself, the same way for both models (:class:`Served`): one text
+column (``dialogue``; ``text`` for the reward model) and nothing else, every row a non-empty string;
+the policy's ``params`` (``REQUEST_PARAMS``) within the ranges ``params.yaml`` allows for them
+(:data:`PARAM_RANGES`), ``max_new_tokens`` within the model's limit. A refusal is a
+:class:`RequestError`: HTTP 400 whose body is ``{"error_code": ..., "message": <one line>}``; an
+unexpected failure answers HTTP 500 with the exception's class only, its traceback goes to the
+server's log. Neither answer holds a traceback, a path or the request's data.
+
+The signatures declare the output and the params but no input schema, on purpose: MLflow enforces an
+input schema before the model runs, and then drops unknown columns without a word and answers a
+missing or mistyped column with a message that prints the whole request. MLflow's scoring server
+also drops params the signature does not declare before ``predict`` sees them (it logs
+``Unrecognized params [...] are ignored``), so a misspelt param cannot be refused here, and a param
+of the wrong JSON type is refused by MLflow's own check, whose message holds the request's rows.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import operator
+import reprlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from detox import hf_pipeline
 from detox.generation import build_prompts, generate_summaries, generation_kwargs, load_policy
-from detox.params import GenerationParams
+from detox.params import EvalParams, GenerationParams
 
 log = logging.getLogger(__name__)
 
 POLICY_ARTIFACT = "policy"
 INPUT_COLUMN = "dialogue"
-REQUEST_PARAMS = {"do_sample": "boolean", "max_new_tokens": "long", "temperature": "double", "seed": "long"}
+REQUEST_PARAMS = {"do_sample": "boolean", "temperature": "double", "top_k": "long", "top_p": "double",
+                  "min_new_tokens": "long", "max_new_tokens": "long", "seed": "long"}
 
+
+# --------------------------------------------------------------------------- what a request may hold
+
+class RequestError(MlflowException):
+    """A request the model refuses: HTTP 400 (500 for ``INTERNAL_ERROR``) whose message is this one line.
+
+    MLflow's scoring server puts the request's data in front of the message of any ``MlflowException``
+    raised in ``predict`` (``Failed to predict data '<the DataFrame>'``) before it answers; the reason
+    is kept apart here and is the answer's ``message``.
+    """
+
+    def __init__(self, reason: str, error_code: int = INVALID_PARAMETER_VALUE) -> None:
+        super().__init__(reason, error_code=error_code)
+        self.reason = reason
+
+    def serialize_as_json(self) -> str:
+        return json.dumps({**json.loads(super().serialize_as_json()), "message": self.reason})
+
+
+_COMPARE: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<="),
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric param may take: bounds such as ``(("gt", 0.0), ("le", 10.0))``."""
+
+    bounds: tuple[tuple[str, float], ...]
+    why: str = ""
+
+    @classmethod
+    def of(cls, field: FieldInfo) -> Range:
+        """The bounds a ``params.yaml`` field declares (pydantic's ``gt``/``ge``/``lt``/``le``)."""
+        return cls(tuple((key, getattr(rule, key)) for rule in field.metadata for key in _COMPARE
+                         if getattr(rule, key, None) is not None))
+
+    def admits(self, value: Any) -> bool:
+        return all(_COMPARE[key][0](value, bound) for key, bound in self.bounds)
+
+    def __str__(self) -> str:
+        text = " and ".join(f"{_COMPARE[key][1]} {bound:g}" for key, bound in self.bounds)
+        return f"{text} ({self.why})" if self.why else text
+
+
+# The ranges params.yaml allows for generation.* and eval.seed, so a request can ask for nothing evaluate could not.
+PARAM_RANGES = {
+    **{name: Range.of(GenerationParams.model_fields[name]) for name in REQUEST_PARAMS if name != "seed"},
+    "seed": Range.of(EvalParams.model_fields["seed"]),
+}
+
+
+def max_new_tokens_range(config: PretrainedConfig, default: int) -> Range:
+    """``max_new_tokens`` up to the policy's position limit where its architecture has one
+    (``max_position_embeddings``, or ``n_positions`` as in FLAN-T5's config.json), else up to what
+    params.yaml allows; the default the policy was evaluated with is always allowed."""
+    schema = PARAM_RANGES["max_new_tokens"]
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not positions:
+        return schema
+    lower = tuple(bound for bound in schema.bounds if bound[0] in ("gt", "ge"))
+    return Range((*lower, ("le", max(int(positions), default))), "the model's position limit")
+
+
+def check_params(params: Mapping[str, Any], ranges: Mapping[str, Range]) -> None:
+    """Refuse the first param outside its range, naming it and the range."""
+    for name, value in params.items():
+        allowed = ranges.get(name)
+        if allowed is not None and not allowed.admits(value):
+            raise RequestError(f"params.{name}: {value!r} is out of range; allowed: {allowed}")
+
+
+def request_texts(model_input: Any, column: str) -> list[str]:
+    """The texts of a request: the ``column`` of a DataFrame or of a dict of columns (and no other column),
+    or a list of strings; these are what MLflow's JSON formats (``dataframe_records``, ``dataframe_split``,
+    ``inputs``, ``instances``) arrive as. Every text must be a non-empty string; anything else is a
+    :class:`RequestError` naming the row.
+    """
+    if isinstance(model_input, (pd.DataFrame, Mapping)):
+        columns = list(model_input.keys())
+        if column not in columns:
+            raise RequestError(f"input: no {column!r} column (got columns {columns}); send "
+                               f'{{"dataframe_records": [{{"{column}": "..."}}]}}')
+        extra = [name for name in columns if name != column]
+        if extra:
+            raise RequestError(f"input: unknown column(s) {extra}; this model reads only the {column!r} column")
+        values = list(np.asarray(model_input[column], dtype=object).reshape(-1))
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
+        values = list(np.asarray(model_input, dtype=object).reshape(-1))
+    else:
+        raise RequestError(f"input: expected rows with a {column!r} column or a list of strings, "
+                           f"got {type(model_input).__name__}")
+    for row, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            shown = "null" if pd.api.types.is_scalar(value) and pd.isna(value) else reprlib.repr(value)
+            raise RequestError(f"{column} {row}: expected a non-empty string, got {shown}")
+    return [str(value) for value in values]
+
+
+class Served(mlflow.pyfunc.PythonModel, ABC):
+    """What both served models share: the request's texts checked, and an answer that shows no internals."""
+
+    column: str
+
+    # A DataFrame hint: MLflow then infers nothing from the hint and passes the request as it came.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        try:
+            texts = request_texts(model_input, self.column)
+            return self.answer(texts, {key: value for key, value in (params or {}).items() if value is not None})
+        except RequestError:
+            raise
+        except Exception as exc:  # the serving boundary: the traceback goes to the log, never into an answer
+            log.exception("%s failed on a request", type(self).__name__)
+            raise RequestError(f"the model failed on this request ({type(exc).__name__}); the server's log has "
+                               "the traceback", error_code=INTERNAL_ERROR) from exc
+
+    @abstractmethod
+    def answer(self, texts: list[str], params: dict[str, Any]) -> Any:
+        """The model's answer to checked texts and the request's params (those MLflow passed on)."""
+
+
+# --------------------------------------------------------------------------- the policy
 
 def model_config(template: str, generation: GenerationParams, seed: int) -> dict[str, Any]:
     """What the model needs besides its weights, keyed by the ``params.yaml`` names it came from.
@@ -53,33 +197,32 @@ def model_config(template: str, generation: GenerationParams, seed: int) -> dict
 
 
 def signature(config: dict[str, Any]) -> ModelSignature:
-    """Input: one ``dialogue`` string column (MLflow refuses other shapes and types with HTTP 400);
-    output: one summary string per dialogue; the request params with their defaults."""
-    defaults = _settings(config)
+    """Output: one summary string per dialogue; the request params with their defaults. No input schema
+    (see the module's docstring): :func:`request_texts` checks the input."""
+    defaults = _defaults(config)
     return ModelSignature(
-        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec(name, kind, defaults[name]) for name, kind in REQUEST_PARAMS.items()]),
     )
 
 
-def _settings(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Generation settings and seed by short name (``do_sample``, ``seed``), request overrides applied."""
+def _defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """Generation settings and seed by short name (``do_sample``, ``seed``)."""
     settings = {key.split(".", 1)[1]: value for key, value in config.items() if key.startswith("generation.")}
-    settings["seed"] = config["eval.seed"]
-    settings.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    return settings
+    return {**settings, "seed": config["eval.seed"]}
 
 
 def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, template: str,
-                  generation: GenerationParams) -> Path:
+                  generation: GenerationParams, seed: int) -> Path:
     """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact, and a Hugging
     Face model that ``pipeline("summarization", model=out_dir, trust_remote_code=True)`` loads
-    (:mod:`detox.hf_pipeline`). The prompt template and source-token limit go into ``config.json``, the
-    sampling settings into ``generation_config.json`` (``model`` is changed in place accordingly).
+    (:mod:`detox.hf_pipeline`). The prompt template, the source-token limit and the seed go into
+    ``config.json`` (``sampling_seed``: the pipeline seeds as serving does), the sampling settings into
+    ``generation_config.json`` (``model`` is changed in place accordingly).
     """
     model.config.prompt_template = template
     model.config.max_source_tokens = generation.max_source_tokens
+    model.config.sampling_seed = seed
     for key, value in generation_kwargs(generation).items():
         setattr(model.generation_config, key, value)
     hf_pipeline.register()
@@ -87,53 +230,28 @@ def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ou
     return Path(out_dir)
 
 
-def dialogues_of(model_input: Any) -> list[str]:
-    """The dialogues of a request: a DataFrame's ``dialogue`` column, a Series, a list or one string.
-
-    Every dialogue must be a non-empty string: anything else (``""``, ``null``, a number) is refused
-    with an :class:`~mlflow.exceptions.MlflowException` that the scoring server answers with HTTP 400.
-    """
-    if isinstance(model_input, pd.DataFrame):
-        if INPUT_COLUMN in model_input.columns:
-            column = model_input[INPUT_COLUMN]
-        elif model_input.shape[1] == 1:
-            column = model_input.iloc[:, 0]
-        else:
-            raise _bad_request(f"expected a {INPUT_COLUMN!r} column; got columns {list(model_input.columns)}")
-        values = column.tolist()
-    elif isinstance(model_input, str):
-        values = [model_input]
-    elif isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
-        values = list(np.asarray(model_input, dtype=object).reshape(-1))
-    else:
-        raise _bad_request(f"expected a DataFrame with a {INPUT_COLUMN!r} column or a list of strings, "
-                           f"got {type(model_input).__name__}")
-    for row, value in enumerate(values):
-        if not isinstance(value, str) or not value.strip():
-            raise _bad_request(f"{INPUT_COLUMN} {row}: expected a non-empty string, got {value!r}")
-    return [str(value) for value in values]
-
-
-def _bad_request(message: str) -> Exception:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-class Summarizer(mlflow.pyfunc.PythonModel):
+class Summarizer(Served):
     """Generates one summary per dialogue with the policy stored in the ``policy`` artifact."""
+
+    column = INPUT_COLUMN
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model, self.tokenizer = load_policy(context.artifacts[POLICY_ARTIFACT])
         self.config = dict(context.model_config or {})
+        defaults = _defaults(self.config)
+        self.ranges = {**PARAM_RANGES,
+                       "max_new_tokens": max_new_tokens_range(self.model.config, int(defaults["max_new_tokens"]))}
 
-    # A DataFrame hint: MLflow then validates the input against the signature, not against the hint.
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
+    def answer(self, texts: list[str], params: dict[str, Any]) -> list[str]:
         """Summaries (one per dialogue, in order), exactly as evaluation generates them."""
-        settings = _settings(self.config, params)
-        generation = GenerationParams(**{key: settings[key] for key in GenerationParams.model_fields})
-        prompts = build_prompts(dialogues_of(model_input), self.config["prompt.template"])
+        check_params(params, self.ranges)
+        settings = {**_defaults(self.config), **params}
+        try:
+            generation = GenerationParams(**{key: settings[key] for key in GenerationParams.model_fields})
+        except ValidationError as exc:  # what no single range says, e.g. min_new_tokens > max_new_tokens
+            raise RequestError("params: " + "; ".join(error["msg"].removeprefix("Value error, ")
+                                                      for error in exc.errors())) from None
+        prompts = build_prompts(texts, self.config["prompt.template"])
         limit = generation.max_source_tokens
         for row, ids in enumerate(self.tokenizer(prompts)["input_ids"]):
             if len(ids) > limit:
@@ -155,14 +273,16 @@ def reward_config(reward: Any) -> dict[str, Any]:
 
 
 def reward_signature() -> ModelSignature:
-    """Texts in (a ``text`` string column), reward and toxicity out."""
-    return ModelSignature(inputs=Schema([ColSpec("string", "text")]),
-                          outputs=Schema([ColSpec("double", "reward"), ColSpec("double", "toxicity")]))
+    """Reward and toxicity out, one row per text; no params, and no input schema (see the module's docstring):
+    :func:`request_texts` checks the ``text`` column."""
+    return ModelSignature(outputs=Schema([ColSpec("double", "reward"), ColSpec("double", "toxicity")]))
 
 
-class RewardClassifier(mlflow.pyfunc.PythonModel):
+class RewardClassifier(Served):
     """Scores texts with the reward model in the ``reward`` artifact: the reward (logit of the reward
     label) and the toxicity (probability of the toxic label), exactly as PPO and evaluation score them."""
+
+    column = "text"
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from detox.params import RewardParams
@@ -172,9 +292,7 @@ class RewardClassifier(mlflow.pyfunc.PythonModel):
         cfg = RewardParams(**{key.split(".", 1)[1]: config[key] for key in REWARD_CONFIG_KEYS if key in config})
         self.scorer = RewardScorer.from_pretrained(context.artifacts[REWARD_ARTIFACT], cfg)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        if isinstance(model_input, pd.DataFrame) and "text" in model_input.columns:
-            model_input = model_input["text"]
-        scores = self.scorer.score(dialogues_of(model_input))
+    def answer(self, texts: list[str], params: dict[str, Any]) -> pd.DataFrame:
+        scores = self.scorer.score(texts)
         return pd.DataFrame({"reward": scores.reward.numpy().astype(float),
                              "toxicity": scores.toxicity.numpy().astype(float)})
