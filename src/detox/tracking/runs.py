@@ -31,7 +31,7 @@ from detox.tracking.registry import (
     PolicyModel, RegisteredVersion, apply_promotion, discard_unfinished_models, log_model, tag_version,
 )
 from detox.tracking.store import (
-    artifact_location, check_artifact_location, check_local_store, check_tracking_server, failure_reason,
+    artifact_location, check_artifact_location, check_local_store, check_tracking_server, disk_full, failure_reason,
     is_connection_failure, is_remote, tracking_uri, ui_url,
 )
 
@@ -162,7 +162,9 @@ class Tracker:
         """The run of a stage's work, started (or reopened: ``run_id``) before it and ended after it.
 
         ``params`` are logged when the run is new. The run ends FINISHED; KILLED when interrupted
-        (Ctrl-C, SIGTERM); FAILED on any other error (:meth:`fail`), which is raised on.
+        (Ctrl-C, SIGTERM); FAILED on any other error (:meth:`fail`), which is raised on: a full disk
+        as a :class:`TrackingError` that says where (the stage's outputs are replaced atomically, so
+        the previous ones are still there).
         """
         self.start(run_id=run_id, stage=stage, tags=tags, parent_run_id=parent_run_id)
         try:
@@ -171,6 +173,12 @@ class Tracker:
             yield self
         except BaseException as exc:
             self.fail(exc)
+            full = disk_full(exc) if isinstance(exc, Exception) else None
+            if full is not None:
+                raise TrackingError(
+                    f"no space left on the disk of {full}; free some space there (or set MLFLOW_TRACKING_URI to "
+                    f"a store on another disk) and run the stage again: its previous outputs are kept, and MLflow "
+                    f"run {self.run_id} was ended FAILED without a half-written model") from exc
             raise
         self.end()
         self.announce()

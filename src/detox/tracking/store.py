@@ -17,6 +17,7 @@ whose artifacts would still go to the other project's ``mlartifacts/``.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -127,6 +128,18 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(current)
         current = current.__cause__ or current.__context__
     return seen
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """What filled up when ``exc``, or an error it arose from, is a full disk: the file an ``ENOSPC``
+    (or ``EDQUOT``) was about, or the embedded store for SQLite's "database or disk is full"; else None."""
+    chain = _chain(exc)
+    for error in chain:  # the file is the more precise answer; SQLite's error often wraps it
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(error.filename or "a file")
+    if any("database or disk is full" in str(error) for error in chain):
+        return str(local_store_path(tracking_uri()) or tracking_uri())
+    return None
 
 
 def is_connection_failure(exc: BaseException) -> bool:
