@@ -204,6 +204,8 @@ def test_run_links_carry_the_url_parameter_that_opens_the_installed_ui_on_runs(n
     assert read and read.group(1) == UI_WORKFLOW_PARAM
     assert re.search(r'key:"mlflow\.workflowType",version:1,initialValue:\w', text)
 
-    assert ui_url("experiments/1/runs/abc") == "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    assert ui_url("experiments/1/runs/abc") == (
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning")
     no_dvc_env.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000/")
-    assert ui_url("models/m/versions/2") == "http://mlflow.internal:5000/#/models/m/versions/2?workflowType=machine_learning"
+    assert ui_url("models/m/versions/2") == (
+        "http://mlflow.internal:5000/#/models/m/versions/2?workflowType=machine_learning")
