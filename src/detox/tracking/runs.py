@@ -172,26 +172,28 @@ class Tracker:
                 self.log_params(params)
             yield self
         except BaseException as exc:
-            self.fail(exc)
+            ended = self.fail(exc)
             full = disk_full(exc) if isinstance(exc, Exception) else None
             if full is not None:
+                run = "was ended FAILED without a half-written model" if ended else "is left RUNNING (see the log)"
                 raise TrackingError(
                     f"no space left on the disk of {full}; free some space there (or set MLFLOW_TRACKING_URI to "
                     f"a store on another disk) and run the stage again: its previous outputs are kept, and MLflow "
-                    f"run {self.run_id} was ended FAILED without a half-written model") from exc
+                    f"run {self.run_id} {run}") from exc
             raise
         self.end()
         self.announce()
 
-    def fail(self, exc: BaseException) -> None:
-        """End the run KILLED (``exc`` interrupted the stage) or FAILED, never leaving it RUNNING.
+    def fail(self, exc: BaseException) -> bool:
+        """End the run KILLED (``exc`` interrupted the stage) or FAILED, never leaving it RUNNING; whether
+        it could be ended.
 
         A logged model that ``exc`` left half-written is deleted first, with its artifacts: on a full
         disk that frees the space the status update needs. Errors of this clean-up are logged, not
         raised, so that ``exc`` is what the stage reports.
         """
         if not self.enabled or self.lost or self.run_id is None:
-            return
+            return False
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
         try:
             for model_id in discard_unfinished_models(self.run_id):
@@ -199,13 +201,15 @@ class Tracker:
                             model_id, self.run_id)
         except Exception as error:  # the store itself may be what failed
             log.error("could not delete the unfinished logged models of run %s: %s", self.run_id,
-                      str(error).splitlines()[0] if str(error) else type(error).__name__)
+                      failure_reason(error))
         try:
             self._mlflow.end_run(status=status)
         except Exception as error:
             log.error("MLflow run %s is left RUNNING (%s); once the store can be written again, end it with "
-                      "`mlflow.MlflowClient().set_terminated('%s', 'FAILED')`", self.run_id,
-                      str(error).splitlines()[0] if str(error) else type(error).__name__, self.run_id)
+                      "`mlflow.MlflowClient().set_terminated('%s', 'FAILED')`", self.run_id, failure_reason(error),
+                      self.run_id)
+            return False
+        return True
 
     def announce(self) -> None:
         """Log where the run is in the MLflow UI (a link that opens the UI on runs, not on GenAI traces)."""
