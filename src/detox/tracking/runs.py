@@ -31,8 +31,7 @@ from detox.tracking.registry import (
     PolicyModel, RegisteredVersion, apply_promotion, discard_unfinished_models, log_model, tag_version,
 )
 from detox.tracking.store import (
-    artifact_location, check_artifact_location, check_local_store, check_tracking_server, disk_full, failure_reason,
-    is_connection_failure, is_remote, tracking_uri, ui_url,
+    artifact_location, disk_full, failure_reason, is_connection_failure, is_remote, preflight, tracking_uri, ui_url,
 )
 
 log = logging.getLogger(__name__)
@@ -114,8 +113,8 @@ class Tracker:
 
     Only the main process of a multi-process run talks to MLflow. Creating an enabled tracker
     checks that a tracking server (``MLFLOW_TRACKING_URI=http(s)://...``) answers, so a stage
-    fails within seconds, before any work, when it does not (:func:`check_tracking_server`), and
-    that a local store can be written and belongs to this project (:func:`check_artifact_location`).
+    fails within seconds, before any work, when it does not, and that a local store can be written and
+    belongs to this project (:func:`~detox.tracking.store.preflight`).
     """
 
     def __init__(self, experiment: str, enabled: bool = True) -> None:
@@ -127,9 +126,7 @@ class Tracker:
         if enabled:
             import mlflow
 
-            check_tracking_server(experiment)
-            check_local_store()
-            check_artifact_location(experiment)
+            preflight(experiment)
             mlflow.set_tracking_uri(tracking_uri())
             # MLflow prints its own run links for a tracking server, without the parameter that makes
             # its UI open on runs; the tracker logs links that carry it (store.ui_url).
