@@ -5,9 +5,10 @@ summarization pipeline and a model card holding the results), which is what gets
 Every summary is scored by the reward model and, beside it, by each judge of `eval.judges`.
 Writes data/scored/ppo.parquet, metrics/evaluate.json, reports/reward_diff.{parquet,md,html},
 reports/disagreements.{parquet,md}, reports/report.{md,html}, the figures reports/figures/*.png and
-the DVC plots' data plots/evaluate/{samples,judges}.tsv; logs all of it into the PPO run in MLflow
-(tagged with the ppo stage's dvc.lock entry) and registers the policy as a new model version
-(alias `candidate`, and `champion` when the promotion gate passes on the judge `promotion.judge`).
+the DVC plots' data plots/evaluate/{samples,judges}.tsv. Logs all of it into a new MLflow run of its
+own, `evaluate · <experiment>`, a child of the PPO run it evaluates (tagged with the ppo stage's dvc.lock
+entry; the PPO run is only read), and registers the policy as a new model version of that run (alias
+`candidate`, and `champion` when the promotion gate passes on the judge `promotion.judge`).
 """
 
 import json
@@ -35,10 +36,10 @@ from detox.report import (
 )
 from detox.reward import RewardScorer
 from detox.serving import Summarizer, export_policy, model_config, signature
-from detox.tracking.provenance import evaluation_tags
+from detox.tracking.provenance import lock_tags, run_name, stage_params
 from detox.tracking.registry import PolicyModel, champion_evidence
-from detox.tracking.runs import log_evaluation, read_run_record
-from detox.tracking.store import preflight
+from detox.tracking.runs import Tracker, evaluation_run, log_evaluation, read_run_record
+from detox.tracking.store import ui_url
 from detox.gate import require_validated
 from detox.timings import TIMINGS_DIR, write_timings
 
@@ -56,6 +57,19 @@ REPORTS = Path("reports")
 PLOTS = Path("plots/evaluate")  # data files of the DVC plots (dvc.yaml); compared across experiments
 FIGURES = Path("reports/figures")  # PNGs for the report and MLflow
 VALIDATION = Path("reports/validation")
+DESCRIPTION = ("The PPO policy: the sft policy fine-tuned with PPO against the reward model to write less toxic "
+               "dialogue summaries, its LoRA adapters merged. Every evaluate run registers a version; `champion` "
+               "is the one that passed the promotion gate on an independent judge. Input: a `dialogue` column; "
+               "output: one summary per dialogue.")
+
+
+def version_summary(metrics: dict, judge: str) -> str:
+    """The registered version's description: which run, on how much data, the judged change, the decision."""
+    share = {side: metrics[side]["toxicity"][judge]["toxic_share"] for side in ("before", "after")}
+    return (f"{run_name('evaluate')}: {metrics['n']} test dialogues x {metrics['samples_per_prompt']} summaries; "
+            f"{judge} toxic share {share['before']:.1%} -> {share['after']:.1%}, ROUGE-L "
+            f"{metrics['before']['rougeL']:.3f} -> {metrics['after']['rougeL']:.3f}; "
+            f"{metrics['promotion']['decision']}")
 
 
 def require(path: Path, fix: str) -> None:
@@ -66,7 +80,8 @@ def require(path: Path, fix: str) -> None:
 def main() -> None:
     params = load_params("params.yaml")
     require_validated()
-    preflight(params.tracking.experiment)  # a server that is down or a read-only store fails here, not after scoring
+    # A server that is down, a read-only store or another project's store fails here, not after scoring.
+    tracker = Tracker(params.tracking.experiment)
     require(PPO_DIR / POLICY_FILE, "run `dvc repro ppo` to train the policy first")
     require(BASELINE, "run `dvc repro baseline` to score the baseline first")
     require(BASELINE_METRICS, "run `dvc repro baseline` to score the baseline first")
@@ -81,65 +96,70 @@ def main() -> None:
         raise DetoxError(f"{BASELINE} has {int(baseline['sample'].max()) + 1} samples per prompt but "
                          f"eval.samples_per_prompt is {params.eval.samples_per_prompt}; run `dvc repro baseline`")
 
-    judges = load_judges("models/judges", params.eval.judges)
-    reference = load_policy("models/policy")  # fluency is measured under the policy before PPO
-    with atomic_dir(MERGED) as merged:
-        # What is scored is exactly what gets registered: the merged policy, reloaded from models/merged/.
-        export_policy(load_trained_policy(PPO_DIR), AutoTokenizer.from_pretrained(PPO_DIR), merged,
-                      params.prompt.template, params.generation, params.eval.seed)
-        model, tokenizer = load_policy(merged)
-        scorer = RewardScorer.from_pretrained("models/reward", params.reward)
-        instruments = Instruments(judges=judges, reference=reference,
-                                  vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
-        scored, samples_per_second = score_policy(
-            model, tokenizer, scorer, test, params.prompt.template, params.generation, params.eval.seed,
-            params.generation.max_source_tokens, desc="evaluate", samples_per_prompt=params.eval.samples_per_prompt,
-            instruments=instruments,
-        )
-        metrics = compare(baseline, scored, params.promotion, params.eval.seed)
-        timings = {"samples_per_second": samples_per_second}
-        write_timings("evaluate", timings)
-        test_sha = prompts_fingerprint(scored)
-        champion = champion_evidence(params.tracking.registered_model)
-        decision = decide(metrics, params.promotion, champion, test_sha)
-        metrics["promotion"] = {**decision.as_dict(), "judge": params.promotion.judge}
-        table = reward_diff_table(baseline, scored)
-        disagreed = disagreements(baseline, scored)
-        history = pd.read_csv(HISTORY, sep="\t") if HISTORY.is_file() else None
-
-        write_parquet(SCORED, scored)
-        tables = write_reward_diff(table, REPORTS)
-        disagreement_files = write_disagreements(disagreed, REPORTS)
-        plot_data = write_plot_data(baseline, scored, metrics, params.promotion.judge, PLOTS)
-        with atomic_dir(FIGURES) as scratch:
-            figures = {key: FIGURES / path.name
-                       for key, path in write_plots(baseline, scored, history, scratch, metrics).items()}
-        report = write_report(REPORTS, figures, metrics, decision, table, params.promotion.report_rows,
-                              params.tracking.registered_model, params.promotion.judge, disagreed)
-        write_json(METRICS, metrics)
-        manifest = json.loads(BASE_MANIFEST.read_text(encoding="utf-8")) if BASE_MANIFEST.is_file() else {}
-        data_manifest = json.loads(DATA_MANIFEST.read_text(encoding="utf-8")) if DATA_MANIFEST.is_file() else {}
-        write_text(merged / "README.md", merged_card(params.tracking.registered_model, {**manifest, **data_manifest},
-                                                     metrics, params.promotion.judge, params.prompt.template,
-                                                     params.reward.reward_label, card_data(BASE_CARD)))
-
-        config = model_config(params.prompt.template, params.generation, params.eval.seed)
-        baseline_metrics = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
-        stage_timings = {"evaluate": timings}  # timings reach MLflow, never DVC's metrics
-        if TIMINGS_DIR.joinpath("baseline.json").is_file():
-            stage_timings["baseline"] = json.loads(TIMINGS_DIR.joinpath("baseline.json").read_text())
-        registered = log_evaluation(
-            run, params.tracking.experiment, metrics, baseline_metrics,
-            {"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
-            {"evaluate": [*tables.values(), *disagreement_files.values(), *report.values()],
-             "evaluate/plots": [FIGURES, *plot_data.values()], "validation": sorted(VALIDATION.glob("*.json"))},
-            PolicyModel(Summarizer(), merged, config, signature(config), test[["dialogue"]].head(2)),
-            params.tracking.registered_model, decision.promoted, decision.reasons,
-            evidence(metrics, params.promotion, test_sha), timings=stage_timings,
-            tags=evaluation_tags("ppo"),  # DVC wrote the ppo stage's dvc.lock entry before this stage ran
-        )
-
     judge = params.promotion.judge
+    # One run per evaluation, spanning it: a child of the PPO run, which it only reads. DVC wrote the ppo
+    # stage's dvc.lock entry before this stage ran, so the run names the policy's hash as `dvc exp show` does.
+    with evaluation_run(tracker, run, stage_params("evaluate", params.model_dump(mode="json")),
+                        tags=lock_tags("ppo")):
+        judges = load_judges("models/judges", params.eval.judges)
+        reference = load_policy("models/policy")  # fluency is measured under the policy before PPO
+        with atomic_dir(MERGED) as merged:
+            # What is scored is exactly what gets registered: the merged policy, reloaded from models/merged/.
+            export_policy(load_trained_policy(PPO_DIR), AutoTokenizer.from_pretrained(PPO_DIR), merged,
+                          params.prompt.template, params.generation, params.eval.seed)
+            model, tokenizer = load_policy(merged)
+            scorer = RewardScorer.from_pretrained("models/reward", params.reward)
+            instruments = Instruments(judges=judges, reference=reference,
+                                      vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
+            scored, samples_per_second = score_policy(
+                model, tokenizer, scorer, test, params.prompt.template, params.generation, params.eval.seed,
+                params.generation.max_source_tokens, desc="evaluate", samples_per_prompt=params.eval.samples_per_prompt,
+                instruments=instruments,
+            )
+            metrics = compare(baseline, scored, params.promotion, params.eval.seed)
+            timings = {"samples_per_second": samples_per_second}
+            write_timings("evaluate", timings)
+            test_sha = prompts_fingerprint(scored)
+            champion = champion_evidence(params.tracking.registered_model)
+            decision = decide(metrics, params.promotion, champion, test_sha)
+            metrics["promotion"] = {**decision.as_dict(), "judge": params.promotion.judge}
+            table = reward_diff_table(baseline, scored)
+            disagreed = disagreements(baseline, scored)
+            history = pd.read_csv(HISTORY, sep="\t") if HISTORY.is_file() else None
+
+            write_parquet(SCORED, scored)
+            tables = write_reward_diff(table, REPORTS)
+            disagreement_files = write_disagreements(disagreed, REPORTS)
+            plot_data = write_plot_data(baseline, scored, metrics, params.promotion.judge, PLOTS)
+            with atomic_dir(FIGURES) as scratch:
+                figures = {key: FIGURES / path.name
+                           for key, path in write_plots(baseline, scored, history, scratch, metrics).items()}
+            report = write_report(REPORTS, figures, metrics, decision, table, params.promotion.report_rows,
+                                  params.tracking.registered_model, params.promotion.judge, disagreed)
+            write_json(METRICS, metrics)
+            manifest = json.loads(BASE_MANIFEST.read_text(encoding="utf-8")) if BASE_MANIFEST.is_file() else {}
+            data_manifest = json.loads(DATA_MANIFEST.read_text(encoding="utf-8")) if DATA_MANIFEST.is_file() else {}
+            write_text(merged / "README.md", merged_card(params.tracking.registered_model,
+                                                         {**manifest, **data_manifest}, metrics,
+                                                         params.promotion.judge, params.prompt.template,
+                                                         params.reward.reward_label, card_data(BASE_CARD)))
+
+            config = model_config(params.prompt.template, params.generation, params.eval.seed)
+            baseline_metrics = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
+            stage_timings = {"evaluate": timings}  # timings reach MLflow, never DVC's metrics
+            if TIMINGS_DIR.joinpath("baseline.json").is_file():
+                stage_timings["baseline"] = json.loads(TIMINGS_DIR.joinpath("baseline.json").read_text())
+            registered = log_evaluation(
+                tracker, metrics, baseline_metrics,
+                {"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
+                {"evaluate": [*tables.values(), *disagreement_files.values(), *report.values()],
+                 "evaluate/plots": [FIGURES, *plot_data.values()], "validation": sorted(VALIDATION.glob("*.json"))},
+                PolicyModel(Summarizer(), merged, config, signature(config), test[["dialogue"]].head(2),
+                            description=DESCRIPTION, version_description=version_summary(metrics, judge)),
+                params.tracking.registered_model, decision.promoted, decision.reasons,
+                evidence(metrics, params.promotion, test_sha), timings=stage_timings,
+            )
+
     improvement = metrics["improvement_pct"][judge]["toxic_share"]
     print(f"evaluate on {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples: toxic share "
           f"before: {headline(metrics['before']['toxicity'])}; after: {headline(metrics['after']['toxicity'])}; "
@@ -147,6 +167,7 @@ def main() -> None:
           f"ROUGE-L {metrics['before']['rougeL']:.4f} -> {metrics['after']['rougeL']:.4f}")
     print(f"{registered.name} version {registered.version}: {decision.decision} on the judge {judge} "
           f"(aliases: {', '.join(registered.aliases)}); " + "; ".join(decision.reasons))
+    print(f"MLflow: {ui_url(f'models/{registered.name}/versions/{registered.version}')}")
 
 
 if __name__ == "__main__":

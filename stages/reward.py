@@ -16,6 +16,7 @@ from detox.params import load_params
 from detox.reward_training import run_reward
 from detox.serving import RewardClassifier, reward_config, reward_signature
 from detox.timings import write_timings
+from detox.tracking.provenance import run_name, stage_params
 from detox.tracking.registry import PolicyModel
 from detox.tracking.runs import Tracker, log_training
 from detox.gate import LABELLED_METRICS, require_validated
@@ -25,13 +26,19 @@ LABELLED = Path("data/labelled/labelled.parquet")
 REWARD = Path("models/reward")
 METRICS = Path("metrics/reward.json")
 PLOTS = Path("plots/reward")
+DESCRIPTION = ("The reward model of PPO: a hate-speech classifier (RoBERTa) trained by the reward stage. Input: a "
+               "`text` column; output per text: `reward` (the logit of reward.reward_label, e.g. nothate) and "
+               "`toxicity` (the probability of reward.toxic_label, e.g. hate).")
 
 
 def main() -> None:
     params = load_params("params.yaml")
     require_validated(LABELLED_METRICS)  # never train on labelled data whose validation failed
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
-    with atomic_dir(REWARD) as scratch, tempfile.TemporaryDirectory(prefix="detox-reward-") as logged:
+    raw = params.model_dump(mode="json")
+    # The run spans the training, so MLflow shows how long it took; any failure ends it FAILED.
+    with (tracker.run("reward", params=stage_params("reward", raw)), atomic_dir(REWARD) as scratch,
+          tempfile.TemporaryDirectory(prefix="detox-reward-") as logged):
         result = run_reward(params, BASE, LABELLED, scratch)
         timings = {"seconds": round(result.fit.seconds, 1)} if result.fit else {}
         history = pd.DataFrame(result.fit.history if result.fit else [], columns=[
@@ -47,10 +54,12 @@ def main() -> None:
         if result.trained:
             model = PolicyModel(RewardClassifier(), scratch, reward_config(params.reward), reward_signature(),
                                 pd.DataFrame({"text": ["You are an idiot.", "Thanks for your help."]}),
-                                artifact="reward")
+                                artifact="reward", description=DESCRIPTION,
+                                version_description=f"{run_name('reward')}: {params.reward.source} classifier; "
+                                                    f"held-out accuracy {heldout['accuracy']:.4f}, ROC-AUC "
+                                                    f"{heldout['roc_auc']} on {heldout['examples']} texts")
         version = log_training(
-            tracker, "reward", {"seed": params.seed, "reward": params.reward.model_dump(mode="json")},
-            history.to_dict("records"), {**result.metrics, "timing": timings},
+            tracker, "reward", history.to_dict("records"), {**result.metrics, "timing": timings},
             [Path(logged) / name for name in tables], model,
             params.tracking.reward_model,
             {"sha256": sha256_tree(scratch), "stage": "reward", "trained": result.trained,
@@ -65,7 +74,6 @@ def main() -> None:
           f"{heldout['accuracy']:.4f}, ROC-AUC {heldout['roc_auc']}, calibration error "
           f"{heldout['calibration_error']:.4f} on {heldout['examples']} texts; MLflow model "
           f"{params.tracking.reward_model} version {version}")
-
 
 if __name__ == "__main__":
     run_stage(main)

@@ -16,6 +16,7 @@ from detox.params import GenerationParams, load_params
 from detox.serving import Summarizer, model_config, signature
 from detox.sft import run_sft
 from detox.timings import write_timings
+from detox.tracking.provenance import run_name, stage_params
 from detox.tracking.registry import PolicyModel
 from detox.tracking.runs import Tracker, log_training
 from detox.gate import require_validated
@@ -25,13 +26,18 @@ RAW = Path("data/raw")
 POLICY = Path("models/policy")
 METRICS = Path("metrics/sft.json")
 HISTORY = Path("plots/sft/history.tsv")
+DESCRIPTION = ("The policy before PPO: a seq2seq summariser of dialogues (T5), fine-tuned on the train split by the "
+               "sft stage. Input: a `dialogue` column; output: one summary per dialogue.")
 
 
 def main() -> None:
     params = load_params("params.yaml")
     require_validated()  # never train on data whose validation failed
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
-    with atomic_dir(POLICY) as scratch, tempfile.TemporaryDirectory(prefix="detox-sft-") as logged:
+    raw = params.model_dump(mode="json")
+    # The run spans the training, so MLflow shows how long it took; any failure ends it FAILED.
+    with (tracker.run("sft", params=stage_params("sft", raw)), atomic_dir(POLICY) as scratch,
+          tempfile.TemporaryDirectory(prefix="detox-sft-") as logged):
         result = run_sft(params, BASE, RAW, scratch)
         timings = {"seconds": round(result.fit.seconds, 1)} if result.fit else {}
         history = pd.DataFrame(result.fit.history if result.fit else [], columns=[
@@ -43,12 +49,14 @@ def main() -> None:
             # Served greedily by default; a request may pass do_sample, temperature, seed, max_new_tokens.
             config = model_config(params.prompt.template, GenerationParams(do_sample=False), params.seed)
             model = PolicyModel(Summarizer(), scratch, config, signature(config),
-                                pd.DataFrame({"dialogue": pd.read_parquet(RAW / "test.parquet")["dialogue"].head(2)}))
+                                pd.DataFrame({"dialogue": pd.read_parquet(RAW / "test.parquet")["dialogue"].head(2)}),
+                                description=DESCRIPTION,
+                                version_description=f"{run_name('sft')}: {params.policy.source} policy, "
+                                                    f"{params.sft.epochs} epochs; validation ROUGE-L "
+                                                    f"{result.metrics.get('validation_rougeL')}")
         version = log_training(
-            tracker, "sft", {"seed": params.seed, "policy": params.policy.model_dump(mode="json"),
-                             "sft": params.sft.model_dump(mode="json"), "prompt": params.prompt.model_dump()},
-            history.to_dict("records"), {**result.metrics, "timing": timings}, [Path(logged) / HISTORY.name],
-            model, params.tracking.sft_model,
+            tracker, "sft", history.to_dict("records"), {**result.metrics, "timing": timings},
+            [Path(logged) / HISTORY.name], model, params.tracking.sft_model,
             {"sha256": sha256_tree(scratch), "stage": "sft", "policy.source": params.policy.source,
              "validation_rougeL": result.metrics.get("validation_rougeL")},
         )
@@ -60,7 +68,6 @@ def main() -> None:
               f"{result.metrics['validation_rougeL']}; MLflow model {params.tracking.sft_model} version {version}")
     else:
         print(f"policy used as fetched ({params.policy.source}); set sft.enabled true to fine-tune it")
-
 
 if __name__ == "__main__":
     run_stage(main)

@@ -89,3 +89,31 @@ def wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float,
             why = f"exited with {process.poll()}" if process.poll() is not None else f"no answer in {timeout_s:.0f} s"
             pytest.fail(f"{' '.join(map(str, process.args[:3]))} did not come up at {url} ({why}):\n{explain()}")
         time.sleep(0.5)
+
+
+def run_snapshot(client, run_id: str) -> dict:
+    """Everything MLflow holds of a run in a local store, to compare before and after: its info, params,
+    tags, every value of every metric (history included), the bytes of every artifact (tables are
+    artifacts), and its logged models' status, params, tags, metrics and artifact bytes."""
+    import hashlib
+    from urllib.parse import unquote, urlparse
+
+    def files(uri: str) -> dict[str, str]:
+        root = Path(unquote(urlparse(uri).path))
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    run = client.get_run(run_id)
+    info = run.info
+    models = client.search_logged_models([info.experiment_id], f"source_run_id = '{run_id}'")
+    return {
+        "info": (info.run_name, info.status, info.start_time, info.end_time, info.artifact_uri),
+        "params": dict(run.data.params),
+        "tags": dict(run.data.tags),
+        "metrics": {key: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
+                    for key in run.data.metrics},
+        "artifacts": files(info.artifact_uri),
+        "models": {m.model_id: {"status": str(m.status), "params": dict(m.params), "tags": dict(m.tags),
+                                "metrics": sorted((x.key, x.step, x.timestamp, x.value) for x in m.metrics or []),
+                                "artifacts": files(m.artifact_location)} for m in models},
+    }

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_snapshot
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from transformers import T5Config, T5ForConditionalGeneration
 
@@ -40,7 +41,7 @@ from detox.report import (
 )
 from detox.serving import Summarizer, export_policy, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
-from detox.tracking.runs import RUN_FILE, Tracker, log_evaluation, read_run_record
+from detox.tracking.runs import RUN_FILE, Tracker, evaluation_run, log_evaluation, read_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template
@@ -529,9 +530,33 @@ def tiny_policy(tmp_path_factory, dialogues):
                                            EVAL_SEED)
 
 
+EVAL_PARAMS = {"eval": {"num_samples": 8, "seed": EVAL_SEED}, "promotion": {"judge": "oracle"}}
+
+
+def evaluate_into(tracker, trained, before, after, model, root, name, params=EVAL_PARAMS):
+    """One evaluation as the evaluate stage logs it: its own run, then the logging and the registry."""
+    cfg = PromotionParams(bootstrap_samples=200, min_prompts=8)
+    metrics = compare(before, after, cfg, 0)
+    decision = decide(metrics, cfg, champion_evidence(MODEL_NAME), "t")
+    metrics["promotion"] = decision.as_dict()
+    report = root / name / "report.md"
+    report.parent.mkdir()
+    report.write_text(f"# report of {name}\n")
+    with evaluation_run(tracker, trained, params, tags={"dvc.lock.ppo": "0123456789ab"}):
+        registered = log_evaluation(tracker, metrics, {"reward_mean": 0.0},
+                                    {"evaluate/reward_diff.json": reward_diff_table(before, after),
+                                     "evaluate/disagreements.json": disagreements(before, after)},
+                                    {"evaluate": [report]}, model, MODEL_NAME, decision.promoted,
+                                    decision.reasons, evidence(metrics, cfg, "t"),
+                                    timings={"evaluate": {"samples_per_second": 5.0}})
+    return registered, decision, metrics, tracker.run_id
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, tiny_policy, dialogues):
-    """Two evaluations logged and registered in a fresh SQLite store: the first promoted, the second not."""
+    """A PPO run, then three evaluations in a fresh SQLite store: the first promoted, the second of a run
+    this store does not have, the third of the same PPO run again, with other data; and snapshots of
+    the PPO run and the first evaluation taken before the later ones."""
     root = tmp_path_factory.mktemp("mlflow")
     patch = pytest.MonkeyPatch()
     patch.chdir(root)
@@ -540,40 +565,36 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
     try:
         patch.delenv("DVC_EXP_NAME", raising=False)
         training = Tracker("detox-test")
-        training.start(stage="ppo")
-        training.log_metrics({"env/reward_mean": 1.0}, step=0)
+        with training.run("ppo", params={"ppo": {"steps": 2}}):
+            training.set_tags({"lineage.sft.model": "detox-sft/1"})
+            for step in range(2):
+                training.log_metrics({"env/reward_mean": 1.0 + step}, step=step)
+            (root / "history.tsv").write_text("step\n0\n1\n")
+            training.log_artifact(root / "history.tsv", "ppo")
         (root / "ppo").mkdir()
         (root / "ppo" / RUN_FILE).write_text(json.dumps(training.record()))
-        training.end()
         run = read_run_record(root / "ppo")
+        client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+        ppo_before = run_snapshot(client, run["run_id"])
 
         config = model_config(TEMPLATE, GENERATION, EVAL_SEED)
         model = PolicyModel(Summarizer(), tiny_policy[2], config, signature(config),
-                            pd.DataFrame({"dialogue": dialogues[:1]}))
+                            pd.DataFrame({"dialogue": dialogues[:1]}), description="the test policy",
+                            version_description="evaluated on 8 crafted dialogues")
         ids = [f"p{i}" for i in range(8)]
         before = scored(ids, [0.0] * 8, [0.9] * 8, judges={"oracle": [1.0] * 8})
         good = scored(ids, [1.0, 1.2, 0.9, 1.1] * 2, [0.1] * 8, judges={"oracle": [0.0] * 8})
         bad = scored(ids, [-1.0] * 8, [0.95] * 8, judges={"oracle": [1.0] * 8})
         # better than the baseline by every number, but the oracle finds more insults than in the champion's
         worse = scored(ids, [1.0] * 8, [0.1] * 8, judges={"oracle": [0.0] * 6 + [1.0] * 2})
-        cfg = PromotionParams(bootstrap_samples=200, min_prompts=8)
-        results = []
-        for after, run_record in ((good, run), (bad, {"run_id": "0" * 32, "experiment": "detox-test"}), (worse, {"run_id": "1" * 32, "experiment": "detox-test"})):
-            metrics = compare(before, after, cfg, 0)
-            decision = decide(metrics, cfg, champion_evidence(MODEL_NAME), "t")
-            table = reward_diff_table(before, after)
-            report = root / "report.md"
-            report.write_text("# report\n")
-            registered = log_evaluation(run_record, "detox-test", metrics, {"reward_mean": 0.0},
-                                        {"evaluate/reward_diff.json": table,
-                                         "evaluate/disagreements.json": disagreements(before, after)},
-                                        {"evaluate": [report]}, model, MODEL_NAME, decision.promoted,
-                                        decision.reasons, evidence(metrics, cfg, "t"),
-                                        timings={"evaluate": {"samples_per_second": 5.0}},
-                                        tags={"dvc.lock.ppo": "0123456789ab"})
-            results.append((registered, decision, metrics))
-        yield {"root": root, "run_id": run["run_id"], "results": results,
-               "client": mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")}
+        results = [evaluate_into(Tracker("detox-test"), run, before, good, model, root, "first")]
+        first_before = run_snapshot(client, results[0][3])
+        results.append(evaluate_into(Tracker("detox-test"), {"run_id": "0" * 32, "experiment": "detox-test"},
+                                     before, bad, model, root, "second"))
+        results.append(evaluate_into(Tracker("detox-test"), run, before, worse, model, root, "third",
+                                     params={**EVAL_PARAMS, "eval": {"num_samples": 6, "seed": 7}}))
+        yield {"root": root, "run_id": run["run_id"], "results": results, "client": client,
+               "ppo_before": ppo_before, "first_before": first_before}
     finally:
         mlflow.set_tracking_uri(previous_uri)
         patch.undo()
@@ -581,7 +602,7 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
 
 def test_registry_versions_aliases_and_promotion_tags(registry):
     client = registry["client"]
-    (first, first_decision, _), (second, second_decision, _), (third, third_decision, _) = registry["results"]
+    (first, first_decision, *_), (second, second_decision, *_), (third, third_decision, *_) = registry["results"]
     assert (first.version, second.version, third.version) == ("1", "2", "3")
     assert first_decision.promoted and not second_decision.promoted and not third_decision.promoted
     assert first.aliases == (CANDIDATE, CHAMPION) and second.aliases == (CANDIDATE,) and third.aliases == (CANDIDATE,)
@@ -593,18 +614,36 @@ def test_registry_versions_aliases_and_promotion_tags(registry):
     assert "fail: oracle: mean toxicity 1.0000 -> 1.0000, fell by 0.0% (at least 50% required)" \
         in tags_2["promotion.reasons"]
     assert "pass:" not in tags_2["promotion.reasons"]
-    # the judged numbers travel with the version, and the champion's decide the third candidate
-    assert json.loads(tags_1["evidence.judge_toxicity"]) == 0.0 and json.loads(tags_1["evidence.judge"]) == "oracle"
+    # the judged numbers travel with the version as plain text, and the champion's decide the third candidate
+    assert tags_1["evidence.judge"] == "oracle" and tags_1["evidence.test_sha"] == "t"
+    assert float(tags_1["evidence.judge_toxicity"]) == 0.0 and tags_1["evidence.n"] == "8"
     assert champion_evidence(MODEL_NAME)["version"] == "1"
     assert [c.name for c in third_decision.checks if not c.passed] == ["champion"]
     assert "champion keeps the alias" in client.get_model_version(MODEL_NAME, "3").tags["promotion.reasons"]
+    # the registered model says what it is (once: a description edited in the UI stays), each version its own
+    assert client.get_registered_model(MODEL_NAME).description == "the test policy"
+    assert client.get_model_version(MODEL_NAME, "3").description == "evaluated on 8 crafted dialogues"
 
 
-def test_evaluation_is_logged_into_the_training_run(registry):
+def test_evidence_tags_of_older_versions_are_read_as_they_were_written():
+    from detox.tracking.registry import evidence_tag, evidence_value
+
+    assert evidence_value('"oracle"') == "oracle" and evidence_value("null") is None  # JSON, as tagged before
+    assert evidence_value(evidence_tag("oracle")) == "oracle" and float(evidence_value(evidence_tag(0.25))) == 0.25
+
+
+def test_each_evaluation_is_a_run_of_its_own_linked_to_the_ppo_run(registry):
     client = registry["client"]
-    run = client.get_run(registry["run_id"])
-    metrics = registry["results"][0][2]
-    assert run.info.status == "FINISHED"
+    metrics, run_id = registry["results"][0][2], registry["results"][0][3]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "evaluate · workspace"
+    assert run_id != registry["run_id"]
+    # a child of the PPO run (MLflow's parent-run link), and named by it
+    assert run.data.tags["mlflow.parentRunId"] == registry["run_id"] == run.data.tags["ppo.run_id"]
+    assert run.data.tags["lineage.sft.model"] == "detox-sft/1" and run.data.tags["dvc.lock.ppo"] == "0123456789ab"
+    assert run.data.tags["stage"] == "evaluate" and run.data.tags["evaluate.promotion"] == "promoted"
+    assert run.data.tags["evaluate.model_version"] == "1"
+    assert run.data.params["eval.num_samples"] == "8" and run.data.params["promotion.judge"] == "oracle"
     # A few judged numbers, one chart section per source; all of them in the artifact evaluate/evaluate.json.
     assert run.data.metrics["results/oracle/improvement_pct"] == pytest.approx(100.0)
     assert run.data.metrics["results/oracle/toxic_share_after"] == 0.0
@@ -612,49 +651,74 @@ def test_evaluation_is_logged_into_the_training_run(registry):
     assert run.data.metrics["results/quality/reward_mean_after"] == pytest.approx(metrics["after"]["reward_mean"])
     assert run.data.metrics["results/promotion/n_dialogues"] == 8
     assert run.data.metrics["timing/evaluate.samples_per_second"] == 5.0
-    assert not [k for k in run.data.metrics if k.startswith(("evaluate/", "baseline/"))]
-    assert "env/reward_mean" in run.data.metrics  # the training run's own metrics are still there
-    assert run.info.run_name == "ppo · workspace" and run.data.tags["dvc.lock.ppo"] == "0123456789ab"
-    assert run.data.tags["evaluate.promotion"] == "promoted"
-    assert run.data.tags["evaluate.model_version"] == "1"
-    assert run.data.tags["evaluate.status"] == "finished"  # (the failure test below runs later)
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
+    assert not [k for k in run.data.metrics if k.startswith(("evaluate/", "baseline/", "env/"))]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "evaluate")}
     assert {"evaluate/reward_diff.json", "evaluate/disagreements.json", "evaluate/report.md"} <= artifacts
-    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/reward_diff.json",
+    logged = json.loads(Path(client.download_artifacts(run_id, "evaluate/reward_diff.json",
                                                        str(registry["root"]))).read_text())
-    assert logged["columns"][:6] == TABLE_COLUMNS
+    assert logged["columns"][:6] == TABLE_COLUMNS and len(logged["data"]) == 8
     assert {"reference", "group", "reward_model_toxicity_before", "oracle_toxicity_after"} <= set(logged["columns"])
-    full = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/evaluate.json",
+    full = json.loads(Path(client.download_artifacts(run_id, "evaluate/evaluate.json",
                                                      str(registry["root"]))).read_text())
     assert full["reward_diff"]["mean"] == pytest.approx(metrics["reward_diff"]["mean"])
-    baseline = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluate/baseline.json",
+    baseline = json.loads(Path(client.download_artifacts(run_id, "evaluate/baseline.json",
                                                          str(registry["root"]))).read_text())
     assert baseline == {"reward_mean": 0.0}
-    # The registered model carries the judged numbers, not copies of the training run's step-0 metrics.
-    source = client.get_model_version(MODEL_NAME, "1").source  # models:/<logged model id>
-    logged_model = client.get_logged_model(source.removeprefix("models:/"))
+    # The registered version's source is this run's model, which carries the judged numbers, no timings.
+    version = client.get_model_version(MODEL_NAME, "1")
+    assert version.run_id == run_id
+    assert version.tags["ppo.run_id"] == registry["run_id"] and version.tags["lineage.sft.model"] == "detox-sft/1"
+    logged_model = client.get_logged_model(version.source.removeprefix("models:/"))
     model_metrics = {m.key: m.value for m in logged_model.metrics}
     assert model_metrics["results/oracle/toxic_share_after"] == 0.0
-    assert all(key.startswith("results/") for key in model_metrics), sorted(model_metrics)
-    # a run record naming a run this store does not have: a new run, tagged with the missing id
-    version_2 = client.get_model_version(MODEL_NAME, "2")
-    other = client.get_run(version_2.run_id)
-    assert other.info.run_id != run.info.run_id and other.data.tags["ppo_run_id"] == "0" * 32
-    assert other.info.run_name == "evaluate · workspace"
+    assert not [key for key in model_metrics if not key.startswith("results/")]
+    assert logged_model.params["eval.num_samples"] == "8"
     # MLflow opens the experiment as a machine-learning one, not on its GenAI overview.
     assert client.get_experiment_by_name("detox-test").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_a_failed_evaluation_leaves_the_training_run_finished_and_registers_nothing(registry, tmp_path):
+def test_later_evaluations_leave_the_ppo_run_and_the_first_evaluation_as_they_were(registry):
+    client = registry["client"]
+    assert run_snapshot(client, registry["run_id"]) == registry["ppo_before"]
+    assert run_snapshot(client, registry["results"][0][3]) == registry["first_before"]
+    # the PPO run holds only what the ppo stage logged: no evaluation's params, metrics, tables or model
+    ppo = registry["ppo_before"]
+    assert set(ppo["artifacts"]) == {"ppo/history.tsv"} and not ppo["models"]
+    assert set(ppo["metrics"]) == {"env/reward_mean"} and set(ppo["params"]) == {"ppo.steps"}
+    # the third evaluation, of the same PPO run on other data, has a run, a table and numbers of its own
+    third = client.get_run(registry["results"][2][3])
+    assert third.data.tags["mlflow.parentRunId"] == registry["run_id"]
+    assert third.data.params["eval.num_samples"] == "6"
+    table = json.loads(Path(client.download_artifacts(third.info.run_id, "evaluate/reward_diff.json",
+                                                      str(registry["root"] / "third"))).read_text())
+    assert len(table["data"]) == 8  # not appended to the first evaluation's
+    models = client.search_logged_models([third.info.experiment_id], f"source_run_id = '{third.info.run_id}'")
+    [third_model] = models
+    third_metrics = {m.key: m.value for m in third_model.metrics}
+    assert third_metrics["results/oracle/toxic_share_after"] == pytest.approx(0.25)
+    assert len(third_model.metrics) == len(third_metrics), "one value per metric: no earlier evaluation's"
+
+
+def test_a_record_naming_a_run_this_store_lacks_gets_an_evaluation_run_without_a_parent(registry):
+    client = registry["client"]
+    other = client.get_run(client.get_model_version(MODEL_NAME, "2").run_id)
+    assert other.info.run_name == "evaluate · workspace" and other.data.tags["ppo.run_id"] == "0" * 32
+    assert "mlflow.parentRunId" not in other.data.tags
+
+
+def test_a_failed_evaluation_ends_its_run_failed_and_registers_nothing(registry, tmp_path):
     client = registry["client"]
     config = model_config(TEMPLATE, GENERATION, EVAL_SEED)
     broken = PolicyModel(Summarizer(), tmp_path / "no-such-policy", config, signature(config))
-    metrics = {"n": 1}
+    tracker = Tracker("detox-test")
     with pytest.raises(Exception):
-        log_evaluation({"run_id": registry["run_id"], "experiment": "detox-test"}, "detox-test", metrics, {},
-                       {"evaluate/t.json": pd.DataFrame({"a": [1]})}, {}, broken, MODEL_NAME, True, ["pass: x"])
-    run = client.get_run(registry["run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["evaluate.status"] == "failed"
+        with evaluation_run(tracker, {"run_id": registry["run_id"], "experiment": "detox-test"}, EVAL_PARAMS):
+            log_evaluation(tracker, {"n": 1}, {}, {"evaluate/t.json": pd.DataFrame({"a": [1]})}, {}, broken,
+                           MODEL_NAME, True, ["pass: x"])
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert not client.search_logged_models([run.info.experiment_id], f"source_run_id = '{tracker.run_id}'")
+    assert client.get_run(registry["run_id"]).info.status == "FINISHED"
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")) == [1, 2, 3]
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == "1"
 

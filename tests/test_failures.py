@@ -1,5 +1,6 @@
-"""A new DVC project on the tiny world: its first run is `dvc exp run --temp`, then every stage fails under
-`dvc repro` once, keeps its previous outputs, and the fix reruns nothing (slow: minutes)."""
+"""A new DVC project on the tiny world: its first run is `dvc exp run --temp`; experiments that rerun only
+evaluate leave the workspace's MLflow runs as they were; every stage fails under `dvc repro` once, keeps
+its previous outputs, and the fix reruns nothing (slow: minutes)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from test_services import REGISTERED_MODEL, VENV_BIN, base_env, copy_project, run
+from conftest import run_snapshot
+from test_services import EXPERIMENT, REGISTERED_MODEL, VENV_BIN, base_env, copy_project, run
 
 from detox.io import sha256_file, sha256_tree
 
@@ -73,20 +75,61 @@ def test_a_temporary_experiment_first_leaves_its_artifacts_in_the_project(projec
         model = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{first.version}")
         dialogue = pd.read_parquet(repo / "data" / "raw" / "test.parquet")["dialogue"].iloc[0]
         [summary] = model.predict(pd.DataFrame({"dialogue": [dialogue]}))
-        run_ = client.get_run(first.run_id)  # the PPO run that the experiment's evaluate logged into
+        run_ = client.get_run(first.run_id)  # the experiment's evaluate run, which registered it
+        ppo = client.get_run(run_.data.tags["mlflow.parentRunId"])  # the PPO run it evaluated
     finally:
         mlflow.set_tracking_uri(None)
     assert isinstance(summary, str) and summary
-    # The run is named and tagged after the DVC experiment, and leads to its row of `dvc exp show` and back.
+    # The runs are named and tagged after the DVC experiment, and lead to its row of `dvc exp show` and back.
     name, tags = run_.data.tags["dvc.exp_name"], run_.data.tags
-    assert run_.info.run_name == f"ppo · {name}"
+    assert run_.info.run_name == f"evaluate · {name}" and ppo.info.run_name == f"ppo · {name}"
+    assert ppo.data.tags["dvc.exp_name"] == name and tags["ppo.run_id"] == ppo.info.run_id
     assert name in run([DVC, "exp", "list", "--all-commits", "--name-only"], repo, env).stdout.split()
-    assert tags["git.commit"] == run(["git", "rev-parse", "HEAD~1"], repo, env).stdout.strip()  # its baseline
+    baseline_commit = run(["git", "rev-parse", "HEAD~1"], repo, env).stdout.strip()
+    assert tags["git.commit"] == ppo.data.tags["git.commit"] == baseline_commit
+    assert tags["dvc.lock.ppo.models/ppo"] == experiment_row(repo, env, name)["deps"]["models/ppo"]["hash"]
+
+
+def experiment_row(repo: Path, env: dict[str, str], name: str) -> dict:
+    """The data of experiment ``name``'s row in `dvc exp show`."""
     shown = json.loads(run([DVC, "exp", "show", "--json", "-A"], repo, env).stdout)
-    rows = [exp for commit in shown for exp in commit.get("experiments") or []
-            if exp.get("name") == name]
+    rows = [exp for commit in shown for exp in commit.get("experiments") or [] if exp.get("name") == name]
     [row] = [r for exp in rows for r in exp.get("revs") or [] if r.get("data")]
-    assert tags["dvc.lock.ppo.models/ppo"] == row["data"]["deps"]["models/ppo"]["hash"]
+    return row["data"]
+
+
+@pytest.mark.slow
+def test_experiments_that_rerun_only_evaluate_leave_the_workspace_runs_as_they_were(project):
+    """`dvc exp run -S eval.num_samples=...` reuses the workspace's PPO policy and its run: each such
+    experiment logs an evaluate run of its own, and the workspace's PPO run and evaluation (params,
+    metrics with their history, tags, artifacts' bytes, tables, logged model) stay byte for byte."""
+    repo, env = project
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    ppo_id = json.loads((repo / "models" / "ppo" / "mlflow_run.json").read_text())["run_id"]
+    [workspace_eval] = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{ppo_id}'")
+    assert workspace_eval.info.run_name == "evaluate · workspace"
+    watched = (ppo_id, workspace_eval.info.run_id)
+    before = {run_id: run_snapshot(client, run_id) for run_id in watched}
+
+    for n_dialogues in (8, 12):
+        done = run([DVC, "exp", "run", "--temp", "-S", f"eval.num_samples={n_dialogues}"], repo, env, timeout=900)
+        assert "Running stage 'evaluate'" in done.stdout and "Running stage 'ppo'" not in done.stdout, done.stdout
+    assert {run_id: run_snapshot(client, run_id) for run_id in watched} == before
+
+    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{ppo_id}'")
+    evaluations = {int(r.data.params["eval.num_samples"]): r for r in children if r.info.run_id not in watched}
+    assert sorted(evaluations) == [8, 12]
+    for n_dialogues, evaluation in evaluations.items():
+        name = evaluation.data.tags["dvc.exp_name"]
+        assert evaluation.info.run_name == f"evaluate · {name}" and evaluation.info.status == "FINISHED"
+        assert evaluation.data.metrics["results/promotion/n_dialogues"] == n_dialogues
+        [version] = client.search_model_versions(f"name = '{REGISTERED_MODEL}' and run_id = '{evaluation.info.run_id}'")
+        assert version.tags["ppo.run_id"] == ppo_id
+        row = experiment_row(repo, env, name)
+        assert evaluation.data.tags["dvc.lock.ppo.models/ppo"] == row["deps"]["models/ppo"]["hash"]
+        assert row["params"]["params.yaml"]["data"]["eval"]["num_samples"] == n_dialogues
 
 
 @pytest.mark.slow

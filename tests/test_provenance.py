@@ -57,8 +57,6 @@ def test_run_name_and_tags_inside_a_dvc_experiment(no_dvc_env, tmp_path):
     assert provenance.run_tags(tmp_path / "repo") == {
         "dvc.exp_name": "bushy-vats", "git.commit": "0123456789abcdef0123456789abcdef01234567"}
     assert commit != "0123456789abcdef0123456789abcdef01234567"
-    assert provenance.run_tags(tmp_path, prefix="evaluate.") == {
-        "evaluate.dvc.exp_name": "bushy-vats", "evaluate.git.commit": "0123456789abcdef0123456789abcdef01234567"}
 
 
 def test_run_name_and_tags_outside_an_experiment(no_dvc_env, tmp_path):
@@ -92,14 +90,33 @@ def test_lock_tags_hash_the_stage_entry_and_name_each_output(tmp_path):
     assert provenance.lock_tags("ppo", tmp_path) == {}
 
 
-def test_evaluation_tags_join_the_lock_entry_and_the_evaluation_experiment(no_dvc_env, tmp_path):
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(LOCK), encoding="utf-8")
-    no_dvc_env.setenv("DVC_EXP_NAME", "exp-1")
-    no_dvc_env.setenv("DVC_EXP_BASELINE_REV", "f" * 40)
-    tags = provenance.evaluation_tags("ppo", tmp_path)
-    assert tags["dvc.lock.ppo.models/ppo"] == "113a94b06f1d7e509367855c8a318fa4.dir"
-    assert tags["evaluate.dvc.exp_name"] == "exp-1" and tags["evaluate.git.commit"] == "f" * 40
-    assert "dvc.exp_name" not in tags  # the training's own tags are left as the training set them
+def test_a_run_records_the_params_its_stage_reads_as_dvc_yaml_lists_them(tmp_path):
+    params = {"seed": 1, "eval": {"num_samples": 20, "seed": 3}, "ppo": {"steps": 9},
+              "reward": {"toxic_label": "hate", "batch_size": 8, "train": {"epochs": 3}},
+              "tracking": {"experiment": "e", "registered_model": "m", "sft_model": "s"}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {"cmd": "x", "params": [
+        "eval", "reward.toxic_label", "tracking.experiment", "tracking.registered_model", "missing.key",
+        {"other.yaml": ["a"]}]}}}), encoding="utf-8")
+    assert provenance.stage_params("evaluate", params, tmp_path) == {
+        "eval": {"num_samples": 20, "seed": 3}, "reward": {"toxic_label": "hate"},
+        "tracking": {"experiment": "e", "registered_model": "m"}}
+    assert provenance.stage_params("judges", params, tmp_path) == params  # not in dvc.yaml: all of them
+    assert provenance.stage_params("evaluate", params, tmp_path / "elsewhere") == params
+
+
+def test_each_stage_records_exactly_the_params_dvc_yaml_gives_it():
+    """What the project's dvc.yaml lists for evaluate and ppo is what their runs record, no more."""
+    from detox.params import Params
+    from detox.tracking.runs import flatten
+
+    root = Path(__file__).resolve().parents[1]
+    params = Params().model_dump(mode="json")
+    evaluate = flatten(provenance.stage_params("evaluate", params, root))
+    assert {"eval.num_samples", "generation.temperature", "promotion.judge", "reward.toxic_label"} <= set(evaluate)
+    assert not [key for key in evaluate if key.startswith(("ppo.", "sft.", "reward.train."))]
+    ppo = flatten(provenance.stage_params("ppo", params, root))
+    assert "ppo.learning_rate" in ppo and "eval.judges" in ppo
+    assert not [key for key in ppo if key.startswith(("eval.num_samples", "generation.", "promotion."))]
 
 
 def test_a_new_run_is_named_after_the_experiment_and_findable_by_its_tag(no_dvc_env, tmp_path):
@@ -156,11 +173,39 @@ def test_the_experiment_opens_as_a_machine_learning_experiment(no_dvc_env, tmp_p
         mlflow.set_tracking_uri(None)
 
 
-def test_the_experiment_kind_is_one_the_installed_mlflow_ui_knows():
+def ui_bundle() -> str:
+    """The installed MLflow UI's main JavaScript bundle (minified)."""
     import mlflow
 
     bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
     if not bundle.is_dir():
         pytest.skip("this MLflow has no UI bundle")
-    texts = (p.read_text(encoding="utf-8", errors="replace") for p in bundle.glob("main.*.js"))
-    assert any(EXPERIMENT_KIND_TAG in t and f'"{EXPERIMENT_KIND}"' in t for t in texts)
+    return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in bundle.glob("main.*.js"))
+
+
+def test_the_experiment_kind_is_one_the_installed_mlflow_ui_knows():
+    text = ui_bundle()
+    assert EXPERIMENT_KIND_TAG in text and f'"{EXPERIMENT_KIND}"' in text
+
+
+def test_run_links_carry_the_url_parameter_that_opens_the_installed_ui_on_runs(no_dvc_env):
+    """The UI takes its GenAI / machine-learning layout from the URL parameter, else from the browser's
+    localStorage (default GenAI); the links the project gives set the parameter to the UI's own value."""
+    import re
+
+    from detox.tracking.store import UI_WORKFLOW, UI_WORKFLOW_PARAM, ui_url
+
+    text = ui_bundle()
+    # The provider of the layout: an enum with the value, the URL parameter read by that name and
+    # accepted when it is one of the enum's values, and the stored choice with GenAI as its default.
+    enum = re.search(r'(\w)\.GENAI="genai",\1\.MACHINE_LEARNING="(\w+)"', text)
+    assert enum and enum.group(2) == UI_WORKFLOW
+    read = re.search(r'\.get\("(\w+)"\);return \w===\w\.GENAI\|\|\w===\w\.MACHINE_LEARNING\?\w:\w', text)
+    assert read and read.group(1) == UI_WORKFLOW_PARAM
+    assert re.search(r'key:"mlflow\.workflowType",version:1,initialValue:\w', text)
+
+    assert ui_url("experiments/1/runs/abc") == (
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning")
+    no_dvc_env.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000/")
+    assert ui_url("models/m/versions/2") == (
+        "http://mlflow.internal:5000/#/models/m/versions/2?workflowType=machine_learning")

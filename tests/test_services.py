@@ -164,6 +164,14 @@ def api(url: str, endpoint: str, **params) -> dict:
         return json.loads(response.read())
 
 
+def search_runs(url: str, experiment_id: str, filter_string: str) -> list[dict]:
+    body = json.dumps({"experiment_ids": [experiment_id], "filter": filter_string}).encode()
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read()).get("runs", [])
+
+
 @pytest.mark.slow
 def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipeline, mlflow_server):
     url, repo = mlflow_server["url"], pipeline["repo"]
@@ -178,19 +186,13 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
     assert info["experiment_id"] == experiment["experiment_id"] and info["status"] == "FINISHED"
     assert info["artifact_uri"].startswith("mlflow-artifacts:"), "artifacts must go through the server's proxy"
     params = {p["key"]: p["value"] for p in data["params"]}
-    assert params["ppo.steps"] == str(PPO_STEPS) and params["eval.num_samples"] == str(EVAL_SAMPLES)
+    assert params["ppo.steps"] == str(PPO_STEPS) and "eval.num_samples" not in params  # what ppo reads, no more
     tags = {t["key"]: t["value"] for t in data["tags"]}
-    assert tags["stage"] == "ppo" and tags["evaluate.status"] == "finished"
-    assert info["run_name"] == "ppo · workspace" and tags["git.commit"] == pipeline["commit"]
-    # evaluate tags the run with the ppo stage's entry in dvc.lock, written just before it ran
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["ppo"]
-    assert tags["dvc.lock.ppo.models/ppo"] == next(o["md5"] for o in lock["outs"] if o["path"] == "models/ppo")
-    assert len(tags["dvc.lock.ppo"]) == 12
+    assert tags["stage"] == "ppo" and info["run_name"] == "ppo · workspace"
+    assert tags["git.commit"] == pipeline["commit"]
     metrics = {m["key"]: m["value"] for m in data["metrics"]}
     assert metrics["summary/steps"] == PPO_STEPS
-    assert metrics["results/promotion/n_dialogues"] == EVAL_SAMPLES
-    assert {"results/oracle/toxic_share_after", "results/reward_model/toxic_share_before",
-            "results/quality/rougeL_after"} <= set(metrics)
+    assert not [key for key in metrics if key.startswith(("results/", "timing/"))], "evaluate writes its own run"
 
     # One value per PPO step, equal to what DVC's plot file holds.
     history = api(url, "metrics/get-history", run_id=record["run_id"], metric_key="env/reward_mean")["metrics"]
@@ -198,13 +200,29 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
     tsv = pd.read_csv(repo / "plots" / "ppo" / "history.tsv", sep="\t")
     by_step = {m["step"]: m["value"] for m in history}
     assert [by_step[s] for s in tsv["step"]] == pytest.approx(tsv["env/reward_mean"].tolist(), rel=1e-6)
+    assert {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"])["files"]} == {"ppo"}
+
+    # The evaluation: a run of its own, the PPO run's child, tagged with the ppo stage's dvc.lock entry.
+    [evaluation] = search_runs(url, experiment["experiment_id"], f"tags.`mlflow.parentRunId` = '{record['run_id']}'")
+    eval_id, eval_data = evaluation["info"]["run_id"], evaluation["data"]
+    assert evaluation["info"]["run_name"] == "evaluate · workspace" and evaluation["info"]["status"] == "FINISHED"
+    eval_tags = {t["key"]: t["value"] for t in eval_data["tags"]}
+    assert eval_tags["ppo.run_id"] == record["run_id"] and eval_tags["git.commit"] == pipeline["commit"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["ppo"]
+    assert eval_tags["dvc.lock.ppo.models/ppo"] == next(o["md5"] for o in lock["outs"] if o["path"] == "models/ppo")
+    assert len(eval_tags["dvc.lock.ppo"]) == 12
+    assert {p["key"]: p["value"] for p in eval_data["params"]}["eval.num_samples"] == str(EVAL_SAMPLES)
+    eval_metrics = {m["key"]: m["value"] for m in eval_data["metrics"]}
+    assert eval_metrics["results/promotion/n_dialogues"] == EVAL_SAMPLES
+    assert {"results/oracle/toxic_share_after", "results/reward_model/toxic_share_before",
+            "results/quality/rougeL_after"} <= set(eval_metrics)
 
     # The reward diff table (log_table -> JSON artifact), the reports and the model, listed through the API.
-    listed = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"], path="evaluate")["files"]}
+    listed = {f["path"] for f in api(url, "artifacts/list", run_id=eval_id, path="evaluate")["files"]}
     assert {"evaluate/reward_diff.json", "evaluate/disagreements.json", "evaluate/report.md",
             "evaluate/report.html", "evaluate/evaluate.json", "evaluate/baseline.json"} <= listed
-    top = {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"])["files"]}
-    assert {"evaluate", "ppo", "validation"} <= top
+    top = {f["path"] for f in api(url, "artifacts/list", run_id=eval_id)["files"]}
+    assert {"evaluate", "validation"} <= top
     stored = list((mlflow_server["root"] / "artifacts").rglob("reward_diff.json"))
     assert len(stored) == 1, "the table is stored in the server's --artifacts-destination"
     table = json.loads(stored[0].read_text())
@@ -213,9 +231,9 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
 
     # The registered version: this run's model, aliased candidate (and champion when promoted).
     evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    version = tags["evaluate.model_version"]
+    version = eval_tags["evaluate.model_version"]
     model_version = api(url, "model-versions/get", name=REGISTERED_MODEL, version=version)["model_version"]
-    assert model_version["run_id"] == record["run_id"]
+    assert model_version["run_id"] == eval_id
     assert evaluation["promotion"]["promoted"], evaluation["promotion"]
     assert set(model_version.get("aliases", [])) == {CANDIDATE, CHAMPION}
     version_tags = {t["key"]: t["value"] for t in model_version["tags"]}

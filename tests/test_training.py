@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -286,6 +289,51 @@ def test_training_stages_log_runs_and_register_their_models(staged):
     reward_run = client.get_run(client.search_model_versions("name = 'detox-reward'")[0].run_id)
     assert reward_run.data.params["reward.train.epochs"] == "1"
     assert "reward/heldout.roc_auc" in reward_run.data.metrics
+    # each registered model says what it is, each version where it came from and how it measured
+    assert "sft stage" in client.get_registered_model("detox-sft").description
+    assert "reward stage" in client.get_registered_model("detox-reward").description
+    assert client.get_model_version("detox-sft", "1").description.startswith("sft · workspace: builtin policy")
+    assert "held-out accuracy" in client.get_model_version("detox-reward", "1").description
+
+
+def load_stage(name: str):
+    """A stage script as a module, so that a test can watch what its main() calls."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("stage", "train"), [("sft", "run_sft"), ("reward", "run_reward")])
+def test_a_training_run_spans_its_training(fetched, tmp_path, monkeypatch, stage, train):
+    """MLflow's duration of the run is that of the training: the run starts before it and ends after it."""
+    shutil.copytree(fetched / "data", tmp_path / "data")
+    shutil.copytree(fetched / "models", tmp_path / "models")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "metrics").mkdir()
+    for name in ("validation.json", "validation_labelled.json"):  # as the validate stage leaves them
+        (tmp_path / "metrics" / name).write_text('{"success": true}')
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    module = load_stage(stage)
+    real, span = getattr(module, train), {}
+
+    def watched(*args, **kwargs):
+        span["start"] = int(time.time() * 1000)  # MLflow's clock: milliseconds of time.time()
+        result = real(*args, **kwargs)
+        span["end"] = int(time.time() * 1000)
+        return result
+
+    monkeypatch.setattr(module, train, watched)
+    try:
+        module.main()
+    finally:
+        mlflow.set_tracking_uri(None)
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("detox-summaries").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.start_time <= span["start"] < span["end"] <= run.info.end_time
 
 
 def test_the_registered_reward_model_serves_reward_and_toxicity(staged):

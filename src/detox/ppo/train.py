@@ -35,6 +35,7 @@ from detox.ppo.engine import PPOTrainer
 from detox.ppo.policy import Seq2SeqPolicy, absolute_base
 from detox.ppo.selection import Selection, ValidationSet, evaluate_policy, evaluation_steps
 from detox.reward import RewardScorer
+from detox.tracking.provenance import stage_params
 from detox.tracking.registry import lineage_tags
 from detox.tracking.runs import RUN_FILE, Tracker
 
@@ -235,93 +236,88 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
     elif main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
 
-    tracker.start(run_id=run_id, stage="ppo", tags={"policy": str(paths.policy)})  # named after the DVC experiment
-    if run_id is None:
-        tracker.log_params(params.model_dump(mode="json"))
-        if tracker.enabled:  # the MLflow UI's lineage: reward model -> sft policy -> this PPO policy
+    # The run spans the training and ends KILLED when interrupted (a rerun resumes it), FAILED on an error.
+    # A new run is named after the DVC experiment and records the params the ppo stage reads.
+    with tracker.run("ppo", run_id=run_id, tags={"policy": str(paths.policy)},
+                     params=stage_params("ppo", params.model_dump(mode="json"))):
+        if run_id is None and tracker.enabled:  # the MLflow UI's lineage: reward model -> sft policy -> this policy
             tracker.set_tags(lineage(params, paths))
-    run_id = tracker.run_id
+        run_id = tracker.run_id
 
-    def evaluate(trained_steps: int) -> str | None:
-        """Every process evaluates the same subset with the same weights, so all take the same decision."""
-        stats = evaluate_policy(trainer, validation, params.seed)
-        tracker.log_metrics(stats, step=trained_steps)
-        return selection.consider(trained_steps, stats, trainer.trainable_state)
+        def evaluate(trained_steps: int) -> str | None:
+            """Every process evaluates the same subset with the same weights, so all take the same decision."""
+            stats = evaluate_policy(trainer, validation, params.seed)
+            tracker.log_metrics(stats, step=trained_steps)
+            return selection.consider(trained_steps, stats, trainer.trainable_state)
 
-    global_batch = cfg.batch_size * accelerator.num_processes
-    lo = accelerator.process_index * cfg.batch_size
-    stop_reason: str | None = None
-    bar = tqdm(total=cfg.steps, initial=start, desc="ppo", unit="step", disable=not main)
-    try:
-        if start == 0 and 0 in evaluate_at:
-            evaluate(0)
-        for step in range(start, cfg.steps):
-            index = batch_indices(len(prompts), step, global_batch, params.seed)[lo : lo + cfg.batch_size]
-            stats, _ = trainer.step([prompts[i] for i in index], [dialogues[i] for i in index], step)
-            history.append({"step": step, **stats})
-            tracker.log_metrics(stats, step=step)
-            bar.set_postfix(reward=f"{stats['env/reward_mean']:.3f}", kl=f"{stats['objective/kl']:.3f}")
-            bar.update()
-            if stats["objective/kl"] < -3 * stats["objective/kl_stderr"] + NEGATIVE_KL_TOLERANCE and main:
-                log.warning("step %d: mean KL is negative (%.4f): the rollout's log-probs differ from the "
-                            "distribution it sampled from; check that ppo.disable_dropout is true", step,
-                            stats["objective/kl"])
-            if cfg.max_kl is not None and stats["objective/kl"] > cfg.max_kl:
-                stop_reason = f"mean KL {stats['objective/kl']:.3f} exceeded ppo.max_kl {cfg.max_kl} at step {step}"
-                log.warning("stopping early: %s", stop_reason)
-                break
-            if step + 1 in evaluate_at:
-                stop_reason = evaluate(step + 1)
-                if stop_reason is not None:
-                    log.warning("stopping early after step %d: %s", step, stop_reason)
+        global_batch = cfg.batch_size * accelerator.num_processes
+        lo = accelerator.process_index * cfg.batch_size
+        stop_reason: str | None = None
+        with tqdm(total=cfg.steps, initial=start, desc="ppo", unit="step", disable=not main) as bar:
+            if start == 0 and 0 in evaluate_at:
+                evaluate(0)
+            for step in range(start, cfg.steps):
+                index = batch_indices(len(prompts), step, global_batch, params.seed)[lo : lo + cfg.batch_size]
+                stats, _ = trainer.step([prompts[i] for i in index], [dialogues[i] for i in index], step)
+                history.append({"step": step, **stats})
+                tracker.log_metrics(stats, step=step)
+                bar.set_postfix(reward=f"{stats['env/reward_mean']:.3f}", kl=f"{stats['objective/kl']:.3f}")
+                bar.update()
+                if stats["objective/kl"] < -3 * stats["objective/kl_stderr"] + NEGATIVE_KL_TOLERANCE and main:
+                    log.warning("step %d: mean KL is negative (%.4f): the rollout's log-probs differ from the "
+                                "distribution it sampled from; check that ppo.disable_dropout is true", step,
+                                stats["objective/kl"])
+                if cfg.max_kl is not None and stats["objective/kl"] > cfg.max_kl:
+                    stop_reason = (f"mean KL {stats['objective/kl']:.3f} exceeded ppo.max_kl {cfg.max_kl} "
+                                   f"at step {step}")
+                    log.warning("stopping early: %s", stop_reason)
                     break
-            if main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                save_checkpoint(paths.checkpoints, {"step": step + 1, "fingerprint": key, "history": history,
-                                                    "run_id": run_id, "trainer": trainer.state_dict(),
-                                                    "selection": selection.state_dict()})
-    except BaseException:
-        bar.close()
-        tracker.end(status="KILLED")
-        raise
-    bar.close()
+                if step + 1 in evaluate_at:
+                    stop_reason = evaluate(step + 1)
+                    if stop_reason is not None:
+                        log.warning("stopping early after step %d: %s", step, stop_reason)
+                        break
+                if main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                    save_checkpoint(paths.checkpoints, {"step": step + 1, "fingerprint": key, "history": history,
+                                                        "run_id": run_id, "trainer": trainer.state_dict(),
+                                                        "selection": selection.state_dict()})
 
-    metrics = summarize_history(history, stop_reason)
-    if evaluate_at:
-        if selection.best_state is None:
-            raise DetoxError(
-                "no evaluated checkpoint qualified, not even the untrained policy (it collapsed or lost ROUGE-L): "
-                "check ppo.collapse and ppo.select.max_rougeL_drop"
-            )
-        trainer.unwrapped.load_state_dict(selection.best_state, strict=False)
-        metrics.update(selected_step=selection.best_step, selection=selection.reason,
-                       evaluations=len(selection.history))
-        if main:
-            log.info("models/ppo is the policy after step %d of %d: %s", selection.best_step, len(history),
-                     selection.reason)
-    if main:
-        with atomic_dir(paths.out) as out:
-            trainer.unwrapped.save(out, base_model=paths.policy, final_dir=paths.out)
-            tokenizer.save_pretrained(out)
-            manifest = json.loads(paths.base_manifest.read_text("utf-8")) if paths.base_manifest.is_file() else {}
-            # PEFT's save_pretrained wrote a blank template README.md: the Hub card replaces it.
-            write_text(out / "README.md", adapter_card(manifest, absolute_base(paths.policy),
-                                                       metrics if "selected_step" in metrics else None))
-            write_json(out / RUN_FILE, tracker.record())
-        # DVC's plot holds what a rerun reproduces; the time/* columns go to MLflow (per step) and logs/.
-        write_history(paths.history, [{k: v for k, v in row.items() if not k.startswith(TIMING_PREFIX)}
-                                      for row in history])
-        write_history(paths.timings, [{k: v for k, v in row.items() if k == "step" or k.startswith(TIMING_PREFIX)}
-                                      for row in history])
+        metrics = summarize_history(history, stop_reason)
         if evaluate_at:
-            write_history(paths.evaluations, selection.history)
-            tracker.log_artifact(paths.evaluations, "ppo")
-        write_json(paths.metrics, metrics)
-        timings = history_timings(history)
-        write_json(paths.timings.with_name("ppo.json"), timings)
-        tracker.log_metrics({f"summary/{k}": v for k, v in {**metrics, **timings}.items()
-                             if isinstance(v, (int, float))})
-        tracker.log_artifact(paths.history, "ppo")
-        shutil.rmtree(paths.checkpoints, ignore_errors=True)
-    tracker.end()
+            if selection.best_state is None:
+                raise DetoxError(
+                    "no evaluated checkpoint qualified, not even the untrained policy (it collapsed or lost ROUGE-L): "
+                    "check ppo.collapse and ppo.select.max_rougeL_drop"
+                )
+            trainer.unwrapped.load_state_dict(selection.best_state, strict=False)
+            metrics.update(selected_step=selection.best_step, selection=selection.reason,
+                           evaluations=len(selection.history))
+            if main:
+                log.info("models/ppo is the policy after step %d of %d: %s", selection.best_step, len(history),
+                         selection.reason)
+        if main:
+            with atomic_dir(paths.out) as out:
+                trainer.unwrapped.save(out, base_model=paths.policy, final_dir=paths.out)
+                tokenizer.save_pretrained(out)
+                manifest = json.loads(paths.base_manifest.read_text("utf-8")) if paths.base_manifest.is_file() else {}
+                # PEFT's save_pretrained wrote a blank template README.md: the Hub card replaces it.
+                write_text(out / "README.md", adapter_card(manifest, absolute_base(paths.policy),
+                                                           metrics if "selected_step" in metrics else None))
+                write_json(out / RUN_FILE, tracker.record())
+            # DVC's plot holds what a rerun reproduces; the time/* columns go to MLflow (per step) and logs/.
+            write_history(paths.history, [{k: v for k, v in row.items() if not k.startswith(TIMING_PREFIX)}
+                                          for row in history])
+            write_history(paths.timings, [{k: v for k, v in row.items() if k == "step" or k.startswith(TIMING_PREFIX)}
+                                          for row in history])
+            if evaluate_at:
+                write_history(paths.evaluations, selection.history)
+                tracker.log_artifact(paths.evaluations, "ppo")
+            write_json(paths.metrics, metrics)
+            timings = history_timings(history)
+            write_json(paths.timings.with_name("ppo.json"), timings)
+            tracker.log_metrics({f"summary/{k}": v for k, v in {**metrics, **timings}.items()
+                                 if isinstance(v, (int, float))})
+            tracker.log_artifact(paths.history, "ppo")
+            shutil.rmtree(paths.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
     return metrics

@@ -10,19 +10,18 @@ by hand. It carries the tags:
   absent where the project is not a git repository. The workspace may differ from it by
   uncommitted changes (an experiment's params always do).
 
-When evaluate reopens the PPO run, DVC has already written the ppo stage's entry to
-``dvc.lock``, so the evaluation adds (:func:`evaluation_tags`):
+and the params its stage reads, as ``dvc.yaml`` lists them (:func:`stage_params`).
+
+When evaluate runs, DVC has already written the ppo stage's entry to ``dvc.lock``, so the
+evaluate run adds (:func:`lock_tags`):
 
 - ``dvc.lock.ppo``: a short md5 of that entry (its deps, params and outs as canonical JSON):
   the same value for two runs exactly when DVC saw the same inputs and outputs;
 - ``dvc.lock.ppo.models/ppo``: the md5 that DVC recorded for the output ``models/ppo``, the
-  value in the ``models/ppo`` column of ``dvc exp show``;
-- ``evaluate.dvc.exp_name``, ``evaluate.git.commit``: the experiment and commit of the
-  evaluation, which differ from the training's when an experiment changed only what evaluate
-  reads and DVC reused the PPO policy (and so its run).
+  value in the ``models/ppo`` column of ``dvc exp show``: which PPO policy it evaluated, also
+  when an experiment changed only what evaluate reads and DVC reused the policy (and its run).
 
-The sft and reward runs carry only the first two: their own ``dvc.lock`` entries are written
-after the runs end.
+The training runs carry no ``dvc.lock`` tag: their own entries are written after the runs end.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from typing import Any
 import yaml
 
 WORKSPACE = "workspace"  # the run-name suffix outside a DVC experiment
-LOCK_FILE = "dvc.lock"
+LOCK_FILE, PIPELINE_FILE = "dvc.lock", "dvc.yaml"
 LOCK_KEYS = ("deps", "params", "outs")  # what a stage's entry records; "cmd" is left out
 SHORT = 12  # hex digits of an entry's md5 in its tag
 
@@ -67,10 +66,33 @@ def run_name(stage: str) -> str:
     return f"{stage} · {experiment_name() or WORKSPACE}"
 
 
-def run_tags(root: str | Path = ".", prefix: str = "") -> dict[str, str]:
-    """``dvc.exp_name`` and ``git.commit``, each only when known; ``prefix`` goes before each key."""
+def run_tags(root: str | Path = ".") -> dict[str, str]:
+    """``dvc.exp_name`` and ``git.commit``, each only when known."""
     tags = {"dvc.exp_name": experiment_name(), "git.commit": git_commit(root)}
-    return {f"{prefix}{key}": value for key, value in tags.items() if value}
+    return {key: value for key, value in tags.items() if value}
+
+
+def stage_params(stage: str, params: Mapping[str, Any], root: str | Path = ".") -> dict[str, Any]:
+    """The part of ``params`` (params.yaml as a nested dict) that ``stage`` reads, as ``dvc.yaml`` lists it
+    (``eval``, ``reward.toxic_label``, ...): what the stage's MLflow run records. All of ``params`` when
+    ``dvc.yaml`` has no such stage (a script run outside the project)."""
+    try:
+        pipeline = yaml.safe_load((Path(root) / PIPELINE_FILE).read_text(encoding="utf-8"))
+        keys = pipeline["stages"][stage]["params"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return dict(params)
+    picked: dict[str, Any] = {}
+    for key in (k for k in keys if isinstance(k, str)):  # a dict entry names another params file
+        *parents, leaf = key.split(".")
+        source: Any = params
+        for part in parents:
+            source = source.get(part) if isinstance(source, Mapping) else None
+        if isinstance(source, Mapping) and leaf in source:
+            target = picked
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[leaf] = source[leaf]
+    return picked
 
 
 def lock_entry(stage: str, root: str | Path = ".") -> dict[str, Any] | None:
@@ -102,8 +124,3 @@ def lock_tags(stage: str, root: str | Path = ".") -> dict[str, str]:
             tags[f"dvc.lock.{stage}.{out['path']}"] = str(out["md5"])
     return tags
 
-
-def evaluation_tags(trained_by: str, root: str | Path = ".") -> dict[str, str]:
-    """Tags for a training run that an evaluation reopens: the ``dvc.lock`` entry of the stage that
-    trained it (``trained_by``), and the evaluation's own experiment and commit (``evaluate.*``)."""
-    return {**lock_tags(trained_by, root), **run_tags(root, prefix="evaluate.")}

@@ -5,7 +5,8 @@ gets the alias ``candidate``; the alias ``champion`` moves to it only when the p
 passed. The version tags ``promotion.decision`` and ``promotion.reasons`` say why, and
 ``evidence.*`` hold the judged numbers a later challenger is compared with. Trained models
 (sft, reward) are registered too and found again by the content hash of their folder
-(tag ``sha256``), which gives the PPO run its ``lineage.*`` tags.
+(tag ``sha256``), which gives the PPO run its ``lineage.*`` tags. Each registered model has a
+description saying what it is, each version one saying where it came from and how it measured.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class PolicyModel:
     signature: Any
     input_example: pd.DataFrame | None = None
     artifact: str = "policy"  # the artifact's name in the pyfunc model (``reward`` for the reward model)
+    description: str = ""  # what the registered model is (set once; a description edited in the UI stays)
+    version_description: str = ""  # this version: where it came from, how it measured
 
 
 def log_model(model: PolicyModel, registered_model: str, step: int = 0) -> Any:
@@ -49,7 +52,8 @@ def log_model(model: PolicyModel, registered_model: str, step: int = 0) -> Any:
     ``model.policy_dir`` becomes the model's artifact named ``model.artifact`` (a policy, or the
     reward model). The ``detox`` package travels with the model (``code_paths``), so its class is
     importable wherever the model is loaded or served. MLflow links the run's metrics of ``step`` to
-    the logged model. Returns MLflow's ``ModelInfo`` (its ``registered_model_version`` and ``model_id``).
+    the logged model (those logged before and after it). Returns MLflow's ``ModelInfo`` (its
+    ``registered_model_version`` and ``model_id``).
     """
     import mlflow.pyfunc
 
@@ -58,7 +62,7 @@ def log_model(model: PolicyModel, registered_model: str, step: int = 0) -> Any:
     with tempfile.TemporaryDirectory(prefix="detox-code-") as tmp:
         code = Path(tmp) / "detox"
         shutil.copytree(Path(detox.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        return mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=model.python_model,
             artifacts={model.artifact: str(model.policy_dir)},
@@ -70,6 +74,39 @@ def log_model(model: PolicyModel, registered_model: str, step: int = 0) -> Any:
             registered_model_name=registered_model,
             step=step,
         )
+    describe(registered_model, str(info.registered_model_version), model.description, model.version_description)
+    return info
+
+
+def describe(registered_model: str, version: str, description: str, version_description: str) -> None:
+    """The registered model's description when it has none yet, and the version's."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    if description and not client.get_registered_model(registered_model).description:
+        client.update_registered_model(registered_model, description=description)
+    if version_description:
+        client.update_model_version(registered_model, version, description=version_description)
+
+
+def discard_unfinished_models(run_id: str) -> list[str]:
+    """Delete the logged models of the run ``run_id`` that never became READY (a ``log_model`` that failed
+    half-way, e.g. on a full disk), their artifacts first; returns their ids. MLflow marks such a model
+    FAILED when it can, and leaves it PENDING when the store cannot be written either."""
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = mlflow.MlflowClient(tracking_uri())
+    experiment_id = client.get_run(run_id).info.experiment_id
+    unfinished = [model for model in client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'")
+                  if model.status != LoggedModelStatus.READY]
+    for model in unfinished:
+        get_artifact_repository(model.artifact_location).delete_artifacts()  # frees the space before any write
+        if model.status != LoggedModelStatus.FAILED:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        client.delete_logged_model(model.model_id)
+    return [model.model_id for model in unfinished]
 
 
 def pip_requirements() -> list[str]:
@@ -92,6 +129,19 @@ class RegisteredVersion:
 
 
 EVIDENCE_TAG = "evidence."  # the judged numbers a version was promoted or rejected on
+
+
+def evidence_tag(value: Any) -> str:
+    """A value as a tag: text as it is (``oracle``), a number as JSON (``0.0123``)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def evidence_value(tag: str) -> Any:
+    """A tag of :func:`evidence_tag` read back: text, with ``null`` as None; the comparison reads numbers
+    with ``float``. Versions tagged before held every value as JSON (``"oracle"`` with its quotes)."""
+    if tag == "null" or (len(tag) >= 2 and tag[0] == tag[-1] == '"'):
+        return json.loads(tag)
+    return tag
 
 
 def tag_version(registered_model: str, version: str, tags: Mapping[str, Any]) -> None:
@@ -153,10 +203,7 @@ def champion_evidence(registered_model: str) -> dict[str, Any] | None:
     evidence: dict[str, Any] = {"version": str(version.version)}
     for key, value in version.tags.items():
         if key.startswith(EVIDENCE_TAG):
-            try:
-                evidence[key[len(EVIDENCE_TAG):]] = json.loads(value)
-            except ValueError:  # a tag set by hand
-                evidence[key[len(EVIDENCE_TAG):]] = value
+            evidence[key[len(EVIDENCE_TAG):]] = evidence_value(value)
     return evidence
 
 
@@ -171,7 +218,8 @@ def apply_promotion(registered_model: str, version: str, promoted: bool, reasons
                                  "promoted" if promoted else "rejected")
     client.set_model_version_tag(registered_model, version, "promotion.reasons", "; ".join(reasons))
     for key, value in (evidence or {}).items():
-        client.set_model_version_tag(registered_model, version, f"{EVIDENCE_TAG}{key}", json.dumps(value))
+        if value is not None:  # no tag: the comparison reads a missing number as None
+            client.set_model_version_tag(registered_model, version, f"{EVIDENCE_TAG}{key}", evidence_tag(value))
     client.set_registered_model_alias(registered_model, CANDIDATE, version)
     if promoted:
         client.set_registered_model_alias(registered_model, CHAMPION, version)

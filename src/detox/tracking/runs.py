@@ -1,18 +1,25 @@
 """The MLflow run of a stage: :class:`Tracker`, and what the training and evaluate stages log into it.
 
 Creating an enabled :class:`Tracker` first checks the store (:func:`detox.tracking.store.preflight`).
-A server lost in the middle of a run, once MLflow's own retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
-``MLFLOW_HTTP_REQUEST_TIMEOUT``) are spent, raises :class:`~detox.errors.TrackingError` and the
-tracker makes no further calls. A training stage leaves a run record (:data:`RUN_FILE`) in its
-model folder, so that evaluate logs into the same run.
+:meth:`Tracker.run` spans a stage's work: the run is started before it and ended after it,
+FINISHED, or KILLED when interrupted, or FAILED on any error, after removing a logged model that
+the error left half-written. A server lost in the middle of a run, once MLflow's own retries
+(``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``) are spent, raises
+:class:`~detox.errors.TrackingError` and the tracker makes no further calls.
+
+Each stage writes only its own run: a training stage (sft, reward, ppo) leaves a run record
+(:data:`RUN_FILE`) in its model folder; every evaluation of the PPO policy is a run of its own
+(``evaluate · <experiment>``), a child of the PPO run it evaluated (:func:`evaluation_run`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,18 +27,25 @@ import pandas as pd
 
 from detox.errors import DetoxError, TrackingError
 from detox.tracking import provenance
-from detox.tracking.registry import PolicyModel, RegisteredVersion, apply_promotion, log_model, tag_version
+from detox.tracking.registry import (
+    PolicyModel, RegisteredVersion, apply_promotion, discard_unfinished_models, log_model, tag_version,
+)
 from detox.tracking.store import (
-    artifact_location, check_local_store, check_tracking_server, failure_reason, is_connection_failure, is_remote,
-    tracking_uri,
+    artifact_location, disk_full, failure_reason, is_connection_failure, is_remote, preflight, tracking_uri, ui_url,
 )
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"
 # The experiment kind the MLflow UI (3.x) reads to choose its layout; the value is the UI's
-# "machine learning" kind (its other values: genai_development, and *_inferred guesses).
+# "machine learning" kind (its other values: genai_development, and *_inferred guesses). MLflow
+# 3.17's UI ignores it in favour of its GenAI / model training switch (see store.ui_url), but the
+# tag still names the experiment's kind in the API and in UIs that read it.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# An evaluate run names the PPO run it evaluated (also when that run is in another store, so
+# that it cannot be its parent), and the stage that trained it.
+TRAINED_RUN_TAG = "ppo.run_id"
+LINEAGE_TAG = "lineage."
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -66,9 +80,9 @@ def _lost(what: str, exc: BaseException) -> TrackingError:
 
 def ensure_experiment(name: str) -> str:
     """The id of the MLflow experiment ``name``, created when missing, and marked as a machine-learning
-    experiment (tag ``mlflow.experimentKind``), so that the UI opens it on its runs and model metrics,
-    not on the GenAI overview. A kind chosen by hand (in the UI) is left as it is; one the UI only
-    inferred is replaced."""
+    experiment (tag ``mlflow.experimentKind``). A kind chosen by hand (in the UI) is left as it is; one
+    the UI only inferred is replaced. The UI of MLflow 3.17 opens on runs only with the URL parameter of
+    :func:`detox.tracking.store.ui_url`."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
@@ -99,32 +113,35 @@ class Tracker:
 
     Only the main process of a multi-process run talks to MLflow. Creating an enabled tracker
     checks that a tracking server (``MLFLOW_TRACKING_URI=http(s)://...``) answers, so a stage
-    fails within seconds, before any work, when it does not (:func:`check_tracking_server`).
+    fails within seconds, before any work, when it does not, and that a local store can be written and
+    belongs to this project (:func:`~detox.tracking.store.preflight`).
     """
 
     def __init__(self, experiment: str, enabled: bool = True) -> None:
         self.enabled = enabled
         self.experiment = experiment
         self.run_id: str | None = None
+        self._link: str | None = None  # the run's page in the MLflow UI
         self.lost = False  # the server stopped answering: no further calls
         if enabled:
             import mlflow
 
-            check_tracking_server(experiment)
-            check_local_store()
+            preflight(experiment)
             mlflow.set_tracking_uri(tracking_uri())
+            # MLflow prints its own run links for a tracking server, without the parameter that makes
+            # its UI open on runs; the tracker logs links that carry it (store.ui_url).
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             self._mlflow = mlflow
 
     @_guarded
-    def start(self, run_id: str | None = None, stage: str | None = None,
-              tags: Mapping[str, str] | None = None) -> None:
+    def start(self, run_id: str | None = None, stage: str | None = None, tags: Mapping[str, str] | None = None,
+              parent_run_id: str | None = None) -> None:
         """Start a new run, or reopen ``run_id`` (a resumed training run keeps its run and its name).
 
         A new run of ``stage`` is named after the DVC experiment (``ppo · <experiment>``) and tagged
-        ``stage``, ``dvc.exp_name`` and ``git.commit`` (:mod:`detox.tracking.provenance`).
+        ``stage``, ``dvc.exp_name`` and ``git.commit`` (:mod:`detox.tracking.provenance`); with
+        ``parent_run_id`` it is that run's child (MLflow's ``mlflow.parentRunId``), which is not written to.
         """
-        if not self.enabled:
-            return
         mlflow = self._mlflow
         experiment_id = ensure_experiment(self.experiment)
         run_tags = dict(tags or {})
@@ -132,82 +149,118 @@ class Tracker:
             run_tags = {**({"stage": stage} if stage else {}), **provenance.run_tags(), **run_tags}
         run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
                                run_name=provenance.run_name(stage) if stage and run_id is None else None,
-                               tags=run_tags)
+                               tags=run_tags, parent_run_id=parent_run_id)
         self.run_id = run.info.run_id
+        self._link = f"'{run.info.run_name}': {ui_url(f'experiments/{run.info.experiment_id}/runs/{self.run_id}')}"
+
+    @contextlib.contextmanager
+    def run(self, stage: str, run_id: str | None = None, tags: Mapping[str, str] | None = None,
+            params: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> Iterator[Tracker]:
+        """The run of a stage's work, started (or reopened: ``run_id``) before it and ended after it.
+
+        ``params`` are logged when the run is new. The run ends FINISHED; KILLED when interrupted
+        (Ctrl-C, SIGTERM); FAILED on any other error (:meth:`fail`), which is raised on: a full disk
+        as a :class:`TrackingError` that says where (the stage's outputs are replaced atomically, so
+        the previous ones are still there).
+        """
+        self.start(run_id=run_id, stage=stage, tags=tags, parent_run_id=parent_run_id)
+        try:
+            if params is not None and run_id is None:
+                self.log_params(params)
+            yield self
+        except BaseException as exc:
+            ended = self.fail(exc)
+            full = disk_full(exc) if isinstance(exc, Exception) else None
+            if full is not None:
+                run = "was ended FAILED without a half-written model" if ended else "is left RUNNING (see the log)"
+                raise TrackingError(
+                    f"no space left on the disk of {full}; free some space there (or set MLFLOW_TRACKING_URI to "
+                    f"a store on another disk) and run the stage again: its previous outputs are kept, and MLflow "
+                    f"run {self.run_id} {run}") from exc
+            raise
+        self.end()
+        self.announce()
+
+    def fail(self, exc: BaseException) -> bool:
+        """End the run KILLED (``exc`` interrupted the stage) or FAILED, never leaving it RUNNING; whether
+        it could be ended.
+
+        A logged model that ``exc`` left half-written is deleted first, with its artifacts: on a full
+        disk that frees the space the status update needs. Errors of this clean-up are logged, not
+        raised, so that ``exc`` is what the stage reports.
+        """
+        if not self.enabled or self.lost or self.run_id is None:
+            return False
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        try:
+            for model_id in discard_unfinished_models(self.run_id):
+                log.warning("deleted the logged model %s of run %s, which the failure left unfinished",
+                            model_id, self.run_id)
+        except Exception as error:  # the store itself may be what failed
+            log.error("could not delete the unfinished logged models of run %s: %s", self.run_id,
+                      failure_reason(error))
+        try:
+            self._mlflow.end_run(status=status)
+        except Exception as error:
+            log.error("MLflow run %s is left RUNNING (%s); once the store can be written again, end it with "
+                      "`mlflow.MlflowClient().set_terminated('%s', 'FAILED')`", self.run_id, failure_reason(error),
+                      self.run_id)
+            return False
+        return True
+
+    def announce(self) -> None:
+        """Log where the run is in the MLflow UI (a link that opens the UI on runs, not on GenAI traces)."""
+        if self._link is not None and not self.lost:
+            log.info("MLflow run %s", self._link)
 
     @_guarded
     def log_params(self, params: Mapping[str, Any]) -> None:
-        if self.enabled:
-            flat = {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(params).items()}
-            self._mlflow.log_params(flat)
+        flat = {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(params).items()}
+        self._mlflow.log_params(flat)
 
     @_guarded
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
         """Metrics of this run at ``step``; with ``model_id``, also of that logged model (MLflow 3)."""
-        if self.enabled and metrics:
+        if metrics:
             self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
 
     @_guarded
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        if self.enabled:
-            self._mlflow.log_dict(dict(data), artifact_file)
+        self._mlflow.log_dict(dict(data), artifact_file)
 
     @_guarded
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            self._mlflow.log_artifact(str(path), artifact_path)
+        self._mlflow.log_artifact(str(path), artifact_path)
 
     @_guarded
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            self._mlflow.log_artifacts(str(directory), artifact_path)
+        self._mlflow.log_artifacts(str(directory), artifact_path)
 
     @_guarded
     def log_table(self, table: pd.DataFrame, artifact_file: str) -> None:
         """A table the MLflow UI shows in its artifact view and its evaluation tab (``*.json``)."""
-        if self.enabled:
-            self._mlflow.log_table(data=table, artifact_file=artifact_file)
+        self._mlflow.log_table(data=table, artifact_file=artifact_file)
 
     @_guarded
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.enabled:
-            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    @_guarded
+    def tags_of(self, run_id: str) -> dict[str, str] | None:
+        """The tags of the run ``run_id``, or None when this store has no such run."""
+        try:
+            return dict(self._mlflow.get_run(run_id).data.tags)
+        except self._mlflow.exceptions.MlflowException as exc:
+            if is_connection_failure(exc):
+                raise
+            return None
 
     @_guarded
     def log_model(self, model: PolicyModel, registered_model: str, step: int = 0) -> Any:
         """Log ``model`` into this run and register it as a new version of ``registered_model``; MLflow's
         ``ModelInfo`` (``registered_model_version``, ``model_id``), or None when disabled. The model
         carries the run's metrics logged at ``step``."""
-        if not self.enabled:
-            return None
         return log_model(model, registered_model, step=step)
-
-    @_guarded
-    def reopen(self, run_id: str | None, tags: Mapping[str, str] | None = None,
-               stage: str | None = None) -> str | None:
-        """Reopen ``run_id`` when this store has it and return its status before; else start a new run
-        (of ``stage``).
-
-        A models/ppo/ checked out from a DVC remote may name a run recorded in another store: then
-        the new run (status None returned) is tagged ``ppo_run_id`` with the missing id.
-        """
-        if not self.enabled:
-            return None
-        if run_id is not None:
-            try:
-                status = self._mlflow.get_run(run_id).info.status
-            except self._mlflow.exceptions.MlflowException as exc:
-                if is_connection_failure(exc):
-                    raise
-                log.warning("MLflow run %s is not in %s: logging into a new run of experiment %r",
-                            run_id, tracking_uri(), self.experiment)
-            else:
-                self.start(run_id=run_id)
-                if tags:
-                    self.set_tags(tags)
-                return status
-        self.start(stage=stage, tags={**(tags or {}), **({"ppo_run_id": run_id} if run_id else {})})
-        return None
 
     @_guarded
     def end(self, status: str = "FINISHED") -> None:
@@ -243,7 +296,6 @@ def numeric_metrics(tree: Mapping[str, Any], prefix: str = "") -> dict[str, floa
 def log_training(
     tracker: Tracker,
     stage: str,
-    params: Mapping[str, Any],
     history: Sequence[Mapping[str, float]],
     metrics: Mapping[str, Any],
     artifacts: Sequence[Path],
@@ -251,36 +303,30 @@ def log_training(
     registered_model: str,
     version_tags: Mapping[str, Any],
 ) -> str | None:
-    """One training stage's MLflow run: its params, a metric per epoch (``<stage>/epoch/train_loss`` at step =
-    epoch), the final metrics, ``artifacts`` (plots) and the model, registered as a new version of
-    ``registered_model`` and tagged with ``version_tags`` (the folder's ``sha256`` among them, which later
-    runs find it by: :func:`lineage_tags`). Returns the version, or None when no model was logged."""
-    tracker.start(stage=stage)
-    version = None
-    try:
-        tracker.log_params(params)
-        for row in history:
-            tracker.log_metrics({f"{stage}/epoch/{key}": value for key, value in row.items()
-                                 if key != "epoch" and value is not None}, step=int(row["epoch"]))
-        tracker.log_metrics(numeric_metrics(metrics, f"{stage}/"))
-        for path in artifacts:
-            tracker.log_artifact(path, stage)
-        if model is not None and tracker.enabled:
-            info = tracker.log_model(model, registered_model)
-            version = None if info is None else str(info.registered_model_version)
-            if version is not None:
-                tag_version(registered_model, version, version_tags)
-                tracker.set_tags({f"{stage}.model_version": f"{registered_model}/{version}"})
-    except BaseException:
-        tracker.end(status="FAILED")
-        raise
-    tracker.end()
+    """What a training stage logs into its run (:meth:`Tracker.run`) once it trained: a metric per epoch
+    (``<stage>/epoch/train_loss`` at step = epoch), the final metrics, ``artifacts`` (plots) and the model,
+    registered as a new version of ``registered_model`` and tagged with ``version_tags`` (the folder's
+    ``sha256`` among them, which later runs find it by: :func:`lineage_tags`). Returns the version, or
+    None when no model was logged."""
+    for row in history:
+        tracker.log_metrics({f"{stage}/epoch/{key}": value for key, value in row.items()
+                             if key != "epoch" and value is not None}, step=int(row["epoch"]))
+    tracker.log_metrics(numeric_metrics(metrics, f"{stage}/"))
+    for path in artifacts:
+        tracker.log_artifact(path, stage)
+    if model is None or not tracker.enabled:
+        return None
+    info = tracker.log_model(model, registered_model)
+    version = None if info is None else str(info.registered_model_version)
+    if version is not None:
+        tag_version(registered_model, version, version_tags)
+        tracker.set_tags({f"{stage}.model_version": f"{registered_model}/{version}"})
     return version
 
 
-# The judged numbers and the model they describe are logged at this step, which no training metric
-# uses: a model logged at step s carries the run's metrics of step s (MLflow 3), so the registered
-# policy carries its results, not the step-0 training metrics.
+# The judged numbers and the model they describe are logged at this step, which no other metric uses:
+# a model logged at step s carries the run's metrics of step s (MLflow 3), so the registered policy
+# carries its results, not the timings.
 RESULTS_STEP = -1
 RESULT_QUALITY = {"rougeL": ("rougeL",), "reward_mean": ("reward_mean",), "fluency_nll": ("quality", "fluency_nll"),
                   "distinct_2": ("quality", "distinct_2")}
@@ -312,9 +358,34 @@ def result_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return numeric_metrics(results)
 
 
+@contextlib.contextmanager
+def evaluation_run(tracker: Tracker, trained: Mapping[str, Any], params: Mapping[str, Any],
+                   tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+    """A new run ``evaluate · <experiment>`` for one evaluation of the policy that the run record
+    ``trained`` describes, spanning the evaluation (:meth:`Tracker.run`).
+
+    It is a child of that training run when this store has it, and is tagged with its id
+    (:data:`TRAINED_RUN_TAG`) and its ``lineage.*`` tags either way; ``params`` are the ones the
+    evaluation reads, ``tags`` e.g. the ``dvc.lock`` entry of the trained policy
+    (:func:`detox.tracking.provenance.lock_tags`). The training run is only read.
+    """
+    if trained.get("tracking_uri") not in (None, tracking_uri()):
+        log.warning("the training run was recorded in %s; logging the evaluation to %s",
+                    trained["tracking_uri"], tracking_uri())
+    run_id = trained.get("run_id")
+    trained_tags = tracker.tags_of(run_id) if run_id else None
+    if run_id and trained_tags is None and tracker.enabled:
+        log.warning("MLflow run %s is not in %s: the evaluation run names it in its tag %s but cannot be its child",
+                    run_id, tracking_uri(), TRAINED_RUN_TAG)
+    link = {TRAINED_RUN_TAG: run_id} if run_id else {}
+    lineage = {k: v for k, v in (trained_tags or {}).items() if k.startswith(LINEAGE_TAG)}
+    with tracker.run("evaluate", tags={**(tags or {}), **link, **lineage}, params=params,
+                     parent_run_id=run_id if trained_tags is not None else None) as run:
+        yield run
+
+
 def log_evaluation(
-    run: Mapping[str, Any],
-    experiment: str,
+    tracker: Tracker,
     metrics: Mapping[str, Any],
     baseline_metrics: Mapping[str, Any],
     tables: Mapping[str, pd.DataFrame],
@@ -325,58 +396,42 @@ def log_evaluation(
     reasons: Sequence[str],
     evidence: Mapping[str, Any] | None = None,
     timings: Mapping[str, Mapping[str, float]] | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> RegisteredVersion:
-    """Log an evaluation into the training run ``run`` (a run record) and register its policy.
+) -> RegisteredVersion | None:
+    """Log an evaluation into its own run (:func:`evaluation_run`) and register its policy.
 
     The judged before/after numbers go to metrics under ``results/`` (:func:`result_metrics`), and
     to the logged model (its metrics in the MLflow UI); all of ``metrics`` and ``baseline_metrics``
     go to the artifacts ``evaluate/evaluate.json`` and ``evaluate/baseline.json``; ``timings``
-    (``{"evaluate": {...}, "baseline": {...}}``) to metrics ``timing/<stage>.<key>``; ``tags``
-    (e.g. :func:`detox.tracking.provenance.evaluation_tags`) to the run. ``tables`` (artifact file
-    -> frame, e.g. the reward diff table to ``evaluate/reward_diff.json``) go through ``log_table``,
-    ``artifacts`` maps artifact folders to files or folders. The new model version is aliased
-    ``candidate`` (and ``champion`` when ``promoted``) and tagged with the decision and its reasons.
-    A failure leaves the training run in the status it had (tagged ``evaluate.status: failed``),
-    not FAILED: the training did not fail.
+    (``{"evaluate": {...}, "baseline": {...}}``) to metrics ``timing/<stage>.<key>``. ``tables``
+    (artifact file -> frame, e.g. the reward diff table to ``evaluate/reward_diff.json``) go through
+    ``log_table``, ``artifacts`` maps artifact folders to files or folders. The new model version
+    (whose source run is the evaluation's) is aliased ``candidate`` (and ``champion`` when
+    ``promoted``), tagged with the decision, its reasons, the run's lineage and the training run it
+    came from. Returns None when the tracker is disabled.
     """
-    decision = "promoted" if promoted else "rejected"
-    if run.get("tracking_uri") not in (None, tracking_uri()):
-        log.warning("the training run was recorded in %s; logging the evaluation to %s",
-                    run["tracking_uri"], tracking_uri())
-    tracker = Tracker(run.get("experiment") or experiment)
-    previous = tracker.reopen(run.get("run_id"), stage="evaluate",
-                              tags={**(tags or {}), "evaluate.promotion": decision, "evaluate.status": "running"})
+    tracker.log_dict(metrics, "evaluate/evaluate.json")
+    tracker.log_dict(baseline_metrics, "evaluate/baseline.json")
+    for artifact_file, table in tables.items():
+        tracker.log_table(table, artifact_file)
+    for folder, paths in artifacts.items():
+        for path in paths:
+            (tracker.log_artifacts if Path(path).is_dir() else tracker.log_artifact)(path, folder)
+    tracker.log_metrics({f"timing/{stage}.{key}": value for stage, numbers in (timings or {}).items()
+                         for key, value in numbers.items()})
+    info = tracker.log_model(model, registered_model, step=RESULTS_STEP)
+    if info is None:  # the tracker is disabled
+        return None
+    tracker.log_metrics(result_metrics(metrics), step=RESULTS_STEP, model_id=info.model_id)
+    version = str(info.registered_model_version)
     try:
-        tracker.log_dict(metrics, "evaluate/evaluate.json")
-        tracker.log_dict(baseline_metrics, "evaluate/baseline.json")
-        tracker.log_metrics({f"timing/{stage}.{key}": value for stage, numbers in (timings or {}).items()
-                             for key, value in numbers.items()})
-        for artifact_file, table in tables.items():
-            tracker.log_table(table, artifact_file)
-        for folder, paths in artifacts.items():
-            for path in paths:
-                (tracker.log_artifacts if Path(path).is_dir() else tracker.log_artifact)(path, folder)
-        info = tracker.log_model(model, registered_model, step=RESULTS_STEP)
-        version = None if info is None else str(info.registered_model_version)
-        tracker.log_metrics(result_metrics(metrics), step=RESULTS_STEP,
-                            model_id=None if info is None else info.model_id)
-        try:
-            registered = apply_promotion(registered_model, version, promoted, reasons, evidence)
-        except Exception as exc:
-            if not (is_remote(tracking_uri()) and is_connection_failure(exc)):
-                raise
-            tracker.lost = True
-            raise _lost("apply_promotion", exc) from None
-        if tracker.run_id is not None and version is not None:  # the version shows what it was trained from
-            run_tags = tracker._mlflow.get_run(tracker.run_id).data.tags
-            tag_version(registered_model, version, {k: v for k, v in run_tags.items() if k.startswith("lineage.")})
-        tracker.set_tags({"evaluate.model_version": version, "evaluate.status": "finished"})
-    except BaseException:
-        tracker.set_tags({"evaluate.status": "failed"})
-        tracker.end(status=previous or "FAILED")
-        raise
-    tracker.end(status=previous or "FINISHED")
+        registered = apply_promotion(registered_model, version, promoted, reasons, evidence)
+        run_tags = tracker.tags_of(tracker.run_id) or {}
+        tag_version(registered_model, version, {k: v for k, v in run_tags.items()
+                                                if k.startswith(LINEAGE_TAG) or k == TRAINED_RUN_TAG})
+    except Exception as exc:
+        if not (is_remote(tracking_uri()) and is_connection_failure(exc)):
+            raise
+        tracker.lost = True
+        raise _lost("apply_promotion", exc) from None
+    tracker.set_tags({"evaluate.model_version": version, "evaluate.promotion": "promoted" if promoted else "rejected"})
     return registered
-
-

@@ -8,21 +8,33 @@ server instead (docs/scaling-out.md).
 A server that is down fails fast: :func:`check_tracking_server` asks an ``http(s)`` server
 one question with a short timeout and no retries, and raises
 :class:`~detox.errors.TrackingError` (the fix in its message) when it gets no answer;
-:func:`check_local_store` does the same for a store that cannot be written.
+:func:`check_local_store` does the same for a store that cannot be written, and
+:func:`check_artifact_location` for an embedded store copied from another project (``cp -a``),
+whose artifacts would still go to the other project's ``mlartifacts/``.
+
+:func:`ui_url` gives the links into the MLflow UI that the stages log and the README shows.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from detox.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PREFLIGHT_TIMEOUT_S = 5.0  # connect and read, one try: a live server answers in milliseconds
+ARTIFACTS_DIR = "mlartifacts"  # beside params.yaml: the embedded store's artifacts, one folder per experiment
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+# The MLflow UI (3.17) opens an experiment on its GenAI overview (traces) or on its runs after a global
+# switch that it keeps in the browser (localStorage "mlflow.workflowType_v1", default "genai") and that
+# this URL parameter overrides; it does not read the experiment's mlflow.experimentKind tag, and no
+# server or tag setting changes that. So every link the project gives carries the parameter.
+UI_WORKFLOW_PARAM, UI_WORKFLOW = "workflowType", "machine_learning"
 
 
 def project_root() -> Path:
@@ -118,12 +130,33 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def disk_full(exc: BaseException) -> str | None:
+    """What filled up when ``exc``, or an error it arose from, is a full disk: the file an ``ENOSPC``
+    (or ``EDQUOT``) was about, or the embedded store for SQLite's "database or disk is full"; else None."""
+    chain = _chain(exc)
+    for error in chain:  # the file is the more precise answer; SQLite's error often wraps it
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(error.filename or "a file")
+    if any("database or disk is full" in str(error) for error in chain):
+        return str(local_store_path(tracking_uri()) or tracking_uri())
+    return None
+
+
 def is_connection_failure(exc: BaseException) -> bool:
     """True when ``exc`` (an MLflow or requests error) means the tracking server could not be reached."""
     import requests
 
     return any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
                for e in _chain(exc))
+
+
+def ui_url(fragment: str) -> str:
+    """A link to ``fragment`` (``experiments/1/runs/<id>``, ``models/<name>/versions/2``) in the MLflow UI:
+    on the tracking server, or for an embedded store where ``mlflow ui`` serves it by default; with the
+    parameter that opens the UI on runs and models (:data:`UI_WORKFLOW_PARAM`)."""
+    uri = tracking_uri()
+    host = uri.rstrip("/") if is_remote(uri) else LOCAL_UI
+    return f"{host}/#/{fragment}?{UI_WORKFLOW_PARAM}={UI_WORKFLOW}"
 
 
 def artifact_location(experiment: str) -> str | None:
@@ -135,16 +168,54 @@ def artifact_location(experiment: str) -> str | None:
     """
     if urlparse(tracking_uri()).scheme in ("http", "https", "databricks"):
         return None
-    return (project_root() / "mlartifacts" / experiment).resolve().as_uri()
+    return (project_root() / ARTIFACTS_DIR / experiment).resolve().as_uri()
+
+
+def foreign_artifact_root(location: str, experiment: str) -> Path | None:
+    """The project an experiment's artifact location belongs to, when it is another one than this.
+
+    Only a location of the shape this project creates (``file://<project>/mlartifacts/<experiment>``)
+    is read so: an experiment given another artifact location on purpose is left alone.
+    """
+    url = urlparse(location)
+    if url.scheme != "file":
+        return None
+    path = Path(unquote(url.path))
+    if path.name != experiment or path.parent.name != ARTIFACTS_DIR:
+        return None
+    root = path.parent.parent
+    return None if root == project_root().resolve() else root
+
+
+def check_artifact_location(experiment: str) -> None:
+    """Raise :class:`TrackingError` when the embedded store's experiment keeps its artifacts in another
+    project's ``mlartifacts/``: the project was copied (``cp -a``) or moved with its ``mlflow.db``, which
+    records absolute locations, so its runs would write into, and its models load from, the other one."""
+    uri = tracking_uri()
+    path = local_store_path(uri)
+    if urlparse(uri).scheme != "sqlite" or path is None or not path.is_file():
+        return
+    import mlflow
+
+    found = mlflow.MlflowClient(uri).get_experiment_by_name(experiment)
+    other = foreign_artifact_root(found.artifact_location, experiment) if found else None
+    if other is not None:
+        raise TrackingError(
+            f"{path}: the MLflow experiment {experiment!r} keeps its artifacts in {other / ARTIFACTS_DIR}, not in "
+            f"this project's {ARTIFACTS_DIR}/ (the project was copied or moved with its store): run "
+            "`python -m detox.tracking.relocate` here to point the store at this project's copy, or move "
+            f"mlflow.db and {ARTIFACTS_DIR}/ aside to start a new store")
 
 
 def preflight(experiment: str = "Default") -> None:
-    """Before any work: a tracking server answers, or the local store and its artifact folder can be written."""
+    """Before any work: a tracking server answers, or the local store and its artifact folder can be written
+    and belong to this project."""
     check_tracking_server(experiment)
     check_local_store()
+    check_artifact_location(experiment)
 
 
-def _local_store_path(uri: str) -> Path | None:
+def local_store_path(uri: str) -> Path | None:
     """The file or folder a local tracking URI writes to (``sqlite:///x.db``, ``file:///x``, a path)."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
@@ -190,12 +261,12 @@ def check_local_store(uri: str | None = None) -> None:
 
     Runs before any work, so a read-only ``mlflow.db`` stops a stage at once instead of after training."""
     uri = uri or tracking_uri()
-    path = _local_store_path(uri)
+    path = local_store_path(uri)
     if path is None:
         return
     checks = [(path, urlparse(uri).scheme == "sqlite")]
     if urlparse(uri).scheme == "sqlite":
-        checks.append((project_root() / "mlartifacts", False))
+        checks.append((project_root() / ARTIFACTS_DIR, False))
     for target, is_file in checks:
         reason = _probe_writable(target.resolve() if not target.is_absolute() else target, is_file)
         if reason:
