@@ -51,7 +51,6 @@ TEMPLATE = PromptParams().template
 GENERATION = GenerationParams(max_new_tokens=8, batch_size=2)
 EVAL_SEED = 1234
 MODEL_NAME = "detox-test-summarizer"
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def scored(ids, rewards, toxicity, rouge_l=None, responses=None, dialogues=None, judges=None, samples=None,
