@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import wait_until_answering
+from conftest import HANG_S, free_port, wait_until_answering
 from transformers import T5Config, T5ForConditionalGeneration
 
 from detox.builtin.corpus import generate_corpus
@@ -665,15 +664,9 @@ def test_pyfunc_model_summarizes_a_dialogue_dataframe(registry, tiny_policy, dia
         loaded.predict(pd.DataFrame({"dialogue": [123]}))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(registry, tiny_policy, dialogues):
-    port = _free_port()
+    port = free_port()
     bin_dir = Path(sys.executable).parent  # the scoring server (uvicorn) lives beside this Python
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{registry['root']}/mlflow.db", "OMP_NUM_THREADS": "1",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -684,12 +677,12 @@ def test_mlflow_models_serve_answers_invocations(registry, tiny_policy, dialogue
         cwd=registry["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:
-        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, 60,
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, HANG_S,
                              lambda: server.stderr.read().decode()[-2000:] if server.poll() is not None else "")
         body = json.dumps({"dataframe_records": [{"dialogue": d} for d in dialogues[:2]]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=HANG_S) as response:
             predictions = json.loads(response.read())["predictions"]
         model, tokenizer, _ = tiny_policy
         assert predictions == generate_summaries(model, tokenizer, build_prompts(dialogues[:2], TEMPLATE),
@@ -699,7 +692,7 @@ def test_mlflow_models_serve_answers_invocations(registry, tiny_policy, dialogue
                                          data=json.dumps({"dataframe_records": records}).encode(),
                                          headers={"Content-Type": "application/json"})
             with pytest.raises(urllib.error.HTTPError) as err:
-                urllib.request.urlopen(bad, timeout=30)
+                urllib.request.urlopen(bad, timeout=HANG_S)
             assert err.value.code == 400, records
             assert "dialogue" in json.loads(err.value.read())["message"]
     finally:
@@ -715,7 +708,7 @@ def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 1
     assert "models/ppo/ppo_policy.json: not found; run `dvc repro ppo`" in proc.stderr
     assert "Traceback" not in proc.stderr

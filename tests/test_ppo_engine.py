@@ -1007,7 +1007,7 @@ def test_two_processes_on_cpu(judged_world, tmp_path):
            "CUDA_VISIBLE_DEVICES": ""}
     started = time.monotonic()
     proc = subprocess.run([*prefix, str(ROOT / "stages" / "ppo.py")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=conftest.HANG_S)
     print(f"accelerate launch, 2 processes, {steps} steps: {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, proc.stderr[-5000:]
     finished = re.findall(r"ppo: \d+ steps, .*?, KL -?\d+\.\d{3}", proc.stdout)  # robust to interleaved lines

@@ -29,7 +29,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import HANG_S, TINY, build_world, free_port, run_watched, tiny_params, tolerance, wait_until_answering
+from conftest import (
+    HANG_S, TINY, build_world, free_port, run_watched, tiny_params, tolerance, wait_until_answering,
+)
 
 from detox.io import sha256_tree
 from detox.errors import TrackingError

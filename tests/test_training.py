@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import TINY, tiny_params
+from conftest import HANG_S, TINY, tiny_params
 from detox.builtin.corpus import labelled_sentences
 from detox.errors import SourceError
 from detox.fetch import run_fetch
@@ -236,7 +236,7 @@ def test_validation_stops_on_unbalanced_classes(fetched, tmp_path):
 def run_stage(name: str, root: Path, uri: str) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DVC_EXP_")}, "MLFLOW_TRACKING_URI": uri}
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
