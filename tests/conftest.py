@@ -1,6 +1,8 @@
+import atexit
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,13 +13,20 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
+# transformers copies the code of a trust_remote_code model (models/merged's pipeline) into a modules cache,
+# one per user by default (~/.cache/huggingface/modules): two test runs side by side would write the same
+# files. One folder per run instead, for this process and every script it starts; set before transformers is
+# imported, since it reads the variable once.
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="detox-tests-hf-modules-")
+atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
-from detox.fetch import run_fetch
-from detox.io import atomic_dir
-from detox.params import parse_params
-from detox.reward_training import run_reward
-from detox.sft import run_sft
+import pytest  # noqa: E402
+
+from detox.fetch import run_fetch  # noqa: E402
+from detox.io import atomic_dir  # noqa: E402
+from detox.params import parse_params  # noqa: E402
+from detox.reward_training import run_reward  # noqa: E402
+from detox.sft import run_sft  # noqa: E402
 
 # A built-in world small enough to build in seconds: the same code paths as the
 # default one, with fewer rows, epochs and sentences.
@@ -128,19 +137,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Connections:
+    """The connection attempts of this process's sockets during a test, refused or not, each with its socket's
+    timeout: "fails fast" shown by what was not done (no retries) and by the wait allowed, not by a clock."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[object, float | None]] = []
+
+    def to(self, port: int) -> list[float | None]:
+        """One entry per attempt to 127.0.0.1:``port``: the timeout its socket had (other traffic is ignored)."""
+        return [timeout for address, timeout in self.made if address == ("127.0.0.1", port)]
+
+
 @pytest.fixture
-def connections(monkeypatch) -> list[tuple]:
-    """Every address a socket of this process tries to connect to during the test, refused or not: "fails
-    fast" shown by what was not done (no retries), not by a clock."""
-    attempts: list[tuple] = []
+def connections(monkeypatch) -> Connections:
+    seen = Connections()
     real_connect = socket.socket.connect
 
     def connect(self, address):
-        attempts.append(tuple(address) if isinstance(address, (tuple, list)) else address)
+        seen.made.append((tuple(address) if isinstance(address, (tuple, list)) else address, self.gettimeout()))
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
-    return attempts
+    return seen
 
 
 # Runs a script as `python script` does, with an audit hook (PEP 578) that sees what the script reaches for,

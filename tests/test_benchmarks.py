@@ -45,6 +45,7 @@ def run_bench(root: Path, params_file: Path, *extra: str) -> subprocess.Complete
     return subprocess.run(args, capture_output=True, text=True, cwd=root, env=env, timeout=conftest.HANG_S)
 
 
+@pytest.mark.slow
 def test_ppo_vs_original_runs_both_variants_counts_flops_and_profiles(bench_world):
     root, params_file = bench_world
     proc = run_bench(root, params_file, "--flops", "--profile")
@@ -68,6 +69,7 @@ def test_ppo_vs_original_runs_both_variants_counts_flops_and_profiles(bench_worl
         assert f"[ours, profile of the {phase} phase]" in proc.stderr
 
 
+@pytest.mark.slow
 def test_ppo_vs_original_runs_in_bfloat16(bench_world):
     """The dtype reaches both variants' models (as a GPU run in bf16 needs); LoRA stays float32."""
     root, params_file = bench_world

@@ -189,7 +189,7 @@ def test_hub_judge_fails_fast_offline_with_advice(tmp_path, monkeypatch, connect
     spec = HubJudgeSpec(kind="hub", name="s-nlp/roberta_toxicity_classifier", revision="main", toxic_label="toxic")
     with pytest.raises(HubUnreachableError) as err:
         build_judge("roberta-toxicity", spec, tmp_path / "j")
-    assert connections == [("127.0.0.1", port)], "one attempt, and no Hub client with its retries"
+    assert len(connections.to(port)) == 1, "one attempt, and no Hub client with its retries"
     message = str(err.value)
     assert "judges.roberta-toxicity s-nlp/roberta_toxicity_classifier@main" in message and "unreachable" in message
     assert "'builtin'" in message and "eval.judges ([oracle, ngram])" in message and "kind: local" in message

@@ -252,6 +252,7 @@ def staged(tmp_path_factory) -> tuple[Path, str]:
     return root, uri
 
 
+@pytest.mark.slow
 def test_training_stages_write_metrics_and_plots(staged):
     root, _ = staged
     sft = json.loads((root / "metrics" / "sft.json").read_text())
@@ -272,6 +273,7 @@ def test_training_stages_write_metrics_and_plots(staged):
     assert labelled["success"] and labelled["rows"] == len(pd.read_parquet(root / "data/labelled/labelled.parquet"))
 
 
+@pytest.mark.slow
 def test_training_stages_log_runs_and_register_their_models(staged):
     root, uri = staged
     client = mlflow.MlflowClient(uri)
@@ -288,6 +290,7 @@ def test_training_stages_log_runs_and_register_their_models(staged):
     assert "reward/heldout.roc_auc" in reward_run.data.metrics
 
 
+@pytest.mark.slow
 def test_the_registered_reward_model_serves_reward_and_toxicity(staged):
     _, uri = staged
     mlflow.set_tracking_uri(uri)
@@ -300,6 +303,7 @@ def test_the_registered_reward_model_serves_reward_and_toxicity(staged):
     assert ((out["toxicity"] >= 0) & (out["toxicity"] <= 1)).all()
 
 
+@pytest.mark.slow
 def test_the_ppo_run_names_the_versions_it_trained_from(staged, monkeypatch):
     root, uri = staged
     from test_ppo_engine import TINY_PPO
