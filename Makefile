@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch, installed before the project so that no dependency pulls a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test repro clean-venv
+.PHONY: setup test test-slow repro clean-venv
 
 # The page `dvc plots show` fills (.dvc/config names it; ignored by git): vega inline, so plots render offline.
 PLOTS_PAGE := .dvc/plots-page.html
@@ -21,8 +21,12 @@ $(BIN)/dvc: pyproject.toml
 $(PLOTS_PAGE): $(BIN)/dvc
 	$(BIN)/python -m detox.plots_page
 
+# The fast set: everything but the tests marked slow (pipelines end to end, servers, benchmarks).
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+test-slow: setup
+	$(BIN)/pytest -m slow
 
 repro: setup
 	$(BIN)/dvc repro

@@ -1,18 +1,33 @@
+import atexit
 import copy
+import json
+import os
+import shutil
+import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
+# transformers copies the code of a trust_remote_code model (models/merged's pipeline) into a modules cache,
+# one per user by default (~/.cache/huggingface/modules): two test runs side by side would write the same
+# files. One folder per run instead, for this process and every script it starts; set before transformers is
+# imported, since it reads the variable once.
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="detox-tests-hf-modules-")
+atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
-from detox.fetch import run_fetch
-from detox.io import atomic_dir
-from detox.params import parse_params
-from detox.reward_training import run_reward
-from detox.sft import run_sft
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from detox.fetch import run_fetch  # noqa: E402
+from detox.io import atomic_dir  # noqa: E402
+from detox.params import parse_params  # noqa: E402
+from detox.reward_training import run_reward  # noqa: E402
+from detox.sft import run_sft  # noqa: E402
 
 # A built-in world small enough to build in seconds: the same code paths as the
 # default one, with fewer rows, epochs and sentences.
@@ -60,16 +75,17 @@ def build_world(params, root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine the thread pool's waits
-    make generation many times slower; the previous setting is restored afterwards. A module
-    asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
-    import torch
-
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine the thread pool's waits make
+    training and generation many times slower (two SFT tests of test_training.py: 42 s on two threads,
+    4 s on one). So every test runs torch on one thread, and so does every script it starts
+    (``OMP_NUM_THREADS``); the previous settings are restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
     torch.set_num_threads(threads)
 
 
@@ -117,3 +133,108 @@ def run_snapshot(client, run_id: str) -> dict:
                                 "metrics": sorted((x.key, x.step, x.timestamp, x.value) for x in m.metrics or []),
                                 "artifacts": files(m.artifact_location)} for m in models},
     }
+
+# --------------------------------------------------------------------------- what holds on any machine
+
+
+# A hang guard for subprocesses and waits, never a measure of speed: on a loaded 2-core machine importing
+# the stack alone takes half a minute, so only something stuck takes this long.
+HANG_S = 1800
+
+
+def tolerance(dtype: torch.dtype, n_terms: int, scale: float = 1.0) -> float:
+    """How far two computations of one value may drift apart when they sum ``n_terms`` terms of magnitude
+    ``scale`` in another order or kernel (batched vs one row, cached vs full decoding, AVX2 vs AVX-512).
+
+    The worst-case rounding bound of a float sum, n * eps * scale: no fixed number that holds on one CPU's
+    kernels only. For the tiny models of the tests it stays below the gaps they take for a real difference
+    (1e-3 and more), and above the gaps measured between AVX2 and AVX-512 kernels (6 to 300 times).
+    """
+    return n_terms * torch.finfo(dtype).eps * float(scale)
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on: the OS picks a free one, which is then released, for a
+    server to take or to stand for one that is down (a fixed port may be taken on some machine, or by a
+    test running beside this one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Connections:
+    """The connection attempts of this process's sockets during a test, refused or not, each with its socket's
+    timeout: "fails fast" shown by what was not done (no retries) and by the wait allowed, not by a clock."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[object, float | None]] = []
+
+    def to(self, port: int) -> list[float | None]:
+        """One entry per attempt to 127.0.0.1:``port``: the timeout its socket had (other traffic is ignored)."""
+        return [timeout for address, timeout in self.made if address == ("127.0.0.1", port)]
+
+
+@pytest.fixture
+def connections(monkeypatch) -> Connections:
+    seen = Connections()
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        seen.made.append((tuple(address) if isinstance(address, (tuple, list)) else address, self.gettimeout()))
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen
+
+
+# Runs a script as `python script` does, with an audit hook (PEP 578) that sees what the script reaches for,
+# inside any library: the addresses its sockets connect to, and the files it opens under the watched folders.
+_WATCH = r"""
+import json, os, runpy, sys
+record, script, *folders = sys.argv[1:]
+folders = [os.path.realpath(f) for f in folders]
+seen = {"connect": [], "open": []}
+
+def hook(event, args):
+    if event == "socket.connect":
+        address = args[1]
+        seen["connect"].append(list(address) if isinstance(address, tuple) else address)
+    elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.realpath(os.fsdecode(args[0]))
+        if any(path == f or path.startswith(f + os.sep) for f in folders):
+            seen["open"].append(path)
+
+def save():
+    with open(record, "w") as out:
+        json.dump(seen, out)
+
+import atexit
+atexit.register(save)
+sys.addaudithook(hook)
+sys.argv, sys.path[0] = [script], os.path.dirname(script)
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def run_watched(script: Path, cwd: Path, env: dict[str, str], watch: list[Path],
+                ) -> tuple[subprocess.CompletedProcess, dict[str, list]]:
+    """Run ``python script`` in ``cwd``; also return ``{"connect": [addresses], "open": [files under watch]}``."""
+    with tempfile.TemporaryDirectory(prefix="detox-watch-") as folder:  # outside cwd: the script's outputs stay its own
+        record = Path(folder) / "seen.json"
+        proc = subprocess.run([sys.executable, "-c", _WATCH, str(record), str(script), *map(str, watch)], cwd=cwd,
+                              env=env, capture_output=True, text=True, timeout=HANG_S)
+        assert record.is_file(), f"{script.name} exited before its watch was saved:\n{proc.stderr[-3000:]}"
+        return proc, json.loads(record.read_text())
+
+
+@pytest.fixture(autouse=True)
+def nothing_leaks_between_tests() -> Iterator[None]:
+    """A test leaves the working directory and the variables that steer MLflow, DVC and the Hub as it
+    found them (mlflow.set_tracking_uri, for one, sets MLFLOW_TRACKING_URI for the whole process)."""
+    def state() -> tuple[str, dict[str, str]]:
+        return os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "DVC_", "HF_"))}
+
+    before = state()
+    yield
+    after = state()
+    assert after == before, f"the test left the working directory or MLFLOW_*/DVC_*/HF_* changed: {before} -> {after}"

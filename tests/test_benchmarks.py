@@ -42,9 +42,10 @@ def run_bench(root: Path, params_file: Path, *extra: str) -> subprocess.Complete
             "--train", str(root / "data" / "raw" / "train.parquet"),
             "--test", str(root / "data" / "raw" / "test.parquet"), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(args, capture_output=True, text=True, cwd=root, env=env, timeout=600)
+    return subprocess.run(args, capture_output=True, text=True, cwd=root, env=env, timeout=conftest.HANG_S)
 
 
+@pytest.mark.slow
 def test_ppo_vs_original_runs_both_variants_counts_flops_and_profiles(bench_world):
     root, params_file = bench_world
     proc = run_bench(root, params_file, "--flops", "--profile")
@@ -68,6 +69,7 @@ def test_ppo_vs_original_runs_both_variants_counts_flops_and_profiles(bench_worl
         assert f"[ours, profile of the {phase} phase]" in proc.stderr
 
 
+@pytest.mark.slow
 def test_ppo_vs_original_runs_in_bfloat16(bench_world):
     """The dtype reaches both variants' models (as a GPU run in bf16 needs); LoRA stays float32."""
     root, params_file = bench_world
@@ -97,10 +99,10 @@ def test_ppo_vs_original_missing_input_is_a_clear_error(bench_world, tmp_path):
 
 def test_machine_rates_prints_every_rate():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0.05"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=conftest.HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for label in ("matmul float32", "matmul bfloat16", "decoding-step matmul", "copy of 1 GiB"):
         assert label in proc.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=conftest.HANG_S)
     assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_snapshot
+from conftest import HANG_S, run_snapshot
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from transformers import T5Config, T5ForConditionalGeneration
 
@@ -48,7 +48,6 @@ TEMPLATE = PromptParams().template
 GENERATION = GenerationParams(max_new_tokens=8, batch_size=2)
 EVAL_SEED = 1234
 MODEL_NAME = "detox-test-summarizer"
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def scored(ids, rewards, toxicity, rouge_l=None, responses=None, dialogues=None, judges=None, samples=None,
@@ -731,7 +730,7 @@ def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 1
     assert "models/ppo/ppo_policy.json: not found; run `dvc repro ppo`" in proc.stderr
     assert "Traceback" not in proc.stderr

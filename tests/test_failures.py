@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_snapshot
+from conftest import HANG_S, run_snapshot
 from test_services import EXPERIMENT, REGISTERED_MODEL, VENV_BIN, base_env, copy_project, run
 
 from detox.io import sha256_file, sha256_tree
@@ -55,8 +55,8 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     run(["git", "init", "-q", "-b", "main"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "a new project"], repo, env)
-    run([DVC, "exp", "run", "--temp"], repo, env, timeout=900)
-    run([DVC, "repro"], repo, env, timeout=900)
+    run([DVC, "exp", "run", "--temp"], repo, env)
+    run([DVC, "repro"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "dvc repro"], repo, env)
     return repo, env
@@ -114,7 +114,7 @@ def test_experiments_that_rerun_only_evaluate_leave_the_workspace_runs_as_they_w
     before = {run_id: run_snapshot(client, run_id) for run_id in watched}
 
     for n_dialogues in (8, 12):
-        done = run([DVC, "exp", "run", "--temp", "-S", f"eval.num_samples={n_dialogues}"], repo, env, timeout=900)
+        done = run([DVC, "exp", "run", "--temp", "-S", f"eval.num_samples={n_dialogues}"], repo, env, timeout=HANG_S)
         assert "Running stage 'evaluate'" in done.stdout and "Running stage 'ppo'" not in done.stdout, done.stdout
     assert {run_id: run_snapshot(client, run_id) for run_id in watched} == before
 
@@ -141,14 +141,14 @@ def test_a_stage_that_fails_under_dvc_repro_keeps_its_outputs_and_the_fix_reruns
         before = {path: digest(repo / path) for path in outputs}
         set_param(params_file, key, bad)
         failed = __import__("subprocess").run([DVC, "repro"], cwd=repo, env=env, capture_output=True, text=True,
-                                              timeout=600)
+                                              timeout=HANG_S)
         assert failed.returncode != 0, (stage, failed.stdout[-2000:])
         assert f"Running stage '{stage}'" in failed.stdout, (stage, failed.stdout[-2000:])
         assert key in failed.stderr + failed.stdout, (stage, failed.stderr[-2000:])
         after = {path: digest(repo / path) for path in outputs}
         assert after == before, f"{stage}: a failed run changed or removed its outputs"
         params_file.write_text(original)
-        fixed = run([DVC, "repro"], repo, env, timeout=600)
+        fixed = run([DVC, "repro"], repo, env)
         assert "Running stage" not in fixed.stdout, (stage, fixed.stdout[-2000:])
         status = run([DVC, "status"], repo, env)
         assert "Data and pipelines are up to date." in status.stdout, (stage, status.stdout)
@@ -158,7 +158,7 @@ def test_a_stage_that_fails_under_dvc_repro_keeps_its_outputs_and_the_fix_reruns
 def test_a_forced_rerun_on_the_same_machine_reproduces_every_metric(project):
     """Same machine, same seeds: identical metrics and plots (timings live outside DVC: logs/timings/)."""
     repo, env = project
-    run([DVC, "repro", "--force"], repo, env, timeout=900)
+    run([DVC, "repro", "--force"], repo, env)
     diff = run([DVC, "metrics", "diff", "--all"], repo, env)
     changed = [line for line in diff.stdout.splitlines() if line.strip() and not line.startswith(("Path", "-"))]
     assert run([DVC, "metrics", "diff"], repo, env).stdout.strip() == "", diff.stdout

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -7,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY, tiny_params
+from conftest import HANG_S, TINY, free_port, run_watched, tiny_params
 from transformers import AutoConfig, AutoTokenizer
 
 from detox.builtin.corpus import generate_corpus, labelled_sentences
@@ -168,22 +169,22 @@ def test_local_single_file_needs_a_split_column(tmp_path):
         fetch(params, tmp_path)
 
 
-def test_labelled_hub_dataset_fails_fast_offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+def test_labelled_hub_dataset_fails_fast_offline(monkeypatch, tmp_path, connections):
+    port = free_port()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     params = tiny_params(**{"reward.data.source": "hub", "reward.data.hub.name": "someone/toxic-sentences"})
-    started = time.monotonic()
     with pytest.raises(HubUnreachableError, match="someone/toxic-sentences@main.*reward.data.local.path"):
         fetch(params, tmp_path)
-    assert time.monotonic() - started < 10
+    assert len(connections.to(port)) == 1, "one attempt, and no Hub client with its retries"
     assert not (tmp_path / "raw").exists()
 
 
-def test_hub_unreachable_fails_fast_with_advice(monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
-    started = time.monotonic()
+def test_hub_unreachable_fails_fast_with_advice(monkeypatch, connections):
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(HubUnreachableError) as err:
         ensure_reachable("dataset knkarthick/dialogsum@main")
-    assert time.monotonic() - started < 10
+    assert len(connections.to(port)) == 1, "one attempt, no retries"
     message = str(err.value)
     assert "unreachable" in message and "'builtin'" in message and "local.path" in message
 
@@ -192,12 +193,12 @@ def test_fetch_stage_from_hub_offline_exits_cleanly(tmp_path):
     params = {key: value for key, value in TINY.items()}
     params["data"] = {**TINY["data"], "source": "hub"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "fetch.py")], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={**__import__("os").environ, "HF_ENDPOINT": "http://127.0.0.1:9"})
-    assert time.monotonic() - started < 60
+    port = free_port()
+    proc, seen = run_watched(ROOT / "stages" / "fetch.py", tmp_path,
+                             {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}"}, watch=[])
     assert proc.returncode == 1
-    assert "the Hugging Face Hub at http://127.0.0.1:9 is unreachable" in proc.stderr
+    assert seen["connect"].count(["127.0.0.1", port]) == 1, "one attempt, and no Hub client with its retries"
+    assert f"the Hugging Face Hub at http://127.0.0.1:{port} is unreachable" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.parquet"))
 
@@ -211,41 +212,52 @@ def test_killed_training_stage_leaves_no_partial_outputs(tmp_path):
     (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')  # as the validate stage leaves it
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "sft.py")], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not list((tmp_path / "models").glob(".policy.*")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + HANG_S  # however long the imports take on a busy machine
+    while not list((tmp_path / "models").glob(".policy.*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list((tmp_path / "models").glob(".policy.*")), "the stage never started writing"
+    assert list((tmp_path / "models").glob(".policy.*")), f"the stage never started writing (exit code {proc.poll()})"
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    proc.wait(timeout=HANG_S)
     assert proc.returncode != 0
     assert [p.name for p in tmp_path.rglob(".policy.*")] == []
     assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "metrics" / "sft.json").exists()
 
 
 def test_a_stage_after_validate_refuses_data_that_failed_validation(tmp_path):
-    run_fetch(tiny_params(), tmp_path / "data" / "raw", tmp_path / "data" / "labelled", tmp_path / "models" / "base")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(dict(TINY)))
+    fetched = tmp_path / "fetched"
+    run_fetch(tiny_params(), fetched / "data" / "raw", fetched / "data" / "labelled", fetched / "models" / "base")
     failure = "test: expect_column_values_to_be_unique(id) failed: 2 unexpected of 24 rows; expected unique values"
-    for stage, metrics in (("sft", "validation.json"), ("reward", "validation_labelled.json"),
-                           ("baseline", "validation.json"), ("ppo", "validation.json"),
-                           ("evaluate", "validation.json")):
-        (tmp_path / "metrics").mkdir(exist_ok=True)
+    refused = "says the data failed validation, so this stage does not run on it"
+    # (stage, its validation metrics file, what the file holds: None for a missing file)
+    cases = [("sft", "validation.json", failure), ("reward", "validation_labelled.json", failure),
+             ("baseline", "validation.json", failure), ("ppo", "validation.json", failure),
+             ("evaluate", "validation.json", failure), ("ppo", "validation.json", None)]
+    runs = []
+    for number, (stage, metrics, failed) in enumerate(cases):  # a project each, so the stages run side by side
+        project = tmp_path / f"{number}-{stage}"
+        (project / "metrics").mkdir(parents=True)
+        (project / "models").mkdir()
+        (project / "data").symlink_to(fetched / "data")
+        (project / "models" / "base").symlink_to(fetched / "models" / "base")
+        (project / "params.yaml").write_text(yaml.safe_dump(dict(TINY)))
         for name in ("validation.json", "validation_labelled.json"):
-            (tmp_path / "metrics" / name).write_text('{"success": true}')
-        (tmp_path / "metrics" / metrics).write_text(json.dumps({"success": False, "failures": [failure]}))
-        proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 1, (stage, proc.stderr[-2000:])
-        assert f"error: metrics/{metrics} says the data failed validation, so this stage does not run on it" in \
-            proc.stderr, (stage, proc.stderr[-2000:])
-        assert failure in proc.stderr and "Traceback" not in proc.stderr
-    (tmp_path / "metrics" / "validation.json").unlink()
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "ppo.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "metrics/validation.json: not found; this stage runs only on validated data" \
-        in proc.stderr, proc.stderr[-2000:]
-    assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "models" / "reward").exists()
-    assert not (tmp_path / "mlflow.db").exists()
+            (project / "metrics" / name).write_text('{"success": true}')
+        if failed is None:
+            (project / "metrics" / metrics).unlink()
+        else:
+            (project / "metrics" / metrics).write_text(json.dumps({"success": False, "failures": [failed]}))
+        proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=project,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        runs.append((project, stage, metrics, failed, proc))
+    for project, stage, metrics, failed, proc in runs:
+        stderr = proc.communicate(timeout=HANG_S)[1]
+        assert proc.returncode == 1, (stage, stderr[-2000:])
+        expected = f"error: metrics/{metrics} {refused}" if failed else \
+            f"error: metrics/{metrics}: not found; this stage runs only on validated data"
+        assert expected in stderr and (failed is None or failed in stderr), (stage, stderr[-2000:])
+        assert "Traceback" not in stderr
+        assert not (project / "models" / "policy").exists() and not (project / "models" / "reward").exists()
+        assert not (project / "mlflow.db").exists()
 
 
 # --------------------------------------------------------------------------- bad model folders and data files

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from detox.params import (
     BuiltinCorpus, BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, ParamsError, parse_params,
 )
 
-from conftest import TINY, tiny_params
+from conftest import HANG_S, TINY, free_port, tiny_params, tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,12 +122,19 @@ def test_ngram_judge_shares_no_seed_or_sentences_with_the_reward_model():
     assert judge_sentences["text"].tolist()[:50] != reward_sentences["text"].tolist()[:50]
 
 
+# tiny_classifier's feed-forward width, the longest dot product behind its logits (which stay far below 1): a
+# judge's padded batches and a direct forward may round its probabilities this far apart.
+CLASSIFIER_FF = 32
+PROBABILITY_TOLERANCE = tolerance(torch.float32, CLASSIFIER_FF)
+
+
 def tiny_classifier(folder: Path, id2label: dict[int, str], problem_type: str | None = None) -> Path:
     sentences = labelled_sentences(200, 0)["text"].tolist()
     tokenizer = train_bpe_tokenizer(sentences, 300)
     torch.manual_seed(0)
     config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                           intermediate_size=CLASSIFIER_FF, max_position_embeddings=64,
+                           pad_token_id=tokenizer.pad_token_id,
                            id2label=id2label, label2id={v: k for k, v in id2label.items()}, problem_type=problem_type)
     model = RobertaForSequenceClassification(config).eval()
     model.save_pretrained(folder)
@@ -151,7 +157,8 @@ def test_local_judge_with_its_own_label_names(tmp_path):
     assert record["kind"] == "classifier" and record["source"] == "local"
     judge = load_judge(tmp_path / "judges" / "mine")
     texts = ["You are a filthy liar.", "See you on Monday.", "ok"]
-    assert np.allclose(judge.score(texts), direct_probs(folder, texts)[:, 1].numpy(), atol=1e-6)
+    direct = direct_probs(folder, texts)[:, 1].numpy()
+    assert np.allclose(judge.score(texts), direct, rtol=0, atol=PROBABILITY_TOLERANCE)
     assert judge.name == "mine" and judge.threshold == 0.5
 
 
@@ -168,7 +175,7 @@ def test_a_multi_label_judge_uses_the_sigmoid_of_its_toxic_label(tmp_path):
     build_judge("multi", LocalJudgeSpec(kind="local", path=str(folder), toxic_label="insult"), tmp_path / "j")
     texts = ["You idiot.", "Fine."]
     assert np.allclose(load_judge(tmp_path / "j").score(texts), direct_probs(folder, texts, True)[:, 2].numpy(),
-                       atol=1e-6)
+                       rtol=0, atol=PROBABILITY_TOLERANCE)
 
 
 def test_a_local_judge_path_that_is_no_model_folder_is_refused(tmp_path):
@@ -176,13 +183,13 @@ def test_a_local_judge_path_that_is_no_model_folder_is_refused(tmp_path):
         build_judge("mine", LocalJudgeSpec(kind="local", path=str(tmp_path), toxic_label="toxic"), tmp_path / "out")
 
 
-def test_hub_judge_fails_fast_offline_with_advice(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+def test_hub_judge_fails_fast_offline_with_advice(tmp_path, monkeypatch, connections):
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     spec = HubJudgeSpec(kind="hub", name="s-nlp/roberta_toxicity_classifier", revision="main", toxic_label="toxic")
-    started = time.monotonic()
     with pytest.raises(HubUnreachableError) as err:
         build_judge("roberta-toxicity", spec, tmp_path / "j")
-    assert time.monotonic() - started < 10
+    assert len(connections.to(port)) == 1, "one attempt, and no Hub client with its retries"
     message = str(err.value)
     assert "judges.roberta-toxicity s-nlp/roberta_toxicity_classifier@main" in message and "unreachable" in message
     assert "'builtin'" in message and "eval.judges ([oracle, ngram])" in message and "kind: local" in message
@@ -215,7 +222,7 @@ def test_params_check_judge_names_and_the_gate_judge():
 def test_judges_stage_writes_the_judges_and_their_metrics(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=HANG_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics" / "judges.json").read_text())
     assert metrics["oracle"] == {"kind": "oracle", "labelled_sentences_agreement": 1.0}
@@ -226,16 +233,16 @@ def test_judges_stage_writes_the_judges_and_their_metrics(tmp_path):
 
 def test_judges_stage_offline_hub_judge_exits_cleanly_and_keeps_the_old_judges(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     assert subprocess.run([sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path, env=env,
-                          capture_output=True, timeout=300).returncode == 0
+                          capture_output=True, timeout=HANG_S).returncode == 0
     before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*"))
     hub = {**TINY, "eval": {**TINY["eval"], "judges": ["oracle", "roberta-toxicity"]},
            "judges": {**TINY["judges"], "roberta-toxicity": {"kind": "hub", "name": "s-nlp/roberta_toxicity_classifier",
                                                             "revision": "main", "toxic_label": "toxic"}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(hub))
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "unreachable" in proc.stderr and "kind: local" in proc.stderr
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*")) == before

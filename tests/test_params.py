@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import HANG_S
 
 from detox.errors import ParamsError
 from detox.params import Params, load_params, parse_params
@@ -66,7 +67,7 @@ def test_missing_and_malformed_files(tmp_path):
 def test_stage_reports_params_error_without_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"num_samples": 0}}))
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "baseline.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 1
     assert "eval.num_samples: Input should be greater than or equal to 1 (got 0)" in proc.stderr
     assert "Traceback" not in proc.stderr

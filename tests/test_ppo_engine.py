@@ -45,10 +45,11 @@ from detox.reward import RewardScorer, Scores
 from detox.tracking.runs import RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 VENV_BIN = Path(sys.executable).parent
 PAD, EOS = 0, 1  # T5: pad = decoder start = 0, eos = 1
-ATOL = 1e-5
+# The last sum behind each logit of the tiny policy is its LM head's dot product over d_model: two kernels
+# (generate's cached decoding and a full forward, a batch and one row, AVX2 and AVX-512) may round it apart.
+D_MODEL = conftest.TINY["policy"]["builtin"]["d_model"]
 
 # The PPO slice for the tiny world: short responses and small batches, so a step takes
 # about a second on one CPU thread.
@@ -177,6 +178,12 @@ def deterministic_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if not c.startswith(TIMING_PREFIX)]
 
 
+def kernel_tolerance(values: torch.Tensor, tokens: int = 1) -> float:
+    """How far two kernels may compute the tiny policy's per-token ``values`` (log-probs, values, entropy,
+    logits) apart, or their sums over ``tokens`` tokens (a sequence's KL): from their dtype and magnitude."""
+    return conftest.tolerance(values.dtype, D_MODEL * tokens, values.abs().max())
+
+
 # --------------------------------------------------------------------------- 1. the free check
 
 
@@ -207,13 +214,13 @@ def test_first_rollout_kl_is_zero_while_lora_b_is_zero(world, dropout):
     assert mask.any(1).all()
     assert old["logprobs"].shape == old["ref_logprobs"].shape == old["values"].shape == mask.shape
     gap = (old["logprobs"] - old["ref_logprobs"])[mask].abs().max().item()
-    assert gap < ATOL, f"KL at initialisation must be 0, got max |logp - ref| = {gap}"
+    assert gap < kernel_tolerance(old["logprobs"][mask]), f"KL at initialisation must be 0, got max |logp - ref| {gap}"
     assert torch.isfinite(old["logprobs"][mask]).all() and (old["logprobs"][mask] <= 0).all()
 
     perturb_lora_b(trainer)
     moved = trainer.old_and_reference(batch)
     assert (moved["logprobs"] - moved["ref_logprobs"])[mask].abs().max().item() > 1e-3
-    torch.testing.assert_close(moved["ref_logprobs"][mask], old["ref_logprobs"][mask], atol=ATOL, rtol=0)
+    assert torch.equal(moved["ref_logprobs"], old["ref_logprobs"])  # the same forward, adapters off: equal
 
 
 @pytest.mark.parametrize("scope", ["decoder", "all"])
@@ -236,7 +243,8 @@ def test_rollout_is_seeded_by_step_and_its_old_stats_equal_a_teacher_forced_forw
     mask = first.mask
     for key in ("logprobs", "values", "entropy"):
         assert first.old[key].shape == mask.shape
-        torch.testing.assert_close(first.old[key][mask], forward[key][mask], atol=ATOL, rtol=0,
+        torch.testing.assert_close(first.old[key][mask], forward[key][mask], atol=kernel_tolerance(forward[key][mask]),
+                                   rtol=0,
                                    msg=lambda m, key=key: f"{key}: {m}")
     assert (forward["logprobs"] - forward["ref_logprobs"])[mask].abs().max() > 1e-3
 
@@ -268,9 +276,9 @@ def test_decoder_scope_adapts_only_the_decoder_and_runs_the_encoder_once_per_ste
         for reference in (False, True):
             full = policy(**inputs, reference=reference)
             reused = policy(**inputs, reference=reference, encoder_hidden=batch.encoder_hidden)
-            torch.testing.assert_close(reused[0], full[0], atol=ATOL, rtol=0)
+            torch.testing.assert_close(reused[0], full[0], atol=kernel_tolerance(full[0]), rtol=0)
             if not reference:
-                torch.testing.assert_close(reused[1], full[1], atol=ATOL, rtol=0)
+                torch.testing.assert_close(reused[1], full[1], atol=kernel_tolerance(full[1]), rtol=0)
 
     # One encoder pass per step with the decoder scope; one per forward with "all".
     counts = {}
@@ -313,18 +321,24 @@ def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(wo
     missing = [key for key in TRL_KEYS if key not in stats]
     assert not missing, f"missing stats: {missing}"
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values()), stats
-    assert abs(stats["objective/kl"]) < 1e-6
+    # The old log-probs come from generate's cached decoding, the reference's from a full forward: a KL of 0 up to
+    # the rounding of a sum over the response's tokens (measured 2.2e-7 with AVX-512 kernels, 1.1e-6 with AVX2).
+    logprobs = batch.old["logprobs"][batch.mask]
+    assert abs(stats["objective/kl"]) < kernel_tolerance(logprobs, tokens=params.ppo.response_length.max)
     assert stats["objective/kl_coef"] == params.ppo.kl.init_coef
     assert stats["objective/entropy"] > 0 and stats["env/reward_std"] >= 0
     assert stats["ppo/mean_response_length"] == pytest.approx(batch.mask.sum(1).float().mean().item())
     assert 1 <= stats["ppo/mean_response_length"] <= params.ppo.response_length.max
-    assert stats["env/reward_mean"] == pytest.approx(batch.scores.mean().item(), abs=1e-6)
+    scores = batch.scores
+    assert stats["env/reward_mean"] == pytest.approx(
+        scores.mean().item(), abs=conftest.tolerance(scores.dtype, len(scores), scores.abs().max()))
     assert 0 <= stats["ppo/policy/clipfrac"] <= 1 and 0 <= stats["ppo/val/clipfrac"] <= 1
     assert all(stats[k] > 0 for k in ("time/generation", "time/scoring", "time/forward", "time/optimization",
                                       "time/tokens_per_second"))
     n_minibatches = params.ppo.ppo_epochs * params.ppo.batch_size // params.ppo.mini_batch_size
     assert len(ratios) == n_minibatches
-    assert abs(ratios[0][0] - 1) < 1e-5 and ratios[0][1] < 1e-10, ratios[0]
+    per_token = kernel_tolerance(logprobs)  # the rollout's log-probs against the training forward's
+    assert abs(ratios[0][0] - 1) < per_token and ratios[0][1] < per_token**2, ratios[0]
 
     assert any(bool((b != 0).any()) for b in lora_b(trainer).values()), "the adapters did not learn"
     assert not torch.equal(trainer.unwrapped.value_head.summary.weight, head_before)
@@ -368,7 +382,7 @@ def test_rollout_ignores_generation_settings_and_the_model_folders_generation_co
     assert base.generation_config is poisoned  # the folder's config is put back after the rollout
     old = warped.old_and_reference(batch)
     gap = (old["logprobs"] - old["ref_logprobs"])[batch.mask].abs().max().item()
-    assert gap < ATOL  # still the policy's own distribution: the first KL is 0
+    assert gap < kernel_tolerance(old["logprobs"][batch.mask])  # still the policy's own distribution: the first KL is 0
 
 
 def test_rollout_config_is_pure_sampling_with_only_the_length_as_a_knob(world):
@@ -438,7 +452,8 @@ def test_padding_after_eos_does_not_change_old_logprobs_values_or_entropy(world)
             ids[row : row + 1, :length], mask[row : row + 1, :length], [rollout.responses[row]],
             torch.empty(0), torch.empty(0)))
         for key in ("logprobs", "ref_logprobs", "values", "entropy"):
-            torch.testing.assert_close(batched[key][row, :length], single[key][0], atol=ATOL, rtol=0,
+            torch.testing.assert_close(batched[key][row, :length], single[key][0],
+                                       atol=kernel_tolerance(single[key][0]), rtol=0,
                                        msg=lambda m, key=key, row=row: f"{key}, row {row}: {m}")
 
 
@@ -568,10 +583,8 @@ def test_interrupted_run_resumes_exactly_where_it_stopped(world, uninterrupted, 
     reference = read_history(world_paths(world, reference_root).history)
     assert list(history.columns) == list(reference.columns)
     for column in deterministic_columns(reference):
-        assert history[column].to_numpy() == pytest.approx(reference[column].to_numpy(), abs=ATOL), column
-    for key, value in reference_metrics.items():
-        if True:  # metrics hold no timings: every value must match
-            assert metrics[key] == (pytest.approx(value, abs=ATOL) if isinstance(value, float) else value), key
+        assert history[column].tolist() == reference[column].tolist(), column  # the same machine: exact
+    assert metrics == reference_metrics  # metrics hold no timings: every value must match
 
     record = json.loads((paths.out / RUN_FILE).read_text())
     assert record["run_id"] == state["run_id"], "the resumed run keeps its MLflow run"
@@ -583,7 +596,7 @@ def test_interrupted_run_resumes_exactly_where_it_stopped(world, uninterrupted, 
     for m in logged:  # step 2 ran (and was logged) before the interruption and again after it
         by_step.setdefault(m.step, []).append(m.value)
     for step, values in by_step.items():
-        assert values == pytest.approx([history["env/reward_mean"][step]] * len(values), abs=ATOL), step
+        assert values == [history["env/reward_mean"][step]] * len(values), step
 
     model = load_trained_policy(paths.out)
     tokenizer = AutoTokenizer.from_pretrained(paths.out)
@@ -634,7 +647,7 @@ def test_mlflow_run_has_params_and_one_metric_value_per_step(world, uninterrupte
     history = read_history(paths.history)
     logged = sorted(client.get_metric_history(record["run_id"], "env/reward_mean"), key=lambda m: m.step)
     assert [m.step for m in logged] == [0, 1, 2, 3]
-    assert [m.value for m in logged] == pytest.approx(history["env/reward_mean"].tolist(), abs=1e-6)
+    assert [m.value for m in logged] == history["env/reward_mean"].tolist()  # one number, stored twice
     assert len(client.get_metric_history(record["run_id"], "objective/kl")) == 4
     assert run.data.metrics["summary/steps"] == 4
     assert run.data.metrics["summary/kl_last5"] == pytest.approx(metrics["kl_last5"])
@@ -679,7 +692,7 @@ def test_max_kl_stops_early_after_the_first_step_over_it(world, project):
     assert "ppo.max_kl" in metrics["stop_reason"] and "at step 1" in metrics["stop_reason"]
     history = read_history(paths.history)
     assert history["step"].tolist() == [0, 1]
-    assert history["objective/kl"][0] < 1e-5 and history["objective/kl"][1] > 1e-4
+    assert history["objective/kl"][0] < params.ppo.max_kl < history["objective/kl"][1]  # measured: 2e-6, 0.096
     assert json.loads(paths.metrics.read_text()) == metrics
     assert (paths.out / "adapter_config.json").is_file(), "an early-stopped run still saves its policy"
 
@@ -732,8 +745,10 @@ def test_full_fine_tuning_trains_the_model_against_a_frozen_reference(world):
     before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
     assert all(not p.requires_grad for p in policy.frozen_reference.parameters())
     prompts, dialogues = train_batch(world, params)
-    stats, _ = trainer.step(prompts, dialogues, 0)
-    assert abs(stats["objective/kl"]) < 1e-4  # the policy equals its frozen copy before the first update
+    stats, first = trainer.step(prompts, dialogues, 0)
+    # the policy equals its frozen copy before the first update (the old log-probs come from generate)
+    assert abs(stats["objective/kl"]) < kernel_tolerance(first.old["logprobs"][first.mask],
+                                                         tokens=params.ppo.response_length.max)
     assert any(not torch.equal(before[n], p) for n, p in policy.model.named_parameters())  # the model trained
     assert all(torch.equal(reference[n], p) for n, p in policy.frozen_reference.named_parameters())
     batch = trainer.rollout(prompts, dialogues, 1)
@@ -844,8 +859,9 @@ def test_bf16_step_starts_at_ratio_one_and_zero_kl(world, monkeypatch, fresh_acc
     stats, _ = trainer.step(prompts, dialogues, 0)
     hook.remove()
     assert len(dtypes) > params.ppo.response_length.min and set(dtypes) == {torch.bfloat16}
-    assert abs(stats["objective/kl"]) < 1e-6  # policy and reference: the same bf16 forward while LoRA's B is 0
-    assert ratios[0] == pytest.approx(1.0, abs=1e-2)  # bf16 rounding across mini-batch compositions
+    assert stats["objective/kl"] == 0.0  # policy and reference: the same bf16 forward while LoRA's B is 0
+    # bf16 rounding of the old and the new log-probs across mini-batch compositions (measured: exactly 1)
+    assert ratios[0] == pytest.approx(1.0, abs=conftest.tolerance(torch.bfloat16, 2))
     assert all(math.isfinite(v) for v in stats.values())
 
 
@@ -991,7 +1007,7 @@ def test_two_processes_on_cpu(judged_world, tmp_path):
            "CUDA_VISIBLE_DEVICES": ""}
     started = time.monotonic()
     proc = subprocess.run([*prefix, str(ROOT / "stages" / "ppo.py")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=conftest.HANG_S)
     print(f"accelerate launch, 2 processes, {steps} steps: {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, proc.stderr[-5000:]
     finished = re.findall(r"ppo: \d+ steps, .*?, KL -?\d+\.\d{3}", proc.stdout)  # robust to interleaved lines
@@ -1061,5 +1077,5 @@ def test_scores_are_normalised_and_clipped_when_asked(world):
     scores = torch.tensor([0.0, 1.0, 2.0, 30.0])
     prepared = trainer._prepare_scores(scores)
     expected = ((scores - scores.mean()) / scores.std(unbiased=False)).clamp(-1.0, 1.0)
-    torch.testing.assert_close(prepared, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(prepared, expected, rtol=0, atol=conftest.tolerance(scores.dtype, len(scores), 30.0))
     assert prepared.max().item() == 1.0

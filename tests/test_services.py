@@ -5,7 +5,8 @@ project's code with a tiny params.yaml, reproduced with ``dvc repro`` against a 
 ``mlflow server`` (sqlite backend, proxied artifact folder) on 127.0.0.1, then pushed to
 a local-folder DVC remote. What the server recorded is checked through its REST API
 only; the remote by pulling into a fresh clone. The fast tests check the tracking
-preflight against stand-in HTTP servers.
+preflight against stand-in HTTP servers, and the training stages against a server that
+is down, on a tiny world built in this process.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,11 +28,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
-from conftest import tiny_params, wait_until_answering
+from conftest import (
+    HANG_S, TINY, build_world, free_port, run_watched, tiny_params, tolerance, wait_until_answering,
+)
 
 from detox.io import sha256_tree
 from detox.errors import TrackingError
+from detox.params import load_params
 from detox.tracking.registry import CANDIDATE, CHAMPION
 from detox.tracking.runs import RUN_FILE, Tracker
 from detox.tracking.store import check_local_store, check_tracking_server
@@ -43,20 +47,7 @@ EXPERIMENT = "services-test"
 REGISTERED_MODEL = "services-test-summarizer"
 PPO_STEPS = 3
 EVAL_SAMPLES = 16
-SERVER_START_S = 90  # a cold `mlflow server` takes ~10 s here
-PIPELINE_S = 600
 STAGES = tuple(yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"])  # every stage of the pipeline
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    return free_port()
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -67,19 +58,20 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def run_stage_with_server_down(stage: str, cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
-    """Run ``stages/<stage>.py`` against a tracking URI nothing listens on; it must fail fast and cleanly."""
-    uri = f"http://127.0.0.1:{closed_port()}"
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=cwd,
-                          env=base_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=120)
-    seconds = time.monotonic() - started
+    """Run ``stages/<stage>.py`` against a tracking URI nothing listens on; it must fail fast and cleanly:
+    one connection attempt (the preflight's, no retries) and the error before any model folder is read."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    proc, seen = run_watched(ROOT / "stages" / f"{stage}.py", cwd, base_env(MLFLOW_TRACKING_URI=uri),
+                             watch=[cwd / "models"])
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert seconds < 20, f"took {seconds:.1f} s"
+    assert seen["connect"].count(["127.0.0.1", port]) == 1, f"one attempt and no retries, got {seen['connect']}"
+    assert seen["open"] == [], f"read before the check: {seen['open'][:5]}"
     assert "Traceback" not in proc.stderr
     return proc, uri
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = HANG_S) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
@@ -125,7 +117,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[dict]:
         cwd=root, env=base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        wait_until_answering(f"{url}/health", server, SERVER_START_S,
+        wait_until_answering(f"{url}/health", server, HANG_S,
                              lambda: (root / "server.log").read_text()[-3000:])
         yield {"url": url, "root": root}
     finally:
@@ -151,7 +143,7 @@ def pipeline(tmp_path_factory, mlflow_server) -> dict:
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "project with tiny params and a folder remote"], repo, env)
     commit = run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
-    run([str(VENV_BIN / "dvc"), "repro"], repo, env, timeout=PIPELINE_S)
+    run([str(VENV_BIN / "dvc"), "repro"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "dvc repro"], repo, env)
     run([str(VENV_BIN / "dvc"), "push"], repo, env)
@@ -160,7 +152,7 @@ def pipeline(tmp_path_factory, mlflow_server) -> dict:
 
 def api(url: str, endpoint: str, **params) -> dict:
     query = urllib.parse.urlencode(params)
-    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{endpoint}?{query}", timeout=10) as response:
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{endpoint}?{query}", timeout=HANG_S) as response:
         return json.loads(response.read())
 
 
@@ -199,7 +191,7 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
     assert sorted(m["step"] for m in history) == list(range(PPO_STEPS))
     tsv = pd.read_csv(repo / "plots" / "ppo" / "history.tsv", sep="\t")
     by_step = {m["step"]: m["value"] for m in history}
-    assert [by_step[s] for s in tsv["step"]] == pytest.approx(tsv["env/reward_mean"].tolist(), rel=1e-6)
+    assert [by_step[s] for s in tsv["step"]] == tsv["env/reward_mean"].tolist()  # one number, stored twice
     assert {f["path"] for f in api(url, "artifacts/list", run_id=record["run_id"])["files"]} == {"ppo"}
 
     # The evaluation: a run of its own, the PPO run's child, tagged with the ppo stage's dvc.lock entry.
@@ -287,9 +279,9 @@ tokenizer = AutoTokenizer.from_pretrained(merged)
 ids = tokenizer(plain.config.prompt_template.format(dialogue=dialogue), return_tensors="pt").input_ids
 start = torch.tensor([[plain.config.decoder_start_token_id]])
 with torch.no_grad():
-    gap = (adapter(input_ids=ids, decoder_input_ids=start).logits
-           - plain(input_ids=ids, decoder_input_ids=start).logits).abs().max().item()
-print(json.dumps({"summary": summary, "gap": gap}))
+    logits = plain(input_ids=ids, decoder_input_ids=start).logits
+    gap = (adapter(input_ids=ids, decoder_input_ids=start).logits - logits).abs().max().item()
+print(json.dumps({"summary": summary, "gap": gap, "scale": logits.abs().max().item()}))
 """
 
 
@@ -302,7 +294,10 @@ def test_the_reproduced_models_load_as_hugging_face_users_load_them_from_another
                dialogue], tmp_path, env)
     result = json.loads(got.stdout.strip().splitlines()[-1])
     assert result["summary"].strip(), "pipeline('summarization') wrote nothing"
-    assert result["gap"] < 1e-4, "the PEFT adapter on its base and the merged model must be the same policy"
+    # the same policy: apart only by the rounding of merged weights, on dot products up to d_ff long
+    d_ff = TINY["policy"]["builtin"]["d_ff"]
+    assert result["gap"] < tolerance(torch.float32, d_ff, result["scale"]), "the PEFT adapter on its base and the " \
+        "merged model must be the same policy"
     card = (repo / "models" / "merged" / "README.md").read_text()
     evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
     oracle_after = evaluation["after"]["toxicity"]["oracle"]["toxic_share"]
@@ -317,14 +312,13 @@ def fetched_project(tmp_path_factory) -> Path:
     """A project folder with tiny params, validated data and trained models, ready for the ppo stage."""
     root = tmp_path_factory.mktemp("fetched")
     write_tiny_params(root / "params.yaml")
-    setup_store = base_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'setup' / 'mlflow.db'}")
-    (root / "setup").mkdir()
-    for stage in ("fetch", "validate", "sft", "reward"):
-        run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], root, setup_store, timeout=300)
+    build_world(load_params(root / "params.yaml"), root)  # in this process: no interpreter start per stage
+    (root / "metrics").mkdir()
+    for name in ("validation.json", "validation_labelled.json"):
+        (root / "metrics" / name).write_text('{"success": true}')  # as the validate stage leaves them
     return root
 
 
-@pytest.mark.slow
 def test_ppo_stage_with_tracking_server_down_fails_fast_and_writes_nothing(fetched_project):
     proc, uri = run_stage_with_server_down("ppo", fetched_project)
     message = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -341,7 +335,6 @@ def test_ppo_stage_with_tracking_server_down_fails_fast_and_writes_nothing(fetch
     assert not (fetched_project / "mlflow.db").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("stage", "model"), [("sft", "policy"), ("reward", "reward")])
 def test_training_stages_with_tracking_server_down_fail_fast_and_keep_their_model(fetched_project, stage, model):
     before = sha256_tree(fetched_project / "models" / model)
@@ -385,28 +378,27 @@ def no_tracking_env(monkeypatch):
     return monkeypatch
 
 
-def test_tracker_refuses_a_closed_port_at_once_with_the_fix(no_tracking_env):
-    uri = f"http://127.0.0.1:{closed_port()}"
+def test_tracker_refuses_a_closed_port_at_once_with_the_fix(no_tracking_env, connections):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
     no_tracking_env.setenv("MLFLOW_TRACKING_URI", uri)
-    started = time.monotonic()
     with pytest.raises(TrackingError) as caught:
         Tracker("anything")
-    assert time.monotonic() - started < 5
+    assert len(connections.to(port)) == 1, "one attempt, no retries"
     message = str(caught.value)
     assert uri in message and "connection refused" in message
     assert "mlflow server" in message and "unset MLFLOW_TRACKING_URI" in message
     assert "\n" not in message
 
 
-def test_a_server_that_never_answers_times_out_in_seconds():
+def test_a_server_that_never_answers_times_out_in_seconds(connections):
     with socket.socket() as sock:  # accepts connections (the kernel's backlog) and never answers
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
-        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        started = time.monotonic()
+        port = sock.getsockname()[1]
         with pytest.raises(TrackingError, match="no answer within the timeout"):
-            check_tracking_server(uri=uri, timeout=1.0)
-        assert time.monotonic() - started < 5
+            check_tracking_server(uri=f"http://127.0.0.1:{port}", timeout=1.0)
+    assert connections.to(port) == [1.0], "one attempt, waiting at most the given timeout, and no retry"
 
 
 @pytest.mark.parametrize(("status", "body", "content_type", "expected"), [
@@ -477,20 +469,20 @@ def test_artifacts_go_under_the_project_even_after_mlflow_set_the_uri(tmp_path, 
     mlflow.set_tracking_uri(None)
 
 
-def test_a_server_lost_after_the_check_gives_one_tracking_error_then_silence(no_tracking_env):
+def test_a_server_lost_after_the_check_gives_one_tracking_error_then_silence(no_tracking_env, connections):
     server, uri = stand_in(404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}')
     no_tracking_env.setenv("MLFLOW_TRACKING_URI", uri)
     no_tracking_env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries, bounded for the test
     tracker = Tracker("lost-server")
     server.shutdown()
     server.server_close()
-    started = time.monotonic()
+    port, checked = server.server_address[1], len(connections.to(server.server_address[1]))  # the preflight's
     with pytest.raises(TrackingError, match=f"lost the MLflow tracking server at {uri}"):
         tracker.start()
-    assert tracker.lost
+    assert tracker.lost and len(connections.to(port)) == checked + 1, "one attempt, no retries"
     tracker.log_metrics({"x": 1.0}, step=0)  # no-ops from here on: a failing stage unwinds at once
     tracker.end(status="KILLED")
-    assert time.monotonic() - started < 10
+    assert len(connections.to(port)) == checked + 1, "nothing more was sent to the lost server"
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -25,7 +24,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import wait_until_answering
+from conftest import HANG_S, free_port, wait_until_answering
 from mlflow.exceptions import MlflowException
 from transformers import AutoConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration, pipeline
 
@@ -45,7 +44,6 @@ TEMPLATE = PromptParams().template
 GENERATION = GenerationParams(max_new_tokens=8, batch_size=2)
 SEED = 1234
 SUMMARIZER, REWARD = "serve-test-summarizer", "serve-test-reward"
-SERVER_START_S = 300  # only how long to wait before giving up: a cold server on a busy 2-core machine is slow
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
@@ -285,12 +283,6 @@ def test_the_answer_keeps_the_reason_when_mlflow_prefixes_the_request():
 # --------------------------------------------------------------------------- the scoring server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(store) -> Iterator[dict]:
     """``mlflow models serve`` of the registered summariser, as the README runs it."""
@@ -304,7 +296,7 @@ def server(store) -> Iterator[dict]:
              "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
             cwd=store["root"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until_answering(f"http://127.0.0.1:{port}/ping", process, SERVER_START_S,
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", process, HANG_S,
                              lambda: log_path.read_text()[-3000:])
         yield {"url": f"http://127.0.0.1:{port}", "log": log_path}
     finally:
@@ -316,7 +308,7 @@ def invoke(url: str, body: dict | str) -> tuple[int, str]:
     data = (body if isinstance(body, str) else json.dumps(body)).encode()
     request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:
+        with urllib.request.urlopen(request, timeout=HANG_S) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()

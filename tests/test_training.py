@@ -19,7 +19,7 @@ import torch
 import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import TINY, tiny_params
+from conftest import HANG_S, TINY, tiny_params
 from detox.builtin.corpus import labelled_sentences
 from detox.errors import SourceError
 from detox.fetch import run_fetch
@@ -239,7 +239,7 @@ def test_validation_stops_on_unbalanced_classes(fetched, tmp_path):
 def run_stage(name: str, root: Path, uri: str) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DVC_EXP_")}, "MLFLOW_TRACKING_URI": uri}
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -255,6 +255,7 @@ def staged(tmp_path_factory) -> tuple[Path, str]:
     return root, uri
 
 
+@pytest.mark.slow
 def test_training_stages_write_metrics_and_plots(staged):
     root, _ = staged
     sft = json.loads((root / "metrics" / "sft.json").read_text())
@@ -275,6 +276,7 @@ def test_training_stages_write_metrics_and_plots(staged):
     assert labelled["success"] and labelled["rows"] == len(pd.read_parquet(root / "data/labelled/labelled.parquet"))
 
 
+@pytest.mark.slow
 def test_training_stages_log_runs_and_register_their_models(staged):
     root, uri = staged
     client = mlflow.MlflowClient(uri)
@@ -336,6 +338,7 @@ def test_a_training_run_spans_its_training(fetched, tmp_path, monkeypatch, stage
     assert run.info.start_time <= span["start"] < span["end"] <= run.info.end_time
 
 
+@pytest.mark.slow
 def test_the_registered_reward_model_serves_reward_and_toxicity(staged):
     _, uri = staged
     mlflow.set_tracking_uri(uri)
@@ -348,6 +351,7 @@ def test_the_registered_reward_model_serves_reward_and_toxicity(staged):
     assert ((out["toxicity"] >= 0) & (out["toxicity"] <= 1)).all()
 
 
+@pytest.mark.slow
 def test_the_ppo_run_names_the_versions_it_trained_from(staged, monkeypatch):
     root, uri = staged
     from test_ppo_engine import TINY_PPO

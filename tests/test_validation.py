@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import HANG_S
 
 from detox.errors import DataValidationError
 from detox.params import Bounds, ValidateParams
@@ -317,7 +318,7 @@ def test_stage_script_fails_cleanly_on_bad_data(tmp_path: Path) -> None:
     project = _project(tmp_path, splits)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, str(STAGE)], cwd=project, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(STAGE)], cwd=project, env=env, capture_output=True, text=True, timeout=HANG_S
     )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
