@@ -1,4 +1,5 @@
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -202,9 +203,9 @@ def test_fetch_stage_from_hub_offline_exits_cleanly(tmp_path):
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.parquet"))
 
 
-def test_killed_training_stage_leaves_no_partial_outputs(tmp_path):
-    import signal
-
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_killed_training_stage_leaves_no_partial_outputs(tmp_path, signum, status):
+    """A scheduler's SIGTERM and a Ctrl-C (SIGINT) alike: one line, exit 128 + the signal, nothing half-written."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY, "sft": {**TINY["sft"], "epochs": 50}}))
     run_fetch(tiny_params(), tmp_path / "data" / "raw", tmp_path / "data" / "labelled", tmp_path / "models" / "base")
     (tmp_path / "metrics").mkdir()
@@ -215,9 +216,13 @@ def test_killed_training_stage_leaves_no_partial_outputs(tmp_path):
     while not list((tmp_path / "models").glob(".policy.*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list((tmp_path / "models").glob(".policy.*")), "the stage never started writing"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == status, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: stopped by {signal.Signals(signum).name}; nothing was half-written and the previous outputs are as "
+        "they were: run the stage again to finish it")
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert [p.name for p in tmp_path.rglob(".policy.*")] == []
     assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "metrics" / "sft.json").exists()
 
