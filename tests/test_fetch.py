@@ -247,8 +247,8 @@ def test_a_stage_after_validate_refuses_data_that_failed_validation(tmp_path):
     (tmp_path / "metrics" / "validation.json").unlink()
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "ppo.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "metrics/validation.json: not found; this stage runs only on validated data" \
-        in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 1 and "error: ppo cannot start, its inputs are missing: metrics/validation.json " \
+        "(made by validate); " in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "models" / "reward").exists()
     assert not (tmp_path / "mlflow.db").exists()
 

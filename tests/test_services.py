@@ -296,12 +296,12 @@ def test_the_reproduced_models_load_as_hugging_face_users_load_them_from_another
 
 @pytest.fixture(scope="module")
 def fetched_project(tmp_path_factory) -> Path:
-    """A project folder with tiny params, validated data and trained models, ready for the ppo stage."""
+    """A project folder with tiny params, validated data, trained models and judges, ready for the ppo stage."""
     root = tmp_path_factory.mktemp("fetched")
     write_tiny_params(root / "params.yaml")
     setup_store = base_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'setup' / 'mlflow.db'}")
     (root / "setup").mkdir()
-    for stage in ("fetch", "validate", "sft", "reward"):
+    for stage in ("fetch", "validate", "sft", "reward", "judges"):
         run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], root, setup_store, timeout=300)
     return root
 
