@@ -432,7 +432,8 @@ def test_a_reward_model_without_the_configured_labels_stops_fetch(fetched, tmp_p
                           tmp_path / "out")
     assert message == (f"reward.local: {folder / 'config.json'} has no label(s) 'nothate' (reward.reward_label), "
                        "'hate' (reward.toxic_label) in id2label; its labels are ['LABEL_0', 'LABEL_1']: set "
-                       "reward.reward_label / reward.toxic_label to its names, or use a model whose id2label names them")
+                       "reward.reward_label / reward.toxic_label to its names, or use a model whose id2label "
+                       "names them")
     message = fetch_fails(tiny_params(**{"reward.toxic_label": "toxic"}), tmp_path / "builtin")
     assert message.startswith("reward.builtin: its config.json has no label(s) 'toxic' (reward.toxic_label) in "
                               "id2label; its labels are ['hate', 'nothate']")
@@ -453,8 +454,9 @@ def test_fetch_stage_on_data_without_a_required_column_prints_one_line(fetched, 
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "fetch.py")], cwd=project, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {data / 'test.csv'}: no column(s) ['summary']; it has " \
-        "['id', 'dialogue', 'topic', 'heated']. Dialogue data needs the columns id, dialogue, summary, topic (DialogSum's)"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {data / 'test.csv'}: no column(s) ['summary']; it has ['id', 'dialogue', 'topic', 'heated']. "
+        "Dialogue data needs the columns id, dialogue, summary, topic (DialogSum's)")
     assert "Traceback" not in proc.stderr
     assert {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()} == {"params.yaml", *previous}
     assert all((project / name).read_text() == text for name, text in previous.items())

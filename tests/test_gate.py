@@ -229,8 +229,8 @@ def test_a_full_disk_stops_fetch_at_the_door_and_during_the_work_with_one_line(t
     subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", SMALL_DISK], cwd=project, env=env,
                    check=True, timeout=600)
     kept = "data\ndata/raw\ndata/raw/keep.txt\nprevious run\n"
-    for reserve, expected in (("", r"error: data: 0\.\d MB free on its filesystem, but fetch needs about 100\.0 MB there "),
-                              ("0", r"error: no space left on a filesystem this stage writes to; ")):
+    door = r"error: data: 0\.\d MB free on its filesystem, but fetch needs about 100\.0 MB there "
+    for reserve, expected in (("", door), ("0", r"error: no space left on a filesystem this stage writes to; ")):
         stderr = (logs / f"stderr{reserve}.txt").read_text()
         run = subprocess.CompletedProcess([], int((logs / f"status{reserve}.txt").read_text()), "", stderr)
         assert re.match(expected, one_error_line(run)), stderr[-3000:]

@@ -89,7 +89,8 @@ def test_a_rule_across_a_sections_keys_names_them_without_repeating_the_section(
     with pytest.raises(ParamsError) as err:  # a long value is quoted in short
         parse_params({"prompt": {"template": "Summarize: " + "word " * 200}})
     message = str(err.value)
-    assert "prompt.template: the template must contain the placeholder {dialogue} (got 'Summarize: word word word word word w...rd word " in message
+    assert "prompt.template: the template must contain the placeholder {dialogue} (got 'Summarize: word word word " \
+        "word word w...rd word " in message
     assert len(message) < 300 and message.count("word") < 20
 
 
