@@ -14,13 +14,17 @@ from detox.params import load_params
 from detox.quality import vocabulary
 from detox.report import headline
 from detox.reward import RewardScorer
-from detox.gate import require_validated
-from detox.timings import write_timings
+from detox.gate import VALIDATION_METRICS, ready
+from detox.timings import TIMINGS_DIR, write_timings
+
+INPUTS = (VALIDATION_METRICS, "data/raw/test.parquet", "data/raw/train.parquet", "models/policy/config.json",
+          "models/reward/config.json", "models/judges")
+OUTPUTS = ("data/scored/baseline.parquet", "metrics/baseline.json", TIMINGS_DIR / "baseline.json")
 
 
 def main() -> None:
     params = load_params("params.yaml")
-    require_validated()
+    ready("baseline", INPUTS, OUTPUTS)
     test = sample_rows(load_split("data/raw", "test"), params.eval.num_samples)
     train = load_split("data/raw", "train")
     model, tokenizer = load_policy("models/policy")

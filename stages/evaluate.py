@@ -40,7 +40,7 @@ from detox.tracking.provenance import lock_tags, run_name, stage_params
 from detox.tracking.registry import PolicyModel, champion_evidence
 from detox.tracking.runs import Tracker, evaluation_run, log_evaluation, read_run_record
 from detox.tracking.store import ui_url
-from detox.gate import require_validated
+from detox.gate import VALIDATION_METRICS, ready
 from detox.timings import TIMINGS_DIR, write_timings
 
 PPO_DIR = Path("models/ppo")
@@ -57,6 +57,13 @@ REPORTS = Path("reports")
 PLOTS = Path("plots/evaluate")  # data files of the DVC plots (dvc.yaml); compared across experiments
 FIGURES = Path("reports/figures")  # PNGs for the report and MLflow
 VALIDATION = Path("reports/validation")
+# Read when present: HISTORY (the report's PPO curves), BASE_MANIFEST and DATA_MANIFEST (the model card's sources).
+INPUTS = (VALIDATION_METRICS, VALIDATION, "data/raw/test.parquet", "data/raw/train.parquet", BASELINE,
+          BASELINE_METRICS, "models/policy/config.json", "models/reward/config.json", "models/judges",
+          PPO_DIR / POLICY_FILE)
+OUTPUTS = (MERGED, SCORED, REPORTS, PLOTS, METRICS, TIMINGS_DIR / "evaluate.json")
+
+
 DESCRIPTION = ("The PPO policy: the sft policy fine-tuned with PPO against the reward model to write less toxic "
                "dialogue summaries, its LoRA adapters merged. Every evaluate run registers a version; `champion` "
                "is the one that passed the promotion gate on an independent judge. Input: a `dialogue` column; "
@@ -72,19 +79,11 @@ def version_summary(metrics: dict, judge: str) -> str:
             f"{metrics['promotion']['decision']}")
 
 
-def require(path: Path, fix: str) -> None:
-    if not path.exists():
-        raise DetoxError(f"{path}: not found; {fix}")
-
-
 def main() -> None:
     params = load_params("params.yaml")
-    require_validated()
+    ready("evaluate", INPUTS, OUTPUTS)
     # A server that is down, a read-only store or another project's store fails here, not after scoring.
     tracker = Tracker(params.tracking.experiment)
-    require(PPO_DIR / POLICY_FILE, "run `dvc repro ppo` to train the policy first")
-    require(BASELINE, "run `dvc repro baseline` to score the baseline first")
-    require(BASELINE_METRICS, "run `dvc repro baseline` to score the baseline first")
     run = read_run_record(PPO_DIR)
     test = sample_rows(load_split("data/raw", "test"), params.eval.num_samples)
     train = load_split("data/raw", "train")

@@ -8,18 +8,24 @@ from pathlib import Path
 
 from detox.cli import run_stage
 from detox.fetch import run_fetch
+from detox.gate import ready
 from detox.io import write_json
 from detox.params import load_params
+
+RAW, LABELLED, BASE, METRICS = Path("data/raw"), Path("data/labelled"), Path("models/base"), Path("metrics/fetch.json")
+INPUTS: tuple[Path, ...] = ()  # what fetch reads is in params.yaml: the sources
+OUTPUTS = (RAW, LABELLED, BASE, METRICS)
 
 
 def main() -> None:
     params = load_params("params.yaml")
-    manifest = run_fetch(params, Path("data/raw"), Path("data/labelled"), Path("models/base"))
+    ready("fetch", INPUTS, OUTPUTS)  # before anything is downloaded or built: a read-only folder, a full disk
+    manifest = run_fetch(params, RAW, LABELLED, BASE)
     metrics = {f"rows_{split}": info["rows"] for split, info in manifest["data"]["splits"].items()}
     metrics["rows_labelled"] = manifest["labelled"]["rows"]
     if "dropped_test_overlap" in manifest["labelled"]:
         metrics["labelled_dropped_test_overlap"] = manifest["labelled"]["dropped_test_overlap"]
-    write_json("metrics/fetch.json", metrics)
+    write_json(METRICS, metrics)
     print(f"fetched: data={manifest['data']['source']} labelled={manifest['labelled']['source']} "
           f"policy={manifest['policy']['source']} reward={manifest['reward']['source']}; "
           "manifests in data/raw/, data/labelled/ and models/base/")

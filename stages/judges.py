@@ -8,16 +8,20 @@ here, a public Hub classifier, or a local model folder (see src/detox/judges.py)
 from pathlib import Path
 
 from detox.cli import run_stage
+from detox.gate import ready
 from detox.io import atomic_dir, write_json
 from detox.judges import build_judges
 from detox.params import load_params
 
 JUDGES = Path("models/judges")
 METRICS = Path("metrics/judges.json")
+INPUTS: tuple[Path, ...] = ()  # a local judge's folder is checked where it is copied (detox.judges)
+OUTPUTS = (JUDGES, METRICS)
 
 
 def main() -> None:
     params = load_params("params.yaml")
+    ready("judges", INPUTS, OUTPUTS)
     with atomic_dir(JUDGES) as scratch:
         records = build_judges(params, scratch)
     metrics = {}

@@ -8,14 +8,19 @@ import sys
 
 from detox.cli import run_stage
 from detox.params import load_params
-from detox.ppo.train import run_ppo
-from detox.gate import require_validated
+from detox.ppo.train import PPOPaths, run_ppo
+from detox.gate import VALIDATION_METRICS, ready
+
+PATHS = PPOPaths()
+INPUTS = (VALIDATION_METRICS, PATHS.train, PATHS.validation, PATHS.policy / "config.json",
+          PATHS.reward / "config.json", PATHS.judges)
+OUTPUTS = (PATHS.out, PATHS.metrics, PATHS.history, PATHS.evaluations, PATHS.checkpoints, PATHS.timings)
 
 
 def main() -> None:
     params = load_params("params.yaml")
-    require_validated()  # never train on data whose validation failed
-    metrics = run_ppo(params)
+    ready("ppo", INPUTS, OUTPUTS)  # never train on data whose validation failed, nor on a missing policy
+    metrics = run_ppo(params, PATHS)
     # One write per line: under `accelerate launch` every process prints it to the same (unbuffered)
     # stdout, and print()'s separate write of the newline lets two processes' lines run together.
     sys.stdout.write(f"ppo: {metrics['steps']} steps, reward {metrics['reward_mean_first5']:.3f} -> "

@@ -15,11 +15,11 @@ from detox.io import atomic_dir, sha256_file, sha256_tree, write_json, write_tex
 from detox.params import load_params
 from detox.reward_training import run_reward
 from detox.serving import RewardClassifier, reward_config, reward_signature
-from detox.timings import write_timings
+from detox.timings import TIMINGS_DIR, write_timings
 from detox.tracking.provenance import run_name, stage_params
 from detox.tracking.registry import PolicyModel
 from detox.tracking.runs import Tracker, log_training
-from detox.gate import LABELLED_METRICS, require_validated
+from detox.gate import LABELLED_METRICS, ready
 
 BASE = Path("models/base/reward")
 LABELLED = Path("data/labelled/labelled.parquet")
@@ -29,11 +29,13 @@ PLOTS = Path("plots/reward")
 DESCRIPTION = ("The reward model of PPO: a hate-speech classifier (RoBERTa) trained by the reward stage. Input: a "
                "`text` column; output per text: `reward` (the logit of reward.reward_label, e.g. nothate) and "
                "`toxicity` (the probability of reward.toxic_label, e.g. hate).")
+INPUTS = (LABELLED_METRICS, LABELLED, BASE / "config.json")
+OUTPUTS = (REWARD, METRICS, PLOTS, TIMINGS_DIR / "reward.json")
 
 
 def main() -> None:
     params = load_params("params.yaml")
-    require_validated(LABELLED_METRICS)  # never train on labelled data whose validation failed
+    ready("reward", INPUTS, OUTPUTS)  # never train on labelled data whose validation failed
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
     raw = params.model_dump(mode="json")
     # The run spans the training, so MLflow shows how long it took; any failure ends it FAILED.

@@ -15,11 +15,11 @@ from detox.io import atomic_dir, sha256_tree, write_json, write_text
 from detox.params import GenerationParams, load_params
 from detox.serving import Summarizer, model_config, signature
 from detox.sft import run_sft
-from detox.timings import write_timings
+from detox.timings import TIMINGS_DIR, write_timings
 from detox.tracking.provenance import run_name, stage_params
 from detox.tracking.registry import PolicyModel
 from detox.tracking.runs import Tracker, log_training
-from detox.gate import require_validated
+from detox.gate import VALIDATION_METRICS, ready
 
 BASE = Path("models/base/policy")
 RAW = Path("data/raw")
@@ -28,11 +28,14 @@ METRICS = Path("metrics/sft.json")
 HISTORY = Path("plots/sft/history.tsv")
 DESCRIPTION = ("The policy before PPO: a seq2seq summariser of dialogues (T5), fine-tuned on the train split by the "
                "sft stage. Input: a `dialogue` column; output: one summary per dialogue.")
+INPUTS = (VALIDATION_METRICS, *(RAW / f"{split}.parquet" for split in ("train", "validation", "test")),
+          BASE / "config.json")
+OUTPUTS = (POLICY, METRICS, HISTORY, TIMINGS_DIR / "sft.json")
 
 
 def main() -> None:
     params = load_params("params.yaml")
-    require_validated()  # never train on data whose validation failed
+    ready("sft", INPUTS, OUTPUTS)  # never train on data whose validation failed, or where nothing can be saved
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
     raw = params.model_dump(mode="json")
     # The run spans the training, so MLflow shows how long it took; any failure ends it FAILED.

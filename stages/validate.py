@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from detox.cli import run_stage
+from detox.data import SPLITS
 from detox.errors import DataValidationError
 from detox.io import write_json
 from detox.params import load_params
 from detox.validation import LABELLED as LABELLED_NAME
 from detox.gate import LABELLED_METRICS as LABELLED_METRICS_PATH
-from detox.gate import VALIDATION_METRICS
+from detox.gate import VALIDATION_METRICS, ready
 from detox.validation import format_failures, read_labelled, validate_dir
 
 RAW_DIR = Path("data/raw")
@@ -26,10 +27,13 @@ REWARD_BASE = Path("models/base/reward")
 REPORT_DIR = Path("reports/validation")
 METRICS = VALIDATION_METRICS  # the splits: what sft, baseline, ppo and evaluate depend on
 LABELLED_METRICS = LABELLED_METRICS_PATH  # the labelled data: what reward depends on
+INPUTS = (*(RAW_DIR / f"{split}.parquet" for split in SPLITS), LABELLED, REWARD_BASE / "config.json")
+OUTPUTS = (REPORT_DIR, METRICS, LABELLED_METRICS)
 
 
 def main() -> None:
     params = load_params("params.yaml")
+    ready("validate", INPUTS, OUTPUTS)
     labelled = read_labelled(LABELLED, REWARD_BASE, params.reward.toxic_label, params.validation.labelled)
     summary = validate_dir(RAW_DIR, params.validation, REPORT_DIR, labelled)
     metrics = summary.metrics()

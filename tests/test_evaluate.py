@@ -732,7 +732,9 @@ def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 1
-    assert "models/ppo/ppo_policy.json: not found; run `dvc repro ppo`" in proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: evaluate cannot start, its inputs are missing: ")
+    assert "models/ppo/ppo_policy.json (made by ppo)" in message and "` first, or `dvc repro evaluate`" in message
     assert "Traceback" not in proc.stderr
     assert [p.name for p in (tmp_path / "metrics").iterdir()] == ["validation.json"]
     assert not (tmp_path / "reports").exists()

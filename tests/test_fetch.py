@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -203,9 +204,9 @@ def test_fetch_stage_from_hub_offline_exits_cleanly(tmp_path):
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.parquet"))
 
 
-def test_killed_training_stage_leaves_no_partial_outputs(tmp_path):
-    import signal
-
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_killed_training_stage_leaves_no_partial_outputs(tmp_path, signum, status):
+    """A scheduler's SIGTERM and a Ctrl-C (SIGINT) alike: one line, exit 128 + the signal, nothing half-written."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY, "sft": {**TINY["sft"], "epochs": 50}}))
     run_fetch(tiny_params(), tmp_path / "data" / "raw", tmp_path / "data" / "labelled", tmp_path / "models" / "base")
     (tmp_path / "metrics").mkdir()
@@ -216,9 +217,13 @@ def test_killed_training_stage_leaves_no_partial_outputs(tmp_path):
     while not list((tmp_path / "models").glob(".policy.*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list((tmp_path / "models").glob(".policy.*")), f"the stage never started writing (exit code {proc.poll()})"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=HANG_S)
-    assert proc.returncode != 0
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == status, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: stopped by {signal.Signals(signum).name}; nothing was half-written and the previous outputs are as "
+        "they were: run the stage again to finish it")
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert [p.name for p in tmp_path.rglob(".policy.*")] == []
     assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "metrics" / "sft.json").exists()
 
@@ -253,7 +258,7 @@ def test_a_stage_after_validate_refuses_data_that_failed_validation(tmp_path):
         stderr = proc.communicate(timeout=HANG_S)[1]
         assert proc.returncode == 1, (stage, stderr[-2000:])
         expected = f"error: metrics/{metrics} {refused}" if failed else \
-            f"error: metrics/{metrics}: not found; this stage runs only on validated data"
+            f"error: {stage} cannot start, its inputs are missing: metrics/{metrics} (made by validate); "
         assert expected in stderr and (failed is None or failed in stderr), (stage, stderr[-2000:])
         assert "Traceback" not in stderr
         assert not (project / "models" / "policy").exists() and not (project / "models" / "reward").exists()
@@ -373,3 +378,97 @@ def test_a_file_that_is_not_utf8_names_the_file_and_the_row(fetched, tmp_path):
     with pytest.raises(SourceError, match=r"validation.csv: not UTF-8 text: byte 0xe9 at line \d+, data row 3; "
                                           "save the file as UTF-8"):
         fetch(params, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- required columns, texts and labels
+
+
+def split_files(fetched_root: Path, folder: Path, suffix: str = ".csv") -> Path:
+    """The fetched splits saved as local data files (csv by default), as a user would give them."""
+    folder.mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        frame = pd.read_parquet(fetched_root / "raw" / f"{split}.parquet")
+        frame.to_csv(folder / f"{split}.csv", index=False) if suffix == ".csv" else frame.to_parquet(
+            folder / f"{split}{suffix}", index=False)
+    return folder
+
+
+def fetch_fails(params, root: Path) -> str:
+    """The message of a fetch that must fail before it replaces anything (a previous output stays)."""
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    (root / "raw" / "keep.txt").write_text("previous run")
+    with pytest.raises(SourceError) as err:
+        fetch(params, root)
+    assert [p.name for p in (root / "raw").iterdir()] == ["keep.txt"], "nothing may be replaced"
+    assert sorted(p.name for p in root.iterdir()) == ["raw"], "no scratch folder may be left"
+    return str(err.value)
+
+
+def test_local_data_without_a_required_column_stops_fetch_naming_the_file(fetched, tmp_path):
+    root, _ = fetched
+    data = split_files(root, tmp_path / "data")
+    frame = pd.read_csv(data / "train.csv").drop(columns="summary")
+    frame.to_csv(data / "train.csv", index=False)
+    message = fetch_fails(tiny_params(**{"data.source": "local", "data.local.path": str(data)}), tmp_path / "out")
+    assert message == (f"{data / 'train.csv'}: no column(s) ['summary']; it has {list(frame.columns)}. Dialogue data "
+                       "needs the columns id, dialogue, summary, topic (DialogSum's)")
+
+
+def test_an_empty_dialogue_stops_fetch_with_its_row(fetched, tmp_path):
+    root, _ = fetched
+    data = split_files(root, tmp_path / "data")
+    frame = pd.read_csv(data / "validation.csv")
+    frame.loc[2, "dialogue"] = ""  # an empty csv cell: read as missing
+    frame.loc[5, "dialogue"] = "   "
+    frame.to_csv(data / "validation.csv", index=False)
+    message = fetch_fails(tiny_params(**{"data.source": "local", "data.local.path": str(data)}), tmp_path / "out")
+    assert message.startswith(f"{data / 'validation.csv'}: 2 row(s) without a dialogue (data row(s) 3, 6: empty, "
+                              "blank or not text); every row needs a dialogue and a summary")
+
+    table = pd.concat([pd.read_parquet(root / "raw" / f"{s}.parquet").assign(split=s)
+                       for s in ("train", "validation", "test")], ignore_index=True)
+    table.loc[100, "summary"] = None  # a null in a parquet file with a split column: its row in the whole file
+    table.to_parquet(tmp_path / "all.parquet", index=False)
+    params = tiny_params(**{"data.source": "local", "data.local.path": str(tmp_path / "all.parquet")})
+    message = fetch_fails(params, tmp_path / "again")
+    assert message.startswith(f"{tmp_path / 'all.parquet'}: 1 row(s) without a summary (data row(s) 101: ")
+
+
+def test_a_reward_model_without_the_configured_labels_stops_fetch(fetched, tmp_path):
+    root, _ = fetched
+    folder = saved_reward(root, tmp_path / "reward")
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "LABEL_0", "1": "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
+    (folder / "config.json").write_text(json.dumps(config))
+    message = fetch_fails(tiny_params(**{"reward.source": "local", "reward.local.path": str(folder)}),
+                          tmp_path / "out")
+    assert message == (f"reward.local: {folder / 'config.json'} has no label(s) 'nothate' (reward.reward_label), "
+                       "'hate' (reward.toxic_label) in id2label; its labels are ['LABEL_0', 'LABEL_1']: set "
+                       "reward.reward_label / reward.toxic_label to its names, or use a model whose id2label "
+                       "names them")
+    message = fetch_fails(tiny_params(**{"reward.toxic_label": "toxic"}), tmp_path / "builtin")
+    assert message.startswith("reward.builtin: its config.json has no label(s) 'toxic' (reward.toxic_label) in "
+                              "id2label; its labels are ['hate', 'nothate']")
+
+
+def test_fetch_stage_on_data_without_a_required_column_prints_one_line(fetched, tmp_path):
+    root, _ = fetched
+    data = split_files(root, tmp_path / "data")
+    pd.read_csv(data / "test.csv").drop(columns="summary").to_csv(data / "test.csv", index=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "source": "local",
+                                                                           "local": {"path": str(data)}}}))
+    previous = {"data/raw/keep.txt": "previous run", "metrics/fetch.json": "{}"}
+    for name, text in previous.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "fetch.py")], cwd=project, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {data / 'test.csv'}: no column(s) ['summary']; it has ['id', 'dialogue', 'topic', 'heated']. "
+        "Dialogue data needs the columns id, dialogue, summary, topic (DialogSum's)")
+    assert "Traceback" not in proc.stderr
+    assert {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()} == {"params.yaml", *previous}
+    assert all((project / name).read_text() == text for name, text in previous.items())

@@ -64,6 +64,37 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(bad)
 
 
+def test_an_empty_params_file_is_refused_not_run_on_the_defaults(tmp_path):
+    for text in ("", "# every setting removed\n"):
+        (tmp_path / "params.yaml").write_text(text)
+        with pytest.raises(ParamsError, match=r"params.yaml is empty: restore it \(`git checkout .*params.yaml`\)"):
+            load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("{}\n")  # said on purpose: every default
+    assert load_params(tmp_path / "params.yaml") == Params()
+    (tmp_path / "params.yaml").write_text("")
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: params.yaml is empty: restore it (`git checkout params.yaml`), "
+                                                "or write the settings you change (`{}` for all the defaults of "
+                                                "src/detox/params.py)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing may be written"
+
+
+def test_a_rule_across_a_sections_keys_names_them_without_repeating_the_section():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"ppo": {"batch_size": 8, "mini_batch_size": 16}})
+    assert str(err.value) == ("params.yaml has 1 invalid value: ppo: batch_size (8) must be a multiple of "
+                              "mini_batch_size x gradient_accumulation_steps (16 x 1); fix it in params.yaml (or in "
+                              "the -S overrides of dvc exp run)")
+    with pytest.raises(ParamsError) as err:  # a long value is quoted in short
+        parse_params({"prompt": {"template": "Summarize: " + "word " * 200}})
+    message = str(err.value)
+    assert "prompt.template: the template must contain the placeholder {dialogue} (got 'Summarize: word word word " \
+        "word word w...rd word " in message
+    assert len(message) < 300 and message.count("word") < 20
+
+
 def test_stage_reports_params_error_without_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"num_samples": 0}}))
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "baseline.py")], cwd=tmp_path,

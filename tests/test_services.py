@@ -34,7 +34,8 @@ from conftest import (
     HANG_S, TINY, build_world, free_port, run_watched, tiny_params, tolerance, wait_until_answering,
 )
 
-from detox.io import sha256_tree
+from detox.io import atomic_dir, sha256_tree
+from detox.judges import build_judges
 from detox.errors import TrackingError
 from detox.params import load_params
 from detox.tracking.registry import CANDIDATE, CHAMPION
@@ -309,10 +310,13 @@ def test_the_reproduced_models_load_as_hugging_face_users_load_them_from_another
 
 @pytest.fixture(scope="module")
 def fetched_project(tmp_path_factory) -> Path:
-    """A project folder with tiny params, validated data and trained models, ready for the ppo stage."""
+    """A project folder with tiny params, validated data, trained models and judges, ready for the ppo stage."""
     root = tmp_path_factory.mktemp("fetched")
     write_tiny_params(root / "params.yaml")
-    build_world(load_params(root / "params.yaml"), root)  # in this process: no interpreter start per stage
+    params = load_params(root / "params.yaml")
+    build_world(params, root)  # in this process: no interpreter start per stage
+    with atomic_dir(root / "models" / "judges") as scratch:  # ppo and evaluate score with the judges
+        build_judges(params, scratch)
     (root / "metrics").mkdir()
     for name in ("validation.json", "validation_labelled.json"):
         (root / "metrics" / name).write_text('{"success": true}')  # as the validate stage leaves them

@@ -10,6 +10,7 @@ from detox.errors import SourceError
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary", "topic")
+TEXT_COLUMNS = ("dialogue", "summary")  # what every row must hold: the policy learns from them
 SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
@@ -68,6 +69,25 @@ def _encoding_error(path: Path, exc: UnicodeDecodeError) -> str:
             "(e.g. `iconv -f latin1 -t utf-8`)")
 
 
+def check_dialogues(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """``frame`` when it has DialogSum's columns and every dialogue and summary holds text; else a
+    :class:`SourceError` naming ``origin`` (a file, or a Hub dataset and split) and the first bad rows.
+
+    Checked as the data comes in: the builtin tokenizer trains on these texts, and the labelled data is
+    matched against the test summaries, before the validate stage sees them."""
+    missing = [column for column in COLUMNS if column not in frame.columns]
+    if missing:
+        raise SourceError(f"{origin}: no column(s) {missing}; it has {list(frame.columns)}. Dialogue data needs "
+                          f"the columns {', '.join(COLUMNS)} (DialogSum's)")
+    for column in TEXT_COLUMNS:
+        blank = [row + 1 for row, value in enumerate(frame[column]) if not (isinstance(value, str) and value.strip())]
+        if blank:
+            shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+            raise SourceError(f"{origin}: {len(blank)} row(s) without a {column} (data row(s) {shown}: empty, blank "
+                              f"or not text); every row needs a dialogue and a summary: fill them in or drop the rows")
+    return frame
+
+
 def read_local_splits(path: str | Path) -> dict[str, pd.DataFrame]:
     """Splits from a folder of ``{train,validation,test}.<suffix>`` files, or one file with a ``split`` column."""
     root = Path(path)
@@ -80,10 +100,10 @@ def read_local_splits(path: str | Path) -> dict[str, pd.DataFrame]:
                     f"data.local.path: {root} has no {split} file; expected one of "
                     f"{[f'{split}{s}' for s in SUFFIXES]}"
                 )
-            splits[split] = read_table(found[0])
+            splits[split] = check_dialogues(read_table(found[0]), str(found[0]))
         return splits
     if root.is_file():
-        table = read_table(root)
+        table = check_dialogues(read_table(root), str(root))  # row numbers as in the file, before it is split
         if "split" not in table.columns:
             raise SourceError(
                 f"data.local.path: {root} is one file, so it needs a 'split' column with values {list(SPLITS)}; "

@@ -27,3 +27,11 @@ class RewardModelError(DetoxError):
 
 class TrackingError(DetoxError):
     """The MLflow tracking server in MLFLOW_TRACKING_URI cannot be reached or refuses the client."""
+
+
+class MissingInputError(DetoxError):
+    """A stage's input does not exist yet; the message names the stage that makes it."""
+
+
+class OutputLocationError(DetoxError):
+    """A place a stage writes cannot be written, or its filesystem has too little room."""

@@ -16,7 +16,7 @@ import pandas as pd
 
 from detox.builtin.corpus import generate_corpus, labelled_sentences
 from detox.builtin.models import ID2LABEL, write_policy_base, write_reward_base
-from detox.data import COLUMNS, SPLITS, read_local_splits, read_table
+from detox.data import COLUMNS, SPLITS, check_dialogues, read_local_splits, read_table
 from detox.errors import SourceError
 from detox.hub import download_model, load_dataset_splits
 from detox.io import atomic_dir, sha256_file, sha256_tree, write_json
@@ -37,6 +37,8 @@ def fetch_data(params: Params, out_dir: Path) -> dict[str, Any]:
         record.update(seed=params.seed, **cfg.builtin.model_dump())
     elif cfg.source == "hub":
         splits, commit = load_dataset_splits(cfg.hub.name, cfg.hub.revision, SPLITS)
+        splits = {split: check_dialogues(frame, f"data.hub {cfg.hub.name}@{cfg.hub.revision}, split {split}")
+                  for split, frame in splits.items()}
         record.update(name=cfg.hub.name, revision=cfg.hub.revision, commit=commit)
     else:
         splits = read_local_splits(_local_path(cfg.local, "data"))
@@ -106,7 +108,8 @@ def fetch_reward(params: Params, labelled: pd.DataFrame, out_dir: Path) -> dict[
         _copy_model(cfg.local, "reward", out_dir)
         record["path"] = str(cfg.local.path)
     check_model_folder(out_dir, "classifier", f"reward.{cfg.source}", weights=cfg.source != "builtin",
-                       shown=_origin(cfg.source, cfg.hub, cfg.local))
+                       shown=_origin(cfg.source, cfg.hub, cfg.local), labels={
+                           "reward.reward_label": cfg.reward_label, "reward.toxic_label": cfg.toxic_label})
     return record
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,10 +20,9 @@ def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(fh.name, 0o666 & ~_umask())  # temp files are private; the output should not be
-    os.replace(fh.name, path)
+    with _removed_on_failure(path.with_name(f".{path.name}.{os.getpid()}.tmp")) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -44,9 +44,19 @@ def _json_default(value: Any) -> Any:
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with _removed_on_failure(path.with_name(f".{path.name}.{os.getpid()}.tmp")) as tmp:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+
+
+@contextmanager
+def _removed_on_failure(tmp: Path) -> Iterator[Path]:
+    """A temporary file that is deleted when the block fails (a full disk, an interrupt) before it is renamed."""
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -64,14 +74,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
+    # The swap is two renames: an interrupt between them would leave no output at all, so
+    # SIGINT and SIGTERM wait until both are done.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(scratch, path)
+        else:
+            old = None
+            os.replace(scratch, path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(scratch, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(scratch, path)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -9,6 +9,7 @@ folder, the file and the fix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -52,10 +53,11 @@ def load_or_init(model_dir: str | Path, kind: str, seed: int) -> tuple[PreTraine
 
 
 def check_model_folder(folder: str | Path, kind: str, section: str, weights: bool = True,
-                       shown: str | Path | None = None) -> None:
+                       shown: str | Path | None = None, labels: Mapping[str, str] | None = None) -> None:
     """Raise :class:`SourceError` unless ``folder`` holds a ``kind`` model (``seq2seq`` or ``classifier``)
-    with a matching tokenizer and, when ``weights``, weights that load. Messages name ``shown`` (where the
-    user's model came from) instead of ``folder`` (a scratch copy) when given."""
+    with a matching tokenizer, the ``labels`` its users look up by name (``{param key: label}``) in its
+    ``id2label`` and, when ``weights``, weights that load. Messages name ``shown`` (where the user's model
+    came from) instead of ``folder`` (a scratch copy) when given."""
     folder = Path(folder)
     name = Path(shown) if shown is not None else folder
     mapping, auto_class, wanted = KINDS[kind]
@@ -76,6 +78,15 @@ def check_model_folder(folder: str | Path, kind: str, section: str, weights: boo
         raise SourceError(f"{section}: {shown_config} describes {found}, but this needs {wanted}"
                           + (": its classification head would be random" if kind == "classifier" else "")
                           + "; point it at another model folder")
+    names = sorted(str(label) for label in (config.id2label or {}).values())
+    known = {label.lower() for label in names}  # matched as detox.reward.label_index matches them
+    unknown = {key: label for key, label in (labels or {}).items() if label.lower() not in known}
+    if unknown:
+        where = shown_config if shown is not None else "its config.json"  # not the scratch folder of a builtin one
+        raise SourceError(f"{section}: {where} has no label(s) "
+                          f"{', '.join(f'{label!r} ({key})' for key, label in unknown.items())} in id2label; its "
+                          f"labels are {names}: set {' / '.join(unknown)} to its names, or use a model whose "
+                          "id2label names them")
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise SourceError(f"{section}: {name} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
                           "save the tokenizer into the folder too (tokenizer.save_pretrained)")

@@ -9,6 +9,7 @@ work starts.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -519,6 +520,8 @@ class Params(Strict):
 JUDGE_SPECS: dict[str, type[BaseModel]] = {"oracle": OracleJudgeSpec, "builtin": BuiltinJudgeSpec,
                                              "hub": HubJudgeSpec, "local": LocalJudgeSpec}
 JUDGE_KINDS = tuple(JUDGE_SPECS)
+SHORT = reprlib.Repr()  # a value as quoted in an error: long strings and lists are cut with "..."
+SHORT.maxstring = SHORT.maxother = 80
 
 
 def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
@@ -529,14 +532,17 @@ def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
         if error["type"] == "extra_forbidden" and len(loc) == 3:
             return f"{'.'.join(map(str, loc))}: unknown key (allowed here: {', '.join(sorted(spec.model_fields))})"
     key = ".".join(str(part) for part in loc)
+    rule = str(error["msg"]).removeprefix("Value error, ")
     if not key:  # a check across sections: its message names the keys
-        return str(error["msg"]).removeprefix("Value error, ")
+        return rule
     if error["type"] == "extra_forbidden":
         parent = _model_at(schema, error["loc"][:-1])
         allowed = ", ".join(sorted(parent.model_fields)) if parent else "?"
         return f"{key}: unknown key (allowed here: {allowed})"
     given = error.get("input")
-    return f"{key}: {error['msg']} (got {given!r})"
+    if isinstance(given, dict):  # a check across a section's keys: its rule names them, the section is noise
+        return f"{key}: {rule}"
+    return f"{key}: {rule} (got {SHORT.repr(given)})"
 
 
 def _model_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -550,18 +556,19 @@ def _model_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] 
     return model
 
 
-def parse_params(raw: dict[str, Any] | None, origin: str = "params.yaml") -> Params:
+def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
     """Validate a mapping read from YAML; raise :class:`ParamsError` listing every problem."""
-    if raw is None:
-        raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{origin}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe(err, Params) for err in exc.errors()]
+        if len(lines) == 1:  # one line for one problem
+            raise ParamsError(f"{origin} has 1 invalid value: {lines[0]}; fix it in params.yaml (or in the -S "
+                              "overrides of dvc exp run)") from None
         raise ParamsError(
-            f"{origin} has {len(lines)} invalid value(s):\n  - "
+            f"{origin} has {len(lines)} invalid values:\n  - "
             + "\n  - ".join(lines)
             + "\nFix them in params.yaml (or in the -S overrides of dvc exp run)."
         ) from None
@@ -575,4 +582,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:  # an empty file (or only comments) would run every stage silently on the defaults
+        raise ParamsError(f"{path} is empty: restore it (`git checkout {path}`), or write the settings you change "
+                          "(`{}` for all the defaults of src/detox/params.py)")
     return parse_params(raw, origin=str(path))
