@@ -57,7 +57,8 @@ REPORTS = Path("reports")
 PLOTS = Path("plots/evaluate")  # data files of the DVC plots (dvc.yaml); compared across experiments
 FIGURES = Path("reports/figures")  # PNGs for the report and MLflow
 VALIDATION = Path("reports/validation")
-# Read when present: HISTORY (the report's PPO curves), BASE_MANIFEST and DATA_MANIFEST (the model card's sources).
+# Read when present: HISTORY (the report's PPO curves), BASE_MANIFEST and DATA_MANIFEST (the model card's sources),
+# BASE_CARD (the license of a Hub base model).
 INPUTS = (VALIDATION_METRICS, VALIDATION, "data/raw/test.parquet", "data/raw/train.parquet", BASELINE,
           BASELINE_METRICS, "models/policy/config.json", "models/reward/config.json", "models/judges",
           PPO_DIR / POLICY_FILE)

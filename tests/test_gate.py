@@ -31,7 +31,7 @@ DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["st
 WORKING_FILES = ("logs", "checkpoints")  # written by stages, tracked by neither git nor DVC
 # Dependencies in dvc.yaml that a stage reads when they are there (the model card's sources, the report's curves).
 READ_WHEN_PRESENT = {("ppo", "models/base/manifest.json"), ("evaluate", "models/base/manifest.json"),
-                     ("evaluate", "plots/ppo/history.tsv")}
+                     ("evaluate", "plots/ppo/history.tsv"), ("evaluate", "models/base/policy")}
 
 
 def stage_paths(name: str) -> tuple[list[PurePosixPath], list[PurePosixPath]]:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from detox.errors import DataValidationError, MissingInputError, OutputLocationError
+from detox.io import cannot_create_files, nearest_existing
 
 VALIDATION_METRICS = Path("metrics/validation.json")  # the splits
 LABELLED_METRICS = Path("metrics/validation_labelled.json")  # the reward stage's labelled data
@@ -108,8 +108,8 @@ def require_writable(stage: str, outputs: Iterable[str | Path]) -> None:
     """Raise :class:`OutputLocationError` when a folder an output is created in refuses a new file, or
     when a filesystem has less room than :func:`space_needed` asks for."""
     outputs = list(outputs)
-    for folder in dict.fromkeys(_existing_folder(Path(output).parent) for output in outputs):
-        reason = _cannot_create_files(folder)
+    for folder in dict.fromkeys(nearest_existing(Path(output).parent) for output in outputs):
+        reason = cannot_create_files(folder)
         if reason:
             raise OutputLocationError(f"{folder} cannot be written ({reason}), and {stage} writes its outputs "
                                       f"there; make it writable (e.g. chmod u+w {folder}) or run as its owner")
@@ -128,7 +128,7 @@ def space_needed(outputs: Iterable[str | Path]) -> dict[Path, int]:
     the size the outputs on that filesystem have now, plus the reserve."""
     needed: dict[int, tuple[Path, int]] = {}
     for output in outputs:
-        folder = _existing_folder(Path(output).parent)
+        folder = nearest_existing(Path(output).parent)
         device = folder.stat().st_dev
         first, total = needed.get(device, (folder, 0))
         needed[device] = (first, total + 2 * _size(Path(output)))
@@ -150,25 +150,7 @@ def reserve_mb() -> float:
     return reserve
 
 
-def _existing_folder(path: Path) -> Path:
-    """``path``, or its nearest ancestor that exists: where a stage creates the output (or its scratch copy)."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(item.stat().st_size for item in path.rglob("*") if item.is_file() and not item.is_symlink())
     return path.stat().st_size if path.is_file() else 0
-
-
-def _cannot_create_files(folder: Path) -> str | None:
-    """None when a file can be created in ``folder`` (tried, not guessed from its mode); else why not."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".detox-write-check-", dir=folder)
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    os.close(fd)
-    os.unlink(probe)
-    return None

@@ -108,3 +108,23 @@ def sha256_tree(path: str | Path) -> str:
         digest.update(file.relative_to(root).as_posix().encode())
         digest.update(sha256_file(file).encode())
     return digest.hexdigest()
+
+
+def nearest_existing(path: str | Path) -> Path:
+    """``path``, or its nearest ancestor that exists: where a new file or folder at ``path`` is created."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def cannot_create_files(folder: str | Path) -> str | None:
+    """None when a file can be created in ``folder`` (tried, not guessed from its mode: ACLs, read-only
+    mounts and immutable folders all show); else the reason, e.g. ``Permission denied``."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".detox-write-check-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    os.unlink(probe)
+    return None

@@ -20,11 +20,11 @@ from __future__ import annotations
 import errno
 import os
 import re
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from detox.errors import TrackingError
+from detox.io import cannot_create_files, nearest_existing
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PREFLIGHT_TIMEOUT_S = 5.0  # connect and read, one try: a live server answers in milliseconds
@@ -244,16 +244,9 @@ def _probe_writable(path: Path, is_file: bool) -> str | None:
         if not os.access(path, os.W_OK):
             return "no write permission"
         return None
-    folder = path.parent if is_file else path
-    while not folder.exists():
-        folder = folder.parent
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".detox-write-check-", dir=folder)
-    except OSError as exc:
-        return f"cannot create files in {folder}: {exc.strerror or exc}"
-    os.close(fd)
-    os.unlink(probe)
-    return None
+    folder = nearest_existing(path.parent if is_file else path)
+    reason = cannot_create_files(folder)
+    return f"cannot create files in {folder}: {reason}" if reason else None
 
 
 def check_local_store(uri: str | None = None) -> None:
