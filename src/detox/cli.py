@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from detox.errors import DetoxError
+from detox.errors import DetoxError, error_chain
 
 NO_SPACE = ("No space left on device", "database or disk is full", "Disk quota exceeded")  # OS, sqlite
 NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -42,6 +43,9 @@ def run_stage(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "great_expectations", "alembic", "mlflow.store", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow prints its own run links, without the parameter that opens its UI on runs; the stages log links
+    # that carry it (detox.tracking.store.ui_url). Set for the stage's process only, not by the library.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for signum in (signal.SIGINT, signal.SIGTERM):  # dvc's Ctrl-C, a scheduler's stop
         signal.signal(signum, _interrupt)
     try:
@@ -65,7 +69,7 @@ def _fail(message: str, status: int) -> None:
 
 def environment_failure(exc: BaseException) -> str | None:
     """A one-line message when ``exc`` (or an error it wraps) is a full disk or a refused write; else None."""
-    for error in _chain(exc):
+    for error in error_chain(exc):
         code = error.errno if isinstance(error, OSError) else None
         filename = getattr(error, "filename", None) if isinstance(error, OSError) else None
         if code in NO_SPACE_ERRNOS or any(text in str(error) for text in NO_SPACE):
@@ -76,13 +80,3 @@ def environment_failure(exc: BaseException) -> str | None:
             return (f"{filename}: {error.strerror}; give this user access to it (e.g. chmod u+rwX "
                     f"{Path(str(filename)).parent}) and run the stage again (no output was left half-written)")
     return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the errors it was raised from (MLflow wraps SQLAlchemy, which wraps sqlite3)."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen

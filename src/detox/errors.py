@@ -35,3 +35,14 @@ class MissingInputError(DetoxError):
 
 class OutputLocationError(DetoxError):
     """A place a stage writes cannot be written, or its filesystem has too little room."""
+
+
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it was raised from, outermost first (MLflow wraps SQLAlchemy, which wraps
+    sqlite3; requests wraps urllib3), at most 8 deep."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 8:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen

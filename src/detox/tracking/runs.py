@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,9 +127,6 @@ class Tracker:
 
             preflight(experiment)
             mlflow.set_tracking_uri(tracking_uri())
-            # MLflow prints its own run links for a tracking server, without the parameter that makes
-            # its UI open on runs; the tracker logs links that carry it (store.ui_url).
-            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             self._mlflow = mlflow
 
     @_guarded

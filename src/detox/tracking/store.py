@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from detox.errors import TrackingError
+from detox.errors import TrackingError, error_chain
 from detox.io import cannot_create_files, nearest_existing
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -106,7 +106,7 @@ def check_tracking_server(experiment: str = "Default", uri: str | None = None,
 
 def failure_reason(exc: BaseException) -> str:
     """A short, one-line cause of a failed HTTP request (refused, timed out, unknown host)."""
-    text = " ".join(str(e) for e in _chain(exc))
+    text = " ".join(str(e) for e in error_chain(exc))
     for pattern, reason in ((r"Connection refused", "connection refused (nothing listens on that port)"),
                             (r"Read timed out", "no answer within the timeout"),
                             (r"timed out", "the connection timed out"),
@@ -121,19 +121,10 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}"
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen and len(seen) < 8:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
 def disk_full(exc: BaseException) -> str | None:
     """What filled up when ``exc``, or an error it arose from, is a full disk: the file an ``ENOSPC``
     (or ``EDQUOT``) was about, or the embedded store for SQLite's "database or disk is full"; else None."""
-    chain = _chain(exc)
+    chain = error_chain(exc)
     for error in chain:  # the file is the more precise answer; SQLite's error often wraps it
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return str(error.filename or "a file")
@@ -147,7 +138,7 @@ def is_connection_failure(exc: BaseException) -> bool:
     import requests
 
     return any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
-               for e in _chain(exc))
+               for e in error_chain(exc))
 
 
 def ui_url(fragment: str) -> str:
