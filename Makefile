@@ -19,7 +19,7 @@ $(BIN)/dvc: pyproject.toml
 	touch $@
 
 $(PLOTS_PAGE): $(BIN)/dvc
-	$(BIN)/python -m detox.plots_page
+	$(BIN)/python -m detox.common.plots_page
 
 # The fast set: everything but the tests marked slow (pipelines end to end, servers, benchmarks).
 test: setup

@@ -32,11 +32,11 @@ from collections.abc import Callable  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from detox.errors import DetoxError  # noqa: E402
-from detox.evaluation import sample_rows  # noqa: E402
-from detox.generation import build_prompts, generate_summaries, generation_kwargs, load_policy  # noqa: E402
-from detox.params import Params, load_params  # noqa: E402
-from detox.reward import RewardScorer  # noqa: E402
+from detox.common.errors import DetoxError  # noqa: E402
+from detox.evaluate.scoring import sample_rows  # noqa: E402
+from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy  # noqa: E402
+from detox.common.params import Params, load_params  # noqa: E402
+from detox.models.reward import RewardScorer  # noqa: E402
 from common import check_inputs  # noqa: E402
 
 WARMUP_SAMPLES = 8

@@ -53,8 +53,8 @@ from contextlib import contextmanager  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from detox.errors import DetoxError  # noqa: E402
-from detox.params import Params, load_params  # noqa: E402
+from detox.common.errors import DetoxError  # noqa: E402
+from detox.common.params import Params, load_params  # noqa: E402
 from common import check_inputs, matmul_gflops, synchronize  # noqa: E402
 
 PHASES = ("generation", "scoring", "forward", "optimization", "total")
@@ -214,7 +214,7 @@ class OriginalLoop:
 
         from detox.ppo.core import AdaptiveKLController, FixedKLController
         from detox.ppo.policy import ValueHead, disable_dropout
-        from detox.reward import label_index
+        from detox.models.reward import label_index
 
         cfg = self.cfg = params.ppo
         self.params, self.tokenizer = params, tokenizer
@@ -242,7 +242,7 @@ class OriginalLoop:
 
     @torch.no_grad()
     def generate_one(self, prompt: str, seed: int) -> torch.Tensor:
-        from detox.generation import generation_kwargs
+        from detox.models.generation import generation_kwargs
 
         gen = self.params.generation
         enc = self.tokenizer(prompt, truncation=True, max_length=gen.max_source_tokens,
@@ -347,7 +347,7 @@ class OurEngine:
 
         from detox.ppo.engine import PPOTrainer
         from detox.ppo.policy import Seq2SeqPolicy
-        from detox.reward import RewardScorer
+        from detox.models.reward import RewardScorer
 
         self.params, self.tokenizer = params, tokenizer
         policy = Seq2SeqPolicy(base, params.ppo)
@@ -364,7 +364,7 @@ class OurEngine:
         return timings
 
     def evaluate(self, data: pd.DataFrame, seed: int) -> float:
-        from detox.evaluation import score_policy
+        from detox.evaluate.scoring import score_policy
 
         model = self.trainer.unwrapped.generator()
         _, rate = score_policy(model, self.tokenizer, self.scorer, data, self.params.prompt.template,
@@ -375,7 +375,7 @@ class OurEngine:
 def worker(args: argparse.Namespace) -> dict[str, object]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from detox.generation import build_prompts
+    from detox.models.generation import build_prompts
 
     params = bench_params(args)
     tokenizer = AutoTokenizer.from_pretrained(args.policy)

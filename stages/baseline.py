@@ -4,18 +4,18 @@ Every summary is scored by the reward model and, beside it, by each judge of `ev
 fluency is measured under the same policy (the reference of PPO), garbling against the train split.
 """
 
-from detox.cli import run_stage
-from detox.data import load_split
-from detox.evaluation import Instruments, sample_rows, score_policy, summarize
-from detox.generation import load_policy
-from detox.io import write_json, write_parquet
-from detox.judges import load_judges
-from detox.params import load_params
-from detox.quality import vocabulary
-from detox.report import headline
-from detox.reward import RewardScorer
-from detox.gate import VALIDATION_METRICS, ready
-from detox.timings import TIMINGS_DIR, write_timings
+from detox.common.cli import run_stage
+from detox.data.reading import load_split
+from detox.evaluate.scoring import Instruments, sample_rows, score_policy, summarize
+from detox.models.generation import load_policy
+from detox.common.io import write_json, write_parquet
+from detox.judges.panel import load_judges
+from detox.common.params import load_params
+from detox.evaluate.quality import vocabulary
+from detox.evaluate.report import headline
+from detox.models.reward import RewardScorer
+from detox.common.gate import VALIDATION_METRICS, ready
+from detox.common.timings import TIMINGS_DIR, write_timings
 
 INPUTS = (VALIDATION_METRICS, "data/raw/test.parquet", "data/raw/train.parquet", "models/policy/config.json",
           "models/reward/config.json", "models/judges")

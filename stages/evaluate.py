@@ -17,31 +17,31 @@ from pathlib import Path
 import pandas as pd
 from transformers import AutoTokenizer
 
-from detox.cli import run_stage
-from detox.comparison import (
+from detox.common.cli import run_stage
+from detox.evaluate.comparison import (
     check_paired, compare, decide, disagreements, evidence, prompts_fingerprint, reward_diff_table,
 )
-from detox.data import load_split
-from detox.errors import DetoxError
-from detox.evaluation import Instruments, per_prompt, sample_rows, score_policy
-from detox.generation import load_policy
-from detox.io import atomic_dir, write_json, write_parquet, write_text
-from detox.judges import load_judges
-from detox.model_card import card_data, merged_card
-from detox.params import load_params
+from detox.data.reading import load_split
+from detox.common.errors import DetoxError
+from detox.evaluate.scoring import Instruments, per_prompt, sample_rows, score_policy
+from detox.models.generation import load_policy
+from detox.common.io import atomic_dir, write_json, write_parquet, write_text
+from detox.judges.panel import load_judges
+from detox.serve.model_card import card_data, merged_card
+from detox.common.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
-from detox.quality import vocabulary
-from detox.report import (
+from detox.evaluate.quality import vocabulary
+from detox.evaluate.report import (
     headline, write_disagreements, write_plot_data, write_plots, write_report, write_reward_diff,
 )
-from detox.reward import RewardScorer
-from detox.serving import Summarizer, export_policy, model_config, signature
+from detox.models.reward import RewardScorer
+from detox.serve.pyfunc import Summarizer, export_policy, model_config, signature
 from detox.tracking.provenance import lock_tags, run_name, stage_params
 from detox.tracking.registry import PolicyModel, champion_evidence
 from detox.tracking.runs import Tracker, evaluation_run, log_evaluation, read_run_record
 from detox.tracking.store import ui_url
-from detox.gate import VALIDATION_METRICS, ready
-from detox.timings import TIMINGS_DIR, write_timings
+from detox.common.gate import VALIDATION_METRICS, ready
+from detox.common.timings import TIMINGS_DIR, write_timings
 
 PPO_DIR = Path("models/ppo")
 MERGED = Path("models/merged")  # the merged policy: scored, registered, and loadable by transformers

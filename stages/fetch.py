@@ -6,11 +6,11 @@ folder with a manifest.json of its sources (commits, hashes). It trains nothing:
 
 from pathlib import Path
 
-from detox.cli import run_stage
-from detox.fetch import run_fetch
-from detox.gate import ready
-from detox.io import write_json
-from detox.params import load_params
+from detox.common.cli import run_stage
+from detox.data.fetch import run_fetch
+from detox.common.gate import ready
+from detox.common.io import write_json
+from detox.common.params import load_params
 
 RAW, LABELLED, BASE, METRICS = Path("data/raw"), Path("data/labelled"), Path("models/base"), Path("metrics/fetch.json")
 INPUTS: tuple[Path, ...] = ()  # what fetch reads is in params.yaml: the sources

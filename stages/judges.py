@@ -2,20 +2,20 @@
 
 Judges measure the policies beside the reward model and share nothing with it: the built-in
 world's oracle (the corpus generator's ground truth), a character n-gram classifier trained
-here, a public Hub classifier, or a local model folder (see src/detox/judges.py).
+here, a public Hub classifier, or a local model folder (see src/detox/judges/panel.py).
 """
 
 from pathlib import Path
 
-from detox.cli import run_stage
-from detox.gate import ready
-from detox.io import atomic_dir, write_json
-from detox.judges import build_judges
-from detox.params import load_params
+from detox.common.cli import run_stage
+from detox.common.gate import ready
+from detox.common.io import atomic_dir, write_json
+from detox.judges.panel import build_judges
+from detox.common.params import load_params
 
 JUDGES = Path("models/judges")
 METRICS = Path("metrics/judges.json")
-INPUTS: tuple[Path, ...] = ()  # a local judge's folder is checked where it is copied (detox.judges)
+INPUTS: tuple[Path, ...] = ()  # a local judge's folder is checked where it is copied (detox.judges.panel)
 OUTPUTS = (JUDGES, METRICS)
 
 

@@ -6,10 +6,10 @@ One process by default; several with `accelerate launch --multi_gpu --num_proces
 
 import sys
 
-from detox.cli import run_stage
-from detox.params import load_params
+from detox.common.cli import run_stage
+from detox.common.params import load_params
 from detox.ppo.train import PPOPaths, run_ppo
-from detox.gate import VALIDATION_METRICS, ready
+from detox.common.gate import VALIDATION_METRICS, ready
 
 PATHS = PPOPaths()
 INPUTS = (VALIDATION_METRICS, PATHS.train, PATHS.validation, PATHS.policy / "config.json",

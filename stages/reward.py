@@ -2,7 +2,7 @@
 
 Writes models/reward/, metrics/reward.json and plots/reward/ (ROC, calibration, per-epoch history,
 held-out predictions for a confusion matrix). The run is logged to MLflow and the model registered as
-a new version of tracking.reward_model (see src/detox/reward_training.py).
+a new version of tracking.reward_model (see src/detox/models/reward_training.py).
 """
 
 import tempfile
@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from detox.cli import run_stage
-from detox.io import atomic_dir, sha256_file, sha256_tree, write_json, write_text
-from detox.params import load_params
-from detox.reward_training import run_reward
-from detox.serving import RewardClassifier, reward_config, reward_signature
-from detox.timings import TIMINGS_DIR, write_timings
+from detox.common.cli import run_stage
+from detox.common.io import atomic_dir, sha256_file, sha256_tree, write_json, write_text
+from detox.common.params import load_params
+from detox.models.reward_training import run_reward
+from detox.serve.pyfunc import RewardClassifier, reward_config, reward_signature
+from detox.common.timings import TIMINGS_DIR, write_timings
 from detox.tracking.provenance import run_name, stage_params
 from detox.tracking.registry import PolicyModel
 from detox.tracking.runs import Tracker, log_training
-from detox.gate import LABELLED_METRICS, ready
+from detox.common.gate import LABELLED_METRICS, ready
 
 BASE = Path("models/base/reward")
 LABELLED = Path("data/labelled/labelled.parquet")

@@ -2,7 +2,7 @@
 
 The builtin policy is trained from scratch on the train split; a hub/local policy is used as it is
 unless sft.enabled is true. The run is logged to MLflow and the trained policy registered as a new
-version of tracking.sft_model (see src/detox/sft.py).
+version of tracking.sft_model (see src/detox/models/sft.py).
 """
 
 import tempfile
@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from detox.cli import run_stage
-from detox.io import atomic_dir, sha256_tree, write_json, write_text
-from detox.params import GenerationParams, load_params
-from detox.serving import Summarizer, model_config, signature
-from detox.sft import run_sft
-from detox.timings import TIMINGS_DIR, write_timings
+from detox.common.cli import run_stage
+from detox.common.io import atomic_dir, sha256_tree, write_json, write_text
+from detox.common.params import GenerationParams, load_params
+from detox.serve.pyfunc import Summarizer, model_config, signature
+from detox.models.sft import run_sft
+from detox.common.timings import TIMINGS_DIR, write_timings
 from detox.tracking.provenance import run_name, stage_params
 from detox.tracking.registry import PolicyModel
 from detox.tracking.runs import Tracker, log_training
-from detox.gate import VALIDATION_METRICS, ready
+from detox.common.gate import VALIDATION_METRICS, ready
 
 BASE = Path("models/base/policy")
 RAW = Path("data/raw")

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detox.cli import run_stage
-from detox.data import SPLITS
-from detox.errors import DataValidationError
-from detox.io import write_json
-from detox.params import load_params
-from detox.validation import LABELLED as LABELLED_NAME
-from detox.gate import LABELLED_METRICS as LABELLED_METRICS_PATH
-from detox.gate import VALIDATION_METRICS, ready
-from detox.validation import format_failures, read_labelled, validate_dir
+from detox.common.cli import run_stage
+from detox.data.reading import SPLITS
+from detox.common.errors import DataValidationError
+from detox.common.io import write_json
+from detox.common.params import load_params
+from detox.data.validation import LABELLED as LABELLED_NAME
+from detox.common.gate import LABELLED_METRICS as LABELLED_METRICS_PATH
+from detox.common.gate import VALIDATION_METRICS, ready
+from detox.data.validation import format_failures, read_labelled, validate_dir
 
 RAW_DIR = Path("data/raw")
 LABELLED = Path("data/labelled/labelled.parquet")

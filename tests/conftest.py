@@ -23,11 +23,11 @@ atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=Tru
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from detox.fetch import run_fetch  # noqa: E402
-from detox.io import atomic_dir  # noqa: E402
-from detox.params import parse_params  # noqa: E402
-from detox.reward_training import run_reward  # noqa: E402
-from detox.sft import run_sft  # noqa: E402
+from detox.data.fetch import run_fetch  # noqa: E402
+from detox.common.io import atomic_dir  # noqa: E402
+from detox.common.params import parse_params  # noqa: E402
+from detox.models.reward_training import run_reward  # noqa: E402
+from detox.models.sft import run_sft  # noqa: E402
 
 # A built-in world small enough to build in seconds: the same code paths as the
 # default one, with fewer rows, epochs and sentences.

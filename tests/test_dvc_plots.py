@@ -1,6 +1,6 @@
 """dvc.yaml's plots read the files and fields that the stages write, and DVC renders exactly them, offline.
 
-The evaluate stage's plot data come from :func:`detox.report.write_plot_data`; renaming a file or a
+The evaluate stage's plot data come from :func:`detox.evaluate.report.write_plot_data`; renaming a file or a
 field there (or in dvc.yaml) fails here. The rendering tests run the real ``dvc plots diff`` / ``dvc
 plots show`` in scratch git + DVC projects, comparing two commits as one compares two experiments, and
 draw the charts with vl-convert (the Vega that the page bundles) to check what a reader sees: shares
@@ -23,10 +23,10 @@ import pytest
 import vl_convert
 import yaml
 
-from detox.comparison import compare
-from detox.params import PromotionParams
-from detox.plots_page import PLACEHOLDERS, configured_page, page_template, vega_lite_version
-from detox.report import JUDGE_FIELDS, PLOT_DATA, REPORT_FILES, SAMPLE_FIELDS, write_plot_data
+from detox.evaluate.comparison import compare
+from detox.common.params import PromotionParams
+from detox.common.plots_page import PLACEHOLDERS, configured_page, page_template, vega_lite_version
+from detox.evaluate.report import JUDGE_FIELDS, PLOT_DATA, REPORT_FILES, SAMPLE_FIELDS, write_plot_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -391,7 +391,7 @@ def test_page_template_inlines_the_bundle_and_keeps_dvcs_placeholders():
 @needs_dvc
 def test_plain_dvc_plots_show_writes_a_page_that_needs_no_network(larger_experiment):
     repo, _ = larger_experiment
-    write = subprocess.run([sys.executable, "-m", "detox.plots_page"], cwd=repo, capture_output=True, text=True)
+    write = subprocess.run([sys.executable, "-m", "detox.common.plots_page"], cwd=repo, capture_output=True, text=True)
     assert write.returncode == 0, write.stderr
     assert configured_page(repo).is_file() and configured_page(repo).parent == repo / ".dvc"
     ignored = subprocess.run(["git", "check-ignore", "-q", str(configured_page(ROOT))], cwd=ROOT)

@@ -25,21 +25,21 @@ from conftest import HANG_S, run_snapshot
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from transformers import T5Config, T5ForConditionalGeneration
 
-from detox.builtin.corpus import generate_corpus
-from detox.builtin.models import train_t5_tokenizer
-from detox.comparison import (
+from detox.data.corpus import generate_corpus
+from detox.models.builtin import train_t5_tokenizer
+from detox.evaluate.comparison import (
     DISAGREEMENT_COLUMNS, JUDGE_ONLY, MODEL_ONLY, TABLE_COLUMNS, bootstrap_ci, check_paired, compare, decide,
     disagreements, evidence, improvement_pct, paired_tests, reward_diff_table,
 )
-from detox.errors import DetoxError
-from detox.evaluation import per_prompt, summarize, toxicity_numbers
-from detox.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
-from detox.report import (
+from detox.common.errors import DetoxError
+from detox.evaluate.scoring import per_prompt, summarize, toxicity_numbers
+from detox.common.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
+from detox.evaluate.report import (
     JUDGE_FIELDS, PLOT_DATA, PLOT_FILES, REPORT_FILES, SAMPLE_FIELDS, TEXT_COLUMN_EM, escape_cell, html_table,
     markdown_table, plot_rewards, plot_toxicity, render_report, write_disagreements, write_plot_data, write_plots,
     write_report, write_reward_diff,
 )
-from detox.serving import Summarizer, export_policy, model_config, signature
+from detox.serve.pyfunc import Summarizer, export_policy, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
 from detox.tracking.runs import RUN_FILE, Tracker, evaluation_run, log_evaluation, read_run_record
 

@@ -14,7 +14,7 @@ import yaml
 from conftest import HANG_S, run_snapshot
 from test_services import EXPERIMENT, REGISTERED_MODEL, VENV_BIN, base_env, copy_project, run
 
-from detox.io import sha256_file, sha256_tree
+from detox.common.io import sha256_file, sha256_tree
 
 DVC = str(VENV_BIN / "dvc")
 

@@ -12,12 +12,12 @@ import yaml
 from conftest import HANG_S, TINY, free_port, run_watched, tiny_params
 from transformers import AutoConfig, AutoTokenizer
 
-from detox.builtin.corpus import generate_corpus, labelled_sentences
-from detox.errors import HubUnreachableError, SourceError
-from detox.fetch import run_fetch
-from detox.hub import ensure_reachable
-from detox.io import sha256_tree
-from detox.params import BuiltinCorpus
+from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.common.errors import HubUnreachableError, SourceError
+from detox.data.fetch import run_fetch
+from detox.data.hub import ensure_reachable
+from detox.common.io import sha256_tree
+from detox.common.params import BuiltinCorpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

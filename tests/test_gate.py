@@ -1,4 +1,4 @@
-"""The door every stage passes before any work (src/detox/gate.py, src/detox/cli.py): missing inputs name the
+"""The door every stage passes before any work (src/detox/common/gate.py, src/detox/common/cli.py): missing inputs name the
 stage to run first, read-only folders and full disks stop a stage before it starts, and a disk that fills during
 the work gives one line and loses nothing."""
 
@@ -22,9 +22,9 @@ import pytest
 import yaml
 from conftest import TINY
 
-from detox.cli import run_stage
-from detox.errors import MissingInputError, OutputLocationError
-from detox.gate import MB, PRODUCERS, RESERVE_ENV, STAGES, producer, require_writable, space_needed
+from detox.common.cli import run_stage
+from detox.common.errors import MissingInputError, OutputLocationError
+from detox.common.gate import MB, PRODUCERS, RESERVE_ENV, STAGES, producer, require_writable, space_needed
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]

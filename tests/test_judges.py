@@ -16,12 +16,12 @@ import torch
 import yaml
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from detox.builtin.corpus import generate_corpus, labelled_sentences
-from detox.builtin.models import train_bpe_tokenizer
-from detox.builtin.oracle import InsultOracle, generator_oracle
-from detox.errors import HubUnreachableError, RewardModelError, SourceError
-from detox.judges import ClassifierJudge, build_judge, build_judges, load_judge, load_judges
-from detox.params import (
+from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.models.builtin import train_bpe_tokenizer
+from detox.judges.oracle import InsultOracle, generator_oracle
+from detox.common.errors import HubUnreachableError, RewardModelError, SourceError
+from detox.judges.panel import ClassifierJudge, build_judge, build_judges, load_judge, load_judges
+from detox.common.params import (
     BuiltinCorpus, BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, ParamsError, parse_params,
 )
 
@@ -257,7 +257,7 @@ def test_hard_sentences_put_insults_into_neutral_summaries(oracle):
 
 
 def test_the_builtin_labelled_data_holds_hard_sentences_when_asked(tmp_path):
-    from detox.fetch import fetch_labelled
+    from detox.data.fetch import fetch_labelled
 
     test = generate_corpus(tiny_params().data.builtin, 42)["test"]
     for share in (0.0, 0.4):

@@ -15,12 +15,12 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration, pipeline
 
-from detox.builtin.corpus import generate_corpus
-from detox.builtin.models import train_t5_tokenizer
-from detox.generation import build_prompts, generate_summaries
-from detox.model_card import adapter_card, card_data, merged_card
-from detox.params import BuiltinCorpus, GenerationParams, PromptParams
-from detox.serving import export_policy
+from detox.data.corpus import generate_corpus
+from detox.models.builtin import train_t5_tokenizer
+from detox.models.generation import build_prompts, generate_summaries
+from detox.serve.model_card import adapter_card, card_data, merged_card
+from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams
+from detox.serve.pyfunc import export_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template

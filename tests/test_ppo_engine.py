@@ -33,15 +33,15 @@ from peft import AutoPeftModelForSeq2SeqLM
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import detox.ppo.engine as engine
-from detox.errors import DetoxError
-from detox.evaluation import TOXIC_THRESHOLD, score_policy
-from detox.generation import build_prompts, load_policy
+from detox.common.errors import DetoxError
+from detox.evaluate.scoring import TOXIC_THRESHOLD, score_policy
+from detox.models.generation import build_prompts, load_policy
 from detox.ppo.core import response_mask
 from detox.ppo.engine import PPOTrainer, Rollout, TrainingDivergedError
 from detox.ppo.policy import Seq2SeqPolicy, absolute_base, load_trained_policy
 from detox.ppo.selection import Selection, evaluation_steps
 from detox.ppo.train import PPOPaths, fingerprint, run_ppo
-from detox.reward import RewardScorer, Scores
+from detox.models.reward import RewardScorer, Scores
 from detox.tracking.runs import RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -929,7 +929,7 @@ def test_evaluation_steps():
 @pytest.fixture(scope="module")
 def judged_world(world, tmp_path_factory):
     """The tiny world with its judges built, as the judges stage builds them."""
-    from detox.judges import build_judges
+    from detox.judges.panel import build_judges
 
     root = tmp_path_factory.mktemp("judged")
     shutil.copytree(world / "data", root / "data")
@@ -968,7 +968,7 @@ def test_models_ppo_is_the_selected_checkpoint(judged_world, tmp_path, monkeypat
 
 
 def test_evaluation_measures_the_policy_with_the_judges(judged_world):
-    from detox.judges import load_judges
+    from detox.judges.panel import load_judges
     from detox.ppo.selection import ValidationSet, evaluate_policy
 
     params = ppo_params()

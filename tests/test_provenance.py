@@ -106,7 +106,7 @@ def test_a_run_records_the_params_its_stage_reads_as_dvc_yaml_lists_them(tmp_pat
 
 def test_each_stage_records_exactly_the_params_dvc_yaml_gives_it():
     """What the project's dvc.yaml lists for evaluate and ppo is what their runs record, no more."""
-    from detox.params import Params
+    from detox.common.params import Params
     from detox.tracking.runs import flatten
 
     root = Path(__file__).resolve().parents[1]

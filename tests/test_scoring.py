@@ -18,17 +18,17 @@ import torch
 from conftest import tolerance
 from transformers import RobertaConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration
 
-from detox.builtin.corpus import generate_corpus, labelled_sentences
-from detox.builtin.models import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
-from detox.errors import RewardModelError
-from detox.evaluation import (
+from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.models.builtin import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
+from detox.common.errors import RewardModelError
+from detox.evaluate.scoring import (
     ROUGE_KEYS, SAMPLE_SEED_STRIDE, Instruments, rouge, sample_rows, score_policy, summarize,
 )
-from detox.generation import build_prompts, generate_summaries, generation_kwargs, load_policy, sample_responses
-from detox.judges import Judge
-from detox.params import BuiltinCorpus, GenerationParams, PromptParams, RewardParams
-from detox.quality import words
-from detox.reward import RewardScorer, label_index
+from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy, sample_responses
+from detox.judges.panel import Judge
+from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams, RewardParams
+from detox.evaluate.quality import words
+from detox.models.reward import RewardScorer, label_index
 
 TEMPLATE = PromptParams().template
 FF_WIDTH = 64  # the feed-forward width of both tiny models: the longest dot product behind each logit

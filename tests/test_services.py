@@ -34,10 +34,10 @@ from conftest import (
     HANG_S, TINY, build_world, free_port, run_watched, tiny_params, tolerance, wait_until_answering,
 )
 
-from detox.io import atomic_dir, sha256_tree
-from detox.judges import build_judges
-from detox.errors import TrackingError
-from detox.params import load_params
+from detox.common.io import atomic_dir, sha256_tree
+from detox.judges.panel import build_judges
+from detox.common.errors import TrackingError
+from detox.common.params import load_params
 from detox.tracking.registry import CANDIDATE, CHAMPION
 from detox.tracking.runs import RUN_FILE, Tracker
 from detox.tracking.store import check_local_store, check_tracking_server
@@ -67,7 +67,7 @@ def run_stage_with_server_down(stage: str, cwd: Path) -> tuple[subprocess.Comple
                              watch=[cwd / "models"])
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert seen["connect"].count(["127.0.0.1", port]) == 1, f"one attempt and no retries, got {seen['connect']}"
-    # the door's own probe (detox.io.cannot_create_files) creates and removes a file in each output folder
+    # the door's own probe (detox.common.io.cannot_create_files) creates and removes a file in each output folder
     read = [path for path in seen["open"] if not Path(path).name.startswith(".detox-write-check-")]
     assert read == [], f"read before the check: {read[:5]}"
     assert "Traceback" not in proc.stderr

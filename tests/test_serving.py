@@ -28,12 +28,12 @@ from conftest import HANG_S, free_port, wait_until_answering
 from mlflow.exceptions import MlflowException
 from transformers import AutoConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration, pipeline
 
-from detox.builtin.corpus import generate_corpus, labelled_sentences
-from detox.builtin.models import train_t5_tokenizer, write_reward_base
-from detox.generation import build_prompts, generate_summaries
-from detox.params import BuiltinCorpus, BuiltinReward, GenerationParams, PromptParams, RewardParams
-from detox.reward import RewardScorer
-from detox.serving import (
+from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.models.builtin import train_t5_tokenizer, write_reward_base
+from detox.models.generation import build_prompts, generate_summaries
+from detox.common.params import BuiltinCorpus, BuiltinReward, GenerationParams, PromptParams, RewardParams
+from detox.models.reward import RewardScorer
+from detox.serve.pyfunc import (
     PARAM_RANGES, RequestError, RewardClassifier, Summarizer, export_policy, max_new_tokens_range, model_config,
     reward_config, reward_signature, signature,
 )
@@ -141,7 +141,7 @@ def test_the_summarizer_answers_as_evaluate_generates(summarizer, policy, dialog
 
 def test_an_over_long_dialogue_is_read_up_to_the_limit_with_a_warning(summarizer, dialogues, caplog):
     long = " ".join([dialogues[0]] * 200)
-    with caplog.at_level("WARNING", logger="detox.serving"):
+    with caplog.at_level("WARNING", logger="detox.serve.pyfunc"):
         [summary] = summarizer.predict(pd.DataFrame({"dialogue": [long]}))
     assert isinstance(summary, str)
     assert any("dialogue 0:" in r.message and "the model reads the first" in r.message for r in caplog.records)
@@ -242,7 +242,7 @@ def test_every_param_of_the_signature_has_the_range_params_yaml_gives_it(summari
     params = {p.name: p.default for p in summarizer.metadata.get_params_schema().params}
     assert set(params) == set(PARAM_RANGES) and params["seed"] == SEED
     assert params["max_new_tokens"] == GENERATION.max_new_tokens and params["temperature"] == GENERATION.temperature
-    assert summarizer.metadata.get_input_schema() is None  # the model checks its input (see detox.serving)
+    assert summarizer.metadata.get_input_schema() is None  # the model checks its input (see detox.serve.pyfunc)
     assert all(PARAM_RANGES[name].admits(value) for name, value in params.items())
 
 
@@ -262,7 +262,7 @@ class Failing(Summarizer):
 
 
 def test_an_unexpected_failure_answers_with_its_class_only_and_logs_the_traceback(caplog):
-    with caplog.at_level("ERROR", logger="detox.serving"), pytest.raises(RequestError) as caught:
+    with caplog.at_level("ERROR", logger="detox.serve.pyfunc"), pytest.raises(RequestError) as caught:
         Failing().predict(None, pd.DataFrame({"dialogue": ["#Person1#: Hi."]}))
     body = json.loads(caught.value.serialize_as_json())
     assert body["error_code"] == "INTERNAL_ERROR" and caught.value.get_http_status_code() == 500

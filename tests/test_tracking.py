@@ -21,9 +21,9 @@ import sqlalchemy.exc
 from mlflow.store.artifact import local_artifact_repo
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from detox.errors import TrackingError
-from detox.params import GenerationParams
-from detox.serving import Summarizer, model_config, signature
+from detox.common.errors import TrackingError
+from detox.common.params import GenerationParams
+from detox.serve.pyfunc import Summarizer, model_config, signature
 from detox.tracking import relocate
 from detox.tracking.registry import PolicyModel
 from detox.tracking.runs import Tracker

@@ -20,14 +20,14 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import HANG_S, TINY, tiny_params
-from detox.builtin.corpus import labelled_sentences
-from detox.errors import SourceError
-from detox.fetch import run_fetch
-from detox.io import sha256_tree
-from detox.reward_training import classifier_metrics, expected_calibration_error, run_reward
-from detox.sft import run_sft
-from detox.model_check import has_weights
-from detox.validation import format_failures, read_labelled, validate_dir
+from detox.data.corpus import labelled_sentences
+from detox.common.errors import SourceError
+from detox.data.fetch import run_fetch
+from detox.common.io import sha256_tree
+from detox.models.reward_training import classifier_metrics, expected_calibration_error, run_reward
+from detox.models.sft import run_sft
+from detox.models.check import has_weights
+from detox.data.validation import format_failures, read_labelled, validate_dir
 from test_judges import tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_a_fetched_policy_is_used_as_it_is_unless_sft_is_enabled(fetched, tmp_pa
 
 
 def test_sft_false_for_the_builtin_policy_is_refused():
-    from detox.errors import ParamsError
+    from detox.common.errors import ParamsError
 
     with pytest.raises(ParamsError, match="sft.enabled is false, but the builtin policy has no weights"):
         tiny_params(**{"sft.enabled": False})

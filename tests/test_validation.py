@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from conftest import HANG_S
 
-from detox.errors import DataValidationError
-from detox.params import Bounds, ValidateParams
-from detox.validation import (
+from detox.common.errors import DataValidationError
+from detox.common.params import Bounds, ValidateParams
+from detox.data.validation import (
     FailedExpectation,
     ValidationSummary,
     format_failures,

@@ -45,8 +45,8 @@ from accelerate import Accelerator
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
-from detox.errors import DetoxError
-from detox.params import PPOParams
+from detox.common.errors import DetoxError
+from detox.common.params import PPOParams
 from detox.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -62,8 +62,8 @@ from detox.ppo.core import (
     value_loss,
 )
 from detox.ppo.policy import Seq2SeqPolicy
-from detox.quality import distinct_ngrams
-from detox.reward import RewardScorer
+from detox.evaluate.quality import distinct_ngrams
+from detox.models.reward import RewardScorer
 
 
 class TrainingDivergedError(DetoxError):

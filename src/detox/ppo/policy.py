@@ -27,7 +27,7 @@ from torch import nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from detox.params import PPOParams
+from detox.common.params import PPOParams
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 POLICY_FILE = "ppo_policy.json"

@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from detox.evaluation import TOXIC_THRESHOLD
-from detox.quality import rouge
-from detox.judges import Judge
-from detox.params import PPOParams
+from detox.evaluate.scoring import TOXIC_THRESHOLD
+from detox.evaluate.quality import rouge
+from detox.judges.panel import Judge
+from detox.common.params import PPOParams
 from detox.ppo.engine import PPOTrainer, only_this_generation_config
-from detox.quality import distinct_ngrams, response_nll
-from detox.reward import RewardScorer
+from detox.evaluate.quality import distinct_ngrams, response_nll
+from detox.models.reward import RewardScorer
 
 
 @dataclass

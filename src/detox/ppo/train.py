@@ -25,16 +25,16 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from detox.errors import DetoxError
-from detox.generation import build_prompts
-from detox.io import atomic_dir, sha256_tree, write_json, write_text
-from detox.judges import load_judges
-from detox.model_card import adapter_card
-from detox.params import Params
+from detox.common.errors import DetoxError
+from detox.models.generation import build_prompts
+from detox.common.io import atomic_dir, sha256_tree, write_json, write_text
+from detox.judges.panel import load_judges
+from detox.serve.model_card import adapter_card
+from detox.common.params import Params
 from detox.ppo.engine import PPOTrainer
 from detox.ppo.policy import Seq2SeqPolicy, absolute_base
 from detox.ppo.selection import Selection, ValidationSet, evaluate_policy, evaluation_steps
-from detox.reward import RewardScorer
+from detox.models.reward import RewardScorer
 from detox.tracking.provenance import stage_params
 from detox.tracking.registry import lineage_tags
 from detox.tracking.runs import RUN_FILE, Tracker

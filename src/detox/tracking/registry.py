@@ -27,7 +27,7 @@ from detox.tracking.store import is_connection_failure, tracking_uri
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 MODEL_NAME = "model"  # the logged model's name inside its run
-# What the pyfunc model imports: detox.serving -> detox.generation, detox.params.
+# What the pyfunc model imports: detox.serve.pyfunc -> detox.models.generation, detox.common.params.
 MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "sentencepiece", "protobuf", "pandas",
                       "numpy", "pydantic", "pyyaml", "tqdm")
 
@@ -173,7 +173,7 @@ def lineage_tags(models: Mapping[str, tuple[Path, str]]) -> dict[str, str]:
     version was registered for (a hub model used as it is, or one checked out from a DVC remote
     without its runs) is tagged ``unregistered``; its hash is recorded either way.
     """
-    from detox.io import sha256_tree
+    from detox.common.io import sha256_tree
 
     tags: dict[str, str] = {}
     for role, (folder, name) in models.items():

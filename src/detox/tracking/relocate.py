@@ -15,7 +15,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from detox.errors import TrackingError
+from detox.common.errors import TrackingError
 from detox.tracking.store import ARTIFACTS_DIR, local_store_path, foreign_artifact_root, project_root, tracking_uri
 
 # (table, column) of every location mlflow.db records; model_versions.source is a models:/ URI.

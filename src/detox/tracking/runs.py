@@ -5,7 +5,7 @@ Creating an enabled :class:`Tracker` first checks the store (:func:`detox.tracki
 FINISHED, or KILLED when interrupted, or FAILED on any error, after removing a logged model that
 the error left half-written. A server lost in the middle of a run, once MLflow's own retries
 (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``) are spent, raises
-:class:`~detox.errors.TrackingError` and the tracker makes no further calls.
+:class:`~detox.common.errors.TrackingError` and the tracker makes no further calls.
 
 Each stage writes only its own run: a training stage (sft, reward, ppo) leaves a run record
 (:data:`RUN_FILE`) in its model folder; every evaluation of the PPO policy is a run of its own
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from detox.errors import DetoxError, TrackingError
+from detox.common.errors import DetoxError, TrackingError
 from detox.tracking import provenance
 from detox.tracking.registry import (
     PolicyModel, RegisteredVersion, apply_promotion, discard_unfinished_models, log_model, tag_version,

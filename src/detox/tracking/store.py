@@ -7,7 +7,7 @@ server instead (docs/scaling-out.md).
 
 A server that is down fails fast: :func:`check_tracking_server` asks an ``http(s)`` server
 one question with a short timeout and no retries, and raises
-:class:`~detox.errors.TrackingError` (the fix in its message) when it gets no answer;
+:class:`~detox.common.errors.TrackingError` (the fix in its message) when it gets no answer;
 :func:`check_local_store` does the same for a store that cannot be written, and
 :func:`check_artifact_location` for an embedded store copied from another project (``cp -a``),
 whose artifacts would still go to the other project's ``mlartifacts/``.
@@ -23,8 +23,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from detox.errors import TrackingError, error_chain
-from detox.io import cannot_create_files, nearest_existing
+from detox.common.errors import TrackingError, error_chain
+from detox.common.io import cannot_create_files, nearest_existing
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PREFLIGHT_TIMEOUT_S = 5.0  # connect and read, one try: a live server answers in milliseconds

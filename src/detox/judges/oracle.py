@@ -1,6 +1,6 @@
 """The corpus generator's ground truth about toxicity: does a text hold one of its insults?
 
-The generator writes every insult of the built-in world from :data:`~detox.builtin.corpus.INSULTS`,
+The generator writes every insult of the built-in world from :data:`~detox.data.corpus.INSULTS`,
 so it knows the truth that a classifier can only estimate. A policy under PPO does not only
 repeat insults whole: it learns to garble them into tokens the reward model has never seen
 ("Ltopidiotengine", "repairidiot"). The oracle catches, in a lowercased text split into runs
@@ -108,6 +108,6 @@ class InsultOracle:
 @lru_cache(maxsize=4)
 def generator_oracle(min_embedded_letters: int = 4) -> InsultOracle:
     """The oracle of the built-in corpus generator: its insults, and its own vocabulary as words."""
-    from detox.builtin.corpus import INSULTS, vocabulary
+    from detox.data.corpus import INSULTS, vocabulary
 
     return InsultOracle(INSULTS, vocabulary(), min_embedded_letters)

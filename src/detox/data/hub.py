@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from detox.errors import HubUnreachableError, SourceError
+from detox.common.errors import HubUnreachableError, SourceError
 
 CONNECT_TIMEOUT_S = 5.0
 

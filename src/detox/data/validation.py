@@ -1,7 +1,7 @@
 """The ``validate`` stage's library: a Great Expectations suite per data split.
 
 Each split (``train``, ``validation``, ``test``) is checked by a GX 1.x expectation
-suite built from :class:`~detox.params.ValidateParams`:
+suite built from :class:`~detox.common.params.ValidateParams`:
 
 * the required columns exist (``id``, ``dialogue``, ``summary``, ``topic``);
 * their values are strings; ``id``, ``dialogue`` and ``summary`` are non-null and
@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from detox.data import COLUMNS, SPLITS
-from detox.errors import DataValidationError, ParamsError
-from detox.io import atomic_dir, write_json
-from detox.params import LabelledChecks, ValidateParams
+from detox.data.reading import COLUMNS, SPLITS
+from detox.common.errors import DataValidationError, ParamsError
+from detox.common.io import atomic_dir, write_json
+from detox.common.params import LabelledChecks, ValidateParams
 
 if TYPE_CHECKING:  # pragma: no cover
     from great_expectations.data_context import AbstractDataContext

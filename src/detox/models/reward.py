@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from detox.errors import RewardModelError
-from detox.params import RewardParams
+from detox.common.errors import RewardModelError
+from detox.common.params import RewardParams
 
 
 def label_index(model: PreTrainedModel, name: str, owner: str = "the reward model",

@@ -2,7 +2,7 @@
 
 The policy model's one artifact, ``policy``, is a folder with the merged seq2seq model and
 its tokenizer; its ``model_config`` holds the prompt template, the generation settings and the
-seed the policy was evaluated with. It generates through :func:`detox.generation.generate_summaries`,
+seed the policy was evaluated with. It generates through :func:`detox.models.generation.generate_summaries`,
 so a served summary is the one the evaluate stage scored for the same dialogue, batch and seed. The
 ``detox`` package travels with the model (``code_paths``), so ``mlflow.pyfunc.load_model`` and
 ``mlflow models serve`` need only the model's pip requirements.
@@ -46,9 +46,9 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from detox import hf_pipeline
-from detox.generation import build_prompts, generate_summaries, generation_kwargs, load_policy
-from detox.params import EvalParams, GenerationParams
+from detox.serve import hf_pipeline
+from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy
+from detox.common.params import EvalParams, GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ou
                   generation: GenerationParams, seed: int) -> Path:
     """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact, and a Hugging
     Face model that ``pipeline("summarization", model=out_dir, trust_remote_code=True)`` loads
-    (:mod:`detox.hf_pipeline`). The prompt template, the source-token limit and the seed go into
+    (:mod:`detox.serve.hf_pipeline`). The prompt template, the source-token limit and the seed go into
     ``config.json`` (``sampling_seed``: the pipeline seeds as serving does), the sampling settings into
     ``generation_config.json`` (``model`` is changed in place accordingly).
     """
@@ -285,8 +285,8 @@ class RewardClassifier(Served):
     column = "text"
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from detox.params import RewardParams
-        from detox.reward import RewardScorer
+        from detox.common.params import RewardParams
+        from detox.models.reward import RewardScorer
 
         config = dict(context.model_config or {})
         cfg = RewardParams(**{key.split(".", 1)[1]: config[key] for key in REWARD_CONFIG_KEYS if key in config})

@@ -24,11 +24,11 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
-from detox.errors import SourceError
-from detox.model_check import load_or_init
-from detox.params import Params
-from detox.reward import label_index
-from detox.training import Fit, Schedule, fit
+from detox.common.errors import SourceError
+from detox.models.check import load_or_init
+from detox.common.params import Params
+from detox.models.reward import label_index
+from detox.models.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from typing import Any
 
 import pandas as pd
 
-from detox.builtin.corpus import generate_corpus, labelled_sentences
-from detox.builtin.models import ID2LABEL, write_policy_base, write_reward_base
-from detox.data import COLUMNS, SPLITS, check_dialogues, read_local_splits, read_table
-from detox.errors import SourceError
-from detox.hub import download_model, load_dataset_splits
-from detox.io import atomic_dir, sha256_file, sha256_tree, write_json
-from detox.model_check import check_model_folder
-from detox.params import HubRef, LocalRef, Params
+from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.models.builtin import ID2LABEL, write_policy_base, write_reward_base
+from detox.data.reading import COLUMNS, SPLITS, check_dialogues, read_local_splits, read_table
+from detox.common.errors import SourceError
+from detox.data.hub import download_model, load_dataset_splits
+from detox.common.io import atomic_dir, sha256_file, sha256_tree, write_json
+from detox.models.check import check_model_folder
+from detox.common.params import HubRef, LocalRef, Params
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from detox.generation import build_prompts, generate_summaries
-from detox.judges import Judge
-from detox.params import GenerationParams
-from detox.quality import ROUGE_KEYS, distinct_ngrams, response_nll, rouge, unknown_words, words  # noqa: F401
-from detox.reward import RewardScorer
+from detox.models.generation import build_prompts, generate_summaries
+from detox.judges.panel import Judge
+from detox.common.params import GenerationParams
+from detox.evaluate.quality import ROUGE_KEYS, distinct_ngrams, response_nll, rouge, unknown_words, words  # noqa: F401
+from detox.models.reward import RewardScorer
 
 TOXIC_THRESHOLD = 0.5  # the reward model's: toxic when P(toxic label) > 0.5
 REWARD_MODEL = "reward_model"  # the reward model's view, always first and never merged with a judge's

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from detox.errors import SourceError
+from detox.common.errors import SourceError
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary", "topic")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from detox.io import write_json
+from detox.common.io import write_json
 
 TIMINGS_DIR = Path("logs/timings")
 

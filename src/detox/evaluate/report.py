@@ -23,11 +23,11 @@ import pandas as pd
 from markdown_it import MarkdownIt
 from matplotlib.figure import Figure
 
-from detox.comparison import (
+from detox.evaluate.comparison import (
     CHANGE_TOLERANCE, DISAGREEMENT_COLUMNS, JUDGE_ONLY, TABLE_COLUMNS, PromotionDecision, check_paired, groups,
 )
-from detox.evaluation import REWARD_MODEL, TOXIC_THRESHOLD, sources
-from detox.io import write_parquet, write_text
+from detox.evaluate.scoring import REWARD_MODEL, TOXIC_THRESHOLD, sources
+from detox.common.io import write_parquet, write_text
 
 PLOT_FILES = {
     "judges": "toxic_share_by_judge.png",

@@ -1,8 +1,8 @@
 """What every stage script shares: logging set-up and clean errors.
 
-A :class:`~detox.errors.DetoxError` is the user's to fix, so it is printed as its
+A :class:`~detox.common.errors.DetoxError` is the user's to fix, so it is printed as its
 message alone (no traceback) and the stage exits with status 1. So is a full disk or a
-place that refuses writes met during the work (the door, :mod:`detox.gate`, checks both
+place that refuses writes met during the work (the door, :mod:`detox.common.gate`, checks both
 before it, but a disk fills while a stage runs), and an interrupt (Ctrl-C, a scheduler's
 SIGTERM), which exits with 128 + the signal's number. Anything else is a bug and keeps its
 traceback.
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from detox.errors import DetoxError, error_chain
+from detox.common.errors import DetoxError, error_chain
 
 NO_SPACE = ("No space left on device", "database or disk is full", "Disk quota exceeded")  # OS, sqlite
 NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}

@@ -11,7 +11,7 @@ outputs can be written and have room.
   removed, and DVC's cache, or MLflow's artifact store, keeps a copy), plus a reserve for a first run
   and for logs, ``DETOX_MIN_FREE_MB`` (default 100).
 
-Kept apart from :mod:`detox.validation` (the Great Expectations suites), so that the stages depend on
+Kept apart from :mod:`detox.data.validation` (the Great Expectations suites), so that the stages depend on
 this small file and not on the suites' code.
 """
 
@@ -23,8 +23,8 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from detox.errors import DataValidationError, MissingInputError, OutputLocationError
-from detox.io import cannot_create_files, nearest_existing
+from detox.common.errors import DataValidationError, MissingInputError, OutputLocationError
+from detox.common.io import cannot_create_files, nearest_existing
 
 VALIDATION_METRICS = Path("metrics/validation.json")  # the splits
 LABELLED_METRICS = Path("metrics/validation_labelled.json")  # the reward stage's labelled data
@@ -45,7 +45,7 @@ MB = 1_000_000
 
 
 def ready(stage: str, inputs: Sequence[str | Path], outputs: Sequence[str | Path]) -> None:
-    """Raise a one-line :class:`~detox.errors.DetoxError` unless ``stage`` can start: every input exists,
+    """Raise a one-line :class:`~detox.common.errors.DetoxError` unless ``stage`` can start: every input exists,
     the validation metrics among them say the data passed, and every output can be written and has room.
 
     Failed validation is reported first: it is the cause to fix even when later inputs are missing too."""
@@ -63,7 +63,7 @@ def producer(path: str | Path) -> str:
         found = PRODUCERS.get(Path(*parts[:length]).as_posix())
         if found:
             return found
-    raise ValueError(f"{path}: no stage of dvc.yaml writes it (add it to detox.gate.PRODUCERS)")
+    raise ValueError(f"{path}: no stage of dvc.yaml writes it (add it to detox.common.gate.PRODUCERS)")
 
 
 def require_inputs(stage: str, inputs: Iterable[str | Path]) -> None:

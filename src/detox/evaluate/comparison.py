@@ -1,6 +1,6 @@
 """Before vs after: the paired comparison of the baseline and the PPO policy.
 
-Both frames come from :func:`detox.evaluation.score_policy` on the same test rows,
+Both frames come from :func:`detox.evaluate.scoring.score_policy` on the same test rows,
 prompts, seeds, reward model and judges, so row i of one and row i of the other are a
 pair. This module holds the numbers the evaluate stage reports, the table of summaries on
 which the reward model and a judge disagree, and the gate that decides whether a policy
@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from detox.errors import DetoxError
-from detox.evaluation import REWARD_MODEL, ROUGE_KEYS, judge_columns, per_prompt, sources, summarize
-from detox.params import PromotionParams
+from detox.common.errors import DetoxError
+from detox.evaluate.scoring import REWARD_MODEL, ROUGE_KEYS, judge_columns, per_prompt, sources, summarize
+from detox.common.params import PromotionParams
 
 # Scoring the same text in another batch (other padding) moves a float32 logit by ~1e-5:
 # smaller diffs count as unchanged in the shares of pairs that rose or fell.

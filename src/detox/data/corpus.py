@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import pandas as pd
 
-from detox.params import BuiltinCorpus
+from detox.common.params import BuiltinCorpus
 
 SPLITS = ("train", "validation", "test")
 
@@ -292,7 +292,7 @@ def garble(text: str, rng: random.Random, toxic: bool) -> str:
     one in an English word, ``a pathetic`` -> ``apathetic``), a clean one gets none from a
     fragment. After 20 tries the text is returned unchanged.
     """
-    from detox.builtin.oracle import generator_oracle
+    from detox.judges.oracle import generator_oracle
 
     oracle = generator_oracle()
     for _ in range(20):
@@ -321,8 +321,8 @@ def garble(text: str, rng: random.Random, toxic: bool) -> str:
 @lru_cache(maxsize=1)
 def vocabulary() -> frozenset[str]:
     """Every word the generator writes, lowercased, except the insults' words."""
-    from detox.builtin.oracle import LETTERS, insult_words
-    from detox.params import BuiltinCorpus
+    from detox.judges.oracle import LETTERS, insult_words
+    from detox.common.params import BuiltinCorpus
 
     splits = generate_corpus(BuiltinCorpus(train_size=3000, validation_size=5, test_size=5, heated_share=0.5), seed=0)
     texts = [t for frame in splits.values() for t in (*frame["dialogue"], *frame["summary"])]

@@ -5,9 +5,9 @@ measure the policy it trained. A judge scores every summary beside it, and the r
 and the promotion gate read the judges:
 
 - ``oracle`` (built-in world): the corpus generator's ground truth, see
-  :mod:`detox.builtin.oracle`;
+  :mod:`detox.judges.oracle`;
 - ``builtin``: a character n-gram classifier trained here on its own sentences and seed
-  (:mod:`detox.builtin.judge`);
+  (:mod:`detox.judges.ngram`);
 - ``hub``: a public toxicity classifier trained on other data than the reward model
   (by default ``s-nlp/roberta_toxicity_classifier``, trained on Jigsaw's comments),
   downloaded like the other models;
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from detox.errors import DetoxError, HubUnreachableError, SourceError
-from detox.hub import download_model
-from detox.io import sha256_tree, write_json
-from detox.params import BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, Params
-from detox.reward import label_index
+from detox.common.errors import DetoxError, HubUnreachableError, SourceError
+from detox.data.hub import download_model
+from detox.common.io import sha256_tree, write_json
+from detox.common.params import BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, Params
+from detox.models.reward import label_index
 
 JUDGE_FILE = "judge.json"
 ORACLE_THRESHOLD = 0.5
@@ -59,7 +59,7 @@ class OracleJudge(Judge):
     kind = "oracle"
 
     def __init__(self, name: str, record: Mapping[str, Any]) -> None:
-        from detox.builtin.oracle import InsultOracle
+        from detox.judges.oracle import InsultOracle
 
         super().__init__(name, ORACLE_THRESHOLD)
         self.oracle = InsultOracle(record["insults"], record.get("words", ()), int(record["min_embedded_letters"]))
@@ -75,7 +75,7 @@ class NgramJudge(Judge):
     kind = "ngram"
 
     def __init__(self, name: str, folder: Path, threshold: float) -> None:
-        from detox.builtin.judge import load_ngram_judge
+        from detox.judges.ngram import load_ngram_judge
 
         super().__init__(name, threshold)
         self.pipeline = load_ngram_judge(folder)
@@ -129,7 +129,7 @@ def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
     if isinstance(spec, OracleJudgeSpec):
         record = _build_oracle(spec)
     elif isinstance(spec, BuiltinJudgeSpec):
-        from detox.builtin.judge import train_ngram_judge
+        from detox.judges.ngram import train_ngram_judge
 
         record = {"kind": "ngram", "threshold": spec.threshold, "seed": spec.seed,
                   "training": train_ngram_judge(spec, out_dir)}
@@ -147,7 +147,7 @@ def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
         raise TypeError(f"unknown judge spec {type(spec).__name__}")
     record["name"] = name
     if record["kind"] == "classifier":
-        from detox.model_check import check_model_folder
+        from detox.models.check import check_model_folder
 
         check_model_folder(out_dir, "classifier", f"judges.{name}")
     write_json(out_dir / JUDGE_FILE, record)
@@ -157,8 +157,8 @@ def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
 
 
 def _build_oracle(spec: OracleJudgeSpec) -> dict[str, Any]:
-    from detox.builtin.corpus import INSULTS, labelled_sentences, vocabulary
-    from detox.builtin.oracle import InsultOracle, lexicon_version
+    from detox.data.corpus import INSULTS, labelled_sentences, vocabulary
+    from detox.judges.oracle import InsultOracle, lexicon_version
 
     oracle = InsultOracle(INSULTS, sorted(vocabulary()), spec.min_embedded_letters)
     # A self-check: the generator's own labelled sentences, garbled ones included.

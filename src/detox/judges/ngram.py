@@ -20,8 +20,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from detox.builtin.corpus import labelled_sentences
-from detox.params import BuiltinJudgeSpec
+from detox.data.corpus import labelled_sentences
+from detox.common.params import BuiltinJudgeSpec
 
 MODEL_FILE = "model.joblib"
 HOLDOUT_SHARE = 0.1

@@ -25,7 +25,7 @@ import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import RobertaConfig, RobertaTokenizer, T5Config, T5Tokenizer
 
-from detox.params import BuiltinPolicy, BuiltinReward
+from detox.common.params import BuiltinPolicy, BuiltinReward
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
-from detox.data import load_split
-from detox.generation import build_prompts, generate_summaries
-from detox.model_check import load_or_init
-from detox.params import GenerationParams, Params
-from detox.quality import rouge
-from detox.training import Fit, Schedule, fit
+from detox.data.reading import load_split
+from detox.models.generation import build_prompts, generate_summaries
+from detox.models.check import load_or_init
+from detox.common.params import GenerationParams, Params
+from detox.evaluate.quality import rouge
+from detox.models.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
 

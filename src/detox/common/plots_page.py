@@ -4,7 +4,7 @@ DVC's own page loads the three libraries from a CDN, so offline it stays blank. 
 page (``plots.html_template``, a path relative to ``.dvc/``, ignored by git); ``make setup`` writes it there
 with the JavaScript bundle that the installed vl-convert-python ships (about 0.9 MB), so every
 ``dvc_plots/index.html`` renders without network and can be passed around as one file. ``python -m
-detox.plots_page`` writes it again, e.g. after vl-convert-python was upgraded.
+detox.common.plots_page`` writes it again, e.g. after vl-convert-python was upgraded.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import vl_convert
 from dvc.exceptions import NotDvcRepoError
 from dvc.repo import Repo
 
-from detox.cli import run_stage
-from detox.errors import DetoxError
-from detox.io import write_text
+from detox.common.cli import run_stage
+from detox.common.errors import DetoxError
+from detox.common.io import write_text
 
 # dvc_render fills these in the page; DVC puts its CDN <script> tags into {scripts}, so this page has none.
 PLACEHOLDERS = ("{plot_divs}", "{refresh_tag}", "{scripts}")

@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
-from detox.errors import SourceError
+from detox.common.errors import SourceError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -79,7 +79,7 @@ def check_model_folder(folder: str | Path, kind: str, section: str, weights: boo
                           + (": its classification head would be random" if kind == "classifier" else "")
                           + "; point it at another model folder")
     names = sorted(str(label) for label in (config.id2label or {}).values())
-    known = {label.lower() for label in names}  # matched as detox.reward.label_index matches them
+    known = {label.lower() for label in names}  # matched as detox.models.reward.label_index matches them
     unknown = {key: label for key, label in (labels or {}).items() if label.lower() not in known}
     if unknown:
         where = shown_config if shown is not None else "its config.json"  # not the scratch folder of a builtin one

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detox.errors import ParamsError
+from detox.common.errors import ParamsError
 
 Source = Literal["builtin", "hub", "local"]
 
@@ -584,5 +584,5 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if raw is None:  # an empty file (or only comments) would run every stage silently on the defaults
         raise ParamsError(f"{path} is empty: restore it (`git checkout {path}`), or write the settings you change "
-                          "(`{}` for all the defaults of src/detox/params.py)")
+                          "(`{}` for all the defaults of src/detox/common/params.py)")
     return parse_params(raw, origin=str(path))

@@ -1,1 +1,0 @@
-"""The offline world: a generated corpus and small models built from it."""

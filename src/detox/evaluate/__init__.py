@@ -1,0 +1,1 @@
+"""The evaluate phase: scoring, quality, statistics, promotion, tables, figures, the report."""

@@ -1,0 +1,1 @@
+"""Models: checks, the shared training loop, generation, SFT, the reward model and its training."""

@@ -1,0 +1,1 @@
+"""Serving: the MLflow pyfunc models, the Hugging Face pipeline, model cards."""
