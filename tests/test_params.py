@@ -77,7 +77,7 @@ def test_an_empty_params_file_is_refused_not_run_on_the_defaults(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["error: params.yaml is empty: restore it (`git checkout params.yaml`), "
                                                 "or write the settings you change (`{}` for all the defaults of "
-                                                "src/detox/common/params.py)"]
+                                                "src/detox/common/params/)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing may be written"
 
 
