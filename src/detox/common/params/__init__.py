@@ -5,11 +5,12 @@ and out-of-range values fail with a :class:`ParamsError` that names the key, wha
 was given and what is allowed, so a typo in ``dvc exp run -S`` is caught before any
 work starts.
 
-The defaults live here, in the schema (``{}`` is a valid file: every default);
-``params.yaml`` spells out the same values for people to read and edit, and
-``tests/test_params.py`` keeps the two equal key by key. The schema is the one source
-because a missing key then means its default, as ``dvc exp run -S`` and tests with a
-few keys expect, and pydantic names a wrong key where it is declared.
+The defaults are written once, here (pydantic field defaults); ``params.yaml`` spells
+out the same values for people to read and edit, and ``tests/test_params.py`` keeps the
+two equal key by key. Defaults in the schema, rather than required fields read from the
+file, keep a file with only some keys valid (``{}`` is every default, as the empty-file
+error says; tests and scripts pass a few keys), while the error for a bad key or value,
+and what ``dvc exp run -S`` writes into ``params.yaml``, stay as they are.
 """
 
 from __future__ import annotations

@@ -34,11 +34,10 @@ class BuiltinLabelled(Strict):
     )
 
 
-class LabelledHub(Strict):
+class LabelledHub(HubRef):
     """A labelled Hub dataset: one split, its text column and its label column."""
 
     name: str | None = Field(None, description="Hub dataset id; required when reward.data.source is hub")
-    revision: str = Field("main", min_length=1, description="branch, tag or commit; pin a commit")
     split: str = Field("train", min_length=1)
     text_column: str = Field("text", min_length=1)
     label_column: str = Field("label", min_length=1)
