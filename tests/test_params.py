@@ -78,7 +78,8 @@ def test_wrong_type_names_key_and_value():
 
 
 def test_out_of_range_value_says_what_is_allowed():
-    with pytest.raises(ParamsError, match=r"data\.builtin\.heated_share: Input should be less than or equal to 1 \(got 1\.5\)"):
+    with pytest.raises(ParamsError,
+                       match=r"data\.builtin\.heated_share: Input should be less than or equal to 1 \(got 1\.5\)"):
         parse_params({"data": {"builtin": {"heated_share": 1.5}}})
 
 
