@@ -1,10 +1,12 @@
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from conftest import HANG_S
+from pydantic import BaseModel
 
 from detox.common.errors import ParamsError
 from detox.common.params import Params, load_params, parse_params
@@ -16,6 +18,50 @@ def test_project_params_file_is_valid_and_matches_schema_defaults():
     params = load_params(ROOT / "params.yaml")
     # The file spells out every default, so the two cannot drift apart silently.
     assert params == Params()
+
+
+def drift(written: Any, default: Any, where: str = "params.yaml") -> list[str]:
+    """Where ``written`` (YAML as read) and the schema ``default`` differ: a key one has and the other not, or
+    another value (of another type: 1 is not 1.0)."""
+    if isinstance(default, BaseModel):
+        fields = type(default).model_fields
+        if not isinstance(written, dict):
+            return [f"{where}: a section in the schema, {written!r} in the file"]
+        return ([f"{where}.{key}: in the file, not a schema field" for key in written if key not in fields]
+                + [f"{where}.{key}: a schema field the file does not spell out" for key in fields if key not in written]
+                + [line for key in fields if key in written
+                   for line in drift(written[key], getattr(default, key), f"{where}.{key}")])
+    if isinstance(default, dict):  # named entries (judges, validation.min_rows): the same names, each equal
+        if not isinstance(written, dict) or set(written) != set(default):
+            return [f"{where}: names {sorted(written) if isinstance(written, dict) else written!r} in the file, "
+                    f"{sorted(default)} in the schema"]
+        return [line for key in default for line in drift(written[key], default[key], f"{where}.{key}")]
+    if isinstance(default, tuple):
+        default = list(default)
+    if type(written) is not type(default) or written != default:
+        return [f"{where}: {written!r} in the file, {default!r} in the schema"]
+    return []
+
+
+def test_params_yaml_spells_out_exactly_the_schema_defaults_key_by_key():
+    written = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    assert drift(written, Params()) == []
+
+
+def test_the_drift_check_names_each_difference():
+    written = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    written["ppo"]["kl"]["target"] = 7.0
+    written["ppo"]["gamma"] = 1
+    written["eval"]["extra"] = 3
+    del written["judges"]["ngram"]["C"]
+    del written["tracking"]
+    assert drift(written, Params()) == [
+        "params.yaml.tracking: a schema field the file does not spell out",
+        "params.yaml.eval.extra: in the file, not a schema field",
+        "params.yaml.judges.ngram.C: a schema field the file does not spell out",
+        "params.yaml.ppo.gamma: 1 in the file, 1.0 in the schema",
+        "params.yaml.ppo.kl.target: 7.0 in the file, 6.0 in the schema",
+    ]
 
 
 def test_unknown_key_names_the_key_and_the_allowed_ones():
@@ -32,7 +78,8 @@ def test_wrong_type_names_key_and_value():
 
 
 def test_out_of_range_value_says_what_is_allowed():
-    with pytest.raises(ParamsError, match=r"data\.builtin\.heated_share: Input should be less than or equal to 1 \(got 1\.5\)"):
+    with pytest.raises(ParamsError,
+                       match=r"data\.builtin\.heated_share: Input should be less than or equal to 1 \(got 1\.5\)"):
         parse_params({"data": {"builtin": {"heated_share": 1.5}}})
 
 
@@ -77,7 +124,7 @@ def test_an_empty_params_file_is_refused_not_run_on_the_defaults(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["error: params.yaml is empty: restore it (`git checkout params.yaml`), "
                                                 "or write the settings you change (`{}` for all the defaults of "
-                                                "src/detox/common/params.py)"]
+                                                "src/detox/common/params/)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing may be written"
 
 

@@ -81,5 +81,5 @@ def test_every_stage_depends_on_exactly_the_modules_it_imports():
 
 def test_the_import_walk_sees_lazy_and_relative_imports(tmp_path):
     assert "src/detox/judges/ngram.py" in closure(ROOT / "stages" / "judges.py")  # imported inside a function
-    assert "src/detox/common/params.py" in closure(ROOT / "stages" / "fetch.py")  # through detox.data.fetch
+    assert "src/detox/common/params/schema.py" in closure(ROOT / "stages" / "fetch.py")  # through detox.data.fetch
     assert "src/detox/ppo/train.py" in closure(ROOT / "stages" / "ppo.py")

@@ -1,0 +1,71 @@
+"""The shapes several sections of ``params.yaml`` share: where a model or data set comes from, bounds, LoRA."""
+
+from __future__ import annotations
+
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Source = Literal["builtin", "hub", "local"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubRef(Strict):
+    name: str = Field(min_length=1, description="Hugging Face Hub id, e.g. google/flan-t5-base")
+    revision: str = Field(
+        "main", min_length=1, description="branch, tag or commit; pin a commit for reproducibility"
+    )
+
+
+class LocalRef(Strict):
+    path: str | None = Field(None, description="file or folder on disk, used when source is local")
+
+
+HubT = TypeVar("HubT", bound=BaseModel)
+BuiltinT = TypeVar("BuiltinT", bound=BaseModel)
+
+
+class Sourced(Strict, Generic[HubT, BuiltinT]):
+    """A model or data set that ``source`` takes from the Hub, from disk or from this project's generator.
+
+    A section sets the defaults of ``hub`` and ``builtin`` (fields keep this order when redeclared).
+    """
+
+    source: Source = "builtin"
+    hub: HubT
+    local: LocalRef = LocalRef()
+    builtin: BuiltinT
+
+
+class Bounds(Strict):
+    """An inclusive ``[min, max]`` of counts (characters, tokens)."""
+
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class Range(Bounds):
+    """Bounds whose ``min`` is at least 1 (a number of tokens to draw)."""
+
+    min: int = Field(ge=1)
+
+
+LoraRank = Annotated[int, Field(ge=1, le=1024)]
+
+
+class Lora(Strict):
+    """LoRA adapters: rank, scale, dropout and the modules they wrap."""
+
+    r: LoraRank  # each section sets its own default
+    alpha: int = Field(32, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="in ppo used only when ppo.disable_dropout is false")
+    target_modules: tuple[str, ...] = Field(("q", "v"), min_length=1)

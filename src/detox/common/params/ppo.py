@@ -1,0 +1,99 @@
+"""The ``ppo`` section: the PPO loop, its KL leash, LoRA adapters, checkpoint selection and early stops."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from detox.common.params.base import Lora, LoraRank, Range, Strict
+
+
+class _Switch(Strict):
+    enabled: bool = Field(True, description="false = full fine-tuning, with a frozen reference copy")
+
+
+class LoraParams(Lora, _Switch):  # _Switch listed last: pydantic lays out its field (enabled) first
+    r: LoraRank = 32
+    scope: Literal["all", "decoder"] = Field(
+        "decoder",
+        description="where target_modules get adapters: decoder only (the encoder stays frozen, so a PPO step "
+        "runs it once and reuses its output) or all (encoder and decoder, as in the original notebook)",
+    )
+
+
+class KLParams(Strict):
+    adaptive: bool = Field(True, description="adaptive controller (target, horizon) or a fixed coefficient")
+    init_coef: float = Field(2.0, ge=0.0, le=100.0)
+    target: float = Field(6.0, gt=0.0, description="target KL (summed over response tokens)")
+    horizon: int = Field(10_000, ge=1)
+    estimator: Literal["k1", "abs", "mse"] = "k1"
+
+
+class ScoreParams(Strict):
+    normalize: bool = Field(False, description="scale scores by a running std (and shift by its mean)")
+    clip: float | None = Field(None, gt=0.0, description="clip (normalised) scores to [-clip, clip]")
+
+
+class SelectParams(Strict):
+    judge: str | None = Field(
+        "oracle", description="the judge (one of eval.judges) whose toxic share on the validation subset picks "
+        "the checkpoint; null = the reward model's",
+    )
+    max_rougeL_drop: float = Field(
+        0.02, ge=0.0, le=1.0, description="a checkpoint qualifies when its validation ROUGE-L is at most this "
+        "below the untrained policy's",
+    )
+
+
+class CollapseParams(Strict):
+    min_distinct_2: float = Field(0.05, ge=0.0, le=1.0, description="stop when validation distinct-2 falls below")
+    min_mean_length: float = Field(3.0, ge=0.0, description="stop when validation summaries are shorter (words)")
+
+
+class PPOParams(Strict):
+    steps: int = Field(100, ge=1, le=1_000_000)
+    batch_size: int = Field(64, ge=1, le=65_536, description="prompts per PPO step (per process)")
+    mini_batch_size: int = Field(8, ge=1, le=65_536)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    ppo_epochs: int = Field(4, ge=1, le=100)
+    learning_rate: float = Field(5e-4, gt=0.0, le=1.0)
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    cliprange: float = Field(0.2, gt=0.0, le=10.0)
+    cliprange_value: float = Field(0.2, gt=0.0, le=1000.0)
+    vf_coef: float = Field(0.1, ge=0.0, le=100.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    kl: KLParams = KLParams()
+    response_length: Range = Field(Range(min=24, max=48), description="max_new_tokens drawn per batch")
+    max_source_tokens: int = Field(512, ge=8, le=8192, description="rollout prompts are truncated to this many tokens")
+    score: ScoreParams = ScoreParams()
+    max_kl: float | None = Field(None, gt=0.0, description="stop early when the mean KL exceeds this")
+    disable_dropout: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="the whole step (rollout, reference and training passes) under this autocast; fp16 "
+        "with a gradient scaler (GPU only); must agree with `accelerate launch --mixed_precision`",
+    )
+    checkpoint_every: int = Field(10, ge=1, description="steps between resumable checkpoints")
+    eval_every: int | None = Field(
+        10, ge=1, description="steps between evaluations on the validation subset (also before the first step and "
+        "after the last); null = none, and the last step becomes models/ppo",
+    )
+    eval_prompts: int = Field(200, ge=1, le=100_000, description="validation dialogues evaluated (the first ones)")
+    select: SelectParams = SelectParams()
+    patience: int | None = Field(
+        None, ge=1, description="stop when the selected checkpoint has not improved for this many evaluations",
+    )
+    collapse: CollapseParams = CollapseParams()
+    lora: LoraParams = LoraParams()
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "PPOParams":
+        chunk = self.mini_batch_size * self.gradient_accumulation_steps
+        if self.batch_size % chunk:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size x "
+                f"gradient_accumulation_steps ({self.mini_batch_size} x {self.gradient_accumulation_steps})"
+            )
+        return self
+
