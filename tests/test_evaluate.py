@@ -727,6 +727,18 @@ def test_a_failed_evaluation_ends_its_run_failed_and_registers_nothing(registry,
 # --------------------------------------------------------------------------- the stage
 
 
+def test_the_look_of_the_report_and_the_statistics_rerun_only_the_evaluate_stage():
+    """The baseline and ppo stages import no styling, report, table, figure, statistics or promotion module."""
+    from test_pipeline import closure
+
+    evaluate_only = {f"src/detox/evaluate/{name}.py"
+                     for name in ("pages", "report", "tables", "figures", "statistics", "promotion")}
+    assert evaluate_only <= closure(ROOT / "stages" / "evaluate.py")
+    for stage in ("baseline", "ppo", "sft", "reward"):
+        assert not closure(ROOT / "stages" / f"{stage}.py") & evaluate_only, stage
+    assert "src/detox/evaluate/scoring.py" not in closure(ROOT / "stages" / "ppo.py")
+
+
 def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
     (tmp_path / "metrics").mkdir()

@@ -34,7 +34,8 @@ def improvement_pct(before: float, after: float) -> float | None:
     return float((before - after) / before * 100.0)
 
 
-# Hand-written, not scipy.stats.bootstrap: that draws other resamples, and the CIs must stay as they are.
+# Hand-written, not scipy.stats.bootstrap: its percentile CI differs from this one in the last digits (its
+# mean and quantile arithmetic), and the CIs in metrics/evaluate.json must stay as they are.
 def bootstrap_ci(diffs: np.ndarray, samples: int, confidence: float, seed: int) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of paired diffs: whole pairs are resampled with replacement."""
     diffs = np.asarray(diffs, dtype=np.float64)

@@ -91,6 +91,8 @@ def ensure_experiment(name: str) -> str:
     return experiment.experiment_id
 
 
+# Hand-written, not pandas.json_normalize: that turns numpy scalars into Python ones (numeric_metrics would then
+# log numbers it skips today) and puts top-level keys first; the keys and values logged must stay as they are.
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"ppo": {"kl": {"target": 6}}}`` -> ``{"ppo.kl.target": 6}``."""
     flat: dict[str, Any] = {}
