@@ -6,7 +6,7 @@ fluency is measured under the same policy (the reference of PPO), garbling again
 
 from detox.common.cli import run_stage
 from detox.evaluate.scoring import eval_splits, score_test
-from detox.evaluate.summary import headline, summarize
+from detox.evaluate.summary import headline, scope, summarize
 from detox.models.generation import load_policy
 from detox.common.io import write_json, write_parquet
 from detox.judges.panel import load_judges
@@ -34,7 +34,7 @@ def main() -> None:
     metrics = summarize(scored)
     write_json("metrics/baseline.json", metrics)
     write_timings("baseline", {"samples_per_second": samples_per_second})  # not a DVC metric: it varies by run
-    print(f"baseline on {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples: "
+    print(f"baseline on {scope(metrics)}: "
           f"reward {metrics['reward_mean']:.3f}, ROUGE-L {metrics['rougeL']:.3f}; toxic share "
           + headline(metrics["toxicity"]))
 

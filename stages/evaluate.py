@@ -13,6 +13,7 @@ entry; the PPO run is only read), and registers the policy as a new model versio
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from transformers import AutoTokenizer
@@ -24,7 +25,7 @@ from detox.evaluate.promotion import decide, evidence, prompts_fingerprint
 from detox.evaluate.report import write_report
 from detox.evaluate.scoring import check_paired, eval_splits, score_test
 from detox.evaluate.statistics import compare
-from detox.evaluate.summary import headline, per_prompt
+from detox.evaluate.summary import headline, per_prompt, scope
 from detox.evaluate.tables import (
     disagreements, reward_diff_table, write_disagreements, write_plot_data, write_reward_diff,
 )
@@ -70,6 +71,13 @@ DESCRIPTION = ("The PPO policy: the sft policy fine-tuned with PPO against the r
                "dialogue summaries, its LoRA adapters merged. Every evaluate run registers a version; `champion` "
                "is the one that passed the promotion gate on an independent judge. Input: a `dialogue` column; "
                "output: one summary per dialogue.")
+
+
+def read_json(path: Path, missing: Any = None) -> Any:
+    """The JSON file at ``path``; ``missing`` when there is none (None: it must be there)."""
+    if missing is not None and not path.is_file():
+        return missing
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def version_summary(metrics: dict, judge: str) -> str:
@@ -132,18 +140,17 @@ def main() -> None:
             report = write_report(REPORTS, figures, metrics, decision, table, params.promotion.report_rows,
                                   params.tracking.registered_model, params.promotion.judge, disagreed)
             write_json(METRICS, metrics)
-            manifest = json.loads(BASE_MANIFEST.read_text(encoding="utf-8")) if BASE_MANIFEST.is_file() else {}
-            data_manifest = json.loads(DATA_MANIFEST.read_text(encoding="utf-8")) if DATA_MANIFEST.is_file() else {}
+            manifest, data_manifest = read_json(BASE_MANIFEST, {}), read_json(DATA_MANIFEST, {})
             write_text(merged / "README.md", merged_card(params.tracking.registered_model,
                                                          {**manifest, **data_manifest}, metrics,
                                                          params.promotion.judge, params.prompt.template,
                                                          params.reward.reward_label, card_data(BASE_CARD)))
 
             config = model_config(params.prompt.template, params.generation, params.eval.seed)
-            baseline_metrics = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
+            baseline_metrics = read_json(BASELINE_METRICS)
             stage_timings = {"evaluate": timings}  # timings reach MLflow, never DVC's metrics
             if TIMINGS_DIR.joinpath("baseline.json").is_file():
-                stage_timings["baseline"] = json.loads(TIMINGS_DIR.joinpath("baseline.json").read_text())
+                stage_timings["baseline"] = read_json(TIMINGS_DIR / "baseline.json")
             record = EvaluationRecord(
                 metrics, baseline_metrics,
                 tables={"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
@@ -161,7 +168,7 @@ def main() -> None:
             registered = log_evaluation(tracker, record, registration)
 
     improvement = metrics["improvement_pct"][judge]["toxic_share"]
-    print(f"evaluate on {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples: toxic share "
+    print(f"evaluate on {scope(metrics)}: toxic share "
           f"before: {headline(metrics['before']['toxicity'])}; after: {headline(metrics['after']['toxicity'])}; "
           f"{judge}: {'n/a' if improvement is None else f'{improvement:.1f}%'} fewer toxic summaries; "
           f"ROUGE-L {metrics['before']['rougeL']:.4f} -> {metrics['after']['rougeL']:.4f}")

@@ -78,6 +78,11 @@ def summarize(frame: pd.DataFrame, samples_per_second: float | None = None) -> d
     return metrics
 
 
+def scope(metrics: dict[str, Any]) -> str:
+    """``300 test dialogues x 5 samples``: what the metrics of :func:`summarize` (or of a comparison) cover."""
+    return f"{metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples"
+
+
 def headline(toxicity: dict[str, Any]) -> str:
     """``reward model 0.100, oracle 0.110, ...``: each source's toxic share, the reward model first."""
     return ", ".join(f"{'reward model' if name == REWARD_MODEL else name} {numbers['toxic_share']:.3f}"
