@@ -28,7 +28,6 @@ from detox.judges.panel import Judge
 from detox.models.generation import build_prompts, generate_summaries
 from detox.models.reward import RewardScorer
 
-__all__ = ["TOXIC_THRESHOLD"]  # also read from here (the threshold itself lives in detox.evaluate.thresholds)
 REWARD_MODEL = "reward_model"  # the reward model's view, always first and never merged with a judge's
 SAMPLE_SEED_STRIDE = 1_000_003  # sample j of every prompt is drawn from seed + j * stride
 
