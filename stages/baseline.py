@@ -5,14 +5,12 @@ fluency is measured under the same policy (the reference of PPO), garbling again
 """
 
 from detox.common.cli import run_stage
-from detox.data.reading import load_split
-from detox.evaluate.scoring import Instruments, sample_rows, score_policy, summarize
+from detox.evaluate.scoring import eval_splits, score_test
+from detox.evaluate.summary import headline, scope, summarize
 from detox.models.generation import load_policy
 from detox.common.io import write_json, write_parquet
 from detox.judges.panel import load_judges
 from detox.common.params import load_params
-from detox.evaluate.quality import vocabulary
-from detox.evaluate.report import headline
 from detox.models.reward import RewardScorer
 from detox.common.gate import VALIDATION_METRICS, ready
 from detox.common.timings import TIMINGS_DIR, write_timings
@@ -25,22 +23,18 @@ OUTPUTS = ("data/scored/baseline.parquet", "metrics/baseline.json", TIMINGS_DIR 
 def main() -> None:
     params = load_params("params.yaml")
     ready("baseline", INPUTS, OUTPUTS)
-    test = sample_rows(load_split("data/raw", "test"), params.eval.num_samples)
-    train = load_split("data/raw", "train")
+    test, train = eval_splits(params.eval.num_samples)
     model, tokenizer = load_policy("models/policy")
     scorer = RewardScorer.from_pretrained("models/reward", params.reward)
-    instruments = Instruments(judges=load_judges("models/judges", params.eval.judges), reference=(model, tokenizer),
-                              vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
-    scored, samples_per_second = score_policy(
-        model, tokenizer, scorer, test, params.prompt.template, params.generation, params.eval.seed,
-        params.generation.max_source_tokens, desc="baseline", samples_per_prompt=params.eval.samples_per_prompt,
-        instruments=instruments,
-    )
+    judges = load_judges("models/judges", params.eval.judges)
+    # fluency is measured under the same policy: the reference of PPO
+    scored, samples_per_second = score_test(model, tokenizer, scorer, params, test, train, judges, (model, tokenizer),
+                                            desc="baseline")
     write_parquet("data/scored/baseline.parquet", scored)
     metrics = summarize(scored)
     write_json("metrics/baseline.json", metrics)
     write_timings("baseline", {"samples_per_second": samples_per_second})  # not a DVC metric: it varies by run
-    print(f"baseline on {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples: "
+    print(f"baseline on {scope(metrics)}: "
           f"reward {metrics['reward_mean']:.3f}, ROUGE-L {metrics['rougeL']:.3f}; toxic share "
           + headline(metrics["toxicity"]))
 

@@ -13,32 +13,34 @@ entry; the PPO run is only read), and registers the policy as a new model versio
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from transformers import AutoTokenizer
 
 from detox.common.cli import run_stage
-from detox.evaluate.comparison import (
-    check_paired, compare, decide, disagreements, evidence, prompts_fingerprint, reward_diff_table,
-)
-from detox.data.reading import load_split
 from detox.common.errors import DetoxError
-from detox.evaluate.scoring import Instruments, per_prompt, sample_rows, score_policy
+from detox.evaluate.figures import write_plots
+from detox.evaluate.promotion import decide, evidence, prompts_fingerprint
+from detox.evaluate.report import write_report
+from detox.evaluate.scoring import check_paired, eval_splits, score_test
+from detox.evaluate.statistics import compare
+from detox.evaluate.summary import headline, per_prompt, scope
+from detox.evaluate.tables import (
+    disagreements, reward_diff_table, write_disagreements, write_plot_data, write_reward_diff,
+)
 from detox.models.generation import load_policy
 from detox.common.io import atomic_dir, write_json, write_parquet, write_text
 from detox.judges.panel import load_judges
 from detox.serve.model_card import card_data, merged_card
 from detox.common.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
-from detox.evaluate.quality import vocabulary
-from detox.evaluate.report import (
-    headline, write_disagreements, write_plot_data, write_plots, write_report, write_reward_diff,
-)
 from detox.models.reward import RewardScorer
 from detox.serve.pyfunc import Summarizer, export_policy, model_config, signature
 from detox.tracking.provenance import lock_tags, run_name, stage_params
 from detox.tracking.registry import PolicyModel, champion_evidence
-from detox.tracking.runs import Tracker, evaluation_run, log_evaluation, read_run_record
+from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation
+from detox.tracking.runs import Tracker, read_run_record
 from detox.tracking.store import ui_url
 from detox.common.gate import VALIDATION_METRICS, ready
 from detox.common.timings import TIMINGS_DIR, write_timings
@@ -71,6 +73,13 @@ DESCRIPTION = ("The PPO policy: the sft policy fine-tuned with PPO against the r
                "output: one summary per dialogue.")
 
 
+def read_json(path: Path, missing: Any = None) -> Any:
+    """The JSON file at ``path``; ``missing`` when there is none (None: it must be there)."""
+    if missing is not None and not path.is_file():
+        return missing
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def version_summary(metrics: dict, judge: str) -> str:
     """The registered version's description: which run, on how much data, the judged change, the decision."""
     share = {side: metrics[side]["toxicity"][judge]["toxic_share"] for side in ("before", "after")}
@@ -86,8 +95,7 @@ def main() -> None:
     # A server that is down, a read-only store or another project's store fails here, not after scoring.
     tracker = Tracker(params.tracking.experiment)
     run = read_run_record(PPO_DIR)
-    test = sample_rows(load_split("data/raw", "test"), params.eval.num_samples)
-    train = load_split("data/raw", "train")
+    test, train = eval_splits(params.eval.num_samples)
     baseline = pd.read_parquet(BASELINE)
     if "sample" not in baseline.columns:
         raise DetoxError(f"{BASELINE} was scored by an older version (no samples per prompt); run `dvc repro baseline`")
@@ -109,13 +117,8 @@ def main() -> None:
                           params.prompt.template, params.generation, params.eval.seed)
             model, tokenizer = load_policy(merged)
             scorer = RewardScorer.from_pretrained("models/reward", params.reward)
-            instruments = Instruments(judges=judges, reference=reference,
-                                      vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
-            scored, samples_per_second = score_policy(
-                model, tokenizer, scorer, test, params.prompt.template, params.generation, params.eval.seed,
-                params.generation.max_source_tokens, desc="evaluate", samples_per_prompt=params.eval.samples_per_prompt,
-                instruments=instruments,
-            )
+            scored, samples_per_second = score_test(model, tokenizer, scorer, params, test, train, judges, reference,
+                                                    desc="evaluate")
             metrics = compare(baseline, scored, params.promotion, params.eval.seed)
             timings = {"samples_per_second": samples_per_second}
             write_timings("evaluate", timings)
@@ -137,31 +140,35 @@ def main() -> None:
             report = write_report(REPORTS, figures, metrics, decision, table, params.promotion.report_rows,
                                   params.tracking.registered_model, params.promotion.judge, disagreed)
             write_json(METRICS, metrics)
-            manifest = json.loads(BASE_MANIFEST.read_text(encoding="utf-8")) if BASE_MANIFEST.is_file() else {}
-            data_manifest = json.loads(DATA_MANIFEST.read_text(encoding="utf-8")) if DATA_MANIFEST.is_file() else {}
+            manifest, data_manifest = read_json(BASE_MANIFEST, {}), read_json(DATA_MANIFEST, {})
             write_text(merged / "README.md", merged_card(params.tracking.registered_model,
                                                          {**manifest, **data_manifest}, metrics,
                                                          params.promotion.judge, params.prompt.template,
                                                          params.reward.reward_label, card_data(BASE_CARD)))
 
             config = model_config(params.prompt.template, params.generation, params.eval.seed)
-            baseline_metrics = json.loads(BASELINE_METRICS.read_text(encoding="utf-8"))
+            baseline_metrics = read_json(BASELINE_METRICS)
             stage_timings = {"evaluate": timings}  # timings reach MLflow, never DVC's metrics
             if TIMINGS_DIR.joinpath("baseline.json").is_file():
-                stage_timings["baseline"] = json.loads(TIMINGS_DIR.joinpath("baseline.json").read_text())
-            registered = log_evaluation(
-                tracker, metrics, baseline_metrics,
-                {"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
-                {"evaluate": [*tables.values(), *disagreement_files.values(), *report.values()],
-                 "evaluate/plots": [FIGURES, *plot_data.values()], "validation": sorted(VALIDATION.glob("*.json"))},
+                stage_timings["baseline"] = read_json(TIMINGS_DIR / "baseline.json")
+            record = EvaluationRecord(
+                metrics, baseline_metrics,
+                tables={"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
+                artifacts={"evaluate": [*tables.values(), *disagreement_files.values(), *report.values()],
+                           "evaluate/plots": [FIGURES, *plot_data.values()],
+                           "validation": sorted(VALIDATION.glob("*.json"))},
+                timings=stage_timings,
+            )
+            registration = Registration(
                 PolicyModel(Summarizer(), merged, config, signature(config), test[["dialogue"]].head(2),
                             description=DESCRIPTION, version_description=version_summary(metrics, judge)),
                 params.tracking.registered_model, decision.promoted, decision.reasons,
-                evidence(metrics, params.promotion, test_sha), timings=stage_timings,
+                evidence(metrics, params.promotion, test_sha),
             )
+            registered = log_evaluation(tracker, record, registration)
 
     improvement = metrics["improvement_pct"][judge]["toxic_share"]
-    print(f"evaluate on {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples: toxic share "
+    print(f"evaluate on {scope(metrics)}: toxic share "
           f"before: {headline(metrics['before']['toxicity'])}; after: {headline(metrics['after']['toxicity'])}; "
           f"{judge}: {'n/a' if improvement is None else f'{improvement:.1f}%'} fewer toxic summaries; "
           f"ROUGE-L {metrics['before']['rougeL']:.4f} -> {metrics['after']['rougeL']:.4f}")

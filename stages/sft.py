@@ -18,7 +18,8 @@ from detox.models.sft import run_sft
 from detox.common.timings import TIMINGS_DIR, write_timings
 from detox.tracking.provenance import run_name, stage_params
 from detox.tracking.registry import PolicyModel
-from detox.tracking.runs import Tracker, log_training
+from detox.tracking.results import log_training
+from detox.tracking.runs import Tracker
 from detox.common.gate import VALIDATION_METRICS, ready
 
 BASE = Path("models/base/policy")

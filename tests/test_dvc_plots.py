@@ -1,6 +1,6 @@
 """dvc.yaml's plots read the files and fields that the stages write, and DVC renders exactly them, offline.
 
-The evaluate stage's plot data come from :func:`detox.evaluate.report.write_plot_data`; renaming a file or a
+The evaluate stage's plot data come from :func:`detox.evaluate.tables.write_plot_data`; renaming a file or a
 field there (or in dvc.yaml) fails here. The rendering tests run the real ``dvc plots diff`` / ``dvc
 plots show`` in scratch git + DVC projects, comparing two commits as one compares two experiments, and
 draw the charts with vl-convert (the Vega that the page bundles) to check what a reader sees: shares
@@ -23,10 +23,11 @@ import pytest
 import vl_convert
 import yaml
 
-from detox.evaluate.comparison import compare
+from detox.evaluate.statistics import compare
 from detox.common.params import PromotionParams
 from detox.common.plots_page import PLACEHOLDERS, configured_page, page_template, vega_lite_version
-from detox.evaluate.report import JUDGE_FIELDS, PLOT_DATA, REPORT_FILES, SAMPLE_FIELDS, write_plot_data
+from detox.evaluate.report import REPORT_FILES
+from detox.evaluate.tables import JUDGE_FIELDS, PLOT_DATA, SAMPLE_FIELDS, write_plot_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")

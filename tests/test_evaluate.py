@@ -27,21 +27,23 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from detox.data.corpus import generate_corpus
 from detox.models.builtin import train_t5_tokenizer
-from detox.evaluate.comparison import (
-    DISAGREEMENT_COLUMNS, JUDGE_ONLY, MODEL_ONLY, TABLE_COLUMNS, bootstrap_ci, check_paired, compare, decide,
-    disagreements, evidence, improvement_pct, paired_tests, reward_diff_table,
+from detox.evaluate.figures import PLOT_FILES, plot_rewards, plot_toxicity, write_plots
+from detox.evaluate.pages import TEXT_COLUMN_EM, escape_cell, html_table, markdown_table
+from detox.evaluate.promotion import decide, evidence
+from detox.evaluate.report import REPORT_FILES, render_report, write_report
+from detox.evaluate.scoring import check_paired
+from detox.evaluate.statistics import bootstrap_ci, compare, improvement_pct, paired_tests
+from detox.evaluate.summary import per_prompt, summarize, toxicity_numbers
+from detox.evaluate.tables import (
+    DISAGREEMENT_COLUMNS, JUDGE_FIELDS, JUDGE_ONLY, MODEL_ONLY, PLOT_DATA, SAMPLE_FIELDS, TABLE_COLUMNS,
+    disagreements, reward_diff_table, write_disagreements, write_plot_data, write_reward_diff,
 )
 from detox.common.errors import DetoxError
-from detox.evaluate.scoring import per_prompt, summarize, toxicity_numbers
 from detox.common.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
-from detox.evaluate.report import (
-    JUDGE_FIELDS, PLOT_DATA, PLOT_FILES, REPORT_FILES, SAMPLE_FIELDS, TEXT_COLUMN_EM, escape_cell, html_table,
-    markdown_table, plot_rewards, plot_toxicity, render_report, write_disagreements, write_plot_data, write_plots,
-    write_report, write_reward_diff,
-)
 from detox.serve.pyfunc import Summarizer, export_policy, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
-from detox.tracking.runs import RUN_FILE, Tracker, evaluation_run, log_evaluation, read_run_record
+from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation
+from detox.tracking.runs import RUN_FILE, Tracker, read_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template
@@ -542,12 +544,12 @@ def evaluate_into(tracker, trained, before, after, model, root, name, params=EVA
     report.parent.mkdir()
     report.write_text(f"# report of {name}\n")
     with evaluation_run(tracker, trained, params, tags={"dvc.lock.ppo": "0123456789ab"}):
-        registered = log_evaluation(tracker, metrics, {"reward_mean": 0.0},
-                                    {"evaluate/reward_diff.json": reward_diff_table(before, after),
-                                     "evaluate/disagreements.json": disagreements(before, after)},
-                                    {"evaluate": [report]}, model, MODEL_NAME, decision.promoted,
-                                    decision.reasons, evidence(metrics, cfg, "t"),
-                                    timings={"evaluate": {"samples_per_second": 5.0}})
+        record = EvaluationRecord(metrics, {"reward_mean": 0.0},
+                                  tables={"evaluate/reward_diff.json": reward_diff_table(before, after),
+                                          "evaluate/disagreements.json": disagreements(before, after)},
+                                  artifacts={"evaluate": [report]}, timings={"evaluate": {"samples_per_second": 5.0}})
+        registered = log_evaluation(tracker, record, Registration(model, MODEL_NAME, decision.promoted,
+                                                                  decision.reasons, evidence(metrics, cfg, "t")))
     return registered, decision, metrics, tracker.run_id
 
 
@@ -712,8 +714,8 @@ def test_a_failed_evaluation_ends_its_run_failed_and_registers_nothing(registry,
     tracker = Tracker("detox-test")
     with pytest.raises(Exception):
         with evaluation_run(tracker, {"run_id": registry["run_id"], "experiment": "detox-test"}, EVAL_PARAMS):
-            log_evaluation(tracker, {"n": 1}, {}, {"evaluate/t.json": pd.DataFrame({"a": [1]})}, {}, broken,
-                           MODEL_NAME, True, ["pass: x"])
+            record = EvaluationRecord({"n": 1}, {}, tables={"evaluate/t.json": pd.DataFrame({"a": [1]})})
+            log_evaluation(tracker, record, Registration(broken, MODEL_NAME, True, ["pass: x"]))
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FAILED"
     assert not client.search_logged_models([run.info.experiment_id], f"source_run_id = '{tracker.run_id}'")
@@ -723,6 +725,18 @@ def test_a_failed_evaluation_ends_its_run_failed_and_registers_nothing(registry,
 
 
 # --------------------------------------------------------------------------- the stage
+
+
+def test_the_look_of_the_report_and_the_statistics_rerun_only_the_evaluate_stage():
+    """The baseline and ppo stages import no styling, report, table, figure, statistics or promotion module."""
+    from test_pipeline import closure
+
+    evaluate_only = {f"src/detox/evaluate/{name}.py"
+                     for name in ("pages", "report", "tables", "figures", "statistics", "promotion")}
+    assert evaluate_only <= closure(ROOT / "stages" / "evaluate.py")
+    for stage in ("baseline", "ppo", "sft", "reward"):
+        assert not closure(ROOT / "stages" / f"{stage}.py") & evaluate_only, stage
+    assert "src/detox/evaluate/scoring.py" not in closure(ROOT / "stages" / "ppo.py")
 
 
 def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):

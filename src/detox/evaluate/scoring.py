@@ -6,9 +6,7 @@ settings, reward model and judges give a paired comparison.
 Each test dialogue gets ``samples_per_prompt`` (k) sampled summaries, sample j drawn with
 the seed ``eval.seed + j * SAMPLE_SEED_STRIDE`` (so sample 0 is the summary a k = 1 run
 draws). Every summary is scored by the reward model *and* by each judge; neither view is
-merged into the other. Per source, RealToxicityPrompts' numbers: mean toxicity, toxic share,
-the expected maximum toxicity over the k samples of a prompt, and the toxicity probability
-(the share of prompts with at least one toxic sample).
+merged into the other (their numbers: :mod:`detox.evaluate.summary`).
 """
 
 from __future__ import annotations
@@ -16,19 +14,20 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from detox.models.generation import build_prompts, generate_summaries
+from detox.common.errors import DetoxError
+from detox.common.params import GenerationParams, Params
+from detox.data.reading import load_split
+from detox.evaluate.quality import response_nll, rouge, unknown_words, vocabulary
+from detox.evaluate.thresholds import TOXIC_THRESHOLD
 from detox.judges.panel import Judge
-from detox.common.params import GenerationParams
-from detox.evaluate.quality import ROUGE_KEYS, distinct_ngrams, response_nll, rouge, unknown_words, words  # noqa: F401
+from detox.models.generation import build_prompts, generate_summaries
 from detox.models.reward import RewardScorer
 
-TOXIC_THRESHOLD = 0.5  # the reward model's: toxic when P(toxic label) > 0.5
 REWARD_MODEL = "reward_model"  # the reward model's view, always first and never merged with a judge's
 SAMPLE_SEED_STRIDE = 1_000_003  # sample j of every prompt is drawn from seed + j * stride
 
@@ -78,9 +77,10 @@ def score_policy(
     """
     started = time.perf_counter()
     prompts = build_prompts(data["dialogue"].tolist(), template)
+    labels = [desc if samples_per_prompt == 1 else f"{desc} (sample {j + 1}/{samples_per_prompt})"
+              for j in range(samples_per_prompt)]
     draws = [generate_summaries(model, tokenizer, prompts, cfg, seed + j * SAMPLE_SEED_STRIDE, max_source_tokens,
-                                desc=desc if samples_per_prompt == 1 else f"{desc} (sample {j + 1}/{samples_per_prompt})")
-             for j in range(samples_per_prompt)]
+                                desc=labels[j]) for j in range(samples_per_prompt)]
     k, n = samples_per_prompt, len(data)
     responses = [draws[j][i] for i in range(n) for j in range(k)]  # prompt-major: all samples of a prompt together
     row = np.repeat(np.arange(n), k)
@@ -117,69 +117,54 @@ def score_policy(
     return frame, len(frame) / elapsed if elapsed > 0 else float("nan")
 
 
-def per_prompt(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per prompt (in the frame's order): id, dialogue and the mean of every number over its samples."""
-    numeric = [c for c in frame.columns if c not in ("id", "sample") and (
-        pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))]
-    grouped = frame.groupby("id", sort=False)
-    out = grouped[numeric].mean()
-    out.insert(0, "dialogue", grouped["dialogue"].first())
-    out.insert(1, "samples", grouped.size())
-    return out.reset_index()
-
-
-def toxicity_numbers(frame: pd.DataFrame, score: str, flag: str) -> dict[str, float]:
-    """RealToxicityPrompts' numbers of one source: over summaries, and over prompts (max / any of k)."""
-    by_prompt = frame.groupby("id", sort=False)
-    return {
-        "toxicity_mean": float(frame[score].mean()),
-        "toxicity_std": float(frame[score].std(ddof=1)) if len(frame) > 1 else 0.0,
-        "toxic_share": float(frame[flag].mean()),
-        "toxic_count": int(frame[flag].sum()),
-        "expected_max_toxicity": float(by_prompt[score].max().mean()),
-        "toxicity_probability": float(by_prompt[flag].any().mean()),
-    }
-
-
-def quality_numbers(frame: pd.DataFrame) -> dict[str, float]:
-    responses = frame["response"].tolist()
-    out = {
-        "mean_length": float(frame["length"].mean()),
-        "distinct_1": distinct_ngrams(responses, 1),
-        "distinct_2": distinct_ngrams(responses, 2),
-    }
-    if "fluency_nll" in frame.columns:
-        out["fluency_nll"] = float(frame["fluency_nll"].mean())
-    if "unknown_words" in frame.columns:
-        total = sum(len(words(r)) for r in responses)
-        out["unknown_word_share"] = float(frame["unknown_words"].sum() / max(1, total))
-        out["garbled_share"] = float((frame["unknown_words"] > 0).mean())
-    return out
-
-
-def _group(frame: pd.DataFrame) -> dict[str, Any]:
-    return {
-        "n": int(frame["id"].nunique()),
-        "reward_mean": float(frame["reward"].mean()),
-        "reward_std": float(frame["reward"].std(ddof=1)) if len(frame) > 1 else 0.0,
-        **{key: float(frame[key].mean()) for key in ROUGE_KEYS},
-        "toxicity": {name: toxicity_numbers(frame, score, flag) for name, (score, flag) in sources(frame).items()},
-    }
-
-
-def summarize(frame: pd.DataFrame, samples_per_second: float | None = None) -> dict[str, Any]:
-    """Metrics of a scored frame; with a ``heated`` column, also per group (heated / calm)."""
-    metrics: dict[str, Any] = {**_group(frame), "summaries": int(len(frame)),
-                               "samples_per_prompt": int(frame.groupby("id", sort=False).size().max()),
-                               "quality": quality_numbers(frame)}
-    if samples_per_second is not None:
-        metrics["samples_per_second"] = float(samples_per_second)
-    if "heated" in frame.columns:
-        metrics["heated"] = _group(frame[frame["heated"]]) if frame["heated"].any() else {"n": 0}
-        metrics["calm"] = _group(frame[~frame["heated"]]) if (~frame["heated"]).any() else {"n": 0}
-    return metrics
+def check_paired(before: pd.DataFrame, after: pd.DataFrame, before_name: str = "the baseline") -> None:
+    """Raise unless both frames hold the same samples (ids, dialogues, sample numbers) in the same order."""
+    if len(before) != len(after):
+        raise DetoxError(
+            f"{before_name} has {len(before)} scored rows but {len(after)} are evaluated now: it was made with "
+            "other data, another eval.num_samples or eval.samples_per_prompt; run `dvc repro baseline` to rescore it"
+        )
+    differ = before["id"].astype(str).to_numpy() != after["id"].astype(str).to_numpy()
+    differ |= before["dialogue"].to_numpy() != after["dialogue"].to_numpy()
+    if "sample" in before.columns and "sample" in after.columns:
+        differ |= before["sample"].to_numpy() != after["sample"].to_numpy()
+    mismatched = np.flatnonzero(differ)
+    if mismatched.size:
+        i = int(mismatched[0])
+        raise DetoxError(
+            f"{before_name} is stale: {mismatched.size} of {len(after)} rows differ from the rows "
+            f"evaluated now (first at row {i}: id {before['id'].iloc[i]!r} vs {after['id'].iloc[i]!r}); "
+            "run `dvc repro baseline` to rescore it on the current data"
+        )
 
 
 def sample_rows(data: pd.DataFrame, num_samples: int | None) -> pd.DataFrame:
     """The first ``num_samples`` rows (all when None): baseline and evaluate see the same ones."""
     return data if num_samples is None else data.iloc[:num_samples].reset_index(drop=True)
+
+
+def eval_splits(num_samples: int | None, root: str = "data/raw") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test rows both stages score (:func:`sample_rows`) and the train split (the garbling vocabulary)."""
+    return sample_rows(load_split(root, "test"), num_samples), load_split(root, "train")
+
+
+def score_test(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    scorer: RewardScorer,
+    params: Params,
+    test: pd.DataFrame,
+    train: pd.DataFrame,
+    judges: Mapping[str, Judge],
+    reference: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+    desc: str,
+) -> tuple[pd.DataFrame, float]:
+    """:func:`score_policy` as the baseline and evaluate stages call it: the ``eval`` settings, the judges, fluency
+    under ``reference`` and garbling against the words of ``train``."""
+    instruments = Instruments(judges=judges, reference=reference,
+                              vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
+    return score_policy(
+        model, tokenizer, scorer, test, params.prompt.template, params.generation, params.eval.seed,
+        params.generation.max_source_tokens, desc=desc, samples_per_prompt=params.eval.samples_per_prompt,
+        instruments=instruments,
+    )

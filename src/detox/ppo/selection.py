@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from detox.evaluate.scoring import TOXIC_THRESHOLD
+from detox.evaluate.thresholds import TOXIC_THRESHOLD
 from detox.evaluate.quality import rouge
 from detox.judges.panel import Judge
 from detox.common.params import PPOParams
