@@ -25,7 +25,8 @@ from detox.evaluate.scoring import TOXIC_THRESHOLD
 from detox.evaluate.quality import rouge
 from detox.judges.panel import Judge
 from detox.common.params import PPOParams
-from detox.ppo.engine import PPOTrainer, only_this_generation_config
+from detox.ppo.engine import PPOTrainer
+from detox.ppo.rollout import only_this_generation_config
 from detox.evaluate.quality import distinct_ngrams, response_nll
 from detox.models.reward import RewardScorer
 
