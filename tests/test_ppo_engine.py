@@ -97,9 +97,6 @@ MID_WORLD = {
     "generation.batch_size": 32,
 }
 
-# The columns of history.tsv that do not depend on the clock.
-TIMING_PREFIX = "time/"
-
 
 tiny_params = conftest.tiny_params
 
@@ -178,7 +175,7 @@ def read_history(path: Path) -> pd.DataFrame:
 
 
 def deterministic_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if not c.startswith(TIMING_PREFIX)]
+    return [c for c in frame.columns if not c.startswith(names.TIMING_PREFIX)]  # not the clock
 
 
 def kernel_tolerance(values: torch.Tensor, tokens: int = 1) -> float:
