@@ -40,24 +40,29 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timed region
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import pandas as pd
+import torch
 
-from detox.common.errors import DetoxError  # noqa: E402
-from detox.common.params import Params, load_params  # noqa: E402
-from common import check_inputs, matmul_gflops, synchronize  # noqa: E402
+from detox.common.errors import DetoxError
+from detox.common.params import Params, load_params
+from detox.ppo import stats as names
+from common import check_inputs, matmul_gflops, synchronize
 
 PHASES = ("generation", "scoring", "forward", "optimization", "total")
+# Our engine's timers of each phase: "forward" is the forward pass with the rewards and advantages, as in the original.
+OUR_TIMERS = {"generation": (names.TIME_ROLLOUT,), "scoring": (names.TIME_SCORE,),
+              "forward": (names.TIME_FORWARD_PASS, names.TIME_COMPUTE_REWARDS, names.TIME_COMPUTE_ADVANTAGES),
+              "optimization": (names.TIME_OPTIMIZE_STEP,), "total": (names.TIME_TOTAL,)}
 VARIANTS = ("original", "ours")
 WARMUP_PROMPTS = 2
 BASE_SEED = 0  # random-weight flan-t5-base shaped model: the same weights in both subprocesses
@@ -69,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", choices=("builtin", "base"), default="builtin",
                         help="builtin = models/policy; base = random-weight T5 with flan-t5-base's config")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per PPO step")
-    parser.add_argument("--steps", type=int, default=None, help="timed PPO steps per variant (default 3 builtin, 1 base)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed PPO steps per variant (default 3 builtin, 1 base)")
     parser.add_argument("--eval-samples", type=int, default=None,
                         help="test dialogues per evaluation (default 64 builtin, 16 base)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="response tokens, the same for both variants")
@@ -358,8 +364,8 @@ class OurEngine:
 
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
         stats, batch = self.trainer.step(prompts, dialogues, step)
-        timings = {phase: stats[f"time/{phase}"] for phase in PHASES}
-        timings["reward_mean"] = stats["env/reward_mean"]
+        timings = {phase: sum(stats[key] for key in keys) for phase, keys in OUR_TIMERS.items()}
+        timings["reward_mean"] = stats[names.REWARD_MEAN]
         timings["gen_tokens_per_s"] = batch.mask.sum().item() / timings["generation"]
         return timings
 
@@ -508,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  evaluation    {per_sample:>9.1f} GFLOP per sample: at most {peak / per_sample:.2f} samples/s "
               f"(measured {ours['eval_samples_per_s']:.2f})")
         if "original" in results:
-            print(f"  at that rate ours would evaluate {peak / per_sample / results['original']['eval_samples_per_s']:.2f}x "
+            speedup = peak / per_sample / results["original"]["eval_samples_per_s"]
+            print(f"  at that rate ours would evaluate {speedup:.2f}x "
                   f"faster than the original")
             floor = ours["gflop"]["total"] / peak
             print(f"  at that floor ours would be {results['original']['phases']['total'] / floor:.2f}x faster "

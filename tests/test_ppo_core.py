@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
+from detox.ppo.controllers import AdaptiveKLController, FixedKLController
 from detox.ppo.core import (
-    AdaptiveKLController,
-    FixedKLController,
     compute_gae,
     compute_rewards,
     entropy_from_logits,
@@ -288,6 +287,8 @@ def test_policy_loss_inside_and_outside_clip_range():
     close(stats["clipfrac"], 0.4)
     # ratio mean = (1.1 + 1.5 + 0.5 + 0.5 + 1.5) / 5 = 5.1 / 5 = 1.02
     close(stats["ratio"], 1.02, atol=1e-12)
+    close(stats["ratio_max"], 1.5, atol=1e-12)  # the padded ratio is left out
+    close(stats["ratio_min"], 0.5, atol=1e-12)
     # approxkl = 0.5 * mean(log r ^2) = 0.5 * (ln1.1^2 + 2 ln1.5^2 + 2 ln0.5^2) / 5
     #          = 0.5 * (0.0090840 + 2*0.1644020 + 2*0.4804530) / 5 = 0.1298794
     expected_kl = 0.5 * (math.log(1.1) ** 2 + 2 * math.log(1.5) ** 2 + 2 * math.log(0.5) ** 2) / 5
@@ -323,6 +324,8 @@ def test_value_loss_inside_and_outside_clip_range():
     # 0.5 * (0.16 + 0.64 + 0.25 + 0.64) / 4 = 0.5 * 1.69 / 4 = 0.21125
     close(loss, 0.21125, atol=1e-12)
     close(stats["clipfrac"], 0.5)
+    # error = (0.16 + 0.25 + 0.25 + 0.25) / 4 = 0.2275, the unclipped squared error
+    close(stats["error"], 0.2275, atol=1e-12)
     # gradient: 0.5 * 2 (v - R) / 4 where the unclipped term wins, 0 where the clipped one does
     loss.backward()
     close(values.grad, [[(1.1 - 1.5) / 4, 0.0, (1.5 - 1.0) / 4], [0.0, 0.0, 0.0]], atol=1e-12)
@@ -383,3 +386,23 @@ def test_kl_controller_rejects_bad_settings():
         AdaptiveKLController(0.2, target=0.0, horizon=10000)
     with pytest.raises(ValueError):
         FixedKLController(-0.1)
+
+
+def test_stat_names_follow_trl_0_11_where_trl_has_the_stat():
+    """The names a PPO step logs: TRL 0.11's PPOTrainer names where it has the stat, env/ for the project's own."""
+    from detox.ppo import stats
+
+    assert stats.STEP_STATS == (
+        "objective/kl", "objective/kl_coef", "objective/kl_stderr", "objective/entropy", "ppo/mean_non_score_reward",
+        "env/reward_mean", "env/reward_std", "env/toxicity_mean", "env/distinct_2", "tokens/responses_len_mean",
+        "ppo/returns/mean", "ppo/returns/var", "ppo/val/mean", "ppo/val/var_explained",
+        "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/clipfrac", "ppo/policy/approxkl",
+        "ppo/policy/ratio_mean", "ppo/val/clipfrac", "ppo/val/error", "ppo/policy/ratio_max", "ppo/policy/ratio_min",
+    )
+    assert stats.TIMINGS == (
+        "time/rollout", "time/score", "time/ppo/forward_pass", "time/ppo/compute_rewards",
+        "time/ppo/compute_advantages", "time/ppo/optimize_step", "time/ppo/calc_stats", "time/ppo/total",
+        "time/tokens_per_second",
+    )
+    assert all(name.startswith(stats.TIMING_PREFIX) for name in stats.TIMINGS)
+    assert not any(name.startswith(stats.TIMING_PREFIX) for name in stats.STEP_STATS)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import conftest
@@ -37,10 +38,12 @@ from detox.common.errors import DetoxError
 from detox.evaluate.scoring import TOXIC_THRESHOLD, score_policy
 from detox.models.generation import build_prompts, load_policy
 from detox.ppo.core import response_mask
-from detox.ppo.engine import PPOTrainer, Rollout, TrainingDivergedError
+from detox.ppo import stats as names
+from detox.ppo.engine import PPOTrainer, TrainingDivergedError
 from detox.ppo.policy import Seq2SeqPolicy, absolute_base, load_trained_policy
 from detox.ppo.selection import Selection, evaluation_steps
-from detox.ppo.train import PPOPaths, fingerprint, run_ppo
+from detox.ppo.checkpoints import fingerprint
+from detox.ppo.train import PPOPaths, run_ppo
 from detox.models.reward import RewardScorer, Scores
 from detox.tracking.runs import RUN_FILE
 
@@ -93,9 +96,6 @@ MID_WORLD = {
     "generation.max_new_tokens": 32,
     "generation.batch_size": 32,
 }
-
-# The columns of history.tsv that do not depend on the clock.
-TIMING_PREFIX = "time/"
 
 
 tiny_params = conftest.tiny_params
@@ -175,7 +175,7 @@ def read_history(path: Path) -> pd.DataFrame:
 
 
 def deterministic_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if not c.startswith(TIMING_PREFIX)]
+    return [c for c in frame.columns if not c.startswith(names.TIMING_PREFIX)]  # not the clock
 
 
 def kernel_tolerance(values: torch.Tensor, tokens: int = 1) -> float:
@@ -208,8 +208,8 @@ def test_first_rollout_kl_is_zero_while_lora_b_is_zero(world, dropout):
     assert lora_b(trainer) and all(bool((b == 0).all()) for b in lora_b(trainer).values())
 
     prompts, dialogues = train_batch(world, params)
-    batch = trainer.rollout(prompts, dialogues, 0)
-    old = trainer.old_and_reference(batch)
+    batch = trainer.rollout(prompts, 0)
+    old = forwards(trainer, batch)
     mask = batch.mask
     assert mask.any(1).all()
     assert old["logprobs"].shape == old["ref_logprobs"].shape == old["values"].shape == mask.shape
@@ -218,7 +218,7 @@ def test_first_rollout_kl_is_zero_while_lora_b_is_zero(world, dropout):
     assert torch.isfinite(old["logprobs"][mask]).all() and (old["logprobs"][mask] <= 0).all()
 
     perturb_lora_b(trainer)
-    moved = trainer.old_and_reference(batch)
+    moved = forwards(trainer, batch)
     assert (moved["logprobs"] - moved["ref_logprobs"])[mask].abs().max().item() > 1e-3
     assert torch.equal(moved["ref_logprobs"], old["ref_logprobs"])  # the same forward, adapters off: equal
 
@@ -233,20 +233,27 @@ def test_rollout_is_seeded_by_step_and_its_old_stats_equal_a_teacher_forced_forw
     perturb_lora_b(trainer, std=0.2)  # a policy that differs from the reference
     prompts, dialogues = train_batch(world, params)
 
-    first, again, other = (trainer.rollout(prompts, dialogues, s) for s in (3, 3, 4))
+    first, again, other = (trainer.rollout(prompts, s) for s in (3, 3, 4))
     assert torch.equal(first.response_ids, again.response_ids) and first.responses == again.responses
     assert first.responses != other.responses
     assert first.response_ids.size(1) <= params.ppo.response_length.max
     assert (first.encoder_hidden is not None) == (scope == "decoder")
 
-    forward = trainer.old_and_reference(first)
+    forward = forwards(trainer, first)
     mask = first.mask
     for key in ("logprobs", "values", "entropy"):
-        assert first.old[key].shape == mask.shape
-        torch.testing.assert_close(first.old[key][mask], forward[key][mask], atol=kernel_tolerance(forward[key][mask]),
-                                   rtol=0,
-                                   msg=lambda m, key=key: f"{key}: {m}")
+        captured = getattr(first.captured, key)
+        assert captured.shape == mask.shape
+        torch.testing.assert_close(captured[mask], forward[key][mask], atol=kernel_tolerance(forward[key][mask]),
+                                   rtol=0, msg=lambda m, key=key: f"{key}: {m}")
     assert (forward["logprobs"] - forward["ref_logprobs"])[mask].abs().max() > 1e-3
+
+
+def forwards(trainer: PPOTrainer, batch) -> dict[str, torch.Tensor]:
+    """Teacher-forced old log-probs, values and entropy, and the reference log-probs, by name."""
+    old = trainer.teacher_forced(batch)
+    return {"logprobs": old.logprobs, "values": old.values, "entropy": old.entropy,
+            "ref_logprobs": trainer.reference_logprobs(batch)}
 
 
 def encoder_calls(trainer: PPOTrainer) -> list[int]:
@@ -268,7 +275,7 @@ def test_decoder_scope_adapts_only_the_decoder_and_runs_the_encoder_once_per_ste
     perturb_lora_b(decoder)
     params = ppo_params()
     prompts, dialogues = train_batch(world, params)
-    batch = decoder.rollout(prompts, dialogues, 0)
+    batch = decoder.rollout(prompts, 0)
     policy = decoder.unwrapped
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
               "decoder_input_ids": decoder._decoder_inputs(batch.response_ids)}
@@ -291,12 +298,6 @@ def test_decoder_scope_adapts_only_the_decoder_and_runs_the_encoder_once_per_ste
     assert counts == {"decoder": 1, "all": 1 + minibatches + params.ppo.ppo_epochs * minibatches}
 
 
-TRL_KEYS = (
-    "objective/kl", "objective/kl_coef", "objective/entropy", "env/reward_mean", "env/reward_std",
-    "ppo/loss/policy", "ppo/loss/value", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/val/clipfrac",
-    "ppo/returns/mean", "ppo/mean_response_length", "time/generation", "time/scoring", "time/forward",
-    "time/optimization", "time/tokens_per_second",
-)
 
 
 def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(world, monkeypatch):
@@ -318,23 +319,23 @@ def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(wo
     monkeypatch.setattr(engine, "policy_loss", recording_policy_loss)
     stats, batch = trainer.step(prompts, dialogues, 0)
 
-    missing = [key for key in TRL_KEYS if key not in stats]
-    assert not missing, f"missing stats: {missing}"
+    assert sorted(stats) == sorted((*names.STEP_STATS, *names.TIMINGS))
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values()), stats
     # The old log-probs come from generate's cached decoding, the reference's from a full forward: a KL of 0 up to
     # the rounding of a sum over the response's tokens (measured 2.2e-7 with AVX-512 kernels, 1.1e-6 with AVX2).
-    logprobs = batch.old["logprobs"][batch.mask]
+    logprobs = batch.captured.logprobs[batch.mask]
     assert abs(stats["objective/kl"]) < kernel_tolerance(logprobs, tokens=params.ppo.response_length.max)
     assert stats["objective/kl_coef"] == params.ppo.kl.init_coef
     assert stats["objective/entropy"] > 0 and stats["env/reward_std"] >= 0
-    assert stats["ppo/mean_response_length"] == pytest.approx(batch.mask.sum(1).float().mean().item())
-    assert 1 <= stats["ppo/mean_response_length"] <= params.ppo.response_length.max
-    scores = batch.scores
+    assert stats["tokens/responses_len_mean"] == pytest.approx(batch.mask.sum(1).float().mean().item())
+    assert 1 <= stats["tokens/responses_len_mean"] <= params.ppo.response_length.max
+    scores = trainer.scorer.score(batch.responses, dialogues).reward
     assert stats["env/reward_mean"] == pytest.approx(
         scores.mean().item(), abs=conftest.tolerance(scores.dtype, len(scores), scores.abs().max()))
     assert 0 <= stats["ppo/policy/clipfrac"] <= 1 and 0 <= stats["ppo/val/clipfrac"] <= 1
-    assert all(stats[k] > 0 for k in ("time/generation", "time/scoring", "time/forward", "time/optimization",
-                                      "time/tokens_per_second"))
+    assert all(stats[k] > 0 for k in names.TIMINGS)
+    assert stats["ppo/policy/ratio_min"] <= stats["ppo/policy/ratio_mean"] <= stats["ppo/policy/ratio_max"]
+    assert stats["ppo/val/var_explained"] == pytest.approx(1 - stats["ppo/val/error"] / stats["ppo/returns/var"])
     n_minibatches = params.ppo.ppo_epochs * params.ppo.batch_size // params.ppo.mini_batch_size
     assert len(ratios) == n_minibatches
     per_token = kernel_tolerance(logprobs)  # the rollout's log-probs against the training forward's
@@ -353,8 +354,8 @@ def test_dropout_enabled_rollout_forwards_are_deterministic_from_the_first_step(
     trainer = make_trainer(world, params)
     perturb_lora_b(trainer)  # as after loading a checkpoint: B is not zero any more
     prompts, dialogues = train_batch(world, params)
-    batch = trainer.rollout(prompts, dialogues, 0)
-    first, second = trainer.old_and_reference(batch), trainer.old_and_reference(batch)
+    batch = trainer.rollout(prompts, 0)
+    first, second = forwards(trainer, batch), forwards(trainer, batch)
     torch.testing.assert_close(first["logprobs"], second["logprobs"], atol=0, rtol=0)
 
 
@@ -369,18 +370,18 @@ def test_rollout_ignores_generation_settings_and_the_model_folders_generation_co
     """PPO samples from the policy's own distribution whatever generation.* and generation_config.json say."""
     params = ppo_params()
     prompts, dialogues = train_batch(world, params)
-    plain = make_trainer(world, params).rollout(prompts, dialogues, 0)
+    plain = make_trainer(world, params).rollout(prompts, 0)
 
     warped = make_trainer(world, ppo_params(**WARPED))
     base = warped.unwrapped.generator()
     poisoned = base.generation_config
     poisoned.repetition_penalty, poisoned.no_repeat_ngram_size = 10.0, 1
     poisoned.suppress_tokens = [int(plain.response_ids[0, 0])]  # the first token a pure sample drew
-    batch = warped.rollout(prompts, dialogues, 0)
+    batch = warped.rollout(prompts, 0)
     assert batch.responses == plain.responses
     assert torch.equal(batch.response_ids, plain.response_ids)
     assert base.generation_config is poisoned  # the folder's config is put back after the rollout
-    old = warped.old_and_reference(batch)
+    old = forwards(warped, batch)
     gap = (old["logprobs"] - old["ref_logprobs"])[batch.mask].abs().max().item()
     assert gap < kernel_tolerance(old["logprobs"][batch.mask])  # still the policy's own distribution: the first KL is 0
 
@@ -420,7 +421,7 @@ def test_padding_after_eos_does_not_change_old_logprobs_values_or_entropy(world)
     trainer = make_trainer(world, params)
     perturb_lora_b(trainer, std=0.2)  # so logprobs, ref_logprobs and values all differ
     prompts, dialogues = train_batch(world, params)
-    rollout = trainer.rollout(prompts, dialogues, 0)
+    rollout = trainer.rollout(prompts, 0)
     assert not rollout.attention_mask.all(), "the prompts should have different lengths"
 
     ids = rollout.response_ids.clone()
@@ -441,16 +442,14 @@ def test_padding_after_eos_does_not_change_old_logprobs_values_or_entropy(world)
     mask = response_mask(ids, EOS, PAD)
     assert mask.sum(1).tolist() == lengths
 
-    batched = trainer.old_and_reference(
-        Rollout(rollout.input_ids, rollout.attention_mask, ids, mask, rollout.responses, torch.empty(0),
-                torch.empty(0)))
+    batched = forwards(trainer, replace(rollout, response_ids=ids, mask=mask, encoder_hidden=None))
     assert params.ppo.mini_batch_size < n  # the batched pass is split in chunks
     for row, length in enumerate(lengths):
         source = int(rollout.attention_mask[row].sum())
-        single = trainer.old_and_reference(Rollout(
-            rollout.input_ids[row : row + 1, :source], rollout.attention_mask[row : row + 1, :source],
-            ids[row : row + 1, :length], mask[row : row + 1, :length], [rollout.responses[row]],
-            torch.empty(0), torch.empty(0)))
+        single = forwards(trainer, replace(
+            rollout, input_ids=rollout.input_ids[row : row + 1, :source],
+            attention_mask=rollout.attention_mask[row : row + 1, :source], response_ids=ids[row : row + 1, :length],
+            mask=mask[row : row + 1, :length], responses=[rollout.responses[row]], encoder_hidden=None))
         for key in ("logprobs", "ref_logprobs", "values", "entropy"):
             torch.testing.assert_close(batched[key][row, :length], single[key][0],
                                        atol=kernel_tolerance(single[key][0]), rtol=0,
@@ -733,7 +732,7 @@ def test_the_adapter_names_its_base_in_the_project_under_a_dvc_scratch_copy(tmp_
     assert absolute_base(Path("models/policy")) == (project / "models" / "policy").resolve().as_posix()
 
 
-# --------------------------------------------------------------------------- 6b. the settings users are invited to change
+# ------------------------------------------------------------------ 6b. the settings users are invited to change
 
 
 def test_full_fine_tuning_trains_the_model_against_a_frozen_reference(world):
@@ -747,12 +746,12 @@ def test_full_fine_tuning_trains_the_model_against_a_frozen_reference(world):
     prompts, dialogues = train_batch(world, params)
     stats, first = trainer.step(prompts, dialogues, 0)
     # the policy equals its frozen copy before the first update (the old log-probs come from generate)
-    assert abs(stats["objective/kl"]) < kernel_tolerance(first.old["logprobs"][first.mask],
+    assert abs(stats["objective/kl"]) < kernel_tolerance(first.captured.logprobs[first.mask],
                                                          tokens=params.ppo.response_length.max)
     assert any(not torch.equal(before[n], p) for n, p in policy.model.named_parameters())  # the model trained
     assert all(torch.equal(reference[n], p) for n, p in policy.frozen_reference.named_parameters())
-    batch = trainer.rollout(prompts, dialogues, 1)
-    old = trainer.old_and_reference(batch)
+    batch = trainer.rollout(prompts, 1)
+    old = forwards(trainer, batch)
     assert (old["logprobs"] - old["ref_logprobs"])[batch.mask].abs().max().item() > 1e-3  # now it differs
 
 
@@ -939,7 +938,8 @@ def judged_world(world, tmp_path_factory):
 
 
 def judged_paths(world: Path, project: Path) -> PPOPaths:
-    return PPOPaths(**{**world_paths(world, project).__dict__, "validation": world / "data" / "raw" / "validation.parquet",
+    return PPOPaths(**{**world_paths(world, project).__dict__,
+                       "validation": world / "data" / "raw" / "validation.parquet",
                        "judges": world / "models" / "judges", "evaluations": project / "plots" / "ppo" / "eval.tsv"})
 
 
@@ -1057,7 +1057,7 @@ def test_changed_model_weights_change_the_fingerprint(world, tmp_path):
 
 
 def test_running_moments_match_numpy_over_batches():
-    from detox.ppo.engine import RunningMoments
+    from detox.ppo.controllers import RunningMoments
 
     rng = np.random.default_rng(0)
     batches = [rng.normal(3.0, 2.0, size=n) for n in (5, 17, 8)]

@@ -6,43 +6,9 @@ real response tokens (up to and including the first EOS) and 0 on the padding af
 it. Names follow the old TRL ``PPOTrainer`` (<= 0.11); each implementation detail is
 one visible line with a comment naming it, as in CleanRL's ``ppo.py``.
 
-One PPO step, step by step
---------------------------
-The policy is the base model plus LoRA adapters and a scalar value head on the
-decoder's hidden states. The frozen reference is the *same* weights with the
-adapters switched off (``with model.disable_adapter(): ...`` in peft), so no second
-copy of the model is held in memory.
-
-1. **Rollout.** Put the model in eval mode and sample one response per prompt with
-   ``generate(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)``. Drop the decoder
-   start token from the output (``sequences[:, 1:]``) to get ``response_ids``, and
-   build ``mask = response_mask(response_ids, eos_token_id, pad_token_id)``.
-2. **Score.** Decode the responses and run the reward model: one scalar ``score`` per
-   response, shape ``(batch,)``.
-3. **Old log-probs and values.** Without gradients, the policy's logits at each
-   response position, with ``decoder_input_ids = [start] + response_ids[:, :-1]``
-   (T5's shift-right), so ``logits[:, t]`` predicts ``response_ids[:, t]``.
-   ``old_logprobs = logprobs_from_logits(logits, response_ids)``; ``old_values`` come
-   from the value head. A teacher-forced forward pass gives them, and so does the
-   rollout itself: ``generate(output_logits=True, output_hidden_states=True)`` returns
-   the raw logits and the last decoder hidden state of every sampled position (the
-   engine uses those, and saves a forward pass). Do not use ``generate``'s
-   ``scores``: they are the processed (warped) logits, not the policy's.
-4. **Reference log-probs.** The same forward pass inside ``disable_adapter()`` gives
-   ``ref_logprobs``.
-5. **Rewards.** ``rewards, kl, non_score_reward = compute_rewards(scores,
-   old_logprobs, ref_logprobs, mask, kl_ctl.value)``: a per-token KL penalty
-   ``-kl_coef * kl``, plus the score on the last real token.
-6. **Advantages.** ``advantages, returns = compute_gae(old_values, rewards, mask,
-   gamma, lam)``, then ``advantages = masked_whiten(advantages, mask)`` over the whole
-   batch (the returns, the value targets, are not whitened).
-7. **Optimise.** For ``ppo_epochs`` passes over shuffled minibatches: forward again
-   (with gradients, same inputs, still no dropout) to get ``logprobs`` and
-   ``values``; ``loss = policy_loss(...)[0] + vf_coef * value_loss(...)[0]``;
-   backward, clip the gradient norm, step. On the first minibatch of the first epoch
-   the ratio must be exactly 1; if it is not, something differs between the rollout
-   and the training forward pass.
-8. **KL controller.** ``kl_ctl.update(kl.sum(1).mean().item(), n_steps=batch_size)``.
+The step these functions make up (rollout, score, forward pass, rewards, advantages,
+optimise) is listed once, in :mod:`detox.ppo.engine`. The KL controllers and the running
+score moments, the state carried from step to step, are in :mod:`detox.ppo.controllers`.
 
 Pitfalls
 --------
@@ -69,12 +35,16 @@ Pitfalls
   ``disable_adapter`` also drops the LoRA dropout) bias the reference comparison. Run
   every PPO forward pass in eval mode (or set the dropout rates to 0); gradients
   flow in eval mode all the same.
+* **Raw logits, not ``scores``.** ``generate(output_logits=True)`` returns the policy's raw
+  logits at every sampled position; its ``scores`` are the processed (warped) logits, not
+  the policy's.
+* **Shift right.** A teacher-forced pass feeds ``decoder_input_ids = [start] +
+  response_ids[:, :-1]`` (T5's shift-right), so ``logits[:, t]`` predicts ``response_ids[:, t]``.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -252,8 +222,8 @@ def policy_loss(
 
     ``loss = masked_mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))``.
     Stats (detached scalars): ``clipfrac`` (share of tokens where the clipped term is
-    the larger), ``approxkl`` (``0.5 * masked_mean((logprobs - old_logprobs)**2)``)
-    and ``ratio`` (masked mean of the ratio).
+    the larger), ``approxkl`` (``0.5 * masked_mean((logprobs - old_logprobs)**2)``),
+    ``ratio`` (masked mean of the ratio) and ``ratio_max``/``ratio_min`` (over the unmasked tokens).
     """
     logratio = logprobs - old_logprobs
     ratio = torch.exp(logratio)  # pi_new / pi_old per token
@@ -265,6 +235,8 @@ def policy_loss(
             "clipfrac": masked_mean((pg_losses2 > pg_losses).to(logprobs.dtype), mask),
             "approxkl": 0.5 * masked_mean(logratio.square(), mask),
             "ratio": masked_mean(ratio, mask),
+            "ratio_max": torch.where(mask.bool(), ratio, -torch.inf).amax(),
+            "ratio_min": torch.where(mask.bool(), ratio, torch.inf).amin(),
         }
     return loss, stats
 
@@ -274,78 +246,14 @@ def value_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value loss: ``0.5 * masked_mean(max((v - R)**2, (clip(v, old - eps, old + eps) - R)**2))``.
 
-    Stats (detached scalar): ``clipfrac``, the share of tokens where the clipped
-    error is the larger.
+    Stats (detached scalars): ``clipfrac``, the share of tokens where the clipped
+    error is the larger, and ``error``, the unclipped ``masked_mean((v - R)**2)``.
     """
     vpredclipped = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)  # value clipping
     vf_losses1 = (values - returns).square()
     vf_losses2 = (vpredclipped - returns).square()
     loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), mask)
     with torch.no_grad():
-        stats = {"clipfrac": masked_mean((vf_losses2 > vf_losses1).to(values.dtype), mask)}
+        stats = {"clipfrac": masked_mean((vf_losses2 > vf_losses1).to(values.dtype), mask),
+                 "error": masked_mean(vf_losses1, mask)}
     return loss, stats
-
-
-class KLController(ABC):
-    """What both controllers share: ``value``, ``update``, ``state_dict``/``load_state_dict``.
-
-    The state holds the current coefficient (and which kind of controller it came
-    from); ``target`` and ``horizon`` come from the configuration, not the checkpoint.
-    """
-
-    kind: str
-
-    def __init__(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"the KL coefficient must be >= 0, got {value}")
-        self.value = float(value)
-
-    @abstractmethod
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Adjust ``value`` after a batch whose mean per-response KL was ``current_kl``.
-
-        ``n_steps`` is the number of responses in that batch (TRL passes the batch size).
-        """
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "value": self.value}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(f"cannot load a {state.get('kind')!r} KL controller state into a {self.kind!r} one")
-        self.value = float(state["value"])
-
-
-class AdaptiveKLController(KLController):
-    """Adaptive KL coefficient (Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences").
-
-    After each batch the coefficient moves toward keeping the observed KL at
-    ``target``: ``e = clip(current_kl / target - 1, -0.2, 0.2)``,
-    ``value *= 1 + e * n_steps / horizon``.
-    """
-
-    kind = "adaptive"
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
-        if target <= 0 or horizon <= 0:
-            raise ValueError(f"target and horizon must be > 0, got target={target}, horizon={horizon}")
-        super().__init__(init_kl_coef)
-        self.target = float(target)
-        self.horizon = float(horizon)
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)  # clipped relative error
-        mult = 1.0 + proportional_error * n_steps / self.horizon
-        self.value *= mult
-
-
-class FixedKLController(KLController):
-    """A constant KL coefficient; ``update`` does nothing."""
-
-    kind = "fixed"
-
-    def __init__(self, kl_coef: float) -> None:
-        super().__init__(kl_coef)
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        pass

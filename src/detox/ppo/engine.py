@@ -1,130 +1,84 @@
 """One PPO step for a seq2seq policy, batched end to end.
 
-TRL dropped PPO and never supported encoder-decoder policies in its current
-trainers, so this project owns a compact engine (the math is in
-:mod:`detox.ppo.core`). A step, in the order the code runs it:
+TRL dropped PPO and never supported encoder-decoder policies in its current trainers, so this
+project owns a compact engine (the math is in :mod:`detox.ppo.core`, the stat names in
+:mod:`detox.ppo.stats`). The policy is the base model plus LoRA adapters and a scalar value head
+on the decoder's hidden states; the frozen reference is the same weights with the adapters
+disabled. :meth:`PPOTrainer.step` runs, in this order, each phase timed on its own:
 
-1. **rollout**   sample a response per prompt (pure sampling from a generation config
-                 built from params alone, never ``generation.*`` nor the model folder's;
-                 ``max_new_tokens`` drawn per batch from ``ppo.response_length`` like the
-                 original's LengthSampler) and mask everything after each response's first EOS.
-                 ``generate`` also returns the raw logits and the last decoder hidden
-                 state of every sampled position: the old log-probs, entropy and values
-                 come from them, with no second forward pass of the policy;
-2. **scoring**   reward model scores of the decoded responses (optionally normalised
-                 by running moments and clipped);
-3. **forward**   reference log-probs (the same model with its LoRA adapters
-                 disabled) in batched forward passes;
-4. **advantage** per-token reward = -kl_coef * KL, plus the score on the last
-                 response token; GAE; advantages whitened over response tokens;
-5. **optimise**  ``ppo_epochs`` x shuffled mini-batches of clipped policy loss +
-                 ``vf_coef`` x clipped value loss, gradient clipping, AdamW, gradient
-                 accumulation (through accelerate, so it works under DDP);
-6. **controller** adaptive (or fixed) KL coefficient update, from the KL averaged
-                 over all processes.
+1. **rollout** (``time/rollout``): in eval mode, sample one response per prompt (pure sampling
+   from a generation config built from params alone, never ``generation.*`` nor the model
+   folder's; ``max_new_tokens`` drawn per batch from ``ppo.response_length`` like the original's
+   LengthSampler); mask everything after each response's first EOS. ``generate`` also returns
+   the raw logits and the last decoder hidden state of every sampled position.
+2. **score** (``time/score``): the reward model scores the decoded responses (optionally
+   normalised by running moments and clipped: ``ppo.score``).
+3. **forward pass** (``time/ppo/forward_pass``): reference log-probs (adapters disabled) in
+   mini-batch-sized teacher-forced passes. The old log-probs, values and entropy are the ones
+   the rollout captured, with no second forward pass of the policy; under mixed precision they
+   come from teacher-forced passes too (autocast rounds cached decoding differently).
+4. **compute rewards** (``time/ppo/compute_rewards``): per token ``-kl_coef * KL``, plus the
+   score on the last response token.
+5. **compute advantages** (``time/ppo/compute_advantages``): GAE, then the advantages whitened
+   over the batch's response tokens (the returns, the value targets, are not).
+6. **optimise** (``time/ppo/optimize_step``): ``ppo_epochs`` x shuffled mini-batches of the
+   clipped policy loss + ``vf_coef`` x the clipped value loss, gradient clipping, AdamW and
+   gradient accumulation (through accelerate, so it works under DDP). The first mini-batch's
+   ratio is exactly 1, or something differs between the rollout and the training pass.
+7. **stats** (``time/ppo/calc_stats``): the step's stats averaged over all processes, then the
+   adaptive (or fixed) KL coefficient's update from the mean KL.
 
-With ``ppo.lora.scope: decoder`` (the default) the encoder has no adapters, so it
-runs once per step, before generation; its output feeds the rollout, the reference
-pass and every PPO epoch. Otherwise each of those runs the encoder again.
+With ``ppo.lora.scope: decoder`` (the default) the encoder has no adapters, so it runs once per
+step, before generation; its output feeds the rollout, the reference pass and every PPO epoch.
+Otherwise each of those runs the encoder again.
 
-Every random draw of a step is seeded from ``(seed, step, process)``, so a run
-resumed from a checkpoint continues exactly as an uninterrupted one would.
+Every random draw of a step is seeded from ``(seed, step, process)``, so a run resumed from a
+checkpoint continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import math
-import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import BaseModelOutput
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from detox.common.errors import DetoxError
 from detox.common.params import PPOParams
+from detox.models.reward import RewardScorer
+from detox.ppo import stats as names
+from detox.ppo.controllers import AdaptiveKLController, FixedKLController, KLController, RunningMoments
 from detox.ppo.core import (
-    AdaptiveKLController,
-    FixedKLController,
-    KLController,
     compute_gae,
     compute_rewards,
     entropy_from_logits,
     logprobs_from_logits,
-    masked_mean,
     masked_whiten,
     policy_loss,
-    response_mask,
     value_loss,
 )
 from detox.ppo.policy import Seq2SeqPolicy
-from detox.evaluate.quality import distinct_ngrams
-from detox.models.reward import RewardScorer
+from detox.ppo.rollout import PolicyPass, Rollout, rollout_config, sample
+from detox.ppo.stats import MinibatchStats, step_stats
 
 
 class TrainingDivergedError(DetoxError):
     """A loss became NaN or infinite."""
 
 
-@dataclass
-class Rollout:
-    input_ids: torch.Tensor  # (B, S) prompts, right-padded
-    attention_mask: torch.Tensor  # (B, S)
-    response_ids: torch.Tensor  # (B, T) without the decoder start token
-    mask: torch.Tensor  # (B, T) bool, True up to and including the first EOS
-    responses: list[str]
-    scores: torch.Tensor  # (B,) raw reward-model scores
-    toxicity: torch.Tensor  # (B,)
-    encoder_hidden: torch.Tensor | None = None  # (B, S, d) when the encoder is frozen, else None
-    old: dict[str, torch.Tensor] | None = None  # logprobs, values, entropy (B, T) captured by generate
+@dataclass(frozen=True)
+class ForwardPass:
+    """The forward-pass phase's result: the old policy's numbers and the reference log-probs ``(B, T)``."""
 
-
-class RunningMoments:
-    """Running mean and std of scores across steps (Chan et al. parallel update)."""
-
-    def __init__(self) -> None:
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-24
-
-    def update(self, values: torch.Tensor) -> None:
-        n = values.numel()
-        batch_mean, batch_var = values.mean().item(), values.var(unbiased=False).item()
-        delta, total = batch_mean - self.mean, self.count + n
-        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
-        self.mean, self.count = self.mean + delta * n / total, total
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var) if self.var > 0 else 1.0
-
-    def state_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
-
-
-@contextmanager
-def only_this_generation_config(model: PreTrainedModel, config: GenerationConfig) -> Iterator[None]:
-    """Make ``config`` the model's whole generation config for the duration.
-
-    ``generate`` fills every setting a passed config leaves unset from ``model.generation_config``,
-    the model folder's ``generation_config.json``: a repetition penalty, suppressed tokens or a
-    ``no_repeat_ngram_size`` there would warp the rollout. Swapped in, nothing else can reach it.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved = base.generation_config
-    base.generation_config = config
-    try:
-        yield
-    finally:
-        base.generation_config = saved
+    old: PolicyPass
+    ref_logprobs: torch.Tensor
 
 
 class PPOTrainer:
+    """The policy, its optimizer, the reward model and the controllers; :meth:`step` runs one PPO step."""
+
     def __init__(
         self,
         policy: Seq2SeqPolicy,
@@ -145,7 +99,6 @@ class PPOTrainer:
             if cfg.kl.adaptive else FixedKLController(cfg.kl.init_coef)
         )
         self.score_moments = RunningMoments()
-        self.start_token = policy.config.decoder_start_token_id
 
     @property
     def unwrapped(self) -> Seq2SeqPolicy:
@@ -174,58 +127,22 @@ class PPOTrainer:
         self.score_moments.load_state_dict(state["score_moments"])
 
     # -- the phases --------------------------------------------------------------------
+    @property
+    def start_token(self) -> int:
+        return self.unwrapped.config.decoder_start_token_id
+
     def _step_seed(self, step: int) -> int:
         return self.seed * 1_000_003 + step * 1009 + self.accelerator.process_index
 
     def rollout_config(self, max_new_tokens: int, capture: bool = True) -> GenerationConfig:
-        """Pure sampling from the policy's own distribution, built from params alone.
-
-        The old log-probs and the KL assume the responses were sampled from the policy itself:
-        temperature 1, no top-k or top-p, no forced minimum length (DESIGN's negative-KL pitfall).
-        So PPO never samples with ``generation.*`` (the settings of baseline, evaluate and
-        serving) nor with the model folder's generation config; only the length is a knob
-        (``ppo.response_length``). ``capture`` keeps the raw logits and hidden states (the rollout
-        needs them, an evaluation does not).
-        """
-        return GenerationConfig(
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=0, max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            decoder_start_token_id=self.start_token,
-            output_logits=capture, output_hidden_states=capture, return_dict_in_generate=capture,
-        )
+        """The rollout's pure-sampling generation config (:func:`detox.ppo.rollout.rollout_config`)."""
+        return rollout_config(self.tokenizer, self.start_token, max_new_tokens, capture)
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str], dialogues: list[str], step: int) -> Rollout:
+    def rollout(self, prompts: list[str], step: int) -> Rollout:
         with self.accelerator.autocast():
-            return self._rollout(prompts, dialogues, step)
-
-    def _rollout(self, prompts: list[str], dialogues: list[str], step: int) -> Rollout:
-        device = self.accelerator.device
-        policy = self.unwrapped
-        enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.cfg.max_source_tokens,
-                             return_tensors="pt").to(device)
-        # Encoded here rather than inside generate(), which with output_hidden_states=True would also
-        # keep every encoder layer's output. Kept for the rest of the step when the encoder is frozen.
-        encoder_hidden = policy.encode(enc["input_ids"], enc["attention_mask"])
-        max_new = random.Random(self._step_seed(step)).randint(self.cfg.response_length.min,
-                                                                self.cfg.response_length.max)
-        torch.manual_seed(self._step_seed(step))
-        config = self.rollout_config(max_new)
-        with only_this_generation_config(policy.generator(), config):
-            out = policy.generator().generate(
-                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=config,
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden))
-        response_ids = out.sequences[:, 1:]
-        mask = response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-        # The raw (unwarped) logits of each sampled position, and the last decoder layer's hidden
-        # state there: the same numbers a teacher-forced forward pass of the policy would give.
-        logits = torch.stack(out.logits, dim=1)
-        hidden = torch.cat([layers[-1] for layers in out.decoder_hidden_states], dim=1)
-        old = {"logprobs": logprobs_from_logits(logits, response_ids), "values": policy.value_head(hidden),
-               "entropy": entropy_from_logits(logits)}
-        responses = [s.strip() for s in self.tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
-        return Rollout(enc["input_ids"], enc["attention_mask"], response_ids, mask, responses,
-                       torch.empty(0), torch.empty(0), encoder_hidden if policy.encoder_frozen else None, old)
+            return sample(self.unwrapped, self.tokenizer, self.cfg, prompts, self._step_seed(step),
+                          self.accelerator.device)
 
     def _decoder_inputs(self, response_ids: torch.Tensor) -> torch.Tensor:
         start = torch.full_like(response_ids[:, :1], self.start_token)
@@ -240,36 +157,45 @@ class PPOTrainer:
                                reference=reference, encoder_hidden=encoder_hidden)
         return logits, logprobs_from_logits(logits, responses), values
 
+    def _minibatches(self, batch: Rollout) -> list[slice]:
+        return [slice(start, start + self.cfg.mini_batch_size)
+                for start in range(0, len(batch.responses), self.cfg.mini_batch_size)]
+
     @torch.no_grad()
     def reference_logprobs(self, batch: Rollout) -> torch.Tensor:
         """Reference log-probs (B, T), in mini-batch-sized forwards."""
         model = self.unwrapped
         with self.accelerator.autocast():
-            return torch.cat([self._forward(model, batch, slice(start, start + self.cfg.mini_batch_size),
-                                            reference=True, with_values=False)[1]
-                              for start in range(0, len(batch.responses), self.cfg.mini_batch_size)])
+            return torch.cat([self._forward(model, batch, index, reference=True, with_values=False)[1]
+                              for index in self._minibatches(batch)])
 
     @torch.no_grad()
-    def old_and_reference(self, batch: Rollout) -> dict[str, torch.Tensor]:
-        """Old log-probs, values, entropy (teacher-forced forwards) and reference log-probs.
+    def teacher_forced(self, batch: Rollout) -> PolicyPass:
+        """Old log-probs, values and entropy from teacher-forced forwards (mini-batch-sized).
 
-        In fp32 ``step`` takes the old values from the rollout, which equal these; under mixed
-        precision (``ppo.precision`` bf16 or fp16) it calls this, because autocast rounds the
-        rollout's cached decoding and a teacher-forced forward differently. The tests also check
-        the rollout's values against it.
+        In fp32 the rollout's captured numbers equal these; under mixed precision (``ppo.precision``
+        bf16 or fp16) :meth:`forward_pass` uses these, because autocast rounds the rollout's cached
+        decoding and a teacher-forced forward differently. The tests also check the rollout against it.
         """
-        parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "entropy": []}
+        logprobs, values, entropy = [], [], []
         model = self.unwrapped
-        for start in range(0, len(batch.responses), self.cfg.mini_batch_size):
-            index = slice(start, start + self.cfg.mini_batch_size)
+        for index in self._minibatches(batch):
             with self.accelerator.autocast():
-                logits, logprobs, values = self._forward(model, batch, index)
-            parts["logprobs"].append(logprobs)
-            parts["values"].append(values)
-            parts["entropy"].append(entropy_from_logits(logits))
-        old = {k: torch.cat(v) for k, v in parts.items()}
-        old["ref_logprobs"] = self.reference_logprobs(batch)
-        return old
+                logits, part_logprobs, part_values = self._forward(model, batch, index)
+            logprobs.append(part_logprobs)
+            values.append(part_values)
+            entropy.append(entropy_from_logits(logits))
+        return PolicyPass(torch.cat(logprobs), torch.cat(values), torch.cat(entropy))
+
+    def forward_pass(self, batch: Rollout) -> ForwardPass:
+        """The old policy's numbers and the reference log-probs of the rollout's responses."""
+        if self.accelerator.mixed_precision == "no":
+            return ForwardPass(batch.captured, self.reference_logprobs(batch))
+        # Under autocast, generate's cached, token-by-token decoding and a teacher-forced forward
+        # round differently; the old log-probs then come from the same forward as the training
+        # passes, so the first ratio is 1 and the first KL 0 (one forward pass more).
+        old = self.teacher_forced(batch)
+        return ForwardPass(old, self.reference_logprobs(batch))
 
     def _prepare_scores(self, scores: torch.Tensor) -> torch.Tensor:
         if self.cfg.score.normalize:
@@ -279,10 +205,9 @@ class PPOTrainer:
             scores = scores.clamp(-self.cfg.score.clip, self.cfg.score.clip)
         return scores
 
-    def optimise(self, batch: Rollout, old: dict[str, torch.Tensor], advantages: torch.Tensor,
-                 returns: torch.Tensor, step: int) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        n = 0
+    def optimise(self, batch: Rollout, old: PolicyPass, advantages: torch.Tensor, returns: torch.Tensor,
+                 step: int) -> MinibatchStats:
+        stats = MinibatchStats()
         generator = torch.Generator().manual_seed(self._step_seed(step))
         mask = batch.mask
         for _ in range(self.cfg.ppo_epochs):
@@ -291,9 +216,9 @@ class PPOTrainer:
                 index = order[start : start + self.cfg.mini_batch_size]
                 with self.accelerator.accumulate(self.policy), self.accelerator.autocast():
                     _, logprobs, values = self._forward(self.policy, batch, index)
-                    pg_loss, pg_stats = policy_loss(logprobs, old["logprobs"][index], advantages[index], mask[index],
+                    pg_loss, pg_stats = policy_loss(logprobs, old.logprobs[index], advantages[index], mask[index],
                                                     self.cfg.cliprange)
-                    vf_loss, vf_stats = value_loss(values, old["values"][index], returns[index], mask[index],
+                    vf_loss, vf_stats = value_loss(values, old.values[index], returns[index], mask[index],
                                                    self.cfg.cliprange_value)
                     loss = pg_loss + self.cfg.vf_coef * vf_loss
                     if not torch.isfinite(loss):
@@ -307,13 +232,8 @@ class PPOTrainer:
                         self.accelerator.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad()
-                for key, value in (("ppo/loss/policy", pg_loss), ("ppo/loss/value", vf_loss), ("ppo/loss/total", loss),
-                                   ("ppo/policy/clipfrac", pg_stats["clipfrac"]),
-                                   ("ppo/policy/approxkl", pg_stats["approxkl"]),
-                                   ("ppo/val/clipfrac", vf_stats["clipfrac"])):
-                    sums[key] = sums.get(key, 0.0) + value.item()
-                n += 1
-        return {key: value / n for key, value in sums.items()}
+                stats.add((pg_loss, vf_loss, loss), pg_stats, vf_stats)
+        return stats
 
     def _clock(self) -> float:
         """perf_counter after the device's queued work is done, so each phase's time is its own (GPU)."""
@@ -322,68 +242,50 @@ class PPOTrainer:
         return time.perf_counter()
 
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> tuple[dict[str, float], Rollout]:
-        """Run one PPO step on this process's prompts; return stats averaged over all processes."""
+        """Run one PPO step on this process's prompts (the phases of the module docstring); return stats
+        averaged over all processes, and the rollout."""
         timings: dict[str, float] = {}
-        started = self._clock()
-        batch = self.rollout(prompts, dialogues, step)
-        timings["time/generation"] = self._clock() - started
+        started = tick = self._clock()
 
-        tick = self._clock()
+        def lap(name: str) -> None:
+            nonlocal tick
+            now = self._clock()
+            timings[name], tick = now - tick, now
+
+        batch = self.rollout(prompts, step)
+        lap(names.TIME_ROLLOUT)
+
         scored = self.scorer.score(batch.responses, dialogues)
-        batch.scores = scored.reward.to(self.accelerator.device)
-        batch.toxicity = scored.toxicity.to(self.accelerator.device)
-        scores = self._prepare_scores(batch.scores)
-        timings["time/scoring"] = self._clock() - tick
+        reward, toxicity = scored.reward.to(self.accelerator.device), scored.toxicity.to(self.accelerator.device)
+        scores = self._prepare_scores(reward)
+        lap(names.TIME_SCORE)
 
-        tick = self._clock()
-        if self.accelerator.mixed_precision == "no":
-            old = {**batch.old, "ref_logprobs": self.reference_logprobs(batch)}
-        else:
-            # Under autocast, generate's cached, token-by-token decoding and a teacher-forced forward
-            # round differently; the old log-probs then come from the same forward as the training
-            # passes, so the first ratio is 1 and the first KL 0 (one forward pass more).
-            old = self.old_and_reference(batch)
+        forward = self.forward_pass(batch)
+        lap(names.TIME_FORWARD_PASS)
+
         mask = batch.mask
-        rewards, kl, non_score = compute_rewards(scores, old["logprobs"], old["ref_logprobs"], mask,
+        rewards, kl, non_score = compute_rewards(scores, forward.old.logprobs, forward.ref_logprobs, mask,
                                                  self.kl_ctl.value, self.cfg.kl.estimator)
-        advantages, returns = compute_gae(old["values"], rewards, mask, self.cfg.gamma, self.cfg.lam)
-        advantages = masked_whiten(advantages, mask)
-        timings["time/forward"] = self._clock() - tick
+        lap(names.TIME_COMPUTE_REWARDS)
 
-        tick = self._clock()
+        advantages, returns = compute_gae(forward.old.values, rewards, mask, self.cfg.gamma, self.cfg.lam)
+        advantages = masked_whiten(advantages, mask)
+        lap(names.TIME_COMPUTE_ADVANTAGES)
+
         if not self.cfg.disable_dropout:
             self.policy.train()  # the user chose dropout during optimisation (not recommended for PPO)
-        train_stats = self.optimise(batch, old, advantages, returns, step)
+        train = self.optimise(batch, forward.old, advantages, returns, step)
         self.policy.eval()
-        timings["time/optimization"] = self._clock() - tick
+        lap(names.TIME_OPTIMIZE_STEP)
 
-        lengths = mask.sum(1).float()
-        kl_per_sample = self.accelerator.gather(kl.sum(1))
-        local = {
-            "objective/kl": kl.sum(1).mean(),
-            "objective/entropy": torch.where(mask, old["entropy"], 0.0).sum(1).mean(),
-            "objective/non_score_reward": non_score.sum(1).mean(),
-            "ppo/returns/mean": masked_mean(returns, mask),
-            "ppo/val/mean": masked_mean(old["values"], mask),
-            "ppo/mean_response_length": lengths.mean(),
-        }
-        stats = {key: self.accelerator.reduce(value.detach(), "mean").item() for key, value in local.items()}
-        stats.update({key: self.accelerator.reduce(torch.tensor(value, device=mask.device), "mean").item()
-                      for key, value in train_stats.items()})
-        all_scores = self.accelerator.gather(batch.scores)
-        all_toxicity = self.accelerator.gather(batch.toxicity)
-        stats.update({
-            "env/reward_mean": all_scores.mean().item(),
-            "env/reward_std": all_scores.std().item() if all_scores.numel() > 1 else 0.0,
-            "env/toxicity_mean": all_toxicity.mean().item(),
-            "env/distinct_2": distinct_ngrams(batch.responses),
-            "objective/kl_coef": self.kl_ctl.value,
-            "objective/kl_stderr": (kl_per_sample.std() / kl_per_sample.numel() ** 0.5).item()
-            if kl_per_sample.numel() > 1 else 0.0,
-        })
-        self.kl_ctl.update(stats["objective/kl"], len(prompts) * self.accelerator.num_processes)
-        timings["time/total"] = self._clock() - started
-        tokens = self.accelerator.reduce(lengths.sum(), "sum").item()
+        stats = step_stats(self.accelerator, mask=mask, responses=batch.responses, entropy=forward.old.entropy,
+                           values=forward.old.values, kl=kl, non_score=non_score, returns=returns, reward=reward,
+                           toxicity=toxicity, train=train, kl_coef=self.kl_ctl.value)
+        self.kl_ctl.update(stats[names.KL], len(prompts) * self.accelerator.num_processes)
+        lap(names.TIME_CALC_STATS)
+
+        timings[names.TIME_TOTAL] = self._clock() - started
+        tokens = self.accelerator.reduce(mask.sum(1).float().sum(), "sum").item()
         stats.update(timings)
-        stats["time/tokens_per_second"] = tokens / timings["time/total"]
+        stats[names.TOKENS_PER_SECOND] = tokens / timings[names.TIME_TOTAL]
         return stats, batch

@@ -24,7 +24,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
+from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from detox.common.params import PPOParams
@@ -78,7 +78,8 @@ class Seq2SeqPolicy(nn.Module):
         self.encoder_frozen = not any(p.requires_grad for p in encoder.parameters())
 
     @property
-    def config(self):  # noqa: ANN201 - the transformers config of the base model
+    def config(self) -> PretrainedConfig:
+        """The transformers config of the base model."""
         return self.model.config
 
     def reference(self) -> AbstractContextManager[None]:

@@ -19,14 +19,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
+from detox.evaluate.quality import response_nll, rouge
+from detox.evaluate.scoring import judge_columns
+from detox.evaluate.summary import quality_numbers, toxicity_numbers
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
-from detox.evaluate.quality import rouge
 from detox.judges.panel import Judge
 from detox.common.params import PPOParams
-from detox.ppo.engine import PPOTrainer, only_this_generation_config
-from detox.evaluate.quality import distinct_ngrams, response_nll
+from detox.ppo.engine import PPOTrainer
+from detox.ppo.rollout import only_this_generation_config
 from detox.models.reward import RewardScorer
 
 
@@ -60,18 +64,25 @@ def evaluate_policy(trainer: PPOTrainer, data: ValidationSet, seed: int) -> dict
         reference = policy.frozen_reference if policy.frozen_reference is not None else policy.model
         nll = response_nll(reference, tokenizer, data.prompts, responses, cfg.max_source_tokens,
                            cfg.mini_batch_size)
+    frame = pd.DataFrame({"id": np.arange(len(responses)), "response": responses,
+                          "length": [len(r.split()) for r in responses]})
+    quality = quality_numbers(frame)
     stats = {
         "eval/reward_mean": scores.reward.mean().item(),
+        # torch's float32 mean, not toxicity_numbers' float64 one: the logged numbers stay as they were
         "eval/reward_model/toxic_share": (scores.toxicity > TOXIC_THRESHOLD).float().mean().item(),
         "eval/rougeL": float(rouge(responses, data.references)["rougeL"].mean()),
         "eval/fluency_nll": float(nll.mean()),
-        "eval/mean_length": sum(len(r.split()) for r in responses) / max(1, len(responses)),
-        "eval/distinct_2": distinct_ngrams(responses, 2),
+        "eval/mean_length": quality["mean_length"],
+        "eval/distinct_2": quality["distinct_2"],
     }
     for name, judge in data.judges.items():
-        judged = judge.score(responses)
-        stats[f"eval/{name}/toxic_share"] = float((judged > judge.threshold).mean())
-        stats[f"eval/{name}/toxicity_mean"] = float(judged.mean())
+        score, flag = judge_columns(name)
+        frame[score] = judge.score(responses)
+        frame[flag] = frame[score] > judge.threshold
+        judged = toxicity_numbers(frame, score, flag)
+        stats[f"eval/{name}/toxic_share"] = judged["toxic_share"]
+        stats[f"eval/{name}/toxicity_mean"] = judged["toxicity_mean"]
     return stats
 
 
