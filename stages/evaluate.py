@@ -35,7 +35,8 @@ from detox.evaluate.report import (
     headline, write_disagreements, write_plot_data, write_plots, write_report, write_reward_diff,
 )
 from detox.models.reward import RewardScorer
-from detox.serve.pyfunc import Summarizer, export_policy, model_config, signature
+from detox.serve.export import export_policy
+from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.provenance import lock_tags, run_name, stage_params
 from detox.tracking.registry import PolicyModel, champion_evidence
 from detox.tracking.runs import Tracker, evaluation_run, log_evaluation, read_run_record

@@ -14,7 +14,7 @@ from detox.common.cli import run_stage
 from detox.common.io import atomic_dir, sha256_file, sha256_tree, write_json, write_text
 from detox.common.params import load_params
 from detox.models.reward_training import run_reward
-from detox.serve.pyfunc import RewardClassifier, reward_config, reward_signature
+from detox.serve.reward_model import RewardClassifier, reward_config, reward_signature
 from detox.common.timings import TIMINGS_DIR, write_timings
 from detox.tracking.provenance import run_name, stage_params
 from detox.tracking.registry import PolicyModel

@@ -13,7 +13,7 @@ import pandas as pd
 from detox.common.cli import run_stage
 from detox.common.io import atomic_dir, sha256_tree, write_json, write_text
 from detox.common.params import GenerationParams, load_params
-from detox.serve.pyfunc import Summarizer, model_config, signature
+from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.models.sft import run_sft
 from detox.common.timings import TIMINGS_DIR, write_timings
 from detox.tracking.provenance import run_name, stage_params

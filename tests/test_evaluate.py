@@ -39,7 +39,8 @@ from detox.evaluate.report import (
     markdown_table, plot_rewards, plot_toxicity, render_report, write_disagreements, write_plot_data, write_plots,
     write_report, write_reward_diff,
 )
-from detox.serve.pyfunc import Summarizer, export_policy, model_config, signature
+from detox.serve.export import export_policy
+from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
 from detox.tracking.runs import RUN_FILE, Tracker, evaluation_run, log_evaluation, read_run_record
 
