@@ -27,7 +27,9 @@ from detox.common.io import sha256_tree
 from detox.models.reward_training import classifier_metrics, expected_calibration_error, run_reward
 from detox.models.sft import run_sft
 from detox.models.check import has_weights
-from detox.data.validation import format_failures, read_labelled, validate_dir
+from detox.data.validation.failures import format_failures
+from detox.data.validation.inputs import read_labelled
+from detox.data.validation.run import validate_dir
 from test_judges import tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
