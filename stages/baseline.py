@@ -11,7 +11,7 @@ from detox.models.generation import load_policy
 from detox.common.io import write_json, write_parquet
 from detox.judges.panel import load_judges
 from detox.common.params import load_params
-from detox.evaluate.quality import vocabulary
+from detox.data.words import vocabulary
 from detox.evaluate.report import headline
 from detox.models.reward import RewardScorer
 from detox.common.gate import VALIDATION_METRICS, ready

@@ -30,7 +30,7 @@ from detox.judges.panel import load_judges
 from detox.serve.model_card import card_data, merged_card
 from detox.common.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
-from detox.evaluate.quality import vocabulary
+from detox.data.words import vocabulary
 from detox.evaluate.report import (
     headline, write_disagreements, write_plot_data, write_plots, write_report, write_reward_diff,
 )

@@ -18,7 +18,8 @@ import torch
 from conftest import tolerance
 from transformers import RobertaConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration
 
-from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.data.corpus import generate_corpus
+from detox.data.sentences import labelled_sentences
 from detox.models.builtin import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
 from detox.common.errors import RewardModelError
 from detox.evaluate.scoring import (

@@ -28,7 +28,8 @@ from conftest import HANG_S, free_port, wait_until_answering
 from mlflow.exceptions import MlflowException
 from transformers import AutoConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration, pipeline
 
-from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.data.corpus import generate_corpus
+from detox.data.sentences import labelled_sentences
 from detox.models.builtin import train_t5_tokenizer, write_reward_base
 from detox.models.generation import build_prompts, generate_summaries
 from detox.common.params import BuiltinCorpus, BuiltinReward, GenerationParams, PromptParams, RewardParams

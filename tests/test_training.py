@@ -20,7 +20,7 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import HANG_S, TINY, tiny_params
-from detox.data.corpus import labelled_sentences
+from detox.data.sentences import labelled_sentences
 from detox.common.errors import SourceError
 from detox.data.fetch import run_fetch
 from detox.common.io import sha256_tree

@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.data.corpus import generate_corpus
+from detox.data.sentences import labelled_sentences
 from detox.models.builtin import ID2LABEL, write_policy_base, write_reward_base
 from detox.data.reading import COLUMNS, SPLITS, check_dialogues, read_local_splits, read_table
 from detox.common.errors import SourceError
@@ -69,7 +70,8 @@ def _copy_model(ref: LocalRef, section: str, out_dir: Path) -> None:
 
 
 def _hub_model(ref: HubRef, section: str, out_dir: Path) -> dict[str, Any]:
-    return {"name": ref.name, "revision": ref.revision, "commit": download_model(ref.name, ref.revision, out_dir, section)}
+    commit = download_model(ref.name, ref.revision, out_dir, section)
+    return {"name": ref.name, "revision": ref.revision, "commit": commit}
 
 
 def fetch_policy(params: Params, train: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
