@@ -2,9 +2,9 @@
 reward stage's labelled data (data/labelled/labelled.parquet) with a suite of its own.
 
 Writes ``reports/validation/<split>.json`` and ``labelled.json`` (GX validation results),
-``reports/validation/data_docs/index.html`` (GX Data Docs) and
-``metrics/validation.json`` (the splits) and ``metrics/validation_labelled.json``; exits with status 1 and the list of failed
-expectations if any split fails. Run from the project root.
+``reports/validation/data_docs/index.html`` (GX Data Docs) and ``metrics/validation.json`` (the splits)
+and ``metrics/validation_labelled.json``; exits with status 1 and the list of failed expectations if any
+split fails. Run from the project root.
 """
 
 from __future__ import annotations

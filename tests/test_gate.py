@@ -254,7 +254,8 @@ def signal_handlers() -> Iterator[None]:
 
 def test_run_stage_prints_a_full_disk_or_a_refused_write_as_one_line(capsys, signal_handlers, monkeypatch):
     # run_stage sets the stage process's environment (MLflow's link printing off); here that process is pytest's
-    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "")  # recorded, so that teardown restores it
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
     def wrapped() -> None:  # how MLflow reports sqlite's full disk: SQLAlchemy's error, raised from sqlite3's
         try:
             raise sqlite3.OperationalError("database or disk is full")

@@ -61,6 +61,7 @@ def encode_labels(labels: pd.Series, label2id: dict[str, int], origin: str) -> l
 
 def holdout_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, held out): a seeded permutation, ``share`` of the rows held out (at least one)."""
+    # Not sklearn's train_test_split, nor the n-gram judge's draw: either holds out other rows (results must stay).
     order = np.random.default_rng(seed).permutation(n)
     n_held = max(1, int(round(n * share)))
     return np.sort(order[n_held:]), np.sort(order[:n_held])

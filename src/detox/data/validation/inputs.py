@@ -30,10 +30,7 @@ def read_labelled(path: str | Path, reward_dir: str | Path, toxic_label: str, ch
     for needed in (path, config_path):
         if not needed.is_file():
             raise DataValidationError(f"{needed}: not found; the fetch stage writes it (run: dvc repro fetch)")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several unrelated types
-        raise DataValidationError(f"{path}: cannot be read as parquet: {exc}") from None
+    frame = _read_parquet(path)
     id2label = json.loads(config_path.read_text(encoding="utf-8")).get("id2label") or {}
     labels = tuple(sorted({str(name) for name in id2label.values()} | {str(i) for i in id2label}))
     toxic = tuple(sorted({str(name) for name in id2label.values() if str(name).lower() == toxic_label.lower()}
@@ -55,8 +52,12 @@ def read_splits(raw_dir: str | Path) -> dict[str, pd.DataFrame]:
                 f"{path}: split file not found; the fetch stage must write "
                 f"{', '.join(f'{s}.parquet' for s in SPLITS)} to {raw_dir} (run: dvc repro fetch)"
             )
-        try:
-            splits[split] = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several unrelated types
-            raise DataValidationError(f"{path}: cannot be read as parquet: {exc}") from None
+        splits[split] = _read_parquet(path)
     return splits
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several unrelated types
+        raise DataValidationError(f"{path}: cannot be read as parquet: {exc}") from None
