@@ -36,7 +36,8 @@ from detox.serve.model_card import card_data, merged_card
 from detox.common.params import load_params
 from detox.ppo.policy import POLICY_FILE, load_trained_policy
 from detox.models.reward import RewardScorer
-from detox.serve.pyfunc import Summarizer, export_policy, model_config, signature
+from detox.serve.export import export_policy
+from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.provenance import lock_tags, run_name, stage_params
 from detox.tracking.registry import PolicyModel, champion_evidence
 from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation

@@ -2,9 +2,9 @@
 reward stage's labelled data (data/labelled/labelled.parquet) with a suite of its own.
 
 Writes ``reports/validation/<split>.json`` and ``labelled.json`` (GX validation results),
-``reports/validation/data_docs/index.html`` (GX Data Docs) and
-``metrics/validation.json`` (the splits) and ``metrics/validation_labelled.json``; exits with status 1 and the list of failed
-expectations if any split fails. Run from the project root.
+``reports/validation/data_docs/index.html`` (GX Data Docs) and ``metrics/validation.json`` (the splits)
+and ``metrics/validation_labelled.json``; exits with status 1 and the list of failed expectations if any
+split fails. Run from the project root.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from detox.data.reading import SPLITS
 from detox.common.errors import DataValidationError
 from detox.common.io import write_json
 from detox.common.params import load_params
-from detox.data.validation import LABELLED as LABELLED_NAME
 from detox.common.gate import LABELLED_METRICS as LABELLED_METRICS_PATH
 from detox.common.gate import VALIDATION_METRICS, ready
-from detox.data.validation import format_failures, read_labelled, validate_dir
+from detox.data.validation.failures import format_failures
+from detox.data.validation.inputs import read_labelled
+from detox.data.validation.run import LABELLED as LABELLED_NAME
+from detox.data.validation.run import validate_dir
 
 RAW_DIR = Path("data/raw")
 LABELLED = Path("data/labelled/labelled.parquet")

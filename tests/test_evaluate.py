@@ -40,7 +40,8 @@ from detox.evaluate.tables import (
 )
 from detox.common.errors import DetoxError
 from detox.common.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
-from detox.serve.pyfunc import Summarizer, export_policy, model_config, signature
+from detox.serve.export import export_policy
+from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
 from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation
 from detox.tracking.runs import RUN_FILE, Tracker, read_run_record

@@ -12,7 +12,8 @@ import yaml
 from conftest import HANG_S, TINY, free_port, run_watched, tiny_params
 from transformers import AutoConfig, AutoTokenizer
 
-from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.data.corpus import generate_corpus
+from detox.data.sentences import labelled_sentences
 from detox.common.errors import HubUnreachableError, SourceError
 from detox.data.fetch import run_fetch
 from detox.data.hub import ensure_reachable

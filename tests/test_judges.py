@@ -16,7 +16,8 @@ import torch
 import yaml
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.data.corpus import generate_corpus
+from detox.data.sentences import labelled_sentences
 from detox.models.builtin import train_bpe_tokenizer
 from detox.judges.oracle import InsultOracle, generator_oracle
 from detox.common.errors import HubUnreachableError, RewardModelError, SourceError

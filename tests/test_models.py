@@ -20,7 +20,7 @@ from detox.models.builtin import train_t5_tokenizer
 from detox.models.generation import build_prompts, generate_summaries
 from detox.serve.model_card import adapter_card, card_data, merged_card
 from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams
-from detox.serve.pyfunc import export_policy
+from detox.serve.export import export_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template

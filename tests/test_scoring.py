@@ -18,7 +18,8 @@ import torch
 from conftest import tolerance
 from transformers import RobertaConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration
 
-from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.data.corpus import generate_corpus
+from detox.data.sentences import labelled_sentences
 from detox.models.builtin import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
 from detox.common.errors import RewardModelError
 from detox.evaluate.scoring import SAMPLE_SEED_STRIDE, Instruments, sample_rows, score_policy
@@ -26,7 +27,8 @@ from detox.evaluate.summary import summarize
 from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy, sample_responses
 from detox.judges.panel import Judge
 from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams, RewardParams
-from detox.evaluate.quality import ROUGE_KEYS, rouge, words
+from detox.data.words import words
+from detox.evaluate.quality import ROUGE_KEYS, rouge
 from detox.models.reward import RewardScorer, label_index
 
 TEMPLATE = PromptParams().template

@@ -357,7 +357,7 @@ def test_training_stages_with_tracking_server_down_fail_fast_and_keep_their_mode
 class Answer(http.server.BaseHTTPRequestHandler):
     status, body, content_type = 200, b"{}", "application/json"
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.send_response(self.status)
         self.send_header("Content-Type", self.content_type)
         self.send_header("Content-Length", str(len(self.body)))

@@ -28,15 +28,16 @@ from conftest import HANG_S, free_port, wait_until_answering
 from mlflow.exceptions import MlflowException
 from transformers import AutoConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration, pipeline
 
-from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.data.corpus import generate_corpus
+from detox.data.sentences import labelled_sentences
 from detox.models.builtin import train_t5_tokenizer, write_reward_base
 from detox.models.generation import build_prompts, generate_summaries
 from detox.common.params import BuiltinCorpus, BuiltinReward, GenerationParams, PromptParams, RewardParams
 from detox.models.reward import RewardScorer
-from detox.serve.pyfunc import (
-    PARAM_RANGES, RequestError, RewardClassifier, Summarizer, export_policy, max_new_tokens_range, model_config,
-    reward_config, reward_signature, signature,
-)
+from detox.serve.export import export_policy
+from detox.serve.pyfunc import RequestError
+from detox.serve.reward_model import RewardClassifier, reward_config, reward_signature
+from detox.serve.summarizer import PARAM_RANGES, Summarizer, max_new_tokens_range, model_config, signature
 from detox.tracking.registry import PolicyModel, log_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def test_the_summarizer_answers_as_evaluate_generates(summarizer, policy, dialog
 
 def test_an_over_long_dialogue_is_read_up_to_the_limit_with_a_warning(summarizer, dialogues, caplog):
     long = " ".join([dialogues[0]] * 200)
-    with caplog.at_level("WARNING", logger="detox.serve.pyfunc"):
+    with caplog.at_level("WARNING", logger="detox.serve.summarizer"):
         [summary] = summarizer.predict(pd.DataFrame({"dialogue": [long]}))
     assert isinstance(summary, str)
     assert any("dialogue 0:" in r.message and "the model reads the first" in r.message for r in caplog.records)

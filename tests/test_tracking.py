@@ -23,7 +23,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from detox.common.errors import TrackingError
 from detox.common.params import GenerationParams
-from detox.serve.pyfunc import Summarizer, model_config, signature
+from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking import relocate
 from detox.tracking.registry import PolicyModel
 from detox.tracking.runs import Tracker

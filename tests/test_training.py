@@ -20,14 +20,16 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import HANG_S, TINY, tiny_params
-from detox.data.corpus import labelled_sentences
+from detox.data.sentences import labelled_sentences
 from detox.common.errors import SourceError
 from detox.data.fetch import run_fetch
 from detox.common.io import sha256_tree
 from detox.models.reward_training import classifier_metrics, expected_calibration_error, run_reward
 from detox.models.sft import run_sft
 from detox.models.check import has_weights
-from detox.data.validation import format_failures, read_labelled, validate_dir
+from detox.data.validation.failures import format_failures
+from detox.data.validation.inputs import read_labelled
+from detox.data.validation.run import validate_dir
 from test_judges import tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[1]

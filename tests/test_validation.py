@@ -16,13 +16,8 @@ from conftest import HANG_S
 
 from detox.common.errors import DataValidationError
 from detox.common.params import Bounds, ValidateParams
-from detox.data.validation import (
-    FailedExpectation,
-    ValidationSummary,
-    format_failures,
-    validate_dir,
-    validate_splits,
-)
+from detox.data.validation.failures import FailedExpectation, format_failures
+from detox.data.validation.run import ValidationSummary, validate_dir, validate_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / "stages" / "validate.py"

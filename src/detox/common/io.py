@@ -16,13 +16,25 @@ from typing import Any
 import pandas as pd
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temp file in the same folder, then rename)."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary file in ``path``'s folder to write; renamed onto ``path`` when the block succeeds, deleted
+    when it fails (a full disk, an interrupt)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _removed_on_failure(path.with_name(f".{path.name}.{os.getpid()}.tmp")) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
         os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temp file in the same folder, then rename)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -42,21 +54,8 @@ def _json_default(value: Any) -> Any:
 
 
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _removed_on_failure(path.with_name(f".{path.name}.{os.getpid()}.tmp")) as tmp:
+    with atomic_file(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-
-
-@contextmanager
-def _removed_on_failure(tmp: Path) -> Iterator[Path]:
-    """A temporary file that is deleted when the block fails (a full disk, an interrupt) before it is renamed."""
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

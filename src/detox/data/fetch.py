@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from detox.data.corpus import generate_corpus, labelled_sentences
+from detox.data.corpus import generate_corpus
+from detox.data.sentences import labelled_sentences
 from detox.models.builtin import ID2LABEL, write_policy_base, write_reward_base
 from detox.data.reading import COLUMNS, SPLITS, check_dialogues, read_local_splits, read_table
 from detox.common.errors import SourceError
 from detox.data.hub import download_model, load_dataset_splits
 from detox.common.io import atomic_dir, sha256_file, sha256_tree, write_json
 from detox.models.check import check_model_folder
-from detox.common.params import HubRef, LocalRef, Params
+from detox.common.params import HubRef, LocalRef, Params, PolicyParams, RewardParams
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +70,37 @@ def _copy_model(ref: LocalRef, section: str, out_dir: Path) -> None:
 
 
 def _hub_model(ref: HubRef, section: str, out_dir: Path) -> dict[str, Any]:
-    return {"name": ref.name, "revision": ref.revision, "commit": download_model(ref.name, ref.revision, out_dir, section)}
+    commit = download_model(ref.name, ref.revision, out_dir, section)
+    return {"name": ref.name, "revision": ref.revision, "commit": commit}
 
 
 def fetch_policy(params: Params, train: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
-    cfg = params.policy
+    return _fetch_model("policy", params.policy, "seq2seq", out_dir,
+                        lambda out: write_policy_base(train, params.prompt.template, params.policy.builtin, out))
+
+
+def fetch_reward(params: Params, labelled: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+    cfg = params.reward
+    texts = labelled["text"].dropna().astype(str).tolist() if cfg.source == "builtin" else []
+    return _fetch_model("reward", cfg, "classifier", out_dir, lambda out: write_reward_base(texts, cfg.builtin, out),
+                        labels={"reward.reward_label": cfg.reward_label, "reward.toxic_label": cfg.toxic_label})
+
+
+def _fetch_model(section: str, cfg: PolicyParams | RewardParams, kind: str, out_dir: Path,
+                 write_builtin: Callable[[Path], dict[str, Any]],
+                 labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``section`` model folder (``kind``: seq2seq or classifier) from its source into ``out_dir``."""
     record: dict[str, Any] = {"source": cfg.source}
     if cfg.source == "builtin":
-        record.update(write_policy_base(train, params.prompt.template, cfg.builtin, out_dir), weights=False)
+        record.update(write_builtin(out_dir), weights=False)
     elif cfg.source == "hub":
-        record.update(_hub_model(cfg.hub, "policy", out_dir))
+        record.update(_hub_model(cfg.hub, section, out_dir))
     else:
-        _copy_model(cfg.local, "policy", out_dir)
+        _copy_model(cfg.local, section, out_dir)
         record["path"] = str(cfg.local.path)
     # Before anything is replaced: a folder that would load only half fails here, naming the file.
-    check_model_folder(out_dir, "seq2seq", f"policy.{cfg.source}", weights=cfg.source != "builtin",
-                       shown=_origin(cfg.source, cfg.hub, cfg.local))
+    check_model_folder(out_dir, kind, f"{section}.{cfg.source}", weights=cfg.source != "builtin",
+                       shown=_origin(cfg.source, cfg.hub, cfg.local), labels=labels)
     return record
 
 
@@ -94,23 +111,6 @@ def _origin(source: str, hub: HubRef, local: LocalRef) -> str | None:
     if source == "hub":
         return f"{hub.name}@{hub.revision}"
     return None
-
-
-def fetch_reward(params: Params, labelled: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
-    cfg = params.reward
-    record: dict[str, Any] = {"source": cfg.source}
-    if cfg.source == "builtin":
-        texts = labelled["text"].dropna().astype(str).tolist()
-        record.update(write_reward_base(texts, cfg.builtin, out_dir), weights=False)
-    elif cfg.source == "hub":
-        record.update(_hub_model(cfg.hub, "reward", out_dir))
-    else:
-        _copy_model(cfg.local, "reward", out_dir)
-        record["path"] = str(cfg.local.path)
-    check_model_folder(out_dir, "classifier", f"reward.{cfg.source}", weights=cfg.source != "builtin",
-                       shown=_origin(cfg.source, cfg.hub, cfg.local), labels={
-                           "reward.reward_label": cfg.reward_label, "reward.toxic_label": cfg.toxic_label})
-    return record
 
 
 def fetch_labelled(params: Params, test: pd.DataFrame, out_dir: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from detox.evaluate.scoring import REWARD_MODEL
+from detox.evaluate.columns import REWARD_MODEL
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
 
 PLOT_FILES = {

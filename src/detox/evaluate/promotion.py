@@ -16,7 +16,7 @@ import pandas as pd
 
 from detox.common.errors import DetoxError
 from detox.common.params import PromotionParams
-from detox.evaluate.scoring import REWARD_MODEL
+from detox.evaluate.columns import REWARD_MODEL
 from detox.evaluate.summary import per_prompt
 
 

@@ -15,8 +15,7 @@ garbled into tokens no classifier has seen. These numbers show it:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,24 +24,15 @@ import torch.nn.functional as F
 from rouge_score import rouge_scorer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from detox.data.words import words
+
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
-
-WORDS = re.compile(r"[a-z]+")
-
-
-def words(text: str) -> list[str]:
-    return WORDS.findall(text.lower())
 
 
 def distinct_ngrams(texts: Sequence[str], n: int = 2) -> float:
     """Distinct n-grams / all n-grams over a set of texts: near 0 when they collapse to one text."""
     grams = [tuple(ws[i : i + n]) for text in texts for ws in [text.split()] for i in range(len(ws) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def vocabulary(texts: Iterable[str]) -> frozenset[str]:
-    """Every word of ``texts`` (the train split's dialogues and summaries)."""
-    return frozenset(w for text in texts for w in words(text))
 
 
 def unknown_words(texts: Sequence[str], known: frozenset[str]) -> np.ndarray:

@@ -12,7 +12,7 @@ import pandas as pd
 from detox.common.io import write_text
 from detox.evaluate.pages import data_uri, html_page, markdown_table, markdown_to_html
 from detox.evaluate.promotion import PromotionDecision
-from detox.evaluate.scoring import REWARD_MODEL
+from detox.evaluate.columns import REWARD_MODEL
 from detox.evaluate.statistics import CHANGE_TOLERANCE
 from detox.evaluate.tables import JUDGE_ONLY, TABLE_COLUMNS
 from detox.evaluate.thresholds import TOXIC_THRESHOLD

@@ -22,27 +22,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from detox.common.errors import DetoxError
 from detox.common.params import GenerationParams, Params
 from detox.data.reading import load_split
-from detox.evaluate.quality import response_nll, rouge, unknown_words, vocabulary
+from detox.data.words import vocabulary
+from detox.evaluate.quality import response_nll, rouge, unknown_words
+from detox.evaluate.columns import judge_columns
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
 from detox.judges.panel import Judge
 from detox.models.generation import build_prompts, generate_summaries
 from detox.models.reward import RewardScorer
 
-REWARD_MODEL = "reward_model"  # the reward model's view, always first and never merged with a judge's
 SAMPLE_SEED_STRIDE = 1_000_003  # sample j of every prompt is drawn from seed + j * stride
-
-
-def judge_columns(name: str) -> tuple[str, str]:
-    """The columns of a judge's toxicity score and toxic flag in a scored frame."""
-    return f"toxicity:{name}", f"toxic:{name}"
-
-
-def sources(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """Who scored the frame's toxicity: the reward model first, then each judge (score, flag columns)."""
-    out = {REWARD_MODEL: ("toxicity", "toxic")}
-    out.update({col.split(":", 1)[1]: judge_columns(col.split(":", 1)[1])
-                for col in frame.columns if col.startswith("toxicity:")})
-    return out
 
 
 @dataclass(frozen=True)

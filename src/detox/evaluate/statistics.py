@@ -18,7 +18,8 @@ from scipy import stats
 from detox.common.errors import DetoxError
 from detox.common.params import PromotionParams
 from detox.evaluate.quality import ROUGE_KEYS
-from detox.evaluate.scoring import REWARD_MODEL, check_paired, judge_columns, sources
+from detox.evaluate.columns import REWARD_MODEL, judge_columns, sources
+from detox.evaluate.scoring import check_paired
 from detox.evaluate.summary import per_prompt, summarize
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from detox.evaluate.quality import ROUGE_KEYS, distinct_ngrams, words
-from detox.evaluate.scoring import REWARD_MODEL, sources
+from detox.data.words import words
+from detox.evaluate.quality import ROUGE_KEYS, distinct_ngrams
+from detox.evaluate.columns import REWARD_MODEL, sources
 
 
 def per_prompt(frame: pd.DataFrame) -> pd.DataFrame:

@@ -16,7 +16,8 @@ import pandas as pd
 
 from detox.common.io import write_parquet, write_text
 from detox.evaluate.pages import html_table, markdown_table
-from detox.evaluate.scoring import REWARD_MODEL, check_paired, judge_columns, sources
+from detox.evaluate.columns import REWARD_MODEL, judge_columns, sources
+from detox.evaluate.scoring import check_paired
 
 TABLE_COLUMNS = ["dialogue", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
 DISAGREEMENT_COLUMNS = ["policy", "judge", "disagreement", "id", "sample", "dialogue", "response", "reward",

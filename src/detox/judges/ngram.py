@@ -20,7 +20,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from detox.data.corpus import labelled_sentences
+from detox.data.sentences import labelled_sentences
 from detox.common.params import BuiltinJudgeSpec
 
 MODEL_FILE = "model.joblib"
@@ -30,6 +30,7 @@ HOLDOUT_SHARE = 0.1
 def train_ngram_judge(spec: BuiltinJudgeSpec, out_dir: Path) -> dict[str, Any]:
     """Train on ``spec.num_sentences`` generated sentences; save the pipeline; return held-out metrics."""
     data = labelled_sentences(spec.num_sentences, spec.seed, hard_share=spec.hard_share)
+    # Its own draw, not reward_training.holdout_split's nor sklearn's: those hold out other rows (results must stay).
     order = list(range(len(data)))
     random.Random(spec.seed).shuffle(order)
     n_hold = max(1, int(len(order) * HOLDOUT_SHARE))

@@ -23,14 +23,14 @@ classifiers' job.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import metadata
 
 import numpy as np
 
-LETTERS = re.compile(r"[a-z]+")
+from detox.data.words import words
+
 # Plain English inflections: a token is a word (or an insult) when its stem is.
 SUFFIXES = ("s", "es", "ed", "d", "ing", "er", "ers", "ly")
 PLURALS = ("s", "es")
@@ -51,8 +51,8 @@ def lexicon_version() -> str:
 
 def insult_words(insults: Iterable[str]) -> tuple[str, ...]:
     """The single words of insult phrases (``stupid moron`` -> ``stupid``, ``moron``), longest first."""
-    words = {word for phrase in insults for word in LETTERS.findall(phrase.lower())}
-    return tuple(sorted(words, key=lambda w: (-len(w), w)))
+    found = {word for phrase in insults for word in words(phrase)}
+    return tuple(sorted(found, key=lambda w: (-len(w), w)))
 
 
 class InsultOracle:
@@ -62,7 +62,7 @@ class InsultOracle:
         self.words = insult_words(insults)
         self.word_set = frozenset(self.words)
         self.min_embedded_letters = min_embedded_letters
-        extra = {w for text in extra_words for w in LETTERS.findall(text.lower())}
+        extra = {w for text in extra_words for w in words(text)}
         self.lexicon = english_lexicon() | extra | self.word_set
 
     def _is_word(self, piece: str) -> bool:
@@ -95,7 +95,7 @@ class InsultOracle:
 
     def find(self, text: str) -> list[str]:
         """Every insult found in ``text``, in order (empty when it is clean)."""
-        return [hit for token in LETTERS.findall(text.lower()) for hit in self.token_hits(token)]
+        return [hit for token in words(text) for hit in self.token_hits(token)]
 
     def is_toxic(self, text: str) -> bool:
         return bool(self.find(text))
@@ -108,6 +108,7 @@ class InsultOracle:
 @lru_cache(maxsize=4)
 def generator_oracle(min_embedded_letters: int = 4) -> InsultOracle:
     """The oracle of the built-in corpus generator: its insults, and its own vocabulary as words."""
-    from detox.data.corpus import INSULTS, vocabulary
+    from detox.data.corpus import INSULTS
+    from detox.data.sentences import vocabulary
 
     return InsultOracle(INSULTS, vocabulary(), min_embedded_letters)

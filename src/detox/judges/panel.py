@@ -33,7 +33,7 @@ from detox.common.errors import DetoxError, HubUnreachableError, SourceError
 from detox.data.hub import download_model
 from detox.common.io import sha256_tree, write_json
 from detox.common.params import BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, Params
-from detox.models.reward import label_index
+from detox.models.classifier import batch_outputs, label_index, token_limit
 
 JUDGE_FILE = "judge.json"
 ORACLE_THRESHOLD = 0.5
@@ -41,8 +41,6 @@ ORACLE_THRESHOLD = 0.5
 
 class Judge:
     """Scores texts with a toxicity in [0, 1]; toxic above ``threshold``."""
-
-    kind = "judge"
 
     def __init__(self, name: str, threshold: float) -> None:
         self.name, self.threshold = name, threshold
@@ -56,8 +54,6 @@ class Judge:
 
 
 class OracleJudge(Judge):
-    kind = "oracle"
-
     def __init__(self, name: str, record: Mapping[str, Any]) -> None:
         from detox.judges.oracle import InsultOracle
 
@@ -72,8 +68,6 @@ class OracleJudge(Judge):
 
 
 class NgramJudge(Judge):
-    kind = "ngram"
-
     def __init__(self, name: str, folder: Path, threshold: float) -> None:
         from detox.judges.ngram import load_ngram_judge
 
@@ -93,8 +87,6 @@ class ClassifierJudge(Judge):
     (``problem_type: multi_label_classification``, as Jigsaw-trained models often are).
     """
 
-    kind = "classifier"
-
     def __init__(self, name: str, folder: Path, toxic_label: str, threshold: float, batch_size: int = 64,
                  max_tokens: int = 512) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -106,17 +98,14 @@ class ClassifierJudge(Judge):
                                  fix=f"set judges.{name}.toxic_label in params.yaml to one of them")
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.batch_size = batch_size
-        self.max_tokens = min(max_tokens, getattr(self.model.config, "max_position_embeddings", 514) - 2)
+        self.max_tokens = token_limit(self.model, max_tokens)
 
-    @torch.no_grad()
+    def _toxicity(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
+        return probs[:, self.index]
+
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_tokens, return_tensors="pt")
-            logits = self.model(**enc).logits.float()
-            probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-            out.append(probs[:, self.index])
+        out = batch_outputs(self.model, self.tokenizer, texts, self.batch_size, self.max_tokens, head=self._toxicity)
         return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
 
@@ -157,7 +146,8 @@ def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
 
 
 def _build_oracle(spec: OracleJudgeSpec) -> dict[str, Any]:
-    from detox.data.corpus import INSULTS, labelled_sentences, vocabulary
+    from detox.data.corpus import INSULTS
+    from detox.data.sentences import labelled_sentences, vocabulary
     from detox.judges.oracle import InsultOracle, lexicon_version
 
     oracle = InsultOracle(INSULTS, sorted(vocabulary()), spec.min_embedded_letters)

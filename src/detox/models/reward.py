@@ -19,19 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from detox.common.errors import RewardModelError
 from detox.common.params import RewardParams
-
-
-def label_index(model: PreTrainedModel, name: str, owner: str = "the reward model",
-                fix: str = "Set reward.reward_label / reward.toxic_label in params.yaml to one of them, "
-                           "or use a model whose config.id2label names them.") -> int:
-    """The output index of the label called ``name`` (case-insensitive), or a clear error."""
-    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-    matches = [i for i, label in id2label.items() if label.lower() == name.lower()]
-    if not matches:
-        raise RewardModelError(f"{owner} has no label {name!r}; its labels are {sorted(id2label.values())}. {fix}")
-    return matches[0]
+from detox.models.classifier import batch_outputs, label_index, token_limit
 
 
 @dataclass(frozen=True)
@@ -74,13 +63,8 @@ class RewardScorer:
     @torch.no_grad()
     def score(self, responses: Sequence[str], dialogues: Sequence[str] | None = None) -> Scores:
         texts = self.texts(responses, dialogues)
-        device = next(self.model.parameters()).device
-        limit = min(self.cfg.max_tokens, getattr(self.model.config, "max_position_embeddings", 514) - 2)
-        logits = []
-        for start in range(0, len(texts), self.cfg.batch_size):
-            enc = self.tokenizer(texts[start : start + self.cfg.batch_size], padding=True, truncation=True,
-                                 max_length=limit, return_tensors="pt").to(device)
-            logits.append(self.model(**enc).logits.float())
+        logits = batch_outputs(self.model, self.tokenizer, texts, self.cfg.batch_size,
+                               token_limit(self.model, self.cfg.max_tokens))
         if not logits:
             empty = torch.empty(0)
             return Scores(empty, empty)

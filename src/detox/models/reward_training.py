@@ -27,7 +27,7 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 from detox.common.errors import SourceError
 from detox.models.check import load_or_init
 from detox.common.params import Params
-from detox.models.reward import label_index
+from detox.models.classifier import batch_outputs, label_index, token_limit
 from detox.models.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
@@ -61,23 +61,19 @@ def encode_labels(labels: pd.Series, label2id: dict[str, int], origin: str) -> l
 
 def holdout_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, held out): a seeded permutation, ``share`` of the rows held out (at least one)."""
+    # Not sklearn's train_test_split, nor the n-gram judge's draw: either holds out other rows (results must stay).
     order = np.random.default_rng(seed).permutation(n)
     n_held = max(1, int(round(n * share)))
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-@torch.no_grad()
 def predict_probs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
                   batch_size: int, max_tokens: int) -> np.ndarray:
     """Softmax probabilities, one row per text."""
     model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_tokens,
-                        return_tensors="pt").to(device)
-        out.append(torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
+    out = batch_outputs(model, tokenizer, texts, batch_size, max_tokens,
+                        head=lambda logits: torch.softmax(logits, dim=-1).cpu())
+    return np.concatenate([probs.numpy() for probs in out]) if out else np.zeros((0, model.config.num_labels))
 
 
 def expected_calibration_error(truth: np.ndarray, prob: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
@@ -169,8 +165,7 @@ def run_reward(params: Params, base_dir: Path, labelled_path: Path, out_dir: Pat
     toxic_id = label_index(model, params.reward.toxic_label)
     label_index(model, params.reward.reward_label)  # fail now, not in the ppo stage
     texts = frame["text"].astype(str).tolist()
-    # RoBERTa's positions start after the padding index: 2 fewer tokens than its position table holds.
-    max_tokens = min(cfg.max_tokens, getattr(model.config, "max_position_embeddings", 514) - 2)
+    max_tokens = token_limit(model, cfg.max_tokens)
     train_idx, held_idx = holdout_split(len(texts), cfg.holdout_share, params.seed)
     trained = trains_reward(params)
 

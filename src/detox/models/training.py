@@ -50,17 +50,6 @@ class Fit:
         return values[-1] if values else None
 
 
-class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
-        self.rows = list(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.rows[index]
-
-
 class _EpochRecorder(TrainerCallback):
     """Collects the per-epoch train and eval losses and runs ``on_epoch`` after each evaluation."""
 
@@ -141,8 +130,8 @@ def fit(
             model=model,
             args=args,
             data_collator=collator,
-            train_dataset=_ListDataset(train),
-            eval_dataset=_ListDataset(evaluation) if evaluation else None,
+            train_dataset=list(train),  # a list is a map-style dataset: the DataLoader indexes it
+            eval_dataset=list(evaluation) if evaluation else None,
             callbacks=[_EpochRecorder(record, on_epoch, evaluates=bool(evaluation))],
         )
         start = time.perf_counter()

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from detox.evaluate.quality import response_nll, rouge
-from detox.evaluate.scoring import judge_columns
+from detox.evaluate.columns import judge_columns
 from detox.evaluate.summary import quality_numbers, toxicity_numbers
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
 from detox.judges.panel import Judge

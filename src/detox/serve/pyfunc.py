@@ -1,16 +1,9 @@
-"""The trained policy and the reward model as MLflow pyfunc models, served by ``mlflow models serve``.
-
-The policy model's one artifact, ``policy``, is a folder with the merged seq2seq model and
-its tokenizer; its ``model_config`` holds the prompt template, the generation settings and the
-seed the policy was evaluated with. It generates through :func:`detox.models.generation.generate_summaries`,
-so a served summary is the one the evaluate stage scored for the same dialogue, batch and seed. The
-``detox`` package travels with the model (``code_paths``), so ``mlflow.pyfunc.load_model`` and
-``mlflow models serve`` need only the model's pip requirements.
+"""What both served MLflow pyfunc models share: the request's checks and an answer that shows no internals.
 
 A request is checked by the model itself, the same way for both models (:class:`Served`): one text
 column (``dialogue``; ``text`` for the reward model) and nothing else, every row a non-empty string;
-the policy's ``params`` (``REQUEST_PARAMS``) within the ranges ``params.yaml`` allows for them
-(:data:`PARAM_RANGES`), ``max_new_tokens`` within the model's limit. A refusal is a
+the policy's ``params`` within the ranges ``params.yaml`` allows for them (:class:`Range`,
+:func:`check_params`). A refusal is a
 :class:`RequestError`: HTTP 400 whose body is ``{"error_code": ..., "message": <one line>}``; an
 unexpected failure answers HTTP 500 with the exception's class only, its traceback goes to the
 server's log. Neither answer holds a traceback, a path or the request's data.
@@ -21,6 +14,8 @@ missing or mistyped column with a message that prints the whole request. MLflow'
 also drops params the signature does not declare before ``predict`` sees them (it logs
 ``Unrecognized params [...] are ignored``), so a misspelt param cannot be refused here, and a param
 of the wrong JSON type is refused by MLflow's own check, whose message holds the request's rows.
+
+The models: :mod:`detox.serve.summarizer` (the policy), :mod:`detox.serve.reward_model`.
 """
 
 from __future__ import annotations
@@ -32,31 +27,16 @@ import reprlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-from pydantic import ValidationError
 from pydantic.fields import FieldInfo
-from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
-
-from detox.serve import hf_pipeline
-from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy
-from detox.common.params import EvalParams, GenerationParams
 
 log = logging.getLogger(__name__)
-
-POLICY_ARTIFACT = "policy"
-INPUT_COLUMN = "dialogue"
-REQUEST_PARAMS = {"do_sample": "boolean", "temperature": "double", "top_k": "long", "top_p": "double",
-                  "min_new_tokens": "long", "max_new_tokens": "long", "seed": "long"}
-
 
 # --------------------------------------------------------------------------- what a request may hold
 
@@ -101,24 +81,6 @@ class Range:
         text = " and ".join(f"{_COMPARE[key][1]} {bound:g}" for key, bound in self.bounds)
         return f"{text} ({self.why})" if self.why else text
 
-
-# The ranges params.yaml allows for generation.* and eval.seed, so a request can ask for nothing evaluate could not.
-PARAM_RANGES = {
-    **{name: Range.of(GenerationParams.model_fields[name]) for name in REQUEST_PARAMS if name != "seed"},
-    "seed": Range.of(EvalParams.model_fields["seed"]),
-}
-
-
-def max_new_tokens_range(config: PretrainedConfig, default: int) -> Range:
-    """``max_new_tokens`` up to the policy's position limit where its architecture has one
-    (``max_position_embeddings``, or ``n_positions`` as in FLAN-T5's config.json), else up to what
-    params.yaml allows; the default the policy was evaluated with is always allowed."""
-    schema = PARAM_RANGES["max_new_tokens"]
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not positions:
-        return schema
-    lower = tuple(bound for bound in schema.bounds if bound[0] in ("gt", "ge"))
-    return Range((*lower, ("le", max(int(positions), default))), "the model's position limit")
 
 
 def check_params(params: Mapping[str, Any], ranges: Mapping[str, Range]) -> None:
@@ -179,120 +141,3 @@ class Served(mlflow.pyfunc.PythonModel, ABC):
     def answer(self, texts: list[str], params: dict[str, Any]) -> Any:
         """The model's answer to checked texts and the request's params (those MLflow passed on)."""
 
-
-# --------------------------------------------------------------------------- the policy
-
-def model_config(template: str, generation: GenerationParams, seed: int) -> dict[str, Any]:
-    """What the model needs besides its weights, keyed by the ``params.yaml`` names it came from.
-
-    MLflow also logs a model's config as params of its run: these are the names (and values)
-    the training run already logged, so they agree (if ``eval.seed`` changed after training,
-    MLflow warns that it cannot overwrite that param, and goes on).
-    """
-    return {
-        "prompt.template": template,
-        **{f"generation.{key}": value for key, value in generation.model_dump().items()},
-        "eval.seed": seed,
-    }
-
-
-def signature(config: dict[str, Any]) -> ModelSignature:
-    """Output: one summary string per dialogue; the request params with their defaults. No input schema
-    (see the module's docstring): :func:`request_texts` checks the input."""
-    defaults = _defaults(config)
-    return ModelSignature(
-        outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec(name, kind, defaults[name]) for name, kind in REQUEST_PARAMS.items()]),
-    )
-
-
-def _defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """Generation settings and seed by short name (``do_sample``, ``seed``)."""
-    settings = {key.split(".", 1)[1]: value for key, value in config.items() if key.startswith("generation.")}
-    return {**settings, "seed": config["eval.seed"]}
-
-
-def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, template: str,
-                  generation: GenerationParams, seed: int) -> Path:
-    """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact, and a Hugging
-    Face model that ``pipeline("summarization", model=out_dir, trust_remote_code=True)`` loads
-    (:mod:`detox.serve.hf_pipeline`). The prompt template, the source-token limit and the seed go into
-    ``config.json`` (``sampling_seed``: the pipeline seeds as serving does), the sampling settings into
-    ``generation_config.json`` (``model`` is changed in place accordingly).
-    """
-    model.config.prompt_template = template
-    model.config.max_source_tokens = generation.max_source_tokens
-    model.config.sampling_seed = seed
-    for key, value in generation_kwargs(generation).items():
-        setattr(model.generation_config, key, value)
-    hf_pipeline.register()
-    hf_pipeline.DialogueSummarizationPipeline(model=model, tokenizer=tokenizer).save_pretrained(out_dir)
-    return Path(out_dir)
-
-
-class Summarizer(Served):
-    """Generates one summary per dialogue with the policy stored in the ``policy`` artifact."""
-
-    column = INPUT_COLUMN
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model, self.tokenizer = load_policy(context.artifacts[POLICY_ARTIFACT])
-        self.config = dict(context.model_config or {})
-        defaults = _defaults(self.config)
-        self.ranges = {**PARAM_RANGES,
-                       "max_new_tokens": max_new_tokens_range(self.model.config, int(defaults["max_new_tokens"]))}
-
-    def answer(self, texts: list[str], params: dict[str, Any]) -> list[str]:
-        """Summaries (one per dialogue, in order), exactly as evaluation generates them."""
-        check_params(params, self.ranges)
-        settings = {**_defaults(self.config), **params}
-        try:
-            generation = GenerationParams(**{key: settings[key] for key in GenerationParams.model_fields})
-        except ValidationError as exc:  # what no single range says, e.g. min_new_tokens > max_new_tokens
-            raise RequestError("params: " + "; ".join(error["msg"].removeprefix("Value error, ")
-                                                      for error in exc.errors())) from None
-        prompts = build_prompts(texts, self.config["prompt.template"])
-        limit = generation.max_source_tokens
-        for row, ids in enumerate(self.tokenizer(prompts)["input_ids"]):
-            if len(ids) > limit:
-                log.warning("dialogue %d: %d tokens with the prompt; the model reads the first %d "
-                            "(generation.max_source_tokens)", row, len(ids), limit)
-        return generate_summaries(self.model, self.tokenizer, prompts, generation, int(settings["seed"]),
-                                  generation.max_source_tokens, desc="serve")
-
-
-# --------------------------------------------------------------------------- the reward model
-
-REWARD_ARTIFACT = "reward"
-REWARD_CONFIG_KEYS = ("reward.reward_label", "reward.toxic_label", "reward.batch_size", "reward.max_tokens")
-
-
-def reward_config(reward: Any) -> dict[str, Any]:
-    """The reward model's serving settings, by their ``params.yaml`` names."""
-    return {key: getattr(reward, key.split(".", 1)[1]) for key in REWARD_CONFIG_KEYS}
-
-
-def reward_signature() -> ModelSignature:
-    """Reward and toxicity out, one row per text; no params, and no input schema (see the module's docstring):
-    :func:`request_texts` checks the ``text`` column."""
-    return ModelSignature(outputs=Schema([ColSpec("double", "reward"), ColSpec("double", "toxicity")]))
-
-
-class RewardClassifier(Served):
-    """Scores texts with the reward model in the ``reward`` artifact: the reward (logit of the reward
-    label) and the toxicity (probability of the toxic label), exactly as PPO and evaluation score them."""
-
-    column = "text"
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from detox.common.params import RewardParams
-        from detox.models.reward import RewardScorer
-
-        config = dict(context.model_config or {})
-        cfg = RewardParams(**{key.split(".", 1)[1]: config[key] for key in REWARD_CONFIG_KEYS if key in config})
-        self.scorer = RewardScorer.from_pretrained(context.artifacts[REWARD_ARTIFACT], cfg)
-
-    def answer(self, texts: list[str], params: dict[str, Any]) -> pd.DataFrame:
-        scores = self.scorer.score(texts)
-        return pd.DataFrame({"reward": scores.reward.numpy().astype(float),
-                             "toxicity": scores.toxicity.numpy().astype(float)})

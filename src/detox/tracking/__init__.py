@@ -1,4 +1,5 @@
-"""The one place that knows MLflow (besides the pyfunc model class in :mod:`detox.serve.pyfunc`).
+"""The one place that knows MLflow (besides the pyfunc model classes in :mod:`detox.serve.summarizer` and
+:mod:`detox.serve.reward_model`).
 
 - :mod:`detox.tracking.store`: where runs go (the embedded store or ``MLFLOW_TRACKING_URI``), and the
   checks before any work that a tracking server answers or a local store can be written;

@@ -27,7 +27,7 @@ from detox.tracking.store import is_connection_failure, tracking_uri
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 MODEL_NAME = "model"  # the logged model's name inside its run
-# What the pyfunc model imports: detox.serve.pyfunc -> detox.models.generation, detox.common.params.
+# What the pyfunc models import: detox.serve.summarizer and reward_model -> detox.models.generation, detox.common.params.
 MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "sentencepiece", "protobuf", "pandas",
                       "numpy", "pydantic", "pyyaml", "tqdm")
 
