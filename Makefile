@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch, installed before the project so that no dependency pulls a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test test-slow repro clean-venv
+.PHONY: setup lint test test-slow repro clean-venv
 
 # The page `dvc plots show` fills (.dvc/config names it; ignored by git): vega inline, so plots render offline.
 PLOTS_PAGE := .dvc/plots-page.html
@@ -20,6 +20,11 @@ $(BIN)/dvc: pyproject.toml
 
 $(PLOTS_PAGE): $(BIN)/dvc
 	$(BIN)/python -m detox.common.plots_page
+
+# Style, kept by ruff (its settings are in pyproject.toml): lint, and the formatting ruff format would write.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The fast set: everything but the tests marked slow (pipelines end to end, servers, benchmarks).
 test: setup

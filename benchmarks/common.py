@@ -18,9 +18,12 @@ def check_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
     for flag, path in missing:
         print(f"error: --{flag} {path} does not exist.", file=sys.stderr)
     others = "/".join(f"--{flag}" for flag in flags if flag != "params")
-    print("The policy, the reward model and data/raw are made by the fetch, sft and reward stages: run "
-          "`dvc repro sft reward` "
-          f"first (or point {others} at existing ones).", file=sys.stderr)
+    print(
+        "The policy, the reward model and data/raw are made by the fetch, sft and reward stages: run "
+        "`dvc repro sft reward` "
+        f"first (or point {others} at existing ones).",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 
@@ -29,9 +32,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0,
-                  shapes: tuple[tuple[int, int, int], ...] = ((256, 768, 768), (256, 768, 2048), (256, 768, 32128),
-                                                              (2048, 768, 2048))) -> dict[str, float]:
+def matmul_gflops(
+    device: torch.device,
+    dtype: torch.dtype,
+    seconds: float = 1.0,
+    shapes: tuple[tuple[int, int, int], ...] = (
+        (256, 768, 768),
+        (256, 768, 2048),
+        (256, 768, 32128),
+        (2048, 768, 2048),
+    ),
+) -> dict[str, float]:
     """The matmul rate (GFLOP/s) in ``dtype`` on ``device`` for each (m, k, n) shape; by default the
     shapes a flan-t5-base PPO step multiplies."""
     rates = {}

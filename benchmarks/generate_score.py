@@ -32,19 +32,20 @@ from collections.abc import Callable  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from common import check_inputs  # noqa: E402
 from detox.common.errors import DetoxError  # noqa: E402
+from detox.common.params import Params, load_params  # noqa: E402
 from detox.evaluate.scoring import sample_rows  # noqa: E402
 from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy  # noqa: E402
-from detox.common.params import Params, load_params  # noqa: E402
 from detox.models.reward import RewardScorer  # noqa: E402
-from common import check_inputs  # noqa: E402
 
 WARMUP_SAMPLES = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--policy", default="models/policy", help="folder of the seq2seq policy")
     parser.add_argument("--reward", default="models/reward", help="folder of the reward classifier")
     parser.add_argument("--data", default="data/raw/test.parquet", help="parquet file with id, dialogue, summary")
@@ -67,8 +68,9 @@ def batched_path(model, tokenizer, scorer: RewardScorer, params: Params, data: p
     """The pipeline's path: batched generation, then batched scoring. Returns the rewards."""
     dialogues = data["dialogue"].tolist()
     prompts = build_prompts(dialogues, params.prompt.template)
-    responses = generate_summaries(model, tokenizer, prompts, params.generation, params.eval.seed,
-                                   params.generation.max_source_tokens)
+    responses = generate_summaries(
+        model, tokenizer, prompts, params.generation, params.eval.seed, params.generation.max_source_tokens
+    )
     return scorer.score(responses, dialogues).reward.tolist()
 
 
@@ -82,11 +84,11 @@ def loop_path(model, tokenizer, scorer: RewardScorer, params: Params, data: pd.D
     rewards = []
     for i, dialogue in enumerate(data["dialogue"].tolist()):
         prompt = params.prompt.template.format(dialogue=dialogue)
-        enc = tokenizer(prompt, truncation=True, max_length=params.generation.max_source_tokens,
-                        return_tensors="pt").to(device)
+        enc = tokenizer(
+            prompt, truncation=True, max_length=params.generation.max_source_tokens, return_tensors="pt"
+        ).to(device)
         torch.manual_seed(params.eval.seed + i)
-        out = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             **kwargs)
+        out = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
         response = tokenizer.decode(out[0, 1:], skip_special_tokens=True).strip()
         text = response if params.reward.input == "response" else f"{dialogue}\n{response}"
         scored = reward_tokenizer(text, truncation=True, max_length=limit, return_tensors="pt").to(device)
@@ -140,20 +142,28 @@ def main(argv: list[str] | None = None) -> int:
 
     n = len(data)
     gen, rew = params.generation, params.reward
-    print(f"\n{n} dialogues from {args.data}; policy {args.policy}, reward {args.reward}; device {device}, "
-          f"torch threads {torch.get_num_threads()}; median of {args.repeats} after one warm-up")
-    print(f"generation: do_sample={gen.do_sample} max_new_tokens={gen.max_new_tokens} "
-          f"max_source_tokens={gen.max_source_tokens}; reward.input={rew.input}\n")
-    header = f"{'path':<8} {'gen batch':>9} {'rew batch':>9} {'median s':>9} {'min s':>8} {'max s':>8} " \
-             f"{'samples/s':>10} {'mean reward':>12}"
+    print(
+        f"\n{n} dialogues from {args.data}; policy {args.policy}, reward {args.reward}; device {device}, "
+        f"torch threads {torch.get_num_threads()}; median of {args.repeats} after one warm-up"
+    )
+    print(
+        f"generation: do_sample={gen.do_sample} max_new_tokens={gen.max_new_tokens} "
+        f"max_source_tokens={gen.max_source_tokens}; reward.input={rew.input}\n"
+    )
+    header = (
+        f"{'path':<8} {'gen batch':>9} {'rew batch':>9} {'median s':>9} {'min s':>8} {'max s':>8} "
+        f"{'samples/s':>10} {'mean reward':>12}"
+    )
     print(header)
     print("-" * len(header))
     rate = {}
     for name, batches in (("batched", (gen.batch_size, rew.batch_size)), ("loop", (1, 1))):
         median = statistics.median(times[name])
         rate[name] = n / median
-        print(f"{name:<8} {batches[0]:>9} {batches[1]:>9} {median:>9.3f} {min(times[name]):>8.3f} "
-              f"{max(times[name]):>8.3f} {rate[name]:>10.2f} {statistics.fmean(rewards[name]):>12.3f}")
+        print(
+            f"{name:<8} {batches[0]:>9} {batches[1]:>9} {median:>9.3f} {min(times[name]):>8.3f} "
+            f"{max(times[name]):>8.3f} {rate[name]:>10.2f} {statistics.fmean(rewards[name]):>12.3f}"
+        )
     print(f"\nspeed-up (batched / loop samples per second): {rate['batched'] / rate['loop']:.2f}x")
     return 0
 

@@ -30,13 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in (torch.float32, torch.bfloat16):
         shapes = ((256, 768, 2048), (1760, 768, 2048))
         rates = matmul_gflops(cpu, dtype, args.seconds, shapes)
-        print(f"matmul {str(dtype).removeprefix('torch.'):<9} " + ", ".join(f"{s} {r:.2f} GFLOP/s" for s, r in rates.items()))
+        print(
+            f"matmul {str(dtype).removeprefix('torch.'):<9} "
+            + ", ".join(f"{s} {r:.2f} GFLOP/s" for s, r in rates.items())
+        )
     weight_rows, weight_cols = 768 * 4, 768 * 16  # 151 MB of fp32: streamed from memory on every call
     rate = matmul_gflops(cpu, torch.float32, args.seconds, ((16, weight_rows, weight_cols),))
     gflops = next(iter(rate.values()))
     weight_gb = weight_rows * weight_cols * 4 / 1e9
-    print(f"decoding-step matmul 16x{weight_rows}x{weight_cols} ({weight_gb * 1e3:.0f} MB weight): {gflops:.1f} GFLOP/s, "
-          f"{gflops / (2 * 16 * weight_rows * weight_cols / 1e9) * weight_gb:.1f} GB/s of weights")
+    print(
+        f"decoding-step matmul 16x{weight_rows}x{weight_cols} ({weight_gb * 1e3:.0f} MB weight): {gflops:.1f} GFLOP/s, "
+        f"{gflops / (2 * 16 * weight_rows * weight_cols / 1e9) * weight_gb:.1f} GB/s of weights"
+    )
     source = torch.randn(256 * 1024 * 1024)  # 1 GiB
     target = torch.empty_like(source)
     target.copy_(source)

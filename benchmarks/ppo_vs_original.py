@@ -53,31 +53,42 @@ from contextlib import contextmanager
 import pandas as pd
 import torch
 
+from common import check_inputs, matmul_gflops, synchronize
 from detox.common.errors import DetoxError
 from detox.common.params import Params, load_params
 from detox.ppo import stats as names
-from common import check_inputs, matmul_gflops, synchronize
 
 PHASES = ("generation", "scoring", "forward", "optimization", "total")
 # Our engine's timers of each phase: "forward" is the forward pass with the rewards and advantages, as in the original.
-OUR_TIMERS = {"generation": (names.TIME_ROLLOUT,), "scoring": (names.TIME_SCORE,),
-              "forward": (names.TIME_FORWARD_PASS, names.TIME_COMPUTE_REWARDS, names.TIME_COMPUTE_ADVANTAGES),
-              "optimization": (names.TIME_OPTIMIZE_STEP,), "total": (names.TIME_TOTAL,)}
+OUR_TIMERS = {
+    "generation": (names.TIME_ROLLOUT,),
+    "scoring": (names.TIME_SCORE,),
+    "forward": (names.TIME_FORWARD_PASS, names.TIME_COMPUTE_REWARDS, names.TIME_COMPUTE_ADVANTAGES),
+    "optimization": (names.TIME_OPTIMIZE_STEP,),
+    "total": (names.TIME_TOTAL,),
+}
 VARIANTS = ("original", "ours")
 WARMUP_PROMPTS = 2
 BASE_SEED = 0  # random-weight flan-t5-base shaped model: the same weights in both subprocesses
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--size", choices=("builtin", "base"), default="builtin",
-                        help="builtin = models/policy; base = random-weight T5 with flan-t5-base's config")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--size",
+        choices=("builtin", "base"),
+        default="builtin",
+        help="builtin = models/policy; base = random-weight T5 with flan-t5-base's config",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per PPO step")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed PPO steps per variant (default 3 builtin, 1 base)")
-    parser.add_argument("--eval-samples", type=int, default=None,
-                        help="test dialogues per evaluation (default 64 builtin, 16 base)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed PPO steps per variant (default 3 builtin, 1 base)"
+    )
+    parser.add_argument(
+        "--eval-samples", type=int, default=None, help="test dialogues per evaluation (default 64 builtin, 16 base)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="response tokens, the same for both variants")
     parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
     parser.add_argument("--reward", default="models/reward", help="folder of the reward classifier")
@@ -85,20 +96,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test", default="data/raw/test.parquet", help="evaluation dialogues (first rows)")
     parser.add_argument("--params", default="params.yaml", help="ppo.*, generation.*, reward.*, prompt")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of original,ours")
-    parser.add_argument("--ours-lora-scope", choices=("params", "decoder", "all"), default="params",
-                        help="ppo.lora.scope for ours (params = params.yaml's); the original always adapts q,v in "
-                        "the encoder and the decoder, as the notebook did")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where both variants run; on cuda the memory figure is torch.cuda.max_memory_allocated")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="weights of the policy and the reward model (LoRA and the value head stay float32)")
-    parser.add_argument("--eval-batch-size", type=int, default=None,
-                        help="ours: prompts per generate call in the evaluation (default generation.batch_size)")
-    parser.add_argument("--flops", action="store_true",
-                        help="also count ours' matmul FLOPs per phase on one extra step and time this machine's "
-                        "fp32 matmul rate: the step's compute floor")
-    parser.add_argument("--profile", action="store_true",
-                        help="also run one extra step of ours under torch.profiler and print each phase's top ops")
+    parser.add_argument(
+        "--ours-lora-scope",
+        choices=("params", "decoder", "all"),
+        default="params",
+        help="ppo.lora.scope for ours (params = params.yaml's); the original always adapts q,v in "
+        "the encoder and the decoder, as the notebook did",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where both variants run; on cuda the memory figure is torch.cuda.max_memory_allocated",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights of the policy and the reward model (LoRA and the value head stay float32)",
+    )
+    parser.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=None,
+        help="ours: prompts per generate call in the evaluation (default generation.batch_size)",
+    )
+    parser.add_argument(
+        "--flops",
+        action="store_true",
+        help="also count ours' matmul FLOPs per phase on one extra step and time this machine's "
+        "fp32 matmul rate: the step's compute floor",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run one extra step of ours under torch.profiler and print each phase's top ops",
+    )
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps is None:
@@ -118,8 +151,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def bench_params(args: argparse.Namespace) -> Params:
     """params.yaml with the response length pinned to --max-new-tokens and the batch to --batch-size."""
     params = load_params(args.params)
-    gen = params.generation.model_copy(update={"max_new_tokens": args.max_new_tokens, "min_new_tokens": 0,
-                                               "batch_size": args.eval_batch_size or params.generation.batch_size})
+    gen = params.generation.model_copy(
+        update={
+            "max_new_tokens": args.max_new_tokens,
+            "min_new_tokens": 0,
+            "batch_size": args.eval_batch_size or params.generation.batch_size,
+        }
+    )
     length = params.ppo.response_length.model_copy(update={"min": args.max_new_tokens, "max": args.max_new_tokens})
     update: dict[str, object] = {"batch_size": args.batch_size, "response_length": length}
     if args.ours_lora_scope != "params":
@@ -133,9 +171,20 @@ def build_base_model(args: argparse.Namespace):
 
     if args.size == "builtin":
         return AutoModelForSeq2SeqLM.from_pretrained(args.policy)
-    config = T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
-                      feed_forward_proj="gated-gelu", vocab_size=32128, tie_word_embeddings=False,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    config = T5Config(
+        d_model=768,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=12,
+        num_decoder_layers=12,
+        num_heads=12,
+        feed_forward_proj="gated-gelu",
+        vocab_size=32128,
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     torch.manual_seed(BASE_SEED)
     model = T5ForConditionalGeneration(config)
     # Random weights give logits with std ~28: sampling is nearly argmax (often the pad token, which
@@ -155,7 +204,7 @@ def build_base_model(args: argparse.Namespace):
 STEP_PHASES = {"rollout": "generation", "reference_logprobs": "forward", "optimise": "optimization"}
 
 
-def step_by_phase(runner: "OurEngine", prompts: list[str], dialogues: list[str], step: int, context) -> None:
+def step_by_phase(runner: OurEngine, prompts: list[str], dialogues: list[str], step: int, context) -> None:
     """One step of ours with each phase's method run inside ``context(phase)`` (a context manager)."""
     trainer = runner.trainer
 
@@ -163,6 +212,7 @@ def step_by_phase(runner: "OurEngine", prompts: list[str], dialogues: list[str],
         def wrapper(*args, **kwargs):
             with context(phase):
                 return method(*args, **kwargs)
+
         return wrapper
 
     for name, phase in STEP_PHASES.items():
@@ -174,7 +224,7 @@ def step_by_phase(runner: "OurEngine", prompts: list[str], dialogues: list[str],
             delattr(trainer, name)  # back to the class's methods
 
 
-def count_step_flops(runner: "OurEngine", prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
+def count_step_flops(runner: OurEngine, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
     """GFLOP per phase of one step of ours (torch's FlopCounterMode: matmuls and attention, forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -191,7 +241,7 @@ def count_step_flops(runner: "OurEngine", prompts: list[str], dialogues: list[st
     return counted
 
 
-def profile_step(runner: "OurEngine", prompts: list[str], dialogues: list[str], step: int) -> None:
+def profile_step(runner: OurEngine, prompts: list[str], dialogues: list[str], step: int) -> None:
     """torch.profiler's top operators of each phase of one step of ours, on stderr."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -218,9 +268,9 @@ class OriginalLoop:
         from peft import LoraConfig, TaskType, get_peft_model
         from transformers import pipeline
 
+        from detox.models.reward import label_index
         from detox.ppo.core import AdaptiveKLController, FixedKLController
         from detox.ppo.policy import ValueHead, disable_dropout
-        from detox.models.reward import label_index
 
         cfg = self.cfg = params.ppo
         self.params, self.tokenizer = params, tokenizer
@@ -229,21 +279,35 @@ class OriginalLoop:
             disable_dropout(base)
         self.reference = copy.deepcopy(base).eval().requires_grad_(False)  # a full second copy
         # The notebook's LoRA: the target modules in the encoder and the decoder (ppo.lora.scope: all).
-        lora = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                          lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
-                          target_modules=list(cfg.lora.target_modules))
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_2_SEQ_LM,
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+        )
         self.model = get_peft_model(base, lora).eval()
         self.value_head = ValueHead(base.config.d_model).to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.trainable = trainable
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
-        self.kl_ctl = (AdaptiveKLController(cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
-                       if cfg.kl.adaptive else FixedKLController(cfg.kl.init_coef))
-        self.pipe = pipeline("text-classification", model=reward_model, tokenizer=reward_tokenizer,
-                             top_k=None, function_to_apply="none", device=reward_model.device)
+        self.kl_ctl = (
+            AdaptiveKLController(cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
+            if cfg.kl.adaptive
+            else FixedKLController(cfg.kl.init_coef)
+        )
+        self.pipe = pipeline(
+            "text-classification",
+            model=reward_model,
+            tokenizer=reward_tokenizer,
+            top_k=None,
+            function_to_apply="none",
+            device=reward_model.device,
+        )
         self.reward_label = reward_model.config.id2label[label_index(reward_model, params.reward.reward_label)]
-        self.reward_limit = min(params.reward.max_tokens,
-                                getattr(reward_model.config, "max_position_embeddings", 514) - 2)
+        self.reward_limit = min(
+            params.reward.max_tokens, getattr(reward_model.config, "max_position_embeddings", 514) - 2
+        )
         self.start_token = base.config.decoder_start_token_id
 
     @torch.no_grad()
@@ -251,11 +315,16 @@ class OriginalLoop:
         from detox.models.generation import generation_kwargs
 
         gen = self.params.generation
-        enc = self.tokenizer(prompt, truncation=True, max_length=gen.max_source_tokens,
-                             return_tensors="pt").to(self.device)
+        enc = self.tokenizer(prompt, truncation=True, max_length=gen.max_source_tokens, return_tensors="pt").to(
+            self.device
+        )
         torch.manual_seed(seed)
-        out = self.model.generate(**enc, pad_token_id=self.tokenizer.pad_token_id,
-                                  eos_token_id=self.tokenizer.eos_token_id, **generation_kwargs(gen))
+        out = self.model.generate(
+            **enc,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            **generation_kwargs(gen),
+        )
         return out[0, 1:]
 
     def score_one(self, response: str, dialogue: str) -> float:
@@ -269,8 +338,15 @@ class OriginalLoop:
         return torch.cat([torch.full_like(responses[:, :1], self.start_token), responses[:, :-1]], dim=1)
 
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
-        from detox.ppo.core import (compute_gae, compute_rewards, logprobs_from_logits, masked_whiten, policy_loss,
-                                    response_mask, value_loss)
+        from detox.ppo.core import (
+            compute_gae,
+            compute_rewards,
+            logprobs_from_logits,
+            masked_whiten,
+            policy_loss,
+            response_mask,
+            value_loss,
+        )
 
         cfg, tok = self.cfg, self.tokenizer
         timings: dict[str, float] = {}
@@ -283,8 +359,9 @@ class OriginalLoop:
         timings["generation"] = time.perf_counter() - started
 
         tick = time.perf_counter()
-        scores = torch.tensor([self.score_one(r, d) for r, d in zip(responses, dialogues, strict=True)],
-                              device=self.device)
+        scores = torch.tensor(
+            [self.score_one(r, d) for r, d in zip(responses, dialogues, strict=True)], device=self.device
+        )
         synchronize(self.device)
         timings["scoring"] = time.perf_counter() - tick
 
@@ -316,8 +393,12 @@ class OriginalLoop:
             for start in range(0, len(order), cfg.mini_batch_size):
                 index = order[start : start + cfg.mini_batch_size]
                 resp = response_ids[index]
-                out = self.model(input_ids=enc["input_ids"][index], attention_mask=enc["attention_mask"][index],
-                                 decoder_input_ids=self._decoder_inputs(resp), output_hidden_states=True)
+                out = self.model(
+                    input_ids=enc["input_ids"][index],
+                    attention_mask=enc["attention_mask"][index],
+                    decoder_input_ids=self._decoder_inputs(resp),
+                    output_hidden_states=True,
+                )
                 lp = logprobs_from_logits(out.logits, resp)
                 v = self.value_head(out.decoder_hidden_states[-1])
                 pg, _ = policy_loss(lp, old_logprobs[index], advantages[index], mask[index], cfg.cliprange)
@@ -351,15 +432,16 @@ class OurEngine:
     def __init__(self, base, tokenizer, reward_model, reward_tokenizer, params: Params) -> None:
         from accelerate import Accelerator
 
+        from detox.models.reward import RewardScorer
         from detox.ppo.engine import PPOTrainer
         from detox.ppo.policy import Seq2SeqPolicy
-        from detox.models.reward import RewardScorer
 
         self.params, self.tokenizer = params, tokenizer
         policy = Seq2SeqPolicy(base, params.ppo)
         self.scorer = RewardScorer(reward_model, reward_tokenizer, params.reward)
-        accelerator = Accelerator(gradient_accumulation_steps=params.ppo.gradient_accumulation_steps,
-                                  cpu=base.device.type == "cpu")
+        accelerator = Accelerator(
+            gradient_accumulation_steps=params.ppo.gradient_accumulation_steps, cpu=base.device.type == "cpu"
+        )
         self.trainer = PPOTrainer(policy, tokenizer, self.scorer, params.ppo, accelerator, params.seed)
 
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
@@ -373,8 +455,16 @@ class OurEngine:
         from detox.evaluate.scoring import score_policy
 
         model = self.trainer.unwrapped.generator()
-        _, rate = score_policy(model, self.tokenizer, self.scorer, data, self.params.prompt.template,
-                               self.params.generation, seed, self.params.generation.max_source_tokens)
+        _, rate = score_policy(
+            model,
+            self.tokenizer,
+            self.scorer,
+            data,
+            self.params.prompt.template,
+            self.params.generation,
+            seed,
+            self.params.generation.max_source_tokens,
+        )
         return rate
 
 
@@ -434,8 +524,9 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     }
     if args.flops and isinstance(runner, OurEngine):
         lo = WARMUP_PROMPTS + args.steps * args.batch_size
-        result["gflop"] = count_step_flops(runner, prompts[lo : lo + args.batch_size],
-                                           dialogues[lo : lo + args.batch_size], args.steps)
+        result["gflop"] = count_step_flops(
+            runner, prompts[lo : lo + args.batch_size], dialogues[lo : lo + args.batch_size], args.steps
+        )
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter:
@@ -477,49 +568,65 @@ def main(argv: list[str] | None = None) -> int:
 
     params = bench_params(args)
     first = next(iter(results.values()))
-    print(f"\nsize {args.size} ({first['params_m']:.1f}M policy parameters), batch {args.batch_size}, "
-          f"max_new_tokens {args.max_new_tokens} (min 0), mini_batch {params.ppo.mini_batch_size}, "
-          f"ppo_epochs {params.ppo.ppo_epochs}; LoRA {list(params.ppo.lora.target_modules)} in encoder+decoder "
-          f"(original), scope {params.ppo.lora.scope} (ours); {first['device']} {first['dtype']}, torch threads "
-          f"{first['threads']}; "
-          f"median of {args.steps} step(s) after one warm-up; eval on {args.eval_samples} test dialogues\n")
+    print(
+        f"\nsize {args.size} ({first['params_m']:.1f}M policy parameters), batch {args.batch_size}, "
+        f"max_new_tokens {args.max_new_tokens} (min 0), mini_batch {params.ppo.mini_batch_size}, "
+        f"ppo_epochs {params.ppo.ppo_epochs}; LoRA {list(params.ppo.lora.target_modules)} in encoder+decoder "
+        f"(original), scope {params.ppo.lora.scope} (ours); {first['device']} {first['dtype']}, torch threads "
+        f"{first['threads']}; "
+        f"median of {args.steps} step(s) after one warm-up; eval on {args.eval_samples} test dialogues\n"
+    )
     # On a GPU the memory that matters is the device's: torch.cuda.max_memory_allocated after the warm-up.
-    memory, memory_label = ("peak_gpu_mib", "peak GPU MiB") if first["peak_gpu_mib"] is not None else \
-        ("peak_rss_mib", "peak RSS MiB")
-    header = (f"{'variant':<9}" + "".join(f" {p + ' s':>14}" for p in PHASES)
-              + f" {'gen tokens/s':>13} {'eval samples/s':>15} {memory_label:>13}")
+    memory, memory_label = (
+        ("peak_gpu_mib", "peak GPU MiB") if first["peak_gpu_mib"] is not None else ("peak_rss_mib", "peak RSS MiB")
+    )
+    header = (
+        f"{'variant':<9}"
+        + "".join(f" {p + ' s':>14}" for p in PHASES)
+        + f" {'gen tokens/s':>13} {'eval samples/s':>15} {memory_label:>13}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        print(f"{name:<9}" + "".join(f" {r['phases'][p]:>14.3f}" for p in PHASES)
-              + f" {r['gen_tokens_per_s']:>13.1f} {r['eval_samples_per_s']:>15.3f} {r[memory]:>13.0f}")
+        print(
+            f"{name:<9}"
+            + "".join(f" {r['phases'][p]:>14.3f}" for p in PHASES)
+            + f" {r['gen_tokens_per_s']:>13.1f} {r['eval_samples_per_s']:>15.3f} {r[memory]:>13.0f}"
+        )
     if set(results) == set(VARIANTS):
         a, b = results["original"], results["ours"]
         print("\nratios (original / ours time; ours / original throughput and memory):")
         for p in PHASES:
             print(f"  {p:<13} time a/b  {a['phases'][p] / b['phases'][p]:>8.2f}x")
-        print(f"  generated tokens/s b/a  {b['gen_tokens_per_s'] / a['gen_tokens_per_s']:>8.2f}x   "
-              f"({a['gen_tokens_per_s']:.1f} and {b['gen_tokens_per_s']:.1f} tokens/s in the rollout)")
+        print(
+            f"  generated tokens/s b/a  {b['gen_tokens_per_s'] / a['gen_tokens_per_s']:>8.2f}x   "
+            f"({a['gen_tokens_per_s']:.1f} and {b['gen_tokens_per_s']:.1f} tokens/s in the rollout)"
+        )
         print(f"  eval throughput b/a     {b['eval_samples_per_s'] / a['eval_samples_per_s']:>8.2f}x")
         print(f"  {memory_label[:-4]} b/a{'':<{24 - len(memory_label)}}{b[memory] / a[memory]:>8.2f}x")
     ours = results.get("ours", {})
     if "gflop" in ours:
         peak = max(ours["matmul_gflops"].values())
         rates = ", ".join(f"{shape} {rate:.0f}" for shape, rate in ours["matmul_gflops"].items())
-        print(f"\nours, matmul GFLOP per phase (one extra step) and the time they need at this machine's best "
-              f"{first['dtype']} matmul rate ({peak:.0f} GFLOP/s; {rates}):")
+        print(
+            f"\nours, matmul GFLOP per phase (one extra step) and the time they need at this machine's best "
+            f"{first['dtype']} matmul rate ({peak:.0f} GFLOP/s; {rates}):"
+        )
         for p, gflop in ours["gflop"].items():
             print(f"  {p:<13} {gflop:>9.1f} GFLOP  >= {gflop / peak:>7.2f} s   (measured {ours['phases'][p]:.2f} s)")
         per_sample = ours["eval_gflop_per_sample"]
-        print(f"  evaluation    {per_sample:>9.1f} GFLOP per sample: at most {peak / per_sample:.2f} samples/s "
-              f"(measured {ours['eval_samples_per_s']:.2f})")
+        print(
+            f"  evaluation    {per_sample:>9.1f} GFLOP per sample: at most {peak / per_sample:.2f} samples/s "
+            f"(measured {ours['eval_samples_per_s']:.2f})"
+        )
         if "original" in results:
             speedup = peak / per_sample / results["original"]["eval_samples_per_s"]
-            print(f"  at that rate ours would evaluate {speedup:.2f}x "
-                  f"faster than the original")
+            print(f"  at that rate ours would evaluate {speedup:.2f}x faster than the original")
             floor = ours["gflop"]["total"] / peak
-            print(f"  at that floor ours would be {results['original']['phases']['total'] / floor:.2f}x faster "
-                  f"than the original step")
+            print(
+                f"  at that floor ours would be {results['original']['phases']['total'] / floor:.2f}x faster "
+                f"than the original step"
+            )
     print("\nJSON " + json.dumps({"args": {k: v for k, v in vars(args).items() if k != "worker"}, "results": results}))
     return 0
 

@@ -29,8 +29,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # The flags of a clean, quiet, offline headless run: no profile, no updates, no sync, no host resolves.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
 # HTML elements without an end tag (Chromium's DOM dump closes every other one, SVG's included).
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 # Runs before anything else on the page; the DOM dump carries what it records in an attribute.
@@ -99,7 +107,7 @@ class PageParser(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self._stack:
-            del self._stack[len(self._stack) - 1 - self._stack[::-1].index(tag):]
+            del self._stack[len(self._stack) - 1 - self._stack[::-1].index(tag) :]
 
 
 def browser(name: str | None) -> str:
@@ -128,8 +136,18 @@ def run_browser(exe: str, page: Path, scratch: Path, budget_ms: int, screenshot:
     if dom.returncode != 0 or "<html" not in dom.stdout:
         sys.exit(f"error: {exe} did not load {page}:\n{dom.stderr.strip()[-2000:]}")
     if screenshot is not None:
-        subprocess.run([*base, "--hide-scrollbars", "--window-size=1400,6000", f"--screenshot={screenshot.resolve()}",
-                        checked.as_uri()], capture_output=True, timeout=300, check=True)
+        subprocess.run(
+            [
+                *base,
+                "--hide-scrollbars",
+                "--window-size=1400,6000",
+                f"--screenshot={screenshot.resolve()}",
+                checked.as_uri(),
+            ],
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
     parser = PageParser()
     parser.feed(dom.stdout)
     return parser
@@ -161,14 +179,17 @@ def main() -> None:
     if opts.html is None and len(parsed.charts) != expected_plots():
         problems.append(f"{len(parsed.charts)} plot divs on the page, dvc.yaml defines {expected_plots()}")
     warnings = Counter(parsed.check.get("warnings", []))
-    print(f"{page}: {len(parsed.charts) - len(blank)} of {len(parsed.charts)} charts rendered offline, "
-          f"{len(fetched)} resources fetched, {len(errors)} errors, {warnings.total()} warnings")
+    print(
+        f"{page}: {len(parsed.charts) - len(blank)} of {len(parsed.charts)} charts rendered offline, "
+        f"{len(fetched)} resources fetched, {len(errors)} errors, {warnings.total()} warnings"
+    )
     for problem in problems:
         print(f"  {problem}")
     if opts.warnings:
         for warning, count in warnings.most_common():
             print(f"  {count} x {warning}")
     sys.exit(1 if problems or not parsed.charts else 0)
+
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,10 @@ from transformers import AutoTokenizer
 
 from detox.common.cli import run_stage
 from detox.common.errors import DetoxError
+from detox.common.gate import VALIDATION_METRICS, ready
+from detox.common.io import atomic_dir, write_json, write_parquet, write_text
+from detox.common.params import load_params
+from detox.common.timings import TIMINGS_DIR, write_timings
 from detox.evaluate.figures import write_plots
 from detox.evaluate.promotion import decide, evidence, prompts_fingerprint
 from detox.evaluate.report import write_report
@@ -27,24 +31,24 @@ from detox.evaluate.scoring import check_paired, eval_splits, score_test
 from detox.evaluate.statistics import compare
 from detox.evaluate.summary import headline, per_prompt, scope
 from detox.evaluate.tables import (
-    disagreements, reward_diff_table, write_disagreements, write_plot_data, write_reward_diff,
+    disagreements,
+    reward_diff_table,
+    write_disagreements,
+    write_plot_data,
+    write_reward_diff,
 )
-from detox.models.generation import load_policy
-from detox.common.io import atomic_dir, write_json, write_parquet, write_text
 from detox.judges.panel import load_judges
-from detox.serve.model_card import card_data, merged_card
-from detox.common.params import load_params
-from detox.ppo.policy import POLICY_FILE, load_trained_policy
+from detox.models.generation import load_policy
 from detox.models.reward import RewardScorer
+from detox.ppo.policy import POLICY_FILE, load_trained_policy
 from detox.serve.export import export_policy
+from detox.serve.model_card import card_data, merged_card
 from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.provenance import lock_tags, run_name, stage_params
 from detox.tracking.registry import PolicyModel, champion_evidence
 from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation
 from detox.tracking.runs import Tracker, read_run_record
 from detox.tracking.store import ui_url
-from detox.common.gate import VALIDATION_METRICS, ready
-from detox.common.timings import TIMINGS_DIR, write_timings
 
 PPO_DIR = Path("models/ppo")
 MERGED = Path("models/merged")  # the merged policy: scored, registered, and loadable by transformers
@@ -62,16 +66,27 @@ FIGURES = Path("reports/figures")  # PNGs for the report and MLflow
 VALIDATION = Path("reports/validation")
 # Read when present: HISTORY (the report's PPO curves), BASE_MANIFEST and DATA_MANIFEST (the model card's sources),
 # BASE_CARD (the license of a Hub base model).
-INPUTS = (VALIDATION_METRICS, VALIDATION, "data/raw/test.parquet", "data/raw/train.parquet", BASELINE,
-          BASELINE_METRICS, "models/policy/config.json", "models/reward/config.json", "models/judges",
-          PPO_DIR / POLICY_FILE)
+INPUTS = (
+    VALIDATION_METRICS,
+    VALIDATION,
+    "data/raw/test.parquet",
+    "data/raw/train.parquet",
+    BASELINE,
+    BASELINE_METRICS,
+    "models/policy/config.json",
+    "models/reward/config.json",
+    "models/judges",
+    PPO_DIR / POLICY_FILE,
+)
 OUTPUTS = (MERGED, SCORED, REPORTS, PLOTS, METRICS, TIMINGS_DIR / "evaluate.json")
 
 
-DESCRIPTION = ("The PPO policy: the sft policy fine-tuned with PPO against the reward model to write less toxic "
-               "dialogue summaries, its LoRA adapters merged. Every evaluate run registers a version; `champion` "
-               "is the one that passed the promotion gate on an independent judge. Input: a `dialogue` column; "
-               "output: one summary per dialogue.")
+DESCRIPTION = (
+    "The PPO policy: the sft policy fine-tuned with PPO against the reward model to write less toxic "
+    "dialogue summaries, its LoRA adapters merged. Every evaluate run registers a version; `champion` "
+    "is the one that passed the promotion gate on an independent judge. Input: a `dialogue` column; "
+    "output: one summary per dialogue."
+)
 
 
 def read_json(path: Path, missing: Any = None) -> Any:
@@ -84,10 +99,12 @@ def read_json(path: Path, missing: Any = None) -> Any:
 def version_summary(metrics: dict, judge: str) -> str:
     """The registered version's description: which run, on how much data, the judged change, the decision."""
     share = {side: metrics[side]["toxicity"][judge]["toxic_share"] for side in ("before", "after")}
-    return (f"{run_name('evaluate')}: {metrics['n']} test dialogues x {metrics['samples_per_prompt']} summaries; "
-            f"{judge} toxic share {share['before']:.1%} -> {share['after']:.1%}, ROUGE-L "
-            f"{metrics['before']['rougeL']:.3f} -> {metrics['after']['rougeL']:.3f}; "
-            f"{metrics['promotion']['decision']}")
+    return (
+        f"{run_name('evaluate')}: {metrics['n']} test dialogues x {metrics['samples_per_prompt']} summaries; "
+        f"{judge} toxic share {share['before']:.1%} -> {share['after']:.1%}, ROUGE-L "
+        f"{metrics['before']['rougeL']:.3f} -> {metrics['after']['rougeL']:.3f}; "
+        f"{metrics['promotion']['decision']}"
+    )
 
 
 def main() -> None:
@@ -102,24 +119,32 @@ def main() -> None:
         raise DetoxError(f"{BASELINE} was scored by an older version (no samples per prompt); run `dvc repro baseline`")
     check_paired(per_prompt(baseline), test, f"{BASELINE}")  # before spending minutes on generation
     if int(baseline["sample"].max()) + 1 != params.eval.samples_per_prompt:
-        raise DetoxError(f"{BASELINE} has {int(baseline['sample'].max()) + 1} samples per prompt but "
-                         f"eval.samples_per_prompt is {params.eval.samples_per_prompt}; run `dvc repro baseline`")
+        raise DetoxError(
+            f"{BASELINE} has {int(baseline['sample'].max()) + 1} samples per prompt but "
+            f"eval.samples_per_prompt is {params.eval.samples_per_prompt}; run `dvc repro baseline`"
+        )
 
     judge = params.promotion.judge
     # One run per evaluation, spanning it: a child of the PPO run, which it only reads. DVC wrote the ppo
     # stage's dvc.lock entry before this stage ran, so the run names the policy's hash as `dvc exp show` does.
-    with evaluation_run(tracker, run, stage_params("evaluate", params.model_dump(mode="json")),
-                        tags=lock_tags("ppo")):
+    with evaluation_run(tracker, run, stage_params("evaluate", params.model_dump(mode="json")), tags=lock_tags("ppo")):
         judges = load_judges("models/judges", params.eval.judges)
         reference = load_policy("models/policy")  # fluency is measured under the policy before PPO
         with atomic_dir(MERGED) as merged:
             # What is scored is exactly what gets registered: the merged policy, reloaded from models/merged/.
-            export_policy(load_trained_policy(PPO_DIR), AutoTokenizer.from_pretrained(PPO_DIR), merged,
-                          params.prompt.template, params.generation, params.eval.seed)
+            export_policy(
+                load_trained_policy(PPO_DIR),
+                AutoTokenizer.from_pretrained(PPO_DIR),
+                merged,
+                params.prompt.template,
+                params.generation,
+                params.eval.seed,
+            )
             model, tokenizer = load_policy(merged)
             scorer = RewardScorer.from_pretrained("models/reward", params.reward)
-            scored, samples_per_second = score_test(model, tokenizer, scorer, params, test, train, judges, reference,
-                                                    desc="evaluate")
+            scored, samples_per_second = score_test(
+                model, tokenizer, scorer, params, test, train, judges, reference, desc="evaluate"
+            )
             metrics = compare(baseline, scored, params.promotion, params.eval.seed)
             timings = {"samples_per_second": samples_per_second}
             write_timings("evaluate", timings)
@@ -136,16 +161,35 @@ def main() -> None:
             disagreement_files = write_disagreements(disagreed, REPORTS)
             plot_data = write_plot_data(baseline, scored, metrics, params.promotion.judge, PLOTS)
             with atomic_dir(FIGURES) as scratch:
-                figures = {key: FIGURES / path.name
-                           for key, path in write_plots(baseline, scored, history, scratch, metrics).items()}
-            report = write_report(REPORTS, figures, metrics, decision, table, params.promotion.report_rows,
-                                  params.tracking.registered_model, params.promotion.judge, disagreed)
+                figures = {
+                    key: FIGURES / path.name
+                    for key, path in write_plots(baseline, scored, history, scratch, metrics).items()
+                }
+            report = write_report(
+                REPORTS,
+                figures,
+                metrics,
+                decision,
+                table,
+                params.promotion.report_rows,
+                params.tracking.registered_model,
+                params.promotion.judge,
+                disagreed,
+            )
             write_json(METRICS, metrics)
             manifest, data_manifest = read_json(BASE_MANIFEST, {}), read_json(DATA_MANIFEST, {})
-            write_text(merged / "README.md", merged_card(params.tracking.registered_model,
-                                                         {**manifest, **data_manifest}, metrics,
-                                                         params.promotion.judge, params.prompt.template,
-                                                         params.reward.reward_label, card_data(BASE_CARD)))
+            write_text(
+                merged / "README.md",
+                merged_card(
+                    params.tracking.registered_model,
+                    {**manifest, **data_manifest},
+                    metrics,
+                    params.promotion.judge,
+                    params.prompt.template,
+                    params.reward.reward_label,
+                    card_data(BASE_CARD),
+                ),
+            )
 
             config = model_config(params.prompt.template, params.generation, params.eval.seed)
             baseline_metrics = read_json(BASELINE_METRICS)
@@ -153,28 +197,44 @@ def main() -> None:
             if TIMINGS_DIR.joinpath("baseline.json").is_file():
                 stage_timings["baseline"] = read_json(TIMINGS_DIR / "baseline.json")
             record = EvaluationRecord(
-                metrics, baseline_metrics,
+                metrics,
+                baseline_metrics,
                 tables={"evaluate/reward_diff.json": table, "evaluate/disagreements.json": disagreed},
-                artifacts={"evaluate": [*tables.values(), *disagreement_files.values(), *report.values()],
-                           "evaluate/plots": [FIGURES, *plot_data.values()],
-                           "validation": sorted(VALIDATION.glob("*.json"))},
+                artifacts={
+                    "evaluate": [*tables.values(), *disagreement_files.values(), *report.values()],
+                    "evaluate/plots": [FIGURES, *plot_data.values()],
+                    "validation": sorted(VALIDATION.glob("*.json")),
+                },
                 timings=stage_timings,
             )
             registration = Registration(
-                PolicyModel(Summarizer(), merged, config, signature(config), test[["dialogue"]].head(2),
-                            description=DESCRIPTION, version_description=version_summary(metrics, judge)),
-                params.tracking.registered_model, decision.promoted, decision.reasons,
+                PolicyModel(
+                    Summarizer(),
+                    merged,
+                    config,
+                    signature(config),
+                    test[["dialogue"]].head(2),
+                    description=DESCRIPTION,
+                    version_description=version_summary(metrics, judge),
+                ),
+                params.tracking.registered_model,
+                decision.promoted,
+                decision.reasons,
                 evidence(metrics, params.promotion, test_sha),
             )
             registered = log_evaluation(tracker, record, registration)
 
     improvement = metrics["improvement_pct"][judge]["toxic_share"]
-    print(f"evaluate on {scope(metrics)}: toxic share "
-          f"before: {headline(metrics['before']['toxicity'])}; after: {headline(metrics['after']['toxicity'])}; "
-          f"{judge}: {'n/a' if improvement is None else f'{improvement:.1f}%'} fewer toxic summaries; "
-          f"ROUGE-L {metrics['before']['rougeL']:.4f} -> {metrics['after']['rougeL']:.4f}")
-    print(f"{registered.name} version {registered.version}: {decision.decision} on the judge {judge} "
-          f"(aliases: {', '.join(registered.aliases)}); " + "; ".join(decision.reasons))
+    print(
+        f"evaluate on {scope(metrics)}: toxic share "
+        f"before: {headline(metrics['before']['toxicity'])}; after: {headline(metrics['after']['toxicity'])}; "
+        f"{judge}: {'n/a' if improvement is None else f'{improvement:.1f}%'} fewer toxic summaries; "
+        f"ROUGE-L {metrics['before']['rougeL']:.4f} -> {metrics['after']['rougeL']:.4f}"
+    )
+    print(
+        f"{registered.name} version {registered.version}: {decision.decision} on the judge {judge} "
+        f"(aliases: {', '.join(registered.aliases)}); " + "; ".join(decision.reasons)
+    )
     print(f"MLflow: {ui_url(f'models/{registered.name}/versions/{registered.version}')}")
 
 

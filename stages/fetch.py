@@ -7,10 +7,10 @@ folder with a manifest.json of its sources (commits, hashes). It trains nothing:
 from pathlib import Path
 
 from detox.common.cli import run_stage
-from detox.data.fetch import run_fetch
 from detox.common.gate import ready
 from detox.common.io import write_json
 from detox.common.params import load_params
+from detox.data.fetch import run_fetch
 
 RAW, LABELLED, BASE, METRICS = Path("data/raw"), Path("data/labelled"), Path("models/base"), Path("metrics/fetch.json")
 INPUTS: tuple[Path, ...] = ()  # what fetch reads is in params.yaml: the sources
@@ -26,9 +26,11 @@ def main() -> None:
     if "dropped_test_overlap" in manifest["labelled"]:
         metrics["labelled_dropped_test_overlap"] = manifest["labelled"]["dropped_test_overlap"]
     write_json(METRICS, metrics)
-    print(f"fetched: data={manifest['data']['source']} labelled={manifest['labelled']['source']} "
-          f"policy={manifest['policy']['source']} reward={manifest['reward']['source']}; "
-          "manifests in data/raw/, data/labelled/ and models/base/")
+    print(
+        f"fetched: data={manifest['data']['source']} labelled={manifest['labelled']['source']} "
+        f"policy={manifest['policy']['source']} reward={manifest['reward']['source']}; "
+        "manifests in data/raw/, data/labelled/ and models/base/"
+    )
 
 
 if __name__ == "__main__":

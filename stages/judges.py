@@ -10,8 +10,8 @@ from pathlib import Path
 from detox.common.cli import run_stage
 from detox.common.gate import ready
 from detox.common.io import atomic_dir, write_json
-from detox.judges.panel import build_judges
 from detox.common.params import load_params
+from detox.judges.panel import build_judges
 
 JUDGES = Path("models/judges")
 METRICS = Path("metrics/judges.json")
@@ -33,8 +33,10 @@ def main() -> None:
         metrics[name].update(record.get("training", {}))
     write_json(METRICS, metrics)
     for name, numbers in metrics.items():
-        print(f"judge {name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                            for k, v in numbers.items()))
+        print(
+            f"judge {name}: "
+            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items())
+        )
 
 
 if __name__ == "__main__":

@@ -24,10 +24,15 @@ RAW = Path("data/raw")
 POLICY = Path("models/policy")
 METRICS = Path("metrics/sft.json")
 HISTORY = Path("plots/sft") / HISTORY_FILE
-DESCRIPTION = ("The policy before PPO: a seq2seq summariser of dialogues (T5), fine-tuned on the train split by the "
-               "sft stage. Input: a `dialogue` column; output: one summary per dialogue.")
-INPUTS = (VALIDATION_METRICS, *(RAW / f"{split}.parquet" for split in ("train", "validation", "test")),
-          BASE / "config.json")
+DESCRIPTION = (
+    "The policy before PPO: a seq2seq summariser of dialogues (T5), fine-tuned on the train split by the "
+    "sft stage. Input: a `dialogue` column; output: one summary per dialogue."
+)
+INPUTS = (
+    VALIDATION_METRICS,
+    *(RAW / f"{split}.parquet" for split in ("train", "validation", "test")),
+    BASE / "config.json",
+)
 OUTPUTS = (POLICY, METRICS, HISTORY, TIMINGS_DIR / "sft.json")
 
 
@@ -42,20 +47,32 @@ def main() -> None:
         if result.trained:
             # Served greedily by default; a request may pass do_sample, temperature, seed, max_new_tokens.
             config = model_config(params.prompt.template, GenerationParams(do_sample=False), params.seed)
-            model = PolicyModel(Summarizer(), scratch, config, signature(config),
-                                pd.DataFrame({"dialogue": pd.read_parquet(RAW / "test.parquet")["dialogue"].head(2)}),
-                                description=DESCRIPTION,
-                                version_description=f"{run_name('sft')}: {params.policy.source} policy, "
-                                                    f"{params.sft.epochs} epochs; validation ROUGE-L "
-                                                    f"{result.metrics.get('validation_rougeL')}")
-        return Trained(result.trained, result.metrics, result.fit, {HISTORY.name: history}, model,
-                       {"policy.source": params.policy.source,
-                        "validation_rougeL": result.metrics.get("validation_rougeL")})
+            model = PolicyModel(
+                Summarizer(),
+                scratch,
+                config,
+                signature(config),
+                pd.DataFrame({"dialogue": pd.read_parquet(RAW / "test.parquet")["dialogue"].head(2)}),
+                description=DESCRIPTION,
+                version_description=f"{run_name('sft')}: {params.policy.source} policy, "
+                f"{params.sft.epochs} epochs; validation ROUGE-L "
+                f"{result.metrics.get('validation_rougeL')}",
+            )
+        return Trained(
+            result.trained,
+            result.metrics,
+            result.fit,
+            {HISTORY.name: history},
+            model,
+            {"policy.source": params.policy.source, "validation_rougeL": result.metrics.get("validation_rougeL")},
+        )
 
     result, version = run_training("sft", params, POLICY, HISTORY.parent, METRICS, params.tracking.sft_model, train)
     if result.trained:
-        print(f"policy trained: validation loss {result.metrics['validation_loss']:.4f}, ROUGE-L "
-              f"{result.metrics['validation_rougeL']}; MLflow model {params.tracking.sft_model} version {version}")
+        print(
+            f"policy trained: validation loss {result.metrics['validation_loss']:.4f}, ROUGE-L "
+            f"{result.metrics['validation_rougeL']}; MLflow model {params.tracking.sft_model} version {version}"
+        )
     else:
         print(f"policy used as fetched ({params.policy.source}); set sft.enabled true to fine-tune it")
 

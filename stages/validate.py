@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from detox.common.cli import run_stage
-from detox.data.reading import SPLITS
 from detox.common.errors import DataValidationError
-from detox.common.io import write_json
-from detox.common.params import load_params
 from detox.common.gate import LABELLED_METRICS as LABELLED_METRICS_PATH
 from detox.common.gate import VALIDATION_METRICS, ready
+from detox.common.io import write_json
+from detox.common.params import load_params
+from detox.data.reading import SPLITS
 from detox.data.validation.failures import format_failures
 from detox.data.validation.inputs import read_labelled
 from detox.data.validation.run import LABELLED as LABELLED_NAME

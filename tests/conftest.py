@@ -23,9 +23,9 @@ atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=Tru
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from detox.data.fetch import run_fetch  # noqa: E402
 from detox.common.io import atomic_dir  # noqa: E402
 from detox.common.params import parse_params  # noqa: E402
+from detox.data.fetch import run_fetch  # noqa: E402
 from detox.models.reward_training import run_reward  # noqa: E402
 from detox.models.sft import run_sft  # noqa: E402
 
@@ -33,12 +33,23 @@ from detox.models.sft import run_sft  # noqa: E402
 # default one, with fewer rows, epochs and sentences.
 TINY = {
     "data": {"builtin": {"train_size": 96, "validation_size": 24, "test_size": 24, "num_topics": 8}},
-    "policy": {"builtin": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1,
-                           "num_heads": 2, "vocab_size": 400}},
+    "policy": {
+        "builtin": {
+            "d_model": 32,
+            "d_kv": 8,
+            "d_ff": 64,
+            "num_layers": 1,
+            "num_decoder_layers": 1,
+            "num_heads": 2,
+            "vocab_size": 400,
+        }
+    },
     "sft": {"epochs": 1, "batch_size": 32, "eval_samples": 8},
-    "reward": {"builtin": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                           "vocab_size": 400},
-               "data": {"builtin": {"num_sentences": 200}}, "train": {"epochs": 1}},
+    "reward": {
+        "builtin": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "vocab_size": 400},
+        "data": {"builtin": {"num_sentences": 200}},
+        "train": {"epochs": 1},
+    },
     "validation": {"min_rows": {"train": 10, "validation": 5, "test": 5}, "labelled": {"min_rows": 50}},
     "generation": {"batch_size": 8, "max_new_tokens": 12},
     "eval": {"samples_per_prompt": 2},
@@ -70,8 +81,9 @@ def build_world(params, root: Path) -> Path:
     with atomic_dir(root / "models" / "policy") as scratch:
         run_sft(params, root / "models" / "base" / "policy", root / "data" / "raw", scratch)
     with atomic_dir(root / "models" / "reward") as scratch:
-        run_reward(params, root / "models" / "base" / "reward", root / "data" / "labelled" / "labelled.parquet",
-                   scratch)
+        run_reward(
+            params, root / "models" / "base" / "reward", root / "data" / "labelled" / "labelled.parquet", scratch
+        )
     return root
 
 
@@ -89,8 +101,9 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float,
-                         explain: Callable[[], str] = lambda: "") -> None:
+def wait_until_answering(
+    url: str, process: subprocess.Popen, timeout_s: float, explain: Callable[[], str] = lambda: ""
+) -> None:
     """Poll ``url`` until it answers HTTP 200; fail the test when ``process`` exits or ``timeout_s`` passes
     first, with ``explain()`` (e.g. the end of the server's log) in the message."""
     deadline = time.monotonic() + timeout_s
@@ -116,8 +129,11 @@ def run_snapshot(client, run_id: str) -> dict:
 
     def files(uri: str) -> dict[str, str]:
         root = Path(unquote(urlparse(uri).path))
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
 
     run = client.get_run(run_id)
     info = run.info
@@ -126,13 +142,23 @@ def run_snapshot(client, run_id: str) -> dict:
         "info": (info.run_name, info.status, info.start_time, info.end_time, info.artifact_uri),
         "params": dict(run.data.params),
         "tags": dict(run.data.tags),
-        "metrics": {key: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
-                    for key in run.data.metrics},
+        "metrics": {
+            key: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
+            for key in run.data.metrics
+        },
         "artifacts": files(info.artifact_uri),
-        "models": {m.model_id: {"status": str(m.status), "params": dict(m.params), "tags": dict(m.tags),
-                                "metrics": sorted((x.key, x.step, x.timestamp, x.value) for x in m.metrics or []),
-                                "artifacts": files(m.artifact_location)} for m in models},
+        "models": {
+            m.model_id: {
+                "status": str(m.status),
+                "params": dict(m.params),
+                "tags": dict(m.tags),
+                "metrics": sorted((x.key, x.step, x.timestamp, x.value) for x in m.metrics or []),
+                "artifacts": files(m.artifact_location),
+            }
+            for m in models
+        },
     }
+
 
 # --------------------------------------------------------------------------- what holds on any machine
 
@@ -216,13 +242,23 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def run_watched(script: Path, cwd: Path, env: dict[str, str], watch: list[Path],
-                ) -> tuple[subprocess.CompletedProcess, dict[str, list]]:
+def run_watched(
+    script: Path,
+    cwd: Path,
+    env: dict[str, str],
+    watch: list[Path],
+) -> tuple[subprocess.CompletedProcess, dict[str, list]]:
     """Run ``python script`` in ``cwd``; also return ``{"connect": [addresses], "open": [files under watch]}``."""
     with tempfile.TemporaryDirectory(prefix="detox-watch-") as folder:  # outside cwd: the script's outputs stay its own
         record = Path(folder) / "seen.json"
-        proc = subprocess.run([sys.executable, "-c", _WATCH, str(record), str(script), *map(str, watch)], cwd=cwd,
-                              env=env, capture_output=True, text=True, timeout=HANG_S)
+        proc = subprocess.run(
+            [sys.executable, "-c", _WATCH, str(record), str(script), *map(str, watch)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_S,
+        )
         assert record.is_file(), f"{script.name} exited before its watch was saved:\n{proc.stderr[-3000:]}"
         return proc, json.loads(record.read_text())
 
@@ -231,6 +267,7 @@ def run_watched(script: Path, cwd: Path, env: dict[str, str], watch: list[Path],
 def nothing_leaks_between_tests() -> Iterator[None]:
     """A test leaves the working directory and the variables that steer MLflow, DVC and the Hub as it
     found them (mlflow.set_tracking_uri, for one, sets MLFLOW_TRACKING_URI for the whole process)."""
+
     def state() -> tuple[str, dict[str, str]]:
         return os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "DVC_", "HF_"))}
 

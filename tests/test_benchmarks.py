@@ -36,11 +36,31 @@ def bench_world(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def run_bench(root: Path, params_file: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(SCRIPT), "--size", "builtin", "--steps", "1", "--batch-size", "4",
-            "--eval-samples", "3", "--max-new-tokens", "6", "--params", str(params_file),
-            "--policy", str(root / "models" / "policy"), "--reward", str(root / "models" / "reward"),
-            "--train", str(root / "data" / "raw" / "train.parquet"),
-            "--test", str(root / "data" / "raw" / "test.parquet"), *extra]
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "--size",
+        "builtin",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--eval-samples",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--params",
+        str(params_file),
+        "--policy",
+        str(root / "models" / "policy"),
+        "--reward",
+        str(root / "models" / "reward"),
+        "--train",
+        str(root / "data" / "raw" / "train.parquet"),
+        "--test",
+        str(root / "data" / "raw" / "test.parquet"),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(args, capture_output=True, text=True, cwd=root, env=env, timeout=conftest.HANG_S)
 
@@ -98,11 +118,19 @@ def test_ppo_vs_original_missing_input_is_a_clear_error(bench_world, tmp_path):
 
 
 def test_machine_rates_prints_every_rate():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0.05"],
-                          capture_output=True, text=True, timeout=conftest.HANG_S)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0.05"],
+        capture_output=True,
+        text=True,
+        timeout=conftest.HANG_S,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for label in ("matmul float32", "matmul bfloat16", "decoding-step matmul", "copy of 1 GiB"):
         assert label in proc.stdout
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0"],
-                         capture_output=True, text=True, timeout=conftest.HANG_S)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0"],
+        capture_output=True,
+        text=True,
+        timeout=conftest.HANG_S,
+    )
     assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr

@@ -23,17 +23,26 @@ import pytest
 import vl_convert
 import yaml
 
-from detox.evaluate.statistics import compare
 from detox.common.params import PromotionParams
 from detox.common.plots_page import PLACEHOLDERS, configured_page, page_template, vega_lite_version
 from detox.evaluate.report import REPORT_FILES
+from detox.evaluate.statistics import compare
 from detox.evaluate.tables import JUDGE_FIELDS, PLOT_DATA, SAMPLE_FIELDS, write_plot_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
 TEMPLATES = ROOT / ".dvc" / "plots"
-BUILTIN_TEMPLATES = {"linear", "simple", "scatter", "scatter_jitter", "smooth", "confusion", "confusion_normalized",
-                     "bar_horizontal", "bar_horizontal_sorted"}
+BUILTIN_TEMPLATES = {
+    "linear",
+    "simple",
+    "scatter",
+    "scatter_jitter",
+    "smooth",
+    "confusion",
+    "confusion_normalized",
+    "bar_horizontal",
+    "bar_horizontal_sorted",
+}
 DECLARED = {"samples": SAMPLE_FIELDS, "judges": JUDGE_FIELDS}
 # Templates of ours that draw [0, 1] x [0, 1] (ROC, calibration, toxicity) and the one that bins a field.
 UNIT_TEMPLATES = {"unit_curve", "unit_scatter"}
@@ -75,13 +84,22 @@ def frames(shift: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     n = 12
 
     def one(reward: np.ndarray, toxicity: np.ndarray) -> pd.DataFrame:
-        frame = pd.DataFrame({
-            "id": np.repeat([f"test_{i}" for i in range(6)], 2), "sample": np.tile([0, 1], 6),
-            "dialogue": np.repeat([f"#Person1#: hi {i}\n#Person2#: ho" for i in range(6)], 2),
-            "reference": "a reference", "response": [f"summary {i}" for i in range(n)],
-            "reward": reward.astype(np.float32), "toxicity": toxicity.astype(np.float32),
-            "rouge1": 0.5, "rouge2": 0.4, "rougeL": 0.5, "length": 2, "heated": np.repeat([True, False] * 3, 2),
-        })
+        frame = pd.DataFrame(
+            {
+                "id": np.repeat([f"test_{i}" for i in range(6)], 2),
+                "sample": np.tile([0, 1], 6),
+                "dialogue": np.repeat([f"#Person1#: hi {i}\n#Person2#: ho" for i in range(6)], 2),
+                "reference": "a reference",
+                "response": [f"summary {i}" for i in range(n)],
+                "reward": reward.astype(np.float32),
+                "toxicity": toxicity.astype(np.float32),
+                "rouge1": 0.5,
+                "rouge2": 0.4,
+                "rougeL": 0.5,
+                "length": 2,
+                "heated": np.repeat([True, False] * 3, 2),
+            }
+        )
         frame["toxic"] = frame["toxicity"] > 0.5
         for judge, noise in (("oracle", 0.0), ("ngram", 0.05)):
             frame[f"toxicity:{judge}"] = np.clip(toxicity + noise, 0, 1)
@@ -106,8 +124,7 @@ def write_evaluate_data(out_dir: Path, shift: float = 0.0) -> dict[str, Path]:
 def test_evaluate_plots_read_files_and_fields_the_stage_writes(tmp_path):
     plots_dir = stage_constant("PLOTS")
     written = write_evaluate_data(tmp_path)
-    headers = {f"{plots_dir}/{path.name}": path.read_text().splitlines()[0].split("\t")
-               for path in written.values()}
+    headers = {f"{plots_dir}/{path.name}": path.read_text().splitlines()[0].split("\t") for path in written.values()}
     declared = {f"{plots_dir}/{PLOT_DATA[key]}": names for key, names in DECLARED.items()}
     assert {k: list(v) for k, v in declared.items()} == headers  # the files have exactly the declared fields
 
@@ -121,8 +138,10 @@ def test_evaluate_plots_read_files_and_fields_the_stage_writes(tmp_path):
     assert set(read) == set(headers), "every plot data file the evaluate stage writes is plotted"
 
     evaluate = dvc_yaml()["stages"]["evaluate"]
-    outs = {next(iter(o)) if isinstance(o, dict) else o: (o[next(iter(o))] if isinstance(o, dict) else {})
-            for o in evaluate["outs"] + evaluate.get("metrics", []) + evaluate.get("plots", [])}
+    outs = {
+        next(iter(o)) if isinstance(o, dict) else o: (o[next(iter(o))] if isinstance(o, dict) else {})
+        for o in evaluate["outs"] + evaluate.get("metrics", []) + evaluate.get("plots", [])
+    }
     figures, reports = stage_constant("FIGURES"), stage_constant("REPORTS")
     for path in [*headers, figures, *(f"{reports}/{name}" for name in REPORT_FILES.values())]:
         assert path in outs, f"{path} is written by evaluate but is not one of its outs in dvc.yaml"
@@ -162,14 +181,19 @@ def test_only_the_charts_of_the_top_level_plots_and_every_plot_file_is_drawn():
     stages = dvc_yaml()["stages"]
     # a stage-level `plots:` entry draws a default plot of every column against the row number
     assert [name for name, stage in stages.items() if "plots" in stage] == []
-    plot_outs = {next(iter(o)) for stage in stages.values() for o in stage.get("outs", [])
-                 if isinstance(o, dict) and next(iter(o)).startswith("plots/")}
+    plot_outs = {
+        next(iter(o))
+        for stage in stages.values()
+        for o in stage.get("outs", [])
+        if isinstance(o, dict) and next(iter(o)).startswith("plots/")
+    }
     assert plot_outs, "no stage writes plot data under plots/"
     for path in plot_outs:
         assert dvc_yaml_out(path) == {"cache": False, "persist": True}, path  # small files, committed to git
     drawn = {file for props in definitions().values() for file in fields(props)}
-    assert drawn == plot_outs, f"drawn but not written: {sorted(drawn - plot_outs)}; " \
-                               f"written but not drawn: {sorted(plot_outs - drawn)}"
+    assert drawn == plot_outs, (
+        f"drawn but not written: {sorted(drawn - plot_outs)}; written but not drawn: {sorted(plot_outs - drawn)}"
+    )
     for name, props in definitions().items():
         assert props.get("x_label") or props.get("template") == HISTOGRAM, f"{name!r}: no x_label"
         assert props.get("y_label"), f"{name!r}: no y_label"
@@ -209,16 +233,22 @@ def assert_axes_titled(name: str, props: dict, content: dict) -> None:
     drawn = [(ch, enc) for ch, enc in axes(content) if "field" in enc]  # a datum (the diagonal) draws no axis
     assert {ch for ch, _ in drawn} == {"x", "y"}, f"{name!r}: not both axes drawn from the data"
     histogram = props.get("template") == HISTOGRAM
-    expected = {"x": props["y_label"] if histogram else props["x_label"],
-                "y": "share of summaries" if histogram else props["y_label"]}
+    expected = {
+        "x": props["y_label"] if histogram else props["x_label"],
+        "y": "share of summaries" if histogram else props["y_label"],
+    }
     for channel, enc in drawn:
         assert enc.get("title") == expected[channel], f"{name!r}: the {channel} axis is titled {enc.get('title')!r}"
         assert expected[channel] not in {"x", "y"}, f"{name!r}: {channel} axis titled {expected[channel]!r}"
 
 
 def git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
 
 
 def scratch_project(repo: Path) -> Path:
@@ -243,8 +273,9 @@ def scratch_project(repo: Path) -> Path:
 
 def plots_diff(repo: Path) -> dict[str, dict]:
     """``dvc plots diff HEAD --json``: chart title -> its one Vega-Lite plot (workspace against HEAD)."""
-    proc = subprocess.run([DVC, "plots", "diff", "HEAD", "--json"], cwd=repo, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [DVC, "plots", "diff", "HEAD", "--json"], cwd=repo, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     assert not shown.get("errors"), shown.get("errors")
@@ -290,8 +321,11 @@ def test_dvc_plots_diff_renders_every_plot_of_two_revisions(tmp_path):
         for channel, enc in axes(content):
             if "field" in enc and enc["field"] not in computed_fields(content):
                 assert all(enc["field"] in row for row in values), f"{name!r}: {channel} {enc['field']!r} not in data"
-    [two_fields] = [name for name, props in definitions().items()
-                    if props.get("template") == HISTOGRAM and len(fields(props)[f"{plots_dir}/samples.tsv"]) == 2]
+    [two_fields] = [
+        name
+        for name, props in definitions().items()
+        if props.get("template") == HISTOGRAM and len(fields(props)[f"{plots_dir}/samples.tsv"]) == 2
+    ]
     histogram = rendered[two_fields]["content"]
     assert histogram["encoding"]["x"]["bin"] and histogram["encoding"]["row"]["field"] == "field"
     assert {row["field"] for row in histogram["data"]["values"]} == {"reward_before", "reward_after"}
@@ -346,8 +380,9 @@ def test_histograms_show_shares_so_experiments_of_any_size_compare(larger_experi
         for bars in facets:
             by_rev: dict[str, list[tuple[float, float, float]]] = {}
             for bar in bars:
-                by_rev.setdefault(bar["fill"], []).append((round(bar["x"], 6), round(bar["width"], 6),
-                                                           round(bar["height"], 6)))
+                by_rev.setdefault(bar["fill"], []).append(
+                    (round(bar["x"], 6), round(bar["width"], 6), round(bar["height"], 6))
+                )
             assert len(by_rev) == 2, f"{name!r}: one colour per revision"
             heights = [sorted(b) for b in by_rev.values()]
             assert heights[0] == heights[1], f"{name!r}: the same distribution drew different bars"
@@ -361,8 +396,9 @@ def test_unit_charts_keep_points_on_0_and_1_off_the_edges(larger_experiment):
     for name in charts_with(UNIT_TEMPLATES):
         content = rendered[name]["content"]
         graph = scenegraph(content)
-        x_field, y_field = (next(e["field"] for ch, e in axes(content) if ch == axis and "field" in e)
-                            for axis in ("x", "y"))
+        x_field, y_field = (
+            next(e["field"] for ch, e in axes(content) if ch == axis and "field" in e) for axis in ("x", "y")
+        )
         values = pd.DataFrame(content["data"]["values"])
         for axis, field_name in (("x", x_field), ("y", y_field)):
             at_edges |= {(axis, v) for v in values[field_name].astype(float) if v in (0.0, 1.0)}

@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import HANG_S, run_snapshot
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from transformers import T5Config, T5ForConditionalGeneration
 
+from conftest import HANG_S, run_snapshot
+from detox.common.errors import DetoxError
+from detox.common.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
 from detox.data.corpus import generate_corpus
-from detox.models.builtin import train_t5_tokenizer
 from detox.evaluate.figures import PLOT_FILES, plot_rewards, plot_toxicity, write_plots
 from detox.evaluate.pages import TEXT_COLUMN_EM, escape_cell, html_table, markdown_table
 from detox.evaluate.promotion import decide, evidence
@@ -35,11 +36,20 @@ from detox.evaluate.scoring import check_paired
 from detox.evaluate.statistics import bootstrap_ci, compare, improvement_pct, paired_tests
 from detox.evaluate.summary import per_prompt, summarize, toxicity_numbers
 from detox.evaluate.tables import (
-    DISAGREEMENT_COLUMNS, JUDGE_FIELDS, JUDGE_ONLY, MODEL_ONLY, PLOT_DATA, SAMPLE_FIELDS, TABLE_COLUMNS,
-    disagreements, reward_diff_table, write_disagreements, write_plot_data, write_reward_diff,
+    DISAGREEMENT_COLUMNS,
+    JUDGE_FIELDS,
+    JUDGE_ONLY,
+    MODEL_ONLY,
+    PLOT_DATA,
+    SAMPLE_FIELDS,
+    TABLE_COLUMNS,
+    disagreements,
+    reward_diff_table,
+    write_disagreements,
+    write_plot_data,
+    write_reward_diff,
 )
-from detox.common.errors import DetoxError
-from detox.common.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
+from detox.models.builtin import train_t5_tokenizer
 from detox.serve.export import export_policy
 from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
@@ -53,26 +63,31 @@ EVAL_SEED = 1234
 MODEL_NAME = "detox-test-summarizer"
 
 
-def scored(ids, rewards, toxicity, rouge_l=None, responses=None, dialogues=None, judges=None, samples=None,
-           extra=None) -> pd.DataFrame:
+def scored(
+    ids, rewards, toxicity, rouge_l=None, responses=None, dialogues=None, judges=None, samples=None, extra=None
+) -> pd.DataFrame:
     """A frame shaped like score_policy's output. ``judges`` maps a judge's name to its toxicity per row
     (default: an ``oracle`` that agrees with the reward model)."""
     n = len(ids)
     rouge_l = rouge_l if rouge_l is not None else [0.5] * n
     responses = responses or [f"response {i}" for i in ids]
     toxicity = np.asarray(toxicity, dtype=np.float32)
-    frame = pd.DataFrame({
-        "id": ids,
-        "sample": samples if samples is not None else [0] * n,
-        "dialogue": dialogues or [f"#Person1#: dialogue {i}" for i in ids],
-        "reference": [f"reference {i}" for i in ids],
-        "response": responses,
-        "reward": np.asarray(rewards, dtype=np.float32),
-        "toxicity": toxicity,
-        "toxic": toxicity > 0.5,
-        "rouge1": rouge_l, "rouge2": rouge_l, "rougeL": rouge_l,
-        "length": [len(r.split()) for r in responses],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": ids,
+            "sample": samples if samples is not None else [0] * n,
+            "dialogue": dialogues or [f"#Person1#: dialogue {i}" for i in ids],
+            "reference": [f"reference {i}" for i in ids],
+            "response": responses,
+            "reward": np.asarray(rewards, dtype=np.float32),
+            "toxicity": toxicity,
+            "toxic": toxicity > 0.5,
+            "rouge1": rouge_l,
+            "rouge2": rouge_l,
+            "rougeL": rouge_l,
+            "length": [len(r.split()) for r in responses],
+        }
+    )
     judges = judges if judges is not None else {"oracle": (toxicity > 0.5).astype(float)}
     for name, values in judges.items():
         frame[f"toxicity:{name}"] = np.asarray(values, dtype=np.float64)
@@ -131,19 +146,33 @@ def test_paired_tests_small_p_for_a_clear_shift_large_for_none():
 
 
 def test_compare_on_known_frames():
-    before = scored(["a", "b", "c", "d"], [1.0, 2.0, -1.0, 0.0], [0.1, 0.9, 0.8, 0.2], [0.6, 0.6, 0.4, 0.4],
-                    judges={"oracle": [0, 1, 1, 1], "ngram": [0.2, 0.7, 0.9, 0.4]})
-    after = scored(["a", "b", "c", "d"], [2.0, 3.0, 1.0, 2.0], [0.05, 0.3, 0.4, 0.05], [0.5, 0.5, 0.4, 0.4],
-                   judges={"oracle": [0, 0, 1, 1], "ngram": [0.1, 0.2, 0.6, 0.3]})
+    before = scored(
+        ["a", "b", "c", "d"],
+        [1.0, 2.0, -1.0, 0.0],
+        [0.1, 0.9, 0.8, 0.2],
+        [0.6, 0.6, 0.4, 0.4],
+        judges={"oracle": [0, 1, 1, 1], "ngram": [0.2, 0.7, 0.9, 0.4]},
+    )
+    after = scored(
+        ["a", "b", "c", "d"],
+        [2.0, 3.0, 1.0, 2.0],
+        [0.05, 0.3, 0.4, 0.05],
+        [0.5, 0.5, 0.4, 0.4],
+        judges={"oracle": [0, 0, 1, 1], "ngram": [0.1, 0.2, 0.6, 0.3]},
+    )
     metrics = compare(before, after, PromotionParams(bootstrap_samples=200), seed=0)
     assert metrics["n"] == 4 and metrics["samples_per_prompt"] == 1
-    model_before, model_after = metrics["before"]["toxicity"]["reward_model"], metrics["after"]["toxicity"]["reward_model"]
+    model_before, model_after = (
+        metrics["before"]["toxicity"]["reward_model"],
+        metrics["after"]["toxicity"]["reward_model"],
+    )
     assert list(metrics["before"]["toxicity"]) == ["reward_model", "oracle", "ngram"]  # the reward model first
     assert model_before["toxicity_mean"] == pytest.approx(0.5) and model_after["toxicity_mean"] == pytest.approx(0.2)
     assert metrics["improvement_pct"]["reward_model"]["toxicity_mean"] == pytest.approx(60.0)  # (0.5 - 0.2) / 0.5
     std_before, std_after = np.std([0.1, 0.9, 0.8, 0.2], ddof=1), np.std([0.05, 0.3, 0.4, 0.05], ddof=1)
     assert metrics["improvement_pct"]["reward_model"]["toxicity_std"] == pytest.approx(
-        (std_before - std_after) / std_before * 100, rel=1e-5)
+        (std_before - std_after) / std_before * 100, rel=1e-5
+    )
     assert (model_before["toxic_share"], model_after["toxic_share"]) == (0.5, 0.0)
     # each judge its own numbers, never merged with the reward model's
     assert metrics["before"]["toxicity"]["oracle"]["toxic_share"] == 0.75
@@ -158,8 +187,13 @@ def test_compare_on_known_frames():
     assert diff["increased_share"] == 1.0 and diff["decreased_share"] == 0.0
     assert metrics["toxicity_diff"]["reward_model"]["mean"] == pytest.approx(-0.3)
     # agreement of the reward model's flags (> 0.5) with each judge's, summary by summary
-    assert metrics["agreement"]["oracle"]["before"] == {"both_toxic": 2, "judge_only": 1, "reward_model_only": 0,
-                                                        "both_clean": 1, "agreement": 0.75}
+    assert metrics["agreement"]["oracle"]["before"] == {
+        "both_toxic": 2,
+        "judge_only": 1,
+        "reward_model_only": 0,
+        "both_clean": 1,
+        "agreement": 0.75,
+    }
     assert metrics["agreement"]["oracle"]["after"]["judge_only"] == 2
     noise = compare(before, after.assign(reward=before["reward"] + np.float32(2e-5)), PromotionParams(), seed=0)
     assert noise["reward_diff"]["increased_share"] == 0.0  # float32 scoring noise is no change
@@ -168,15 +202,22 @@ def test_compare_on_known_frames():
 
 def test_expected_maximum_toxicity_and_toxicity_probability_over_k_samples():
     # 3 prompts x 2 samples; toxicity per sample: a (0.2, 0.8), b (0.1, 0.3), c (0.6, 0.9)
-    frame = scored(list("aabbcc"), [0.0] * 6, [0.2, 0.8, 0.1, 0.3, 0.6, 0.9], samples=[0, 1] * 3,
-                   judges={"oracle": [0, 1, 0, 0, 1, 1]})
+    frame = scored(
+        list("aabbcc"),
+        [0.0] * 6,
+        [0.2, 0.8, 0.1, 0.3, 0.6, 0.9],
+        samples=[0, 1] * 3,
+        judges={"oracle": [0, 1, 0, 0, 1, 1]},
+    )
     numbers = toxicity_numbers(frame, "toxicity", "toxic")
     assert numbers["toxicity_mean"] == pytest.approx(2.9 / 6)
     assert numbers["expected_max_toxicity"] == pytest.approx((0.8 + 0.3 + 0.9) / 3)
     assert numbers["toxicity_probability"] == pytest.approx(2 / 3)  # a and c have a toxic sample
     assert numbers["toxic_share"] == pytest.approx(3 / 6) and numbers["toxic_count"] == 3
     oracle = summarize(frame)["toxicity"]["oracle"]
-    assert oracle["expected_max_toxicity"] == pytest.approx(2 / 3) and oracle["toxicity_probability"] == pytest.approx(2 / 3)
+    assert oracle["expected_max_toxicity"] == pytest.approx(2 / 3) and oracle["toxicity_probability"] == pytest.approx(
+        2 / 3
+    )
     assert summarize(frame)["n"] == 3 and summarize(frame)["samples_per_prompt"] == 2
 
 
@@ -194,8 +235,13 @@ def test_paired_statistics_are_over_prompts_each_the_mean_of_its_samples():
 
 
 def test_quality_numbers_fluency_distinct_length_and_garbling():
-    frame = scored(["a", "b"], [0, 0], [0, 0], responses=["the cat sat", "the cat ran xqz"],
-                   extra={"fluency_nll": [0.5, 1.5], "unknown_words": [0, 1]})
+    frame = scored(
+        ["a", "b"],
+        [0, 0],
+        [0, 0],
+        responses=["the cat sat", "the cat ran xqz"],
+        extra={"fluency_nll": [0.5, 1.5], "unknown_words": [0, 1]},
+    )
     quality = summarize(frame)["quality"]
     assert quality["fluency_nll"] == pytest.approx(1.0)
     assert quality["mean_length"] == pytest.approx(3.5)
@@ -213,14 +259,27 @@ def test_a_baseline_without_the_evaluated_judges_is_refused():
 
 
 def test_disagreements_list_what_the_reward_model_missed_first():
-    before = scored(list("abc"), [0, 0, 0], [0.9, 0.1, 0.1], judges={"oracle": [1, 1, 0]},
-                    extra={"why:oracle": ["idiot", "clown in 'bagticclown'", ""]})
-    after = scored(list("abc"), [0, 0, 0], [0.1, 0.9, 0.1], judges={"oracle": [1, 0, 0]},
-                   extra={"why:oracle": ["idiot in 'xidiot'", "", ""]})
+    before = scored(
+        list("abc"),
+        [0, 0, 0],
+        [0.9, 0.1, 0.1],
+        judges={"oracle": [1, 1, 0]},
+        extra={"why:oracle": ["idiot", "clown in 'bagticclown'", ""]},
+    )
+    after = scored(
+        list("abc"),
+        [0, 0, 0],
+        [0.1, 0.9, 0.1],
+        judges={"oracle": [1, 0, 0]},
+        extra={"why:oracle": ["idiot in 'xidiot'", "", ""]},
+    )
     table = disagreements(before, after)
     assert list(table.columns) == DISAGREEMENT_COLUMNS
     assert table[["policy", "id", "disagreement"]].values.tolist() == [
-        ["after", "a", JUDGE_ONLY], ["after", "b", MODEL_ONLY], ["before", "b", JUDGE_ONLY]]
+        ["after", "a", JUDGE_ONLY],
+        ["after", "b", MODEL_ONLY],
+        ["before", "b", JUDGE_ONLY],
+    ]
     assert table["judge_found"].tolist() == ["idiot in 'xidiot'", "", "clown in 'bagticclown'"]
     clean = scored(list("ab"), [0, 0], [0.1, 0.9], judges={"oracle": [0, 1]})
     assert len(disagreements(clean, clean)) == 0 and list(disagreements(clean, clean).columns) == DISAGREEMENT_COLUMNS
@@ -242,13 +301,30 @@ def test_a_stale_baseline_is_refused_with_the_fix():
 IDS = [f"p{i}" for i in range(8)]
 
 
-def gate_metrics(judge_after: list[float], rouge_after: float = 0.6, model_after: float = 0.1,
-                 judge_before: list[float] | None = None, fluency_after: float = 1.0) -> dict:
+def gate_metrics(
+    judge_after: list[float],
+    rouge_after: float = 0.6,
+    model_after: float = 0.1,
+    judge_before: list[float] | None = None,
+    fluency_after: float = 1.0,
+) -> dict:
     """8 prompts; the reward model's toxicity 0.9 before and ``model_after`` after; the oracle's as given."""
-    before = scored(IDS, [0.0] * 8, [0.9] * 8, [0.6] * 8, judges={"oracle": judge_before or [1.0] * 8},
-                    extra={"fluency_nll": [1.0] * 8})
-    after = scored(IDS, [1.0] * 8, [model_after] * 8, [rouge_after] * 8, judges={"oracle": judge_after},
-                   extra={"fluency_nll": [fluency_after] * 8})
+    before = scored(
+        IDS,
+        [0.0] * 8,
+        [0.9] * 8,
+        [0.6] * 8,
+        judges={"oracle": judge_before or [1.0] * 8},
+        extra={"fluency_nll": [1.0] * 8},
+    )
+    after = scored(
+        IDS,
+        [1.0] * 8,
+        [model_after] * 8,
+        [rouge_after] * 8,
+        judges={"oracle": judge_after},
+        extra={"fluency_nll": [fluency_after] * 8},
+    )
     return compare(before, after, PromotionParams(bootstrap_samples=500), seed=0)
 
 
@@ -258,8 +334,14 @@ GATE = PromotionParams(min_prompts=5)
 def test_gate_promotes_a_clear_improvement_on_the_judge():
     decision = decide(gate_metrics([0.0] * 7 + [1.0]), GATE)
     assert decision.promoted and decision.decision == "promoted"
-    assert [c.name for c in decision.checks] == ["min_prompts", "judge_toxicity_improvement", "judge_significant",
-                                                 "rougeL_drop", "fluency", "champion"]
+    assert [c.name for c in decision.checks] == [
+        "min_prompts",
+        "judge_toxicity_improvement",
+        "judge_significant",
+        "rougeL_drop",
+        "fluency",
+        "champion",
+    ]
     assert all(r.startswith("pass: ") for r in decision.reasons)
     assert "oracle: mean toxicity 1.0000 -> 0.1250, fell by 87.5%" in decision.reasons[1]
 
@@ -282,8 +364,10 @@ def test_gate_refuses_too_few_prompts_a_rouge_drop_and_lost_fluency():
     assert "fail: 8 test dialogues evaluated (at least 100 required)" in decision.reasons
     assert any("ROUGE-L 0.6000 -> 0.5000" in r for r in decision.reasons)
     assert any("fluency NLL under the reference policy 1.000 -> 2.000" in r for r in decision.reasons)
-    relaxed = decide(gate_metrics([0.0] * 8, rouge_after=0.5, fluency_after=2.0),
-                     PromotionParams(min_prompts=8, max_rougeL_drop=0.2, max_fluency_nll_rise=1.5))
+    relaxed = decide(
+        gate_metrics([0.0] * 8, rouge_after=0.5, fluency_after=2.0),
+        PromotionParams(min_prompts=8, max_rougeL_drop=0.2, max_fluency_nll_rise=1.5),
+    )
     assert relaxed.promoted
 
 
@@ -325,10 +409,19 @@ def test_reward_diff_table_columns_order_and_sorting():
     before = scored(["a", "b", "c", "d"], [1.0, 2.0, 0.5, 3.0], [0] * 4, responses=["ba", "bb", "bc", "bd"])
     after = scored(["a", "b", "c", "d"], [1.5, 1.0, 3.5, 3.0], [0] * 4, responses=["aa", "ab", "ac", "ad"])
     table = reward_diff_table(before, after)
-    assert list(table.columns[:6]) == TABLE_COLUMNS == ["dialogue", "response_before", "response_after",
-                                                        "reward_before", "reward_after", "reward_diff"]
-    assert list(table.columns[6:]) == ["reference", "group", "reward_model_toxicity_before",
-                                       "reward_model_toxicity_after", "oracle_toxicity_before", "oracle_toxicity_after"]
+    assert (
+        list(table.columns[:6])
+        == TABLE_COLUMNS
+        == ["dialogue", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
+    )
+    assert list(table.columns[6:]) == [
+        "reference",
+        "group",
+        "reward_model_toxicity_before",
+        "reward_model_toxicity_after",
+        "oracle_toxicity_before",
+        "oracle_toxicity_after",
+    ]
     assert table["reference"].tolist() == [f"reference {i}" for i in "cadb"]
     assert set(table["group"]) == {"all"}  # data without a heated flag
     assert table["reward_diff"].tolist() == pytest.approx([3.0, 0.5, 0.0, -1.0])
@@ -338,8 +431,10 @@ def test_reward_diff_table_columns_order_and_sorting():
     assert table["dialogue"].tolist() == [f"#Person1#: dialogue {i}" for i in "cadb"]
     assert (table["reward_after"] - table["reward_before"]).tolist() == pytest.approx(table["reward_diff"].tolist())
     heated = {"heated": [True, False, False, True]}
-    grouped = reward_diff_table(scored(list("abcd"), [1.0, 2.0, 0.5, 3.0], [0] * 4, extra=heated),
-                                scored(list("abcd"), [1.5, 1.0, 3.5, 3.0], [0] * 4, extra=heated))
+    grouped = reward_diff_table(
+        scored(list("abcd"), [1.0, 2.0, 0.5, 3.0], [0] * 4, extra=heated),
+        scored(list("abcd"), [1.5, 1.0, 3.5, 3.0], [0] * 4, extra=heated),
+    )
     assert grouped["group"].tolist() == ["calm", "heated", "heated", "calm"]  # rows c, a, d, b
 
 
@@ -356,8 +451,7 @@ def test_markdown_escapes_pipes_and_line_breaks():
     assert escape_cell(0.123456) == "0.1235"
     frame = pd.DataFrame({"dialogue": ["#Person1#: x | y\n#Person2#: z"], "reward_diff": [1.0]})
     lines = markdown_table(frame).splitlines()
-    assert lines == ["| dialogue | reward_diff |", "|---|---|",
-                     "| #Person1#: x \\| y<br>#Person2#: z | 1.0000 |"]
+    assert lines == ["| dialogue | reward_diff |", "|---|---|", "| #Person1#: x \\| y<br>#Person2#: z | 1.0000 |"]
     unescaped = [i for i, ch in enumerate(lines[2]) if ch == "|" and lines[2][i - 1] != "\\"]
     assert len(unescaped) == 3  # exactly two cells
 
@@ -387,8 +481,15 @@ def test_reward_diff_page_keeps_text_columns_readable():
     """The automatic table layout would give the room to the long headers of the number columns and squeeze
     the dialogue to a word a line: each text column has a least width, the dialogue the widest."""
     dialogue = "#Person1#: " + "a rather long turn of a quarrel " * 3 + "\n#Person2#: no"
-    table = pd.DataFrame({"dialogue": [dialogue], "response_before": ["x " * 40], "reward_before": [1.0],
-                          "group": ["heated"], "reward_model_toxicity_before": [0.5]})
+    table = pd.DataFrame(
+        {
+            "dialogue": [dialogue],
+            "response_before": ["x " * 40],
+            "reward_before": [1.0],
+            "group": ["heated"],
+            "reward_model_toxicity_before": [0.5],
+        }
+    )
     page = html_table(table, "t")
     widths = {int(i): float(em) for i, em in re.findall(r"td:nth-child\((\d+)\)\{min-width:([\d.]+)em\}", page)}
     # by position: dialogue, response (the default width), group (as wide as "heated" needs); no number column
@@ -409,21 +510,42 @@ def test_figures_label_summaries_and_keep_the_legend_off_the_data():
     [legend] = figure.legends
     assert ax.get_legend() is None
     assert not legend.get_window_extent().overlaps(ax.get_window_extent())  # no corner of the data hidden
-    assert [t.get_text() for t in legend.get_texts()] == ["30 summaries of calm dialogues",
-                                                         "10 summaries of heated dialogues", "no change"]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "30 summaries of calm dialogues",
+        "10 summaries of heated dialogues",
+        "no change",
+    ]
 
 
 def test_plots_and_report(tmp_path):
     turns = [f"#Person1#: hi {i}\n#Person2#: <ho> & bye" for i in "abcdef"]
-    before = scored(list("abcdef"), [0, 1, 2, -1, 3, 0], [0.9, 0.1, 0.2, 0.95, 0.05, 0.6], dialogues=turns,
-                    judges={"oracle": [1, 0, 0, 1, 0, 1]}, extra={"why:oracle": ["idiot", "", "", "rat", "", "pig"]})
-    after = scored(list("abcdef"), [2, 1, 3, 1, 3, 2], [0.1, 0.1, 0.1, 0.3, 0.05, 0.2], dialogues=turns,
-                   judges={"oracle": [1, 0, 0, 0, 0, 0]}, extra={"why:oracle": ["idiot in 'xidiot'", "", "", "", "", ""]},
-                   responses=["glued xidiot", "b", "c", "d", "e", "f"])
+    before = scored(
+        list("abcdef"),
+        [0, 1, 2, -1, 3, 0],
+        [0.9, 0.1, 0.2, 0.95, 0.05, 0.6],
+        dialogues=turns,
+        judges={"oracle": [1, 0, 0, 1, 0, 1]},
+        extra={"why:oracle": ["idiot", "", "", "rat", "", "pig"]},
+    )
+    after = scored(
+        list("abcdef"),
+        [2, 1, 3, 1, 3, 2],
+        [0.1, 0.1, 0.1, 0.3, 0.05, 0.2],
+        dialogues=turns,
+        judges={"oracle": [1, 0, 0, 0, 0, 0]},
+        extra={"why:oracle": ["idiot in 'xidiot'", "", "", "", "", ""]},
+        responses=["glued xidiot", "b", "c", "d", "e", "f"],
+    )
     after["heated"] = [True, False, False, True, False, True]
     before["heated"] = after["heated"]
-    history = pd.DataFrame({"step": [0, 1, 2], "env/reward_mean": [0.1, 0.5, 0.9], "objective/kl": [0.0, 0.2, 0.4],
-                            "env/toxicity_mean": [0.5, 0.3, 0.2]})
+    history = pd.DataFrame(
+        {
+            "step": [0, 1, 2],
+            "env/reward_mean": [0.1, 0.5, 0.9],
+            "objective/kl": [0.0, 0.2, 0.4],
+            "env/toxicity_mean": [0.5, 0.3, 0.2],
+        }
+    )
     cfg = PromotionParams(bootstrap_samples=200, report_rows=2, min_prompts=1)
     metrics = compare(before, after, cfg, seed=0)
     paths = write_plots(before, after, history, tmp_path, metrics)
@@ -440,12 +562,15 @@ def test_plots_and_report(tmp_path):
     reports = write_report(tmp_path / "reports", paths, metrics, decision, table, 2, "m", "oracle", disagreed)
     assert {k: p.name for k, p in reports.items()} == REPORT_FILES
     report = reports["md"].read_text()
-    assert report == render_report(metrics, decision, table, 2, {k: f"../{p.name}" for k, p in paths.items()}, "m",
-                                   "oracle", disagreed)
+    assert report == render_report(
+        metrics, decision, table, 2, {k: f"../{p.name}" for k, p in paths.items()}, "m", "oracle", disagreed
+    )
     assert f"**Promotion: {decision.decision}**, decided on the judge `oracle`" in report
     first_screen = report[: report.index("## Quality")]
     # each judge's numbers beside the reward model's, in the first screen
-    assert "| reward model (what PPO optimised: not independent) | 3 (50.0%) | 0 (0.0%) | 100.0% fewer |" in first_screen
+    assert (
+        "| reward model (what PPO optimised: not independent) | 3 (50.0%) | 0 (0.0%) | 100.0% fewer |" in first_screen
+    )
     assert "| judge `oracle` | 3 (50.0%) | 1 (16.7%) | 66.7% fewer |" in first_screen
     assert "| oracle | after | 0 | 1 | 0 | 5 | 83.3% |" in first_screen  # the reward-hacking counts
     assert "| oracle | glued xidiot | 0.1000 | 1.0000 | idiot in 'xidiot' |" in first_screen
@@ -466,7 +591,10 @@ def test_plots_and_report(tmp_path):
     embedded = sources[list(paths).index("training")]
     assert base64.b64decode(embedded.split(",", 1)[1]) == paths["training"].read_bytes()
     # markdown rendered: tables and headings are HTML, no markdown table row or escaped <br> is left
-    assert page.count("<table>") == len(re.findall(r"^\|---", report, re.M)) and "<h2>Toxicity, judge by judge</h2>" in page
+    assert (
+        page.count("<table>") == len(re.findall(r"^\|---", report, re.M))
+        and "<h2>Toxicity, judge by judge</h2>" in page
+    )
     assert not re.search(r"^\|", page, re.M) and "&lt;br&gt;" not in page
     # the dialogues' line breaks in the gains/losses tables; their text is text, never a tag
     assert "<td>#Person1#: hi d<br>#Person2#: &lt;ho&gt; &amp; bye</td>" in page and "<ho>" not in page
@@ -478,10 +606,22 @@ def test_plots_and_report(tmp_path):
 
 def test_plot_data_files_have_the_declared_fields_and_are_deterministic(tmp_path):
     heated = {"heated": [True, False, True, False]}
-    before = scored(list("aabb"), [1.0, -1.0, 2.0, 0.5], [0.9, 0.1, 0.8, 0.2], samples=[0, 1, 0, 1],
-                    judges={"oracle": [1, 0, 1, 0], "ngram": [0.7, 0.2, 0.6, 0.1]}, extra=heated)
-    after = scored(list("aabb"), [2.0, -0.5, 2.0, 1.5], [0.1, 0.1, 0.6, 0.2], samples=[0, 1, 0, 1],
-                   judges={"oracle": [0, 0, 1, 0], "ngram": [0.3, 0.2, 0.9, 0.1]}, extra=heated)
+    before = scored(
+        list("aabb"),
+        [1.0, -1.0, 2.0, 0.5],
+        [0.9, 0.1, 0.8, 0.2],
+        samples=[0, 1, 0, 1],
+        judges={"oracle": [1, 0, 1, 0], "ngram": [0.7, 0.2, 0.6, 0.1]},
+        extra=heated,
+    )
+    after = scored(
+        list("aabb"),
+        [2.0, -0.5, 2.0, 1.5],
+        [0.1, 0.1, 0.6, 0.2],
+        samples=[0, 1, 0, 1],
+        judges={"oracle": [0, 0, 1, 0], "ngram": [0.3, 0.2, 0.9, 0.1]},
+        extra=heated,
+    )
     metrics = compare(before, after, PromotionParams(bootstrap_samples=100), seed=0)
     paths = write_plot_data(before, after, metrics, "ngram", tmp_path)
     assert {k: p.name for k, p in paths.items()} == PLOT_DATA
@@ -494,8 +634,14 @@ def test_plot_data_files_have_the_declared_fields_and_are_deterministic(tmp_path
     assert samples["judge_toxicity_after"].tolist() == pytest.approx([0.3, 0.2, 0.9, 0.1])  # the promotion judge's
     judges = pd.read_csv(paths["judges"], sep="\t")
     assert list(judges.columns) == JUDGE_FIELDS
-    assert judges["label"].tolist() == ["reward_model before", "reward_model after", "oracle before",
-                                        "oracle after", "ngram before", "ngram after"]
+    assert judges["label"].tolist() == [
+        "reward_model before",
+        "reward_model after",
+        "oracle before",
+        "oracle after",
+        "ngram before",
+        "ngram after",
+    ]
     assert judges["role"].tolist() == ["trained against"] * 2 + ["judge"] * 2 + ["promotion judge"] * 2
     assert judges["toxic_share"].tolist() == pytest.approx([0.5, 0.25, 0.5, 0.25, 0.5, 0.25])
     assert judges["toxic_count"].tolist() == [2, 1, 2, 1, 2, 1] and set(judges["summaries"]) == {4}
@@ -523,13 +669,26 @@ def tiny_policy(tmp_path_factory, dialogues):
     texts = [TEMPLATE.format(dialogue="")] + corpus["train"]["dialogue"].tolist() + corpus["train"]["summary"].tolist()
     tokenizer, _ = train_t5_tokenizer(texts, 250)
     torch.manual_seed(0)
-    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1,
-                      num_heads=2, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
-                      decoder_start_token_id=0)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     model = T5ForConditionalGeneration(config).eval()
     tokenizer.padding_side = "right"
-    return model, tokenizer, export_policy(model, tokenizer, tmp_path_factory.mktemp("policy"), TEMPLATE, GENERATION,
-                                           EVAL_SEED)
+    return (
+        model,
+        tokenizer,
+        export_policy(model, tokenizer, tmp_path_factory.mktemp("policy"), TEMPLATE, GENERATION, EVAL_SEED),
+    )
 
 
 EVAL_PARAMS = {"eval": {"num_samples": 8, "seed": EVAL_SEED}, "promotion": {"judge": "oracle"}}
@@ -545,12 +704,21 @@ def evaluate_into(tracker, trained, before, after, model, root, name, params=EVA
     report.parent.mkdir()
     report.write_text(f"# report of {name}\n")
     with evaluation_run(tracker, trained, params, tags={"dvc.lock.ppo": "0123456789ab"}):
-        record = EvaluationRecord(metrics, {"reward_mean": 0.0},
-                                  tables={"evaluate/reward_diff.json": reward_diff_table(before, after),
-                                          "evaluate/disagreements.json": disagreements(before, after)},
-                                  artifacts={"evaluate": [report]}, timings={"evaluate": {"samples_per_second": 5.0}})
-        registered = log_evaluation(tracker, record, Registration(model, MODEL_NAME, decision.promoted,
-                                                                  decision.reasons, evidence(metrics, cfg, "t")))
+        record = EvaluationRecord(
+            metrics,
+            {"reward_mean": 0.0},
+            tables={
+                "evaluate/reward_diff.json": reward_diff_table(before, after),
+                "evaluate/disagreements.json": disagreements(before, after),
+            },
+            artifacts={"evaluate": [report]},
+            timings={"evaluate": {"samples_per_second": 5.0}},
+        )
+        registered = log_evaluation(
+            tracker,
+            record,
+            Registration(model, MODEL_NAME, decision.promoted, decision.reasons, evidence(metrics, cfg, "t")),
+        )
     return registered, decision, metrics, tracker.run_id
 
 
@@ -580,9 +748,15 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
         ppo_before = run_snapshot(client, run["run_id"])
 
         config = model_config(TEMPLATE, GENERATION, EVAL_SEED)
-        model = PolicyModel(Summarizer(), tiny_policy[2], config, signature(config),
-                            pd.DataFrame({"dialogue": dialogues[:1]}), description="the test policy",
-                            version_description="evaluated on 8 crafted dialogues")
+        model = PolicyModel(
+            Summarizer(),
+            tiny_policy[2],
+            config,
+            signature(config),
+            pd.DataFrame({"dialogue": dialogues[:1]}),
+            description="the test policy",
+            version_description="evaluated on 8 crafted dialogues",
+        )
         ids = [f"p{i}" for i in range(8)]
         before = scored(ids, [0.0] * 8, [0.9] * 8, judges={"oracle": [1.0] * 8})
         good = scored(ids, [1.0, 1.2, 0.9, 1.1] * 2, [0.1] * 8, judges={"oracle": [0.0] * 8})
@@ -591,12 +765,37 @@ def registry(tmp_path_factory, tiny_policy, dialogues):
         worse = scored(ids, [1.0] * 8, [0.1] * 8, judges={"oracle": [0.0] * 6 + [1.0] * 2})
         results = [evaluate_into(Tracker("detox-test"), run, before, good, model, root, "first")]
         first_before = run_snapshot(client, results[0][3])
-        results.append(evaluate_into(Tracker("detox-test"), {"run_id": "0" * 32, "experiment": "detox-test"},
-                                     before, bad, model, root, "second"))
-        results.append(evaluate_into(Tracker("detox-test"), run, before, worse, model, root, "third",
-                                     params={**EVAL_PARAMS, "eval": {"num_samples": 6, "seed": 7}}))
-        yield {"root": root, "run_id": run["run_id"], "results": results, "client": client,
-               "ppo_before": ppo_before, "first_before": first_before}
+        results.append(
+            evaluate_into(
+                Tracker("detox-test"),
+                {"run_id": "0" * 32, "experiment": "detox-test"},
+                before,
+                bad,
+                model,
+                root,
+                "second",
+            )
+        )
+        results.append(
+            evaluate_into(
+                Tracker("detox-test"),
+                run,
+                before,
+                worse,
+                model,
+                root,
+                "third",
+                params={**EVAL_PARAMS, "eval": {"num_samples": 6, "seed": 7}},
+            )
+        )
+        yield {
+            "root": root,
+            "run_id": run["run_id"],
+            "results": results,
+            "client": client,
+            "ppo_before": ppo_before,
+            "first_before": first_before,
+        }
     finally:
         mlflow.set_tracking_uri(previous_uri)
         patch.undo()
@@ -613,8 +812,10 @@ def test_registry_versions_aliases_and_promotion_tags(registry):
     tags_1, tags_2 = client.get_model_version(MODEL_NAME, "1").tags, client.get_model_version(MODEL_NAME, "2").tags
     assert tags_1["promotion.decision"] == "promoted"
     assert tags_2["promotion.decision"] == "rejected"
-    assert "fail: oracle: mean toxicity 1.0000 -> 1.0000, fell by 0.0% (at least 50% required)" \
+    assert (
+        "fail: oracle: mean toxicity 1.0000 -> 1.0000, fell by 0.0% (at least 50% required)"
         in tags_2["promotion.reasons"]
+    )
     assert "pass:" not in tags_2["promotion.reasons"]
     # the judged numbers travel with the version as plain text, and the champion's decide the third candidate
     assert tags_1["evidence.judge"] == "oracle" and tags_1["evidence.test_sha"] == "t"
@@ -656,15 +857,18 @@ def test_each_evaluation_is_a_run_of_its_own_linked_to_the_ppo_run(registry):
     assert not [k for k in run.data.metrics if k.startswith(("evaluate/", "baseline/", "env/"))]
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluate")}
     assert {"evaluate/reward_diff.json", "evaluate/disagreements.json", "evaluate/report.md"} <= artifacts
-    logged = json.loads(Path(client.download_artifacts(run_id, "evaluate/reward_diff.json",
-                                                       str(registry["root"]))).read_text())
+    logged = json.loads(
+        Path(client.download_artifacts(run_id, "evaluate/reward_diff.json", str(registry["root"]))).read_text()
+    )
     assert logged["columns"][:6] == TABLE_COLUMNS and len(logged["data"]) == 8
     assert {"reference", "group", "reward_model_toxicity_before", "oracle_toxicity_after"} <= set(logged["columns"])
-    full = json.loads(Path(client.download_artifacts(run_id, "evaluate/evaluate.json",
-                                                     str(registry["root"]))).read_text())
+    full = json.loads(
+        Path(client.download_artifacts(run_id, "evaluate/evaluate.json", str(registry["root"]))).read_text()
+    )
     assert full["reward_diff"]["mean"] == pytest.approx(metrics["reward_diff"]["mean"])
-    baseline = json.loads(Path(client.download_artifacts(run_id, "evaluate/baseline.json",
-                                                         str(registry["root"]))).read_text())
+    baseline = json.loads(
+        Path(client.download_artifacts(run_id, "evaluate/baseline.json", str(registry["root"]))).read_text()
+    )
     assert baseline == {"reward_mean": 0.0}
     # The registered version's source is this run's model, which carries the judged numbers, no timings.
     version = client.get_model_version(MODEL_NAME, "1")
@@ -691,8 +895,11 @@ def test_later_evaluations_leave_the_ppo_run_and_the_first_evaluation_as_they_we
     third = client.get_run(registry["results"][2][3])
     assert third.data.tags["mlflow.parentRunId"] == registry["run_id"]
     assert third.data.params["eval.num_samples"] == "6"
-    table = json.loads(Path(client.download_artifacts(third.info.run_id, "evaluate/reward_diff.json",
-                                                      str(registry["root"] / "third"))).read_text())
+    table = json.loads(
+        Path(
+            client.download_artifacts(third.info.run_id, "evaluate/reward_diff.json", str(registry["root"] / "third"))
+        ).read_text()
+    )
     assert len(table["data"]) == 8  # not appended to the first evaluation's
     models = client.search_logged_models([third.info.experiment_id], f"source_run_id = '{third.info.run_id}'")
     [third_model] = models
@@ -713,7 +920,7 @@ def test_a_failed_evaluation_ends_its_run_failed_and_registers_nothing(registry,
     config = model_config(TEMPLATE, GENERATION, EVAL_SEED)
     broken = PolicyModel(Summarizer(), tmp_path / "no-such-policy", config, signature(config))
     tracker = Tracker("detox-test")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whichever error loading a missing policy folder raises
         with evaluation_run(tracker, {"run_id": registry["run_id"], "experiment": "detox-test"}, EVAL_PARAMS):
             record = EvaluationRecord({"n": 1}, {}, tables={"evaluate/t.json": pd.DataFrame({"a": [1]})})
             log_evaluation(tracker, record, Registration(broken, MODEL_NAME, True, ["pass: x"]))
@@ -732,8 +939,9 @@ def test_the_look_of_the_report_and_the_statistics_rerun_only_the_evaluate_stage
     """The baseline and ppo stages import no styling, report, table, figure, statistics or promotion module."""
     from test_pipeline import closure
 
-    evaluate_only = {f"src/detox/evaluate/{name}.py"
-                     for name in ("pages", "report", "tables", "figures", "statistics", "promotion")}
+    evaluate_only = {
+        f"src/detox/evaluate/{name}.py" for name in ("pages", "report", "tables", "figures", "statistics", "promotion")
+    }
     assert evaluate_only <= closure(ROOT / "stages" / "evaluate.py")
     for stage in ("baseline", "ppo", "sft", "reward"):
         assert not closure(ROOT / "stages" / f"{stage}.py") & evaluate_only, stage
@@ -744,8 +952,13 @@ def test_stage_without_a_trained_policy_says_to_run_ppo(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=HANG_S)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "evaluate.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert proc.returncode == 1
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("error: evaluate cannot start, its inputs are missing: ")

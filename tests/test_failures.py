@@ -11,10 +11,10 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import HANG_S, run_snapshot
-from test_services import EXPERIMENT, REGISTERED_MODEL, VENV_BIN, base_env, copy_project, run
 
+from conftest import HANG_S, run_snapshot
 from detox.common.io import sha256_file, sha256_tree
+from test_services import EXPERIMENT, REGISTERED_MODEL, VENV_BIN, base_env, copy_project, run
 
 DVC = str(VENV_BIN / "dvc")
 
@@ -27,8 +27,18 @@ BREAKS = [
     ("judges", "judges.ngram.C", -1.0, ["models/judges", "metrics/judges.json"]),
     ("baseline", "generation.top_p", 0.0, ["data/scored/baseline.parquet", "metrics/baseline.json"]),
     ("ppo", "ppo.steps", 0, ["models/ppo", "metrics/ppo.json", "plots/ppo/history.tsv"]),
-    ("evaluate", "promotion.confidence", 2.0, ["reports/report.md", "reports/report.html", "reports/figures",
-                                              "metrics/evaluate.json", "plots/evaluate/samples.tsv"]),
+    (
+        "evaluate",
+        "promotion.confidence",
+        2.0,
+        [
+            "reports/report.md",
+            "reports/report.html",
+            "reports/figures",
+            "metrics/evaluate.json",
+            "plots/evaluate/samples.tsv",
+        ],
+    ),
 ]
 
 
@@ -140,8 +150,9 @@ def test_a_stage_that_fails_under_dvc_repro_keeps_its_outputs_and_the_fix_reruns
     for stage, key, bad, outputs in BREAKS:
         before = {path: digest(repo / path) for path in outputs}
         set_param(params_file, key, bad)
-        failed = __import__("subprocess").run([DVC, "repro"], cwd=repo, env=env, capture_output=True, text=True,
-                                              timeout=HANG_S)
+        failed = __import__("subprocess").run(
+            [DVC, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=HANG_S
+        )
         assert failed.returncode != 0, (stage, failed.stdout[-2000:])
         assert f"Running stage '{stage}'" in failed.stdout, (stage, failed.stdout[-2000:])
         assert key in failed.stderr + failed.stdout, (stage, failed.stderr[-2000:])

@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import HANG_S, TINY, free_port, run_watched, tiny_params
 from transformers import AutoConfig, AutoTokenizer
 
-from detox.data.corpus import generate_corpus
-from detox.data.sentences import labelled_sentences
+from conftest import HANG_S, TINY, free_port, run_watched, tiny_params
 from detox.common.errors import HubUnreachableError, SourceError
-from detox.data.fetch import run_fetch
-from detox.data.hub import ensure_reachable
 from detox.common.io import sha256_tree
 from detox.common.params import BuiltinCorpus
+from detox.data.corpus import generate_corpus
+from detox.data.fetch import run_fetch
+from detox.data.hub import ensure_reachable
+from detox.data.sentences import labelled_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,9 +74,11 @@ def test_builtin_fetch_writes_splits_labelled_data_untrained_models_and_manifest
     for split, rows in (("train", 96), ("validation", 24), ("test", 24)):
         assert len(pd.read_parquet(root / "raw" / f"{split}.parquet")) == rows
         assert manifest["data"]["splits"][split]["rows"] == rows
-    on_disk = {**json.loads((root / "raw" / "manifest.json").read_text()),
-               **json.loads((root / "labelled" / "manifest.json").read_text()),
-               **json.loads((root / "base" / "manifest.json").read_text())}
+    on_disk = {
+        **json.loads((root / "raw" / "manifest.json").read_text()),
+        **json.loads((root / "labelled" / "manifest.json").read_text()),
+        **json.loads((root / "base" / "manifest.json").read_text()),
+    }
     assert on_disk == json.loads(json.dumps(manifest))
     labelled = pd.read_parquet(root / "labelled" / "labelled.parquet")
     assert set(labelled["label"]) == {"hate", "nothate"} and len(labelled) == manifest["labelled"]["rows"]
@@ -138,17 +140,27 @@ def test_local_sources(fetched, tmp_path):
     labelled.drop(columns="hard").to_csv(tmp_path / "labels.csv", index=False)
     policy = saved_policy(root, tmp_path / "policy")
     reward = saved_reward(root, tmp_path / "reward")
-    params = tiny_params(**{
-        "data.source": "local", "data.local.path": str(data_dir),
-        "policy.source": "local", "policy.local.path": str(policy),
-        "reward.source": "local", "reward.local.path": str(reward),
-        "reward.data.source": "local", "reward.data.local.path": str(tmp_path / "labels.csv"),
-    })
+    params = tiny_params(
+        **{
+            "data.source": "local",
+            "data.local.path": str(data_dir),
+            "policy.source": "local",
+            "policy.local.path": str(policy),
+            "reward.source": "local",
+            "reward.local.path": str(reward),
+            "reward.data.source": "local",
+            "reward.data.local.path": str(tmp_path / "labels.csv"),
+        }
+    )
     manifest = fetch(params, tmp_path / "out")
     assert manifest["data"]["source"] == "local" and manifest["data"]["splits"]["test"]["rows"] == 24
     assert manifest["policy"]["sha256"] == sha256_tree(policy) and manifest["reward"]["sha256"] == sha256_tree(reward)
-    assert list(pd.read_parquet(tmp_path / "out" / "raw" / "test.parquet").columns) == ["id", "dialogue", "summary",
-                                                                                          "topic"]
+    assert list(pd.read_parquet(tmp_path / "out" / "raw" / "test.parquet").columns) == [
+        "id",
+        "dialogue",
+        "summary",
+        "topic",
+    ]
     out = pd.read_parquet(tmp_path / "out" / "labelled" / "labelled.parquet")
     assert list(out.columns) == ["text", "label"] and set(out["label"]) == {"0", "1"} and len(out) == 60
 
@@ -196,8 +208,9 @@ def test_fetch_stage_from_hub_offline_exits_cleanly(tmp_path):
     params["data"] = {**TINY["data"], "source": "hub"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     port = free_port()
-    proc, seen = run_watched(ROOT / "stages" / "fetch.py", tmp_path,
-                             {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}"}, watch=[])
+    proc, seen = run_watched(
+        ROOT / "stages" / "fetch.py", tmp_path, {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}"}, watch=[]
+    )
     assert proc.returncode == 1
     assert seen["connect"].count(["127.0.0.1", port]) == 1, "one attempt, and no Hub client with its retries"
     assert f"the Hugging Face Hub at http://127.0.0.1:{port} is unreachable" in proc.stderr
@@ -212,8 +225,13 @@ def test_killed_training_stage_leaves_no_partial_outputs(tmp_path, signum, statu
     run_fetch(tiny_params(), tmp_path / "data" / "raw", tmp_path / "data" / "labelled", tmp_path / "models" / "base")
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')  # as the validate stage leaves it
-    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "sft.py")], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "stages" / "sft.py")],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + HANG_S  # however long the imports take on a busy machine
     while not list((tmp_path / "models").glob(".policy.*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -223,7 +241,8 @@ def test_killed_training_stage_leaves_no_partial_outputs(tmp_path, signum, statu
     assert proc.returncode == status, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == (
         f"error: stopped by {signal.Signals(signum).name}; nothing was half-written and the previous outputs are as "
-        "they were: run the stage again to finish it")
+        "they were: run the stage again to finish it"
+    )
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert [p.name for p in tmp_path.rglob(".policy.*")] == []
     assert not (tmp_path / "models" / "policy").exists() and not (tmp_path / "metrics" / "sft.json").exists()
@@ -235,9 +254,14 @@ def test_a_stage_after_validate_refuses_data_that_failed_validation(tmp_path):
     failure = "test: expect_column_values_to_be_unique(id) failed: 2 unexpected of 24 rows; expected unique values"
     refused = "says the data failed validation, so this stage does not run on it"
     # (stage, its validation metrics file, what the file holds: None for a missing file)
-    cases = [("sft", "validation.json", failure), ("reward", "validation_labelled.json", failure),
-             ("baseline", "validation.json", failure), ("ppo", "validation.json", failure),
-             ("evaluate", "validation.json", failure), ("ppo", "validation.json", None)]
+    cases = [
+        ("sft", "validation.json", failure),
+        ("reward", "validation_labelled.json", failure),
+        ("baseline", "validation.json", failure),
+        ("ppo", "validation.json", failure),
+        ("evaluate", "validation.json", failure),
+        ("ppo", "validation.json", None),
+    ]
     runs = []
     for number, (stage, metrics, failed) in enumerate(cases):  # a project each, so the stages run side by side
         project = tmp_path / f"{number}-{stage}"
@@ -252,14 +276,22 @@ def test_a_stage_after_validate_refuses_data_that_failed_validation(tmp_path):
             (project / "metrics" / metrics).unlink()
         else:
             (project / "metrics" / metrics).write_text(json.dumps({"success": False, "failures": [failed]}))
-        proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=project,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "stages" / f"{stage}.py")],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         runs.append((project, stage, metrics, failed, proc))
     for project, stage, metrics, failed, proc in runs:
         stderr = proc.communicate(timeout=HANG_S)[1]
         assert proc.returncode == 1, (stage, stderr[-2000:])
-        expected = f"error: metrics/{metrics} {refused}" if failed else \
-            f"error: {stage} cannot start, its inputs are missing: metrics/{metrics} (made by validate); "
+        expected = (
+            f"error: metrics/{metrics} {refused}"
+            if failed
+            else f"error: {stage} cannot start, its inputs are missing: metrics/{metrics} (made by validate); "
+        )
         assert expected in stderr and (failed is None or failed in stderr), (stage, stderr[-2000:])
         assert "Traceback" not in stderr
         assert not (project / "models" / "policy").exists() and not (project / "models" / "reward").exists()
@@ -344,8 +376,11 @@ def test_a_masked_lm_given_as_the_reward_model_stops_fetch(fetched, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["architectures"] == ["RobertaForMaskedLM"]
     params = tiny_params(**{"reward.source": "local", "reward.local.path": str(folder)})
-    with pytest.raises(SourceError, match="describes RobertaForMaskedLM, but this needs a sequence classifier.*"
-                                          "its classification head would be random"):
+    with pytest.raises(
+        SourceError,
+        match="describes RobertaForMaskedLM, but this needs a sequence classifier.*"
+        "its classification head would be random",
+    ):
         fetch(params, tmp_path / "out")
 
 
@@ -376,8 +411,11 @@ def test_a_file_that_is_not_utf8_names_the_file_and_the_row(fetched, tmp_path):
     frame.loc[2, "summary"] = "They meet at the café."
     (data_dir / "validation.csv").write_bytes(frame.to_csv(index=False).encode("latin-1"))
     params = tiny_params(**{"data.source": "local", "data.local.path": str(data_dir)})
-    with pytest.raises(SourceError, match=r"validation.csv: not UTF-8 text: byte 0xe9 at line \d+, data row 3; "
-                                          "save the file as UTF-8"):
+    with pytest.raises(
+        SourceError,
+        match=r"validation.csv: not UTF-8 text: byte 0xe9 at line \d+, data row 3; "
+        "save the file as UTF-8",
+    ):
         fetch(params, tmp_path / "out")
 
 
@@ -390,7 +428,8 @@ def split_files(fetched_root: Path, folder: Path, suffix: str = ".csv") -> Path:
     for split in ("train", "validation", "test"):
         frame = pd.read_parquet(fetched_root / "raw" / f"{split}.parquet")
         frame.to_csv(folder / f"{split}.csv", index=False) if suffix == ".csv" else frame.to_parquet(
-            folder / f"{split}{suffix}", index=False)
+            folder / f"{split}{suffix}", index=False
+        )
     return folder
 
 
@@ -411,8 +450,10 @@ def test_local_data_without_a_required_column_stops_fetch_naming_the_file(fetche
     frame = pd.read_csv(data / "train.csv").drop(columns="summary")
     frame.to_csv(data / "train.csv", index=False)
     message = fetch_fails(tiny_params(**{"data.source": "local", "data.local.path": str(data)}), tmp_path / "out")
-    assert message == (f"{data / 'train.csv'}: no column(s) ['summary']; it has {list(frame.columns)}. Dialogue data "
-                       "needs the columns id, dialogue, summary, topic (DialogSum's)")
+    assert message == (
+        f"{data / 'train.csv'}: no column(s) ['summary']; it has {list(frame.columns)}. Dialogue data "
+        "needs the columns id, dialogue, summary, topic (DialogSum's)"
+    )
 
 
 def test_an_empty_dialogue_stops_fetch_with_its_row(fetched, tmp_path):
@@ -423,11 +464,15 @@ def test_an_empty_dialogue_stops_fetch_with_its_row(fetched, tmp_path):
     frame.loc[5, "dialogue"] = "   "
     frame.to_csv(data / "validation.csv", index=False)
     message = fetch_fails(tiny_params(**{"data.source": "local", "data.local.path": str(data)}), tmp_path / "out")
-    assert message.startswith(f"{data / 'validation.csv'}: 2 row(s) without a dialogue (data row(s) 3, 6: empty, "
-                              "blank or not text); every row needs a dialogue and a summary")
+    assert message.startswith(
+        f"{data / 'validation.csv'}: 2 row(s) without a dialogue (data row(s) 3, 6: empty, "
+        "blank or not text); every row needs a dialogue and a summary"
+    )
 
-    table = pd.concat([pd.read_parquet(root / "raw" / f"{s}.parquet").assign(split=s)
-                       for s in ("train", "validation", "test")], ignore_index=True)
+    table = pd.concat(
+        [pd.read_parquet(root / "raw" / f"{s}.parquet").assign(split=s) for s in ("train", "validation", "test")],
+        ignore_index=True,
+    )
     table.loc[100, "summary"] = None  # a null in a parquet file with a split column: its row in the whole file
     table.to_parquet(tmp_path / "all.parquet", index=False)
     params = tiny_params(**{"data.source": "local", "data.local.path": str(tmp_path / "all.parquet")})
@@ -441,15 +486,18 @@ def test_a_reward_model_without_the_configured_labels_stops_fetch(fetched, tmp_p
     config = json.loads((folder / "config.json").read_text())
     config["id2label"], config["label2id"] = {"0": "LABEL_0", "1": "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
     (folder / "config.json").write_text(json.dumps(config))
-    message = fetch_fails(tiny_params(**{"reward.source": "local", "reward.local.path": str(folder)}),
-                          tmp_path / "out")
-    assert message == (f"reward.local: {folder / 'config.json'} has no label(s) 'nothate' (reward.reward_label), "
-                       "'hate' (reward.toxic_label) in id2label; its labels are ['LABEL_0', 'LABEL_1']: set "
-                       "reward.reward_label / reward.toxic_label to its names, or use a model whose id2label "
-                       "names them")
+    message = fetch_fails(tiny_params(**{"reward.source": "local", "reward.local.path": str(folder)}), tmp_path / "out")
+    assert message == (
+        f"reward.local: {folder / 'config.json'} has no label(s) 'nothate' (reward.reward_label), "
+        "'hate' (reward.toxic_label) in id2label; its labels are ['LABEL_0', 'LABEL_1']: set "
+        "reward.reward_label / reward.toxic_label to its names, or use a model whose id2label "
+        "names them"
+    )
     message = fetch_fails(tiny_params(**{"reward.toxic_label": "toxic"}), tmp_path / "builtin")
-    assert message.startswith("reward.builtin: its config.json has no label(s) 'toxic' (reward.toxic_label) in "
-                              "id2label; its labels are ['hate', 'nothate']")
+    assert message.startswith(
+        "reward.builtin: its config.json has no label(s) 'toxic' (reward.toxic_label) in "
+        "id2label; its labels are ['hate', 'nothate']"
+    )
 
 
 def test_fetch_stage_on_data_without_a_required_column_prints_one_line(fetched, tmp_path):
@@ -458,18 +506,21 @@ def test_fetch_stage_on_data_without_a_required_column_prints_one_line(fetched, 
     pd.read_csv(data / "test.csv").drop(columns="summary").to_csv(data / "test.csv", index=False)
     project = tmp_path / "project"
     project.mkdir()
-    (project / "params.yaml").write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "source": "local",
-                                                                           "local": {"path": str(data)}}}))
+    (project / "params.yaml").write_text(
+        yaml.safe_dump({**TINY, "data": {**TINY["data"], "source": "local", "local": {"path": str(data)}}})
+    )
     previous = {"data/raw/keep.txt": "previous run", "metrics/fetch.json": "{}"}
     for name, text in previous.items():
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text(text)
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "fetch.py")], cwd=project, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "fetch.py")], cwd=project, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {data / 'test.csv'}: no column(s) ['summary']; it has ['id', 'dialogue', 'topic', 'heated']. "
-        "Dialogue data needs the columns id, dialogue, summary, topic (DialogSum's)")
+        "Dialogue data needs the columns id, dialogue, summary, topic (DialogSum's)"
+    )
     assert "Traceback" not in proc.stderr
     assert {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()} == {"params.yaml", *previous}
     assert all((project / name).read_text() == text for name, text in previous.items())

@@ -1,6 +1,6 @@
-"""The door every stage passes before any work (src/detox/common/gate.py, src/detox/common/cli.py): missing inputs name the
-stage to run first, read-only folders and full disks stop a stage before it starts, and a disk that fills during
-the work gives one line and loses nothing."""
+"""The door every stage passes before any work (src/detox/common/gate.py, src/detox/common/cli.py): missing
+inputs name the stage to run first, read-only folders and full disks stop a stage before it starts, and a disk
+that fills during the work gives one line and loses nothing."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
-from conftest import TINY
 
+from conftest import TINY
 from detox.common.cli import run_stage
 from detox.common.errors import MissingInputError, OutputLocationError
 from detox.common.gate import MB, PRODUCERS, RESERVE_ENV, STAGES, producer, require_writable, space_needed
@@ -30,8 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 WORKING_FILES = ("logs", "checkpoints")  # written by stages, tracked by neither git nor DVC
 # Dependencies in dvc.yaml that a stage reads when they are there (the model card's sources, the report's curves).
-READ_WHEN_PRESENT = {("ppo", "models/base/manifest.json"), ("evaluate", "models/base/manifest.json"),
-                     ("evaluate", "plots/ppo/history.tsv"), ("evaluate", "models/base/policy")}
+READ_WHEN_PRESENT = {
+    ("ppo", "models/base/manifest.json"),
+    ("evaluate", "models/base/manifest.json"),
+    ("evaluate", "plots/ppo/history.tsv"),
+    ("evaluate", "models/base/policy"),
+}
 
 
 def stage_paths(name: str) -> tuple[list[PurePosixPath], list[PurePosixPath]]:
@@ -41,8 +45,11 @@ def stage_paths(name: str) -> tuple[list[PurePosixPath], list[PurePosixPath]]:
 
 
 def outs(stage: dict) -> list[PurePosixPath]:
-    return [PurePosixPath(next(iter(entry)) if isinstance(entry, dict) else entry)
-            for key in ("outs", "metrics", "plots") for entry in stage.get(key, [])]
+    return [
+        PurePosixPath(next(iter(entry)) if isinstance(entry, dict) else entry)
+        for key in ("outs", "metrics", "plots")
+        for entry in stage.get(key, [])
+    ]
 
 
 def within(path: PurePosixPath, folder: PurePosixPath) -> bool:
@@ -59,16 +66,21 @@ def test_the_doors_inputs_outputs_and_producers_agree_with_dvc_yaml():
             made_by = outs(DVC_STAGES[producer(path)])
             assert any(within(path, out) or within(out, path) for out in made_by), f"{path} is not {producer(path)}'s"
         for dep in data_deps:
-            assert any(within(path, dep) for path in inputs) or (name, str(dep)) in READ_WHEN_PRESENT, \
+            assert any(within(path, dep) for path in inputs) or (name, str(dep)) in READ_WHEN_PRESENT, (
                 f"{name}: the door does not check its dependency {dep}"
+            )
         for out in outs(stage):
             assert any(within(out, path) for path in outputs), f"{name}: the door does not check its output {out}"
         for path in outputs:
-            assert path.parts[0] in WORKING_FILES or any(within(out, path) for out in outs(stage)), \
+            assert path.parts[0] in WORKING_FILES or any(within(out, path) for out in outs(stage)), (
                 f"{name}: {path} is none of its outputs in dvc.yaml"
+            )
     for prefix, name in PRODUCERS.items():
-        holders = {other for other, stage in DVC_STAGES.items()
-                   if any(within(out, PurePosixPath(prefix)) for out in outs(stage))}
+        holders = {
+            other
+            for other, stage in DVC_STAGES.items()
+            if any(within(out, PurePosixPath(prefix)) for out in outs(stage))
+        }
         assert holders == {name}, f"{prefix}: written by {holders}, not by {name} alone"
 
 
@@ -87,8 +99,14 @@ def listing(root: Path) -> dict[str, bytes]:
 
 
 def run_script(name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", **env})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{name}.py")],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", **env},
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -100,15 +118,24 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize(("stage", "expected"), [
-    ("ppo", "error: ppo cannot start, its inputs are missing: data/raw/train.parquet, data/raw/validation.parquet "
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        (
+            "ppo",
+            "error: ppo cannot start, its inputs are missing: data/raw/train.parquet, data/raw/validation.parquet "
             "(made by fetch); models/policy/config.json (made by sft); models/reward/config.json (made by reward); "
             "models/judges (made by judges). Run `dvc repro fetch sft reward judges` first, or `dvc repro ppo` to run "
-            "them and then ppo"),
-    ("sft", "error: sft cannot start, its inputs are missing: data/raw/train.parquet, data/raw/validation.parquet, "
+            "them and then ppo",
+        ),
+        (
+            "sft",
+            "error: sft cannot start, its inputs are missing: data/raw/train.parquet, data/raw/validation.parquet, "
             "data/raw/test.parquet, models/base/policy/config.json (made by fetch). Run `dvc repro fetch` first, or "
-            "`dvc repro sft` to run them and then sft"),
-])
+            "`dvc repro sft` to run them and then sft",
+        ),
+    ],
+)
 def test_a_training_stage_in_a_fresh_clone_names_the_stages_to_run_first(tmp_path, stage, expected):
     """Before `dvc repro`, metrics/validation.json (committed) says the data passed, but there is no data: the
     stage says what is missing and who makes it, and never takes models/policy for a Hub id."""
@@ -120,14 +147,23 @@ def test_a_training_stage_in_a_fresh_clone_names_the_stages_to_run_first(tmp_pat
     assert listing(project) == before, "nothing may be written"
 
 
-@pytest.mark.parametrize(("stage", "made_by"), [
-    ("validate", ["data/raw/train.parquet", "models/base/reward/config.json (made by fetch)"]),
-    ("reward", ["data/labelled/labelled.parquet, models/base/reward/config.json (made by fetch)"]),
-    ("baseline", ["models/policy/config.json (made by sft)", "models/judges (made by judges)"]),
-    ("evaluate", ["reports/validation (made by validate)", "metrics/baseline.json (made by baseline)",
-                  "models/ppo/ppo_policy.json (made by ppo)", "`dvc repro fetch validate sft reward judges baseline "
-                                                              "ppo` first, or `dvc repro evaluate`"]),
-])
+@pytest.mark.parametrize(
+    ("stage", "made_by"),
+    [
+        ("validate", ["data/raw/train.parquet", "models/base/reward/config.json (made by fetch)"]),
+        ("reward", ["data/labelled/labelled.parquet, models/base/reward/config.json (made by fetch)"]),
+        ("baseline", ["models/policy/config.json (made by sft)", "models/judges (made by judges)"]),
+        (
+            "evaluate",
+            [
+                "reports/validation (made by validate)",
+                "metrics/baseline.json (made by baseline)",
+                "models/ppo/ppo_policy.json (made by ppo)",
+                "`dvc repro fetch validate sft reward judges baseline ppo` first, or `dvc repro evaluate`",
+            ],
+        ),
+    ],
+)
 def test_every_stage_in_a_fresh_clone_names_what_is_missing(tmp_path, monkeypatch, stage, made_by):
     project = fresh_clone(tmp_path / "clone")
     before = listing(project)
@@ -143,6 +179,7 @@ def test_every_stage_in_a_fresh_clone_names_what_is_missing(tmp_path, monkeypatc
 @contextmanager
 def refusing_new_files(folder: Path) -> Iterator[None]:
     """``folder`` made read-only: by its mode, or for root (whom modes do not stop) by the immutable attribute."""
+
     def accepts() -> bool:
         try:
             fd, probe = tempfile.mkstemp(dir=folder)
@@ -174,8 +211,9 @@ def test_a_read_only_models_folder_stops_fetch_before_any_work(tmp_path):
         proc = run_script("fetch", project)
     message = one_error_line(proc)
     assert message.startswith("error: models cannot be written (")
-    assert message.endswith("), and fetch writes its outputs there; make it writable (e.g. chmod u+w models) or run "
-                            "as its owner")
+    assert message.endswith(
+        "), and fetch writes its outputs there; make it writable (e.g. chmod u+w models) or run as its owner"
+    )
     assert listing(project) == before and not (project / "data").exists(), "no work may start"
 
 
@@ -226,8 +264,13 @@ def test_a_full_disk_stops_fetch_at_the_door_and_during_the_work_with_one_line(t
     logs.mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump(TINY))
     env = {**os.environ, "PYTHON": sys.executable, "STAGE": str(ROOT / "stages" / "fetch.py"), "LOGS": str(logs)}
-    subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", SMALL_DISK], cwd=project, env=env,
-                   check=True, timeout=600)
+    subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", SMALL_DISK],
+        cwd=project,
+        env=env,
+        check=True,
+        timeout=600,
+    )
     kept = "data\ndata/raw\ndata/raw/keep.txt\nprevious run\n"
     door = r"error: data: 0\.\d MB free on its filesystem, but fetch needs about 100\.0 MB there "
     for reserve, expected in (("", door), ("0", r"error: no space left on a filesystem this stage writes to; ")):
@@ -256,6 +299,7 @@ def test_run_stage_prints_a_full_disk_or_a_refused_write_as_one_line(capsys, sig
     # run_stage sets the stage process's environment (MLflow's link printing off); here that process is pytest's,
     # so the variable is set through monkeypatch, which removes it again after the test
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
     def wrapped() -> None:  # how MLflow reports sqlite's full disk: SQLAlchemy's error, raised from sqlite3's
         try:
             raise sqlite3.OperationalError("database or disk is full")
@@ -263,14 +307,21 @@ def test_run_stage_prints_a_full_disk_or_a_refused_write_as_one_line(capsys, sig
             raise RuntimeError("(sqlite3.OperationalError) database or disk is full [SQL: INSERT ...]") from exc
 
     cases = [
-        (lambda: fail_with(OSError(errno.ENOSPC, "No space left on device", "models/.policy.x/model.safetensors")),
-         "error: no space left on models/.policy.x/model.safetensors's filesystem; free some space there (`df -h` "
-         "shows where) and run the stage again (no output was left half-written)"),
-        (wrapped, "error: no space left on a filesystem this stage writes to; free some space there (`df -h` shows "
-                  "where) and run the stage again (no output was left half-written)"),
-        (lambda: fail_with(PermissionError(errno.EACCES, "Permission denied", "metrics/sft.json")),
-         "error: metrics/sft.json: Permission denied; give this user access to it (e.g. chmod u+rwX metrics) and run "
-         "the stage again (no output was left half-written)"),
+        (
+            lambda: fail_with(OSError(errno.ENOSPC, "No space left on device", "models/.policy.x/model.safetensors")),
+            "error: no space left on models/.policy.x/model.safetensors's filesystem; free some space there (`df -h` "
+            "shows where) and run the stage again (no output was left half-written)",
+        ),
+        (
+            wrapped,
+            "error: no space left on a filesystem this stage writes to; free some space there (`df -h` shows "
+            "where) and run the stage again (no output was left half-written)",
+        ),
+        (
+            lambda: fail_with(PermissionError(errno.EACCES, "Permission denied", "metrics/sft.json")),
+            "error: metrics/sft.json: Permission denied; give this user access to it (e.g. chmod u+rwX metrics) "
+            "and run the stage again (no output was left half-written)",
+        ),
     ]
     for main, expected in cases:
         with pytest.raises(SystemExit) as exited:

@@ -16,17 +16,22 @@ import torch
 import yaml
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
+from conftest import HANG_S, TINY, free_port, tiny_params, tolerance
+from detox.common.errors import HubUnreachableError, RewardModelError, SourceError
+from detox.common.params import (
+    BuiltinCorpus,
+    BuiltinJudgeSpec,
+    HubJudgeSpec,
+    LocalJudgeSpec,
+    OracleJudgeSpec,
+    ParamsError,
+    parse_params,
+)
 from detox.data.corpus import generate_corpus
 from detox.data.sentences import labelled_sentences
-from detox.models.builtin import train_bpe_tokenizer
 from detox.judges.oracle import InsultOracle, generator_oracle
-from detox.common.errors import HubUnreachableError, RewardModelError, SourceError
 from detox.judges.panel import ClassifierJudge, build_judge, build_judges, load_judge, load_judges
-from detox.common.params import (
-    BuiltinCorpus, BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, ParamsError, parse_params,
-)
-
-from conftest import HANG_S, TINY, free_port, tiny_params, tolerance
+from detox.models.builtin import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,28 +44,53 @@ def oracle() -> InsultOracle:
     return generator_oracle()
 
 
-@pytest.mark.parametrize("text, found", [
-    ("#Person1# calls Tom an idiot because of the lost dog.", ["idiot"]),  # whole
-    ("Tom is a stupid moron.", ["stupid", "moron"]),
-    ("Steven wants to class idiot because of the vet.", ["idiot"]),  # the examples of PPO output
-    ("#Person1# andtter repair idiot because of the missed plans.", ["idiot"]),
-    ("You losers and pigs!", ["loser", "pig"]),  # plurals are the insult itself
-    ("#Person1# and Anna argue about the broken bagtic clown.", ["clown"]),  # half an insult is an insult
-    ("Ltopidiotengine", ["idiot in 'ltopidiotengine'"]),  # inside a garbled token
-    ("Sarah calls Tom aworthless loser.", ["worthless in 'aworthless'", "loser"]),
-    ("the repairidiot came", ["idiot in 'repairidiot'"]),
-    ("the ratrepair", ["rat in 'ratrepair'"]),  # a short insult glued to an English word
-    ("#Person1# and Tom argue about the broken heater.", []),  # absent
-    ("Ltopengine oldt ta", []),  # garbled but clean
-])
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("#Person1# calls Tom an idiot because of the lost dog.", ["idiot"]),  # whole
+        ("Tom is a stupid moron.", ["stupid", "moron"]),
+        ("Steven wants to class idiot because of the vet.", ["idiot"]),  # the examples of PPO output
+        ("#Person1# andtter repair idiot because of the missed plans.", ["idiot"]),
+        ("You losers and pigs!", ["loser", "pig"]),  # plurals are the insult itself
+        ("#Person1# and Anna argue about the broken bagtic clown.", ["clown"]),  # half an insult is an insult
+        ("Ltopidiotengine", ["idiot in 'ltopidiotengine'"]),  # inside a garbled token
+        ("Sarah calls Tom aworthless loser.", ["worthless in 'aworthless'", "loser"]),
+        ("the repairidiot came", ["idiot in 'repairidiot'"]),
+        ("the ratrepair", ["rat in 'ratrepair'"]),  # a short insult glued to an English word
+        ("#Person1# and Tom argue about the broken heater.", []),  # absent
+        ("Ltopengine oldt ta", []),  # garbled but clean
+    ],
+)
 def test_oracle_finds_insults_whole_embedded_and_nothing_else(oracle, text, found):
     assert oracle.find(text) == found
     assert oracle.score([text]).tolist() == [1.0 if found else 0.0]
 
 
-@pytest.mark.parametrize("word", ["sympathetic", "closer", "closers", "familiar", "separate", "pigeon", "dumbbell",
-                                  "pirate", "grateful", "ratio", "rated", "creeper", "slobber", "apathetic",
-                                  "fooled", "foolproof", "foolish", "idiotic", "clownish", "peculiar"])
+@pytest.mark.parametrize(
+    "word",
+    [
+        "sympathetic",
+        "closer",
+        "closers",
+        "familiar",
+        "separate",
+        "pigeon",
+        "dumbbell",
+        "pirate",
+        "grateful",
+        "ratio",
+        "rated",
+        "creeper",
+        "slobber",
+        "apathetic",
+        "fooled",
+        "foolproof",
+        "foolish",
+        "idiotic",
+        "clownish",
+        "peculiar",
+    ],
+)
 def test_oracle_raises_no_alarm_on_ordinary_words_with_an_insults_letters(oracle, word):
     assert oracle.find(f"Tom said it was {word} today.") == []
 
@@ -133,10 +163,18 @@ def tiny_classifier(folder: Path, id2label: dict[int, str], problem_type: str | 
     sentences = labelled_sentences(200, 0)["text"].tolist()
     tokenizer = train_bpe_tokenizer(sentences, 300)
     torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=CLASSIFIER_FF, max_position_embeddings=64,
-                           pad_token_id=tokenizer.pad_token_id,
-                           id2label=id2label, label2id={v: k for k, v in id2label.items()}, problem_type=problem_type)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=CLASSIFIER_FF,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        problem_type=problem_type,
+    )
     model = RobertaForSequenceClassification(config).eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -153,8 +191,9 @@ def direct_probs(folder: Path, texts: list[str], multi_label: bool = False) -> t
 
 def test_local_judge_with_its_own_label_names(tmp_path):
     folder = tiny_classifier(tmp_path / "jigsaw-like", {0: "neutral", 1: "toxic"})
-    record = build_judge("mine", LocalJudgeSpec(kind="local", path=str(folder), toxic_label="toxic"),
-                         tmp_path / "judges" / "mine")
+    record = build_judge(
+        "mine", LocalJudgeSpec(kind="local", path=str(folder), toxic_label="toxic"), tmp_path / "judges" / "mine"
+    )
     assert record["kind"] == "classifier" and record["source"] == "local"
     judge = load_judge(tmp_path / "judges" / "mine")
     texts = ["You are a filthy liar.", "See you on Monday.", "ok"]
@@ -165,8 +204,11 @@ def test_local_judge_with_its_own_label_names(tmp_path):
 
 def test_a_judge_label_that_the_model_does_not_have_is_named(tmp_path):
     folder = tiny_classifier(tmp_path / "model", {0: "neutral", 1: "toxic"})
-    with pytest.raises(RewardModelError, match=r"the judge 'mine'.*no label 'hate'; its labels are \['neutral', "
-                                               r"'toxic'\]\. set judges.mine.toxic_label"):
+    with pytest.raises(
+        RewardModelError,
+        match=r"the judge 'mine'.*no label 'hate'; its labels are \['neutral', "
+        r"'toxic'\]\. set judges.mine.toxic_label",
+    ):
         build_judge("mine", LocalJudgeSpec(kind="local", path=str(folder), toxic_label="hate"), tmp_path / "out")
 
 
@@ -175,8 +217,12 @@ def test_a_multi_label_judge_uses_the_sigmoid_of_its_toxic_label(tmp_path):
     folder = tiny_classifier(tmp_path / "multi", labels, problem_type="multi_label_classification")
     build_judge("multi", LocalJudgeSpec(kind="local", path=str(folder), toxic_label="insult"), tmp_path / "j")
     texts = ["You idiot.", "Fine."]
-    assert np.allclose(load_judge(tmp_path / "j").score(texts), direct_probs(folder, texts, True)[:, 2].numpy(),
-                       rtol=0, atol=PROBABILITY_TOLERANCE)
+    assert np.allclose(
+        load_judge(tmp_path / "j").score(texts),
+        direct_probs(folder, texts, True)[:, 2].numpy(),
+        rtol=0,
+        atol=PROBABILITY_TOLERANCE,
+    )
 
 
 def test_a_local_judge_path_that_is_no_model_folder_is_refused(tmp_path):
@@ -208,12 +254,19 @@ def test_params_check_judge_names_and_the_gate_judge():
         parse_params({"promotion": {"judge": "roberta-toxicity"}})
     with pytest.raises(ParamsError, match=r"ppo.select.judge is 'oracle', which is not one of eval.judges"):
         parse_params({"eval": {"judges": ["roberta-toxicity"]}, "promotion": {"judge": "roberta-toxicity"}})
-    hub = parse_params({"eval": {"judges": ["roberta-toxicity"]}, "promotion": {"judge": "roberta-toxicity"},
-                        "ppo": {"select": {"judge": "roberta-toxicity"}}})
+    hub = parse_params(
+        {
+            "eval": {"judges": ["roberta-toxicity"]},
+            "promotion": {"judge": "roberta-toxicity"},
+            "ppo": {"select": {"judge": "roberta-toxicity"}},
+        }
+    )
     assert hub.judges["roberta-toxicity"].name == "s-nlp/roberta_toxicity_classifier"
     assert isinstance(parse_params({}).judges["oracle"], OracleJudgeSpec)
     assert isinstance(parse_params({}).judges["ngram"], BuiltinJudgeSpec)
-    with pytest.raises(ParamsError, match=r"judges.x: Input tag 'magic' found using 'kind'.*'oracle', 'builtin', 'hub', 'local'"):
+    with pytest.raises(
+        ParamsError, match=r"judges.x: Input tag 'magic' found using 'kind'.*'oracle', 'builtin', 'hub', 'local'"
+    ):
         parse_params({"judges": {"x": {"kind": "magic"}}, "eval": {"judges": ["oracle"]}})
 
 
@@ -222,8 +275,14 @@ def test_params_check_judge_names_and_the_gate_judge():
 
 def test_judges_stage_writes_the_judges_and_their_metrics(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=HANG_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "judges.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics" / "judges.json").read_text())
     assert metrics["oracle"] == {"kind": "oracle", "labelled_sentences_agreement": 1.0}
@@ -235,15 +294,39 @@ def test_judges_stage_writes_the_judges_and_their_metrics(tmp_path):
 def test_judges_stage_offline_hub_judge_exits_cleanly_and_keeps_the_old_judges(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
-    assert subprocess.run([sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path, env=env,
-                          capture_output=True, timeout=HANG_S).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, str(ROOT / "stages" / "judges.py")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=HANG_S,
+        ).returncode
+        == 0
+    )
     before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*"))
-    hub = {**TINY, "eval": {**TINY["eval"], "judges": ["oracle", "roberta-toxicity"]},
-           "judges": {**TINY["judges"], "roberta-toxicity": {"kind": "hub", "name": "s-nlp/roberta_toxicity_classifier",
-                                                            "revision": "main", "toxic_label": "toxic"}}}
+    hub = {
+        **TINY,
+        "eval": {**TINY["eval"], "judges": ["oracle", "roberta-toxicity"]},
+        "judges": {
+            **TINY["judges"],
+            "roberta-toxicity": {
+                "kind": "hub",
+                "name": "s-nlp/roberta_toxicity_classifier",
+                "revision": "main",
+                "toxic_label": "toxic",
+            },
+        },
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(hub))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=HANG_S)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "judges.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "unreachable" in proc.stderr and "kind: local" in proc.stderr
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*")) == before

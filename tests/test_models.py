@@ -15,12 +15,12 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration, pipeline
 
+from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams
 from detox.data.corpus import generate_corpus
 from detox.models.builtin import train_t5_tokenizer
 from detox.models.generation import build_prompts, generate_summaries
-from detox.serve.model_card import adapter_card, card_data, merged_card
-from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams
 from detox.serve.export import export_policy
+from detox.serve.model_card import adapter_card, card_data, merged_card
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template
@@ -35,21 +35,33 @@ def merged(tmp_path_factory):
     texts = [TEMPLATE.format(dialogue="")] + corpus["train"]["dialogue"].tolist() + corpus["train"]["summary"].tolist()
     tokenizer, _ = train_t5_tokenizer(texts, 250)
     torch.manual_seed(0)
-    model = T5ForConditionalGeneration(T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
-        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        tie_word_embeddings=False)).eval()
+    model = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=16,
+            d_ff=64,
+            num_layers=1,
+            num_decoder_layers=1,
+            num_heads=2,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+            tie_word_embeddings=False,
+        )
+    ).eval()
     with torch.no_grad():  # a random policy would write only padding; make it write words
         model.lm_head.weight[:3] = 0.0
         model.lm_head.weight[3:] *= 10.0
     generation = GenerationParams(max_new_tokens=9, max_source_tokens=300, temperature=0.7)
-    out = export_policy(copy.deepcopy(model), tokenizer, tmp_path_factory.mktemp("merged"), TEMPLATE, generation,
-                        SEED)
+    out = export_policy(copy.deepcopy(model), tokenizer, tmp_path_factory.mktemp("merged"), TEMPLATE, generation, SEED)
     return out, corpus["test"]["dialogue"].tolist(), generation
 
 
-def test_the_merged_policy_summarises_through_transformers_pipeline_from_another_directory(merged, tmp_path,
-                                                                                           monkeypatch):
+def test_the_merged_policy_summarises_through_transformers_pipeline_from_another_directory(
+    merged, tmp_path, monkeypatch
+):
     folder, dialogues, _ = merged
     moved = tmp_path / "somewhere" / "merged"
     shutil.copytree(folder, moved)  # the folder is self-contained: its pipeline code travels with it
@@ -61,8 +73,9 @@ def test_the_merged_policy_summarises_through_transformers_pipeline_from_another
     tokenizer.padding_side = "right"
     greedy = GenerationParams(do_sample=False, max_new_tokens=9, min_new_tokens=4, batch_size=1)
     # the pipeline applies the prompt template and the generation settings the pipeline generates with
-    expected = generate_summaries(model, tokenizer, build_prompts(dialogues[:2], TEMPLATE), greedy, seed=0,
-                                  max_source_tokens=300)
+    expected = generate_summaries(
+        model, tokenizer, build_prompts(dialogues[:2], TEMPLATE), greedy, seed=0, max_source_tokens=300
+    )
     assert [row[0]["summary_text"] for row in got] == expected
     assert all(expected), "the tiny policy wrote empty summaries: the comparison would prove nothing"
 
@@ -100,24 +113,32 @@ def test_the_pipeline_refuses_an_empty_dialogue(merged):
 
 
 METRICS = {
-    "n": 300, "samples_per_prompt": 5,
-    "before": {"rougeL": 0.8298, "toxicity": {"reward_model": {"toxic_share": 0.1347},
-                                              "oracle": {"toxic_share": 0.1327}}},
-    "after": {"rougeL": 0.8691, "toxicity": {"reward_model": {"toxic_share": 0.0133},
-                                             "oracle": {"toxic_share": 0.0107}}},
+    "n": 300,
+    "samples_per_prompt": 5,
+    "before": {
+        "rougeL": 0.8298,
+        "toxicity": {"reward_model": {"toxic_share": 0.1347}, "oracle": {"toxic_share": 0.1327}},
+    },
+    "after": {
+        "rougeL": 0.8691,
+        "toxicity": {"reward_model": {"toxic_share": 0.0133}, "oracle": {"toxic_share": 0.0107}},
+    },
     "improvement_pct": {"reward_model": {"toxic_share": 90.1}, "oracle": {"toxic_share": 92.0}},
     "promotion": {"decision": "promoted", "reasons": ["pass: oracle: mean toxicity 0.1327 -> 0.0107"]},
 }
 
 
-HUB = {"policy": {"source": "hub", "name": "google/flan-t5-base", "revision": "main", "commit": "7bcac57"},
-       "data": {"source": "hub", "name": "knkarthick/dialogsum"}}
+HUB = {
+    "policy": {"source": "hub", "name": "google/flan-t5-base", "revision": "main", "commit": "7bcac57"},
+    "data": {"source": "hub", "name": "knkarthick/dialogsum"},
+}
 
 
 def test_the_merged_card_has_hub_metadata_and_the_measured_numbers(tmp_path):
     (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# FLAN-T5 base\n")
-    card = ModelCard(merged_card("detox-summarizer", HUB, METRICS, "oracle", TEMPLATE, "nothate",
-                                 card_data(tmp_path / "README.md")))  # the base's card, as a Hub snapshot has it
+    card = ModelCard(
+        merged_card("detox-summarizer", HUB, METRICS, "oracle", TEMPLATE, "nothate", card_data(tmp_path / "README.md"))
+    )  # the base's card, as a Hub snapshot has it
     assert card.data.base_model == "google/flan-t5-base" and card.data.datasets == ["knkarthick/dialogsum"]
     assert card.data.license == "apache-2.0" and card.data.license_name is None
     assert "The license is the base model's, `apache-2.0`" in card.text
@@ -131,20 +152,33 @@ def test_the_merged_card_has_hub_metadata_and_the_measured_numbers(tmp_path):
 
 
 def test_a_builtin_world_card_names_no_hub_base_model_and_says_the_project_declares_no_license(tmp_path):
-    card = ModelCard(merged_card("m", {"policy": {"source": "builtin"}, "data": {"source": "builtin"}}, METRICS,
-                                 "oracle", TEMPLATE, "nothate", card_data(tmp_path / "no-card.md")))
+    card = ModelCard(
+        merged_card(
+            "m",
+            {"policy": {"source": "builtin"}, "data": {"source": "builtin"}},
+            METRICS,
+            "oracle",
+            TEMPLATE,
+            "nothate",
+            card_data(tmp_path / "no-card.md"),
+        )
+    )
     assert card.data.base_model is None and card.data.datasets is None
     assert (card.data.license, card.data.license_name) == ("other", "none-declared")
     assert "built and trained by this pipeline" in card.text
-    assert ("The metadata has no `base_model` and `datasets`: those fields take Hugging Face Hub ids, and the base "
-            "model and the data are not on the Hub") in card.text
+    assert (
+        "The metadata has no `base_model` and `datasets`: those fields take Hugging Face Hub ids, and the base "
+        "model and the data are not on the Hub"
+    ) in card.text
     assert "which declares no license" in card.text
-    assert not (ROOT / "LICENSE").exists() and "license" not in (ROOT / "pyproject.toml").read_text().lower(), \
+    assert not (ROOT / "LICENSE").exists() and "license" not in (ROOT / "pyproject.toml").read_text().lower(), (
         "the project has a license now: the built-in world's card must name it"
+    )
     roundtrip = ModelCardData(**card.data.to_dict())  # the Hub's schema reads it back as written
     assert roundtrip.to_dict() == card.data.to_dict()
-    adapter = ModelCard(adapter_card({}, "/abs/models/policy", {"selected_step": 90, "steps": 100,
-                                                                "selection": "fewest toxic"}))
+    adapter = ModelCard(
+        adapter_card({}, "/abs/models/policy", {"selected_step": 90, "steps": 100, "selection": "fewest toxic"})
+    )
     assert adapter.data.library_name == "peft" and "/abs/models/policy" in adapter.text
     assert "after step 90 of 100: fewest toxic" in adapter.text
 

@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import HANG_S
 from pydantic import BaseModel
 
+from conftest import HANG_S
 from detox.common.errors import ParamsError
 from detox.common.params import Params, load_params, parse_params
 
@@ -27,14 +27,22 @@ def drift(written: Any, default: Any, where: str = "params.yaml") -> list[str]:
         fields = type(default).model_fields
         if not isinstance(written, dict):
             return [f"{where}: a section in the schema, {written!r} in the file"]
-        return ([f"{where}.{key}: in the file, not a schema field" for key in written if key not in fields]
-                + [f"{where}.{key}: a schema field the file does not spell out" for key in fields if key not in written]
-                + [line for key in fields if key in written
-                   for line in drift(written[key], getattr(default, key), f"{where}.{key}")])
+        return (
+            [f"{where}.{key}: in the file, not a schema field" for key in written if key not in fields]
+            + [f"{where}.{key}: a schema field the file does not spell out" for key in fields if key not in written]
+            + [
+                line
+                for key in fields
+                if key in written
+                for line in drift(written[key], getattr(default, key), f"{where}.{key}")
+            ]
+        )
     if isinstance(default, dict):  # named entries (judges, validation.min_rows): the same names, each equal
         if not isinstance(written, dict) or set(written) != set(default):
-            return [f"{where}: names {sorted(written) if isinstance(written, dict) else written!r} in the file, "
-                    f"{sorted(default)} in the schema"]
+            return [
+                f"{where}: names {sorted(written) if isinstance(written, dict) else written!r} in the file, "
+                f"{sorted(default)} in the schema"
+            ]
         return [line for key in default for line in drift(written[key], default[key], f"{where}.{key}")]
     if isinstance(default, tuple):
         default = list(default)
@@ -78,8 +86,9 @@ def test_wrong_type_names_key_and_value():
 
 
 def test_out_of_range_value_says_what_is_allowed():
-    with pytest.raises(ParamsError,
-                       match=r"data\.builtin\.heated_share: Input should be less than or equal to 1 \(got 1\.5\)"):
+    with pytest.raises(
+        ParamsError, match=r"data\.builtin\.heated_share: Input should be less than or equal to 1 \(got 1\.5\)"
+    ):
         parse_params({"data": {"builtin": {"heated_share": 1.5}}})
 
 
@@ -119,33 +128,45 @@ def test_an_empty_params_file_is_refused_not_run_on_the_defaults(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")  # said on purpose: every default
     assert load_params(tmp_path / "params.yaml") == Params()
     (tmp_path / "params.yaml").write_text("")
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "judges.py")], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == ["error: params.yaml is empty: restore it (`git checkout params.yaml`), "
-                                                "or write the settings you change (`{}` for all the defaults of "
-                                                "src/detox/common/params/)"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: params.yaml is empty: restore it (`git checkout params.yaml`), "
+        "or write the settings you change (`{}` for all the defaults of "
+        "src/detox/common/params/)"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing may be written"
 
 
 def test_a_rule_across_a_sections_keys_names_them_without_repeating_the_section():
     with pytest.raises(ParamsError) as err:
         parse_params({"ppo": {"batch_size": 8, "mini_batch_size": 16}})
-    assert str(err.value) == ("params.yaml has 1 invalid value: ppo: batch_size (8) must be a multiple of "
-                              "mini_batch_size x gradient_accumulation_steps (16 x 1); fix it in params.yaml (or in "
-                              "the -S overrides of dvc exp run)")
+    assert str(err.value) == (
+        "params.yaml has 1 invalid value: ppo: batch_size (8) must be a multiple of "
+        "mini_batch_size x gradient_accumulation_steps (16 x 1); fix it in params.yaml (or in "
+        "the -S overrides of dvc exp run)"
+    )
     with pytest.raises(ParamsError) as err:  # a long value is quoted in short
         parse_params({"prompt": {"template": "Summarize: " + "word " * 200}})
     message = str(err.value)
-    assert "prompt.template: the template must contain the placeholder {dialogue} (got 'Summarize: word word word " \
+    assert (
+        "prompt.template: the template must contain the placeholder {dialogue} (got 'Summarize: word word word "
         "word word w...rd word " in message
+    )
     assert len(message) < 300 and message.count("word") < 20
 
 
 def test_stage_reports_params_error_without_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"num_samples": 0}}))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "baseline.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=HANG_S)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "baseline.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert proc.returncode == 1
     assert "eval.num_samples: Input should be greater than or equal to 1 (got 0)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -252,7 +252,7 @@ def test_gae_matches_per_sample_unrolled_sum():
         expected = [sum((GAMMA * LAM) ** (k - s) * deltas[k] for k in range(s, n)) for s in range(n)]
         close(adv[b, :n], expected, atol=1e-12)
         close(adv[b, n:], [0.0] * (6 - n))
-        close(ret[b, :n], [a + vv for a, vv in zip(expected, v[:n])], atol=1e-12)
+        close(ret[b, :n], [a + vv for a, vv in zip(expected, v[:n], strict=True)], atol=1e-12)
         close(ret[b, n:], [0.0] * (6 - n))
 
 
@@ -393,15 +393,40 @@ def test_stat_names_follow_trl_0_11_where_trl_has_the_stat():
     from detox.ppo import stats
 
     assert stats.STEP_STATS == (
-        "objective/kl", "objective/kl_coef", "objective/kl_stderr", "objective/entropy", "ppo/mean_non_score_reward",
-        "env/reward_mean", "env/reward_std", "env/toxicity_mean", "env/distinct_2", "tokens/responses_len_mean",
-        "ppo/returns/mean", "ppo/returns/var", "ppo/val/mean", "ppo/val/var_explained",
-        "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/clipfrac", "ppo/policy/approxkl",
-        "ppo/policy/ratio_mean", "ppo/val/clipfrac", "ppo/val/error", "ppo/policy/ratio_max", "ppo/policy/ratio_min",
+        "objective/kl",
+        "objective/kl_coef",
+        "objective/kl_stderr",
+        "objective/entropy",
+        "ppo/mean_non_score_reward",
+        "env/reward_mean",
+        "env/reward_std",
+        "env/toxicity_mean",
+        "env/distinct_2",
+        "tokens/responses_len_mean",
+        "ppo/returns/mean",
+        "ppo/returns/var",
+        "ppo/val/mean",
+        "ppo/val/var_explained",
+        "ppo/loss/policy",
+        "ppo/loss/value",
+        "ppo/loss/total",
+        "ppo/policy/clipfrac",
+        "ppo/policy/approxkl",
+        "ppo/policy/ratio_mean",
+        "ppo/val/clipfrac",
+        "ppo/val/error",
+        "ppo/policy/ratio_max",
+        "ppo/policy/ratio_min",
     )
     assert stats.TIMINGS == (
-        "time/rollout", "time/score", "time/ppo/forward_pass", "time/ppo/compute_rewards",
-        "time/ppo/compute_advantages", "time/ppo/optimize_step", "time/ppo/calc_stats", "time/ppo/total",
+        "time/rollout",
+        "time/score",
+        "time/ppo/forward_pass",
+        "time/ppo/compute_rewards",
+        "time/ppo/compute_advantages",
+        "time/ppo/optimize_step",
+        "time/ppo/calc_stats",
+        "time/ppo/total",
         "time/tokens_per_second",
     )
     assert all(name.startswith(stats.TIMING_PREFIX) for name in stats.TIMINGS)

@@ -22,9 +22,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-import conftest
-import pandas as pd
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -33,18 +32,19 @@ from mlflow.tracking import MlflowClient
 from peft import AutoPeftModelForSeq2SeqLM
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
+import conftest
 import detox.ppo.engine as engine
 from detox.common.errors import DetoxError
 from detox.evaluate.scoring import TOXIC_THRESHOLD, score_policy
 from detox.models.generation import build_prompts, load_policy
-from detox.ppo.core import response_mask
+from detox.models.reward import RewardScorer, Scores
 from detox.ppo import stats as names
+from detox.ppo.checkpoints import fingerprint
+from detox.ppo.core import response_mask
 from detox.ppo.engine import PPOTrainer, TrainingDivergedError
 from detox.ppo.policy import Seq2SeqPolicy, absolute_base, load_trained_policy
 from detox.ppo.selection import Selection, evaluation_steps
-from detox.ppo.checkpoints import fingerprint
 from detox.ppo.train import PPOPaths, run_ppo
-from detox.models.reward import RewardScorer, Scores
 from detox.tracking.runs import RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,10 +119,13 @@ def world(tmp_path_factory) -> Path:
 def world_paths(world: Path, project: Path) -> PPOPaths:
     """Inputs from the world, outputs in the project folder (laid out like the repository)."""
     return PPOPaths(
-        policy=world / "models" / "policy", reward=world / "models" / "reward",
+        policy=world / "models" / "policy",
+        reward=world / "models" / "reward",
         train=world / "data" / "raw" / "train.parquet",
-        out=project / "models" / "ppo", checkpoints=project / "checkpoints" / "ppo",
-        history=project / "plots" / "ppo" / "history.tsv", metrics=project / "metrics" / "ppo.json",
+        out=project / "models" / "ppo",
+        checkpoints=project / "checkpoints" / "ppo",
+        history=project / "plots" / "ppo" / "history.tsv",
+        metrics=project / "metrics" / "ppo.json",
         timings=project / "logs" / "timings" / "ppo_history.tsv",
     )
 
@@ -244,16 +247,25 @@ def test_rollout_is_seeded_by_step_and_its_old_stats_equal_a_teacher_forced_forw
     for key in ("logprobs", "values", "entropy"):
         captured = getattr(first.captured, key)
         assert captured.shape == mask.shape
-        torch.testing.assert_close(captured[mask], forward[key][mask], atol=kernel_tolerance(forward[key][mask]),
-                                   rtol=0, msg=lambda m, key=key: f"{key}: {m}")
+        torch.testing.assert_close(
+            captured[mask],
+            forward[key][mask],
+            atol=kernel_tolerance(forward[key][mask]),
+            rtol=0,
+            msg=lambda m, key=key: f"{key}: {m}",
+        )
     assert (forward["logprobs"] - forward["ref_logprobs"])[mask].abs().max() > 1e-3
 
 
 def forwards(trainer: PPOTrainer, batch) -> dict[str, torch.Tensor]:
     """Teacher-forced old log-probs, values and entropy, and the reference log-probs, by name."""
     old = trainer.teacher_forced(batch)
-    return {"logprobs": old.logprobs, "values": old.values, "entropy": old.entropy,
-            "ref_logprobs": trainer.reference_logprobs(batch)}
+    return {
+        "logprobs": old.logprobs,
+        "values": old.values,
+        "entropy": old.entropy,
+        "ref_logprobs": trainer.reference_logprobs(batch),
+    }
 
 
 def encoder_calls(trainer: PPOTrainer) -> list[int]:
@@ -266,8 +278,10 @@ def encoder_calls(trainer: PPOTrainer) -> list[int]:
 def test_decoder_scope_adapts_only_the_decoder_and_runs_the_encoder_once_per_step(world):
     decoder = make_trainer(world, ppo_params(**{"ppo.lora.scope": "decoder"}))
     everywhere = make_trainer(world, ppo_params(**{"ppo.lora.scope": "all"}))
-    adapted = {scope: {n.split("base_model.model.")[-1].split(".")[0] for n in lora_b(t)}
-               for scope, t in (("decoder", decoder), ("all", everywhere))}
+    adapted = {
+        scope: {n.split("base_model.model.")[-1].split(".")[0] for n in lora_b(t)}
+        for scope, t in (("decoder", decoder), ("all", everywhere))
+    }
     assert adapted == {"decoder": {"decoder"}, "all": {"encoder", "decoder"}}
     assert decoder.unwrapped.encoder_frozen and not everywhere.unwrapped.encoder_frozen
 
@@ -277,8 +291,11 @@ def test_decoder_scope_adapts_only_the_decoder_and_runs_the_encoder_once_per_ste
     prompts, dialogues = train_batch(world, params)
     batch = decoder.rollout(prompts, 0)
     policy = decoder.unwrapped
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-              "decoder_input_ids": decoder._decoder_inputs(batch.response_ids)}
+    inputs = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "decoder_input_ids": decoder._decoder_inputs(batch.response_ids),
+    }
     with torch.no_grad():
         for reference in (False, True):
             full = policy(**inputs, reference=reference)
@@ -296,8 +313,6 @@ def test_decoder_scope_adapts_only_the_decoder_and_runs_the_encoder_once_per_ste
     minibatches = params.ppo.batch_size // params.ppo.mini_batch_size
     # "all": the rollout's encoder, the reference chunks, then every epoch's mini-batches.
     assert counts == {"decoder": 1, "all": 1 + minibatches + params.ppo.ppo_epochs * minibatches}
-
-
 
 
 def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(world, monkeypatch):
@@ -331,7 +346,8 @@ def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(wo
     assert 1 <= stats["tokens/responses_len_mean"] <= params.ppo.response_length.max
     scores = trainer.scorer.score(batch.responses, dialogues).reward
     assert stats["env/reward_mean"] == pytest.approx(
-        scores.mean().item(), abs=conftest.tolerance(scores.dtype, len(scores), scores.abs().max()))
+        scores.mean().item(), abs=conftest.tolerance(scores.dtype, len(scores), scores.abs().max())
+    )
     assert 0 <= stats["ppo/policy/clipfrac"] <= 1 and 0 <= stats["ppo/val/clipfrac"] <= 1
     assert all(stats[k] > 0 for k in names.TIMINGS)
     assert stats["ppo/policy/ratio_min"] <= stats["ppo/policy/ratio_mean"] <= stats["ppo/policy/ratio_max"]
@@ -362,8 +378,13 @@ def test_dropout_enabled_rollout_forwards_are_deterministic_from_the_first_step(
 # --------------------------------------------------------------------------- 1b. the rollout samples on its own
 
 
-WARPED = {"generation.do_sample": False, "generation.temperature": 0.5, "generation.top_k": 3,
-          "generation.top_p": 0.5, "generation.min_new_tokens": 6}
+WARPED = {
+    "generation.do_sample": False,
+    "generation.temperature": 0.5,
+    "generation.top_k": 3,
+    "generation.top_p": 0.5,
+    "generation.min_new_tokens": 6,
+}
 
 
 def test_rollout_ignores_generation_settings_and_the_model_folders_generation_config(world):
@@ -446,14 +467,26 @@ def test_padding_after_eos_does_not_change_old_logprobs_values_or_entropy(world)
     assert params.ppo.mini_batch_size < n  # the batched pass is split in chunks
     for row, length in enumerate(lengths):
         source = int(rollout.attention_mask[row].sum())
-        single = forwards(trainer, replace(
-            rollout, input_ids=rollout.input_ids[row : row + 1, :source],
-            attention_mask=rollout.attention_mask[row : row + 1, :source], response_ids=ids[row : row + 1, :length],
-            mask=mask[row : row + 1, :length], responses=[rollout.responses[row]], encoder_hidden=None))
+        single = forwards(
+            trainer,
+            replace(
+                rollout,
+                input_ids=rollout.input_ids[row : row + 1, :source],
+                attention_mask=rollout.attention_mask[row : row + 1, :source],
+                response_ids=ids[row : row + 1, :length],
+                mask=mask[row : row + 1, :length],
+                responses=[rollout.responses[row]],
+                encoder_hidden=None,
+            ),
+        )
         for key in ("logprobs", "ref_logprobs", "values", "entropy"):
-            torch.testing.assert_close(batched[key][row, :length], single[key][0],
-                                       atol=kernel_tolerance(single[key][0]), rtol=0,
-                                       msg=lambda m, key=key, row=row: f"{key}, row {row}: {m}")
+            torch.testing.assert_close(
+                batched[key][row, :length],
+                single[key][0],
+                atol=kernel_tolerance(single[key][0]),
+                rtol=0,
+                msg=lambda m, key=key, row=row: f"{key}, row {row}: {m}",
+            )
 
 
 # --------------------------------------------------------------------------- 3. PPO works (slow)
@@ -470,19 +503,28 @@ def mid_world(tmp_path_factory) -> tuple[Path, float]:
 @pytest.mark.slow
 def test_ppo_raises_heldout_reward_with_bounded_kl(mid_world, tmp_path):
     world, fetch_seconds = mid_world
-    params = tiny_params(**MID_WORLD, **{
-        "ppo.steps": 12, "ppo.batch_size": 16, "ppo.mini_batch_size": 8, "ppo.learning_rate": 3e-3,
-        "ppo.kl.init_coef": 0.2,  # a loose leash, so that 12 steps move the reward clearly
-        "ppo.eval_every": None,  # the last step is what this test measures
-        "ppo.checkpoint_every": 1000, "ppo.response_length.min": 24, "ppo.response_length.max": 32,
-    })
+    params = tiny_params(
+        **MID_WORLD,
+        **{
+            "ppo.steps": 12,
+            "ppo.batch_size": 16,
+            "ppo.mini_batch_size": 8,
+            "ppo.learning_rate": 3e-3,
+            "ppo.kl.init_coef": 0.2,  # a loose leash, so that 12 steps move the reward clearly
+            "ppo.eval_every": None,  # the last step is what this test measures
+            "ppo.checkpoint_every": 1000,
+            "ppo.response_length.min": 24,
+            "ppo.response_length.max": 32,
+        },
+    )
     heldout = pd.read_parquet(world / "data" / "raw" / "validation.parquet")
     base_model, tokenizer = load_policy(world / "models" / "policy")
     scorer = RewardScorer.from_pretrained(world / "models" / "reward", params.reward)
 
     def evaluate(model) -> pd.DataFrame:  # the same prompts, seed and settings for both: a paired comparison
-        frame, _ = score_policy(model, tokenizer, scorer, heldout, params.prompt.template, params.generation,
-                                seed=params.eval.seed)
+        frame, _ = score_policy(
+            model, tokenizer, scorer, heldout, params.prompt.template, params.generation, seed=params.eval.seed
+        )
         return frame
 
     before = evaluate(base_model)
@@ -499,12 +541,16 @@ def test_ppo_raises_heldout_reward_with_bounded_kl(mid_world, tmp_path):
     assert (after["id"] == before["id"]).all()
 
     summary = {
-        "fetch_s": round(fetch_seconds, 1), "ppo_s": round(ppo_seconds, 1),
+        "fetch_s": round(fetch_seconds, 1),
+        "ppo_s": round(ppo_seconds, 1),
         "heated_toxic_share_before": toxic_share_heated,
         "heated_toxic_share_after": float((after.loc[heated, "toxicity"] > TOXIC_THRESHOLD).mean()),
-        "reward_before": float(before["reward"].mean()), "reward_after": float(after["reward"].mean()),
-        "toxicity_before": float(before["toxicity"].mean()), "toxicity_after": float(after["toxicity"].mean()),
-        "kl_last5": metrics["kl_last5"], "kl_min": metrics["kl_min"],
+        "reward_before": float(before["reward"].mean()),
+        "reward_after": float(after["reward"].mean()),
+        "toxicity_before": float(before["toxicity"].mean()),
+        "toxicity_after": float(after["toxicity"].mean()),
+        "kl_last5": metrics["kl_last5"],
+        "kl_min": metrics["kl_min"],
     }
     print(json.dumps(summary))
     assert summary["reward_after"] > summary["reward_before"] + 1.0, summary
@@ -715,8 +761,10 @@ def test_trained_policy_loads_from_any_working_directory(world, tmp_path):
     ids = torch.tensor([[5, 6, 7, 1]])
     start = torch.tensor([[model.config.decoder_start_token_id]])
     with torch.no_grad():  # the adapters are in: the same function as the merged policy
-        torch.testing.assert_close(peft_model(input_ids=ids, decoder_input_ids=start).logits,
-                                   model(input_ids=ids, decoder_input_ids=start).logits)
+        torch.testing.assert_close(
+            peft_model(input_ids=ids, decoder_input_ids=start).logits,
+            model(input_ids=ids, decoder_input_ids=start).logits,
+        )
     card = (project / "models" / "ppo" / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: peft" in card and "AutoPeftModelForSeq2SeqLM" in card
     assert "More Information Needed" not in card  # PEFT's blank template is replaced
@@ -746,8 +794,9 @@ def test_full_fine_tuning_trains_the_model_against_a_frozen_reference(world):
     prompts, dialogues = train_batch(world, params)
     stats, first = trainer.step(prompts, dialogues, 0)
     # the policy equals its frozen copy before the first update (the old log-probs come from generate)
-    assert abs(stats["objective/kl"]) < kernel_tolerance(first.captured.logprobs[first.mask],
-                                                         tokens=params.ppo.response_length.max)
+    assert abs(stats["objective/kl"]) < kernel_tolerance(
+        first.captured.logprobs[first.mask], tokens=params.ppo.response_length.max
+    )
     assert any(not torch.equal(before[n], p) for n, p in policy.model.named_parameters())  # the model trained
     assert all(torch.equal(reference[n], p) for n, p in policy.frozen_reference.named_parameters())
     batch = trainer.rollout(prompts, 1)
@@ -775,8 +824,9 @@ def test_accumulating_two_mini_batches_equals_one_mini_batch_twice_the_size(worl
     rows, up to the weighting of the two halves' token means (the loss is a mean over a mini-batch's tokens)."""
     grads = {}
     for accumulation, mini in ((2, 4), (1, 8)):
-        params = ppo_params(**{"ppo.gradient_accumulation_steps": accumulation, "ppo.mini_batch_size": mini,
-                               "ppo.ppo_epochs": 1})
+        params = ppo_params(
+            **{"ppo.gradient_accumulation_steps": accumulation, "ppo.mini_batch_size": mini, "ppo.ppo_epochs": 1}
+        )
         trainer = make_trainer(world, params, Accelerator(gradient_accumulation_steps=accumulation, cpu=True))
         captured = {}
 
@@ -881,10 +931,16 @@ def test_fp16_needs_a_gpu(world, project):
 # --------------------------------------------------------------------------- 6d. evaluation during training
 
 
-def eval_stats(toxic: float, rouge_l: float = 0.8, reward: float = 1.0, distinct: float = 0.5,
-               length: float = 10.0) -> dict[str, float]:
-    return {"eval/oracle/toxic_share": toxic, "eval/rougeL": rouge_l, "eval/reward_mean": reward,
-            "eval/distinct_2": distinct, "eval/mean_length": length}
+def eval_stats(
+    toxic: float, rouge_l: float = 0.8, reward: float = 1.0, distinct: float = 0.5, length: float = 10.0
+) -> dict[str, float]:
+    return {
+        "eval/oracle/toxic_share": toxic,
+        "eval/rougeL": rouge_l,
+        "eval/reward_mean": reward,
+        "eval/distinct_2": distinct,
+        "eval/mean_length": length,
+    }
 
 
 def test_selection_takes_the_least_toxic_checkpoint_above_the_rouge_floor():
@@ -903,7 +959,12 @@ def test_selection_takes_the_least_toxic_checkpoint_above_the_rouge_floor():
     assert saved == [0, 20, 30]  # the parameters are copied only when a checkpoint is the best so far
     assert selection.rouge_floor == pytest.approx(0.75) and selection.since_best == 1
     assert "fewest summaries toxic to oracle" in selection.reason and [h["step"] for h in selection.history] == [
-        0, 10, 20, 30, 40]
+        0,
+        10,
+        20,
+        30,
+        40,
+    ]
 
 
 def test_selection_stops_on_patience_and_on_collapse():
@@ -938,9 +999,14 @@ def judged_world(world, tmp_path_factory):
 
 
 def judged_paths(world: Path, project: Path) -> PPOPaths:
-    return PPOPaths(**{**world_paths(world, project).__dict__,
-                       "validation": world / "data" / "raw" / "validation.parquet",
-                       "judges": world / "models" / "judges", "evaluations": project / "plots" / "ppo" / "eval.tsv"})
+    return PPOPaths(
+        **{
+            **world_paths(world, project).__dict__,
+            "validation": world / "data" / "raw" / "validation.parquet",
+            "judges": world / "models" / "judges",
+            "evaluations": project / "plots" / "ppo" / "eval.tsv",
+        }
+    )
 
 
 def test_models_ppo_is_the_selected_checkpoint(judged_world, tmp_path, monkeypatch):
@@ -975,17 +1041,31 @@ def test_evaluation_measures_the_policy_with_the_judges(judged_world):
     trainer = make_trainer(judged_world, params)
     frame = pd.read_parquet(judged_world / "data" / "raw" / "validation.parquet").iloc[:8]
     dialogues = frame["dialogue"].tolist()
-    data = ValidationSet(build_prompts(dialogues, params.prompt.template), dialogues, frame["summary"].tolist(),
-                         trainer.scorer, load_judges(judged_world / "models" / "judges", ["oracle", "ngram"]))
+    data = ValidationSet(
+        build_prompts(dialogues, params.prompt.template),
+        dialogues,
+        frame["summary"].tolist(),
+        trainer.scorer,
+        load_judges(judged_world / "models" / "judges", ["oracle", "ngram"]),
+    )
     first, again = evaluate_policy(trainer, data, seed=5), evaluate_policy(trainer, data, seed=5)
     assert first == again  # seeded: the same checkpoint measures the same
-    assert {"eval/reward_mean", "eval/reward_model/toxic_share", "eval/rougeL", "eval/fluency_nll",
-            "eval/mean_length", "eval/distinct_2", "eval/oracle/toxic_share", "eval/ngram/toxic_share"} <= set(first)
+    assert {
+        "eval/reward_mean",
+        "eval/reward_model/toxic_share",
+        "eval/rougeL",
+        "eval/fluency_nll",
+        "eval/mean_length",
+        "eval/distinct_2",
+        "eval/oracle/toxic_share",
+        "eval/ngram/toxic_share",
+    } <= set(first)
     assert 0 <= first["eval/oracle/toxic_share"] <= 1 and first["eval/fluency_nll"] > 0
     assert first["eval/mean_length"] > 0
 
 
 # --------------------------------------------------------------------------- 7. accelerate, 2 processes
+
 
 @pytest.mark.slow
 def test_two_processes_on_cpu(judged_world, tmp_path):
@@ -1001,13 +1081,35 @@ def test_two_processes_on_cpu(judged_world, tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "validation.json").write_text('{"success": true}')  # as the validate stage leaves it
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    prefix = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "CUDA_VISIBLE_DEVICES": ""}
+    prefix = [
+        str(VENV_BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     started = time.monotonic()
-    proc = subprocess.run([*prefix, str(ROOT / "stages" / "ppo.py")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=conftest.HANG_S)
+    proc = subprocess.run(
+        [*prefix, str(ROOT / "stages" / "ppo.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=conftest.HANG_S,
+    )
     print(f"accelerate launch, 2 processes, {steps} steps: {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, proc.stderr[-5000:]
     finished = re.findall(r"ppo: \d+ steps, .*?, KL -?\d+\.\d{3}", proc.stdout)  # robust to interleaved lines

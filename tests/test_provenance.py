@@ -14,8 +14,12 @@ import yaml
 from detox.tracking import provenance
 from detox.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, Tracker
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test",
-           "GIT_COMMITTER_EMAIL": "test@example.com"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
 LOCK = {
     "schema": "2.0",
     "stages": {
@@ -23,9 +27,16 @@ LOCK = {
             "cmd": "python stages/ppo.py",
             "deps": [{"path": "data/raw", "hash": "md5", "md5": "aaa.dir", "size": 10, "nfiles": 3}],
             "params": {"params.yaml": {"seed": 1, "ppo": {"steps": 3}}},
-            "outs": [{"path": "metrics/ppo.json", "hash": "md5", "md5": "bbb", "size": 5},
-                     {"path": "models/ppo", "hash": "md5", "md5": "113a94b06f1d7e509367855c8a318fa4.dir",
-                      "size": 311655, "nfiles": 9}],
+            "outs": [
+                {"path": "metrics/ppo.json", "hash": "md5", "md5": "bbb", "size": 5},
+                {
+                    "path": "models/ppo",
+                    "hash": "md5",
+                    "md5": "113a94b06f1d7e509367855c8a318fa4.dir",
+                    "size": 311655,
+                    "nfiles": 9,
+                },
+            ],
         },
     },
 }
@@ -44,8 +55,9 @@ def git_repo(path: Path) -> str:
     env = {**os.environ, **GIT_ENV}
     for cmd in (["git", "init", "-q"], ["git", "commit", "-q", "--allow-empty", "-m", "one"]):
         subprocess.run(cmd, cwd=path, env=env, check=True, capture_output=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_run_name_and_tags_inside_a_dvc_experiment(no_dvc_env, tmp_path):
@@ -55,7 +67,9 @@ def test_run_name_and_tags_inside_a_dvc_experiment(no_dvc_env, tmp_path):
     assert provenance.run_name("ppo") == "ppo · bushy-vats"
     # The baseline DVC names wins over the repository's HEAD (an experiment's workspace differs from it).
     assert provenance.run_tags(tmp_path / "repo") == {
-        "dvc.exp_name": "bushy-vats", "git.commit": "0123456789abcdef0123456789abcdef01234567"}
+        "dvc.exp_name": "bushy-vats",
+        "git.commit": "0123456789abcdef0123456789abcdef01234567",
+    }
     assert commit != "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -74,9 +88,11 @@ def test_lock_tags_hash_the_stage_entry_and_name_each_output(tmp_path):
     tags = provenance.lock_tags("ppo", tmp_path)
     entry = LOCK["stages"]["ppo"]
     canonical = json.dumps({k: entry[k] for k in ("deps", "params", "outs")}, sort_keys=True, separators=(",", ":"))
-    assert tags == {"dvc.lock.ppo": hashlib.md5(canonical.encode()).hexdigest()[:12],
-                    "dvc.lock.ppo.metrics/ppo.json": "bbb",
-                    "dvc.lock.ppo.models/ppo": "113a94b06f1d7e509367855c8a318fa4.dir"}
+    assert tags == {
+        "dvc.lock.ppo": hashlib.md5(canonical.encode()).hexdigest()[:12],
+        "dvc.lock.ppo.metrics/ppo.json": "bbb",
+        "dvc.lock.ppo.models/ppo": "113a94b06f1d7e509367855c8a318fa4.dir",
+    }
     # The same inputs and outputs give the same hash whatever the key order and the command;
     # another output md5 gives another.
     reordered = {"outs": entry["outs"], "params": entry["params"], "deps": entry["deps"], "cmd": "other"}
@@ -91,15 +107,38 @@ def test_lock_tags_hash_the_stage_entry_and_name_each_output(tmp_path):
 
 
 def test_a_run_records_the_params_its_stage_reads_as_dvc_yaml_lists_them(tmp_path):
-    params = {"seed": 1, "eval": {"num_samples": 20, "seed": 3}, "ppo": {"steps": 9},
-              "reward": {"toxic_label": "hate", "batch_size": 8, "train": {"epochs": 3}},
-              "tracking": {"experiment": "e", "registered_model": "m", "sft_model": "s"}}
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {"cmd": "x", "params": [
-        "eval", "reward.toxic_label", "tracking.experiment", "tracking.registered_model", "missing.key",
-        {"other.yaml": ["a"]}]}}}), encoding="utf-8")
+    params = {
+        "seed": 1,
+        "eval": {"num_samples": 20, "seed": 3},
+        "ppo": {"steps": 9},
+        "reward": {"toxic_label": "hate", "batch_size": 8, "train": {"epochs": 3}},
+        "tracking": {"experiment": "e", "registered_model": "m", "sft_model": "s"},
+    }
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "evaluate": {
+                        "cmd": "x",
+                        "params": [
+                            "eval",
+                            "reward.toxic_label",
+                            "tracking.experiment",
+                            "tracking.registered_model",
+                            "missing.key",
+                            {"other.yaml": ["a"]},
+                        ],
+                    }
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
     assert provenance.stage_params("evaluate", params, tmp_path) == {
-        "eval": {"num_samples": 20, "seed": 3}, "reward": {"toxic_label": "hate"},
-        "tracking": {"experiment": "e", "registered_model": "m"}}
+        "eval": {"num_samples": 20, "seed": 3},
+        "reward": {"toxic_label": "hate"},
+        "tracking": {"experiment": "e", "registered_model": "m"},
+    }
     assert provenance.stage_params("judges", params, tmp_path) == params  # not in dvc.yaml: all of them
     assert provenance.stage_params("evaluate", params, tmp_path / "elsewhere") == params
 
@@ -135,7 +174,11 @@ def test_a_new_run_is_named_after_the_experiment_and_findable_by_its_tag(no_dvc_
         run = client.get_run(tracker.run_id)
         assert run.info.run_name == "ppo · tidy-mugs"
         assert {k: run.data.tags[k] for k in ("stage", "dvc.exp_name", "git.commit", "policy")} == {
-            "stage": "ppo", "dvc.exp_name": "tidy-mugs", "git.commit": "a" * 40, "policy": "models/policy"}
+            "stage": "ppo",
+            "dvc.exp_name": "tidy-mugs",
+            "git.commit": "a" * 40,
+            "policy": "models/policy",
+        }
         # What the README says to type into the MLflow search box finds it.
         experiment = client.get_experiment_by_name("provenance-test")
         found = client.search_runs([experiment.experiment_id], "tags.\"dvc.exp_name\" = 'tidy-mugs'")
@@ -164,10 +207,16 @@ def test_the_experiment_opens_as_a_machine_learning_experiment(no_dvc_env, tmp_p
             tracker = Tracker(name)
             tracker.start(stage="sft")
             tracker.end()
-        kind = {name: client.get_experiment_by_name(name).tags.get(EXPERIMENT_KIND_TAG)
-                for name in ("made-here", "made-before", "guessed", "chosen")}
-        assert kind == {"made-here": EXPERIMENT_KIND, "made-before": EXPERIMENT_KIND, "guessed": EXPERIMENT_KIND,
-                        "chosen": "genai_development"}  # a kind set by hand stays
+        kind = {
+            name: client.get_experiment_by_name(name).tags.get(EXPERIMENT_KIND_TAG)
+            for name in ("made-here", "made-before", "guessed", "chosen")
+        }
+        assert kind == {
+            "made-here": EXPERIMENT_KIND,
+            "made-before": EXPERIMENT_KIND,
+            "guessed": EXPERIMENT_KIND,
+            "chosen": "genai_development",
+        }  # a kind set by hand stays
         assert old and guessed and chosen
     finally:
         mlflow.set_tracking_uri(None)
@@ -205,7 +254,9 @@ def test_run_links_carry_the_url_parameter_that_opens_the_installed_ui_on_runs(n
     assert re.search(r'key:"mlflow\.workflowType",version:1,initialValue:\w', text)
 
     assert ui_url("experiments/1/runs/abc") == (
-        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning")
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    )
     no_dvc_env.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000/")
     assert ui_url("models/m/versions/2") == (
-        "http://mlflow.internal:5000/#/models/m/versions/2?workflowType=machine_learning")
+        "http://mlflow.internal:5000/#/models/m/versions/2?workflowType=machine_learning"
+    )

@@ -15,20 +15,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tolerance
 from transformers import RobertaConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration
 
+from conftest import tolerance
+from detox.common.errors import RewardModelError
+from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams, RewardParams
 from detox.data.corpus import generate_corpus
 from detox.data.sentences import labelled_sentences
-from detox.models.builtin import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
-from detox.common.errors import RewardModelError
-from detox.evaluate.scoring import SAMPLE_SEED_STRIDE, Instruments, sample_rows, score_policy
-from detox.evaluate.summary import summarize
-from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy, sample_responses
-from detox.judges.panel import Judge
-from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams, RewardParams
 from detox.data.words import words
 from detox.evaluate.quality import ROUGE_KEYS, rouge
+from detox.evaluate.scoring import SAMPLE_SEED_STRIDE, Instruments, sample_rows, score_policy
+from detox.evaluate.summary import summarize
+from detox.judges.panel import Judge
+from detox.models.builtin import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
+from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy, sample_responses
 from detox.models.reward import RewardScorer, label_index
 
 TEMPLATE = PromptParams().template
@@ -64,12 +64,19 @@ def reward_tokenizer():
 def make_reward_model(tokenizer, id2label: dict[int, str], seed: int = 0) -> RobertaForSequenceClassification:
     torch.manual_seed(seed)
     config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=FF_WIDTH, max_position_embeddings=514, type_vocab_size=1,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=FF_WIDTH,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         initializer_range=1.0,  # at the default 0.02 a 1-layer model gives every text the same logits
-        id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
     )
     return RobertaForSequenceClassification(config)
 
@@ -101,9 +108,18 @@ def policy(corpus):
     tokenizer.padding_side = "right"
     torch.manual_seed(0)
     config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=FF_WIDTH, num_layers=1, num_decoder_layers=1,
-        num_heads=2, feed_forward_proj="gated-gelu", dropout_rate=0.1,
-        pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=16,
+        d_ff=FF_WIDTH,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.1,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        decoder_start_token_id=PAD,
     )
     assert tokenizer.pad_token_id == PAD and tokenizer.eos_token_id == EOS
     return T5ForConditionalGeneration(config).eval(), tokenizer
@@ -236,8 +252,14 @@ def test_generation_kwargs_pass_sampling_settings_only_when_sampling():
     greedy = generation_kwargs(GenerationParams(do_sample=False, top_k=5, top_p=0.5, temperature=2.0))
     assert greedy == {"do_sample": False, "max_new_tokens": 48, "min_new_tokens": 0}
     sampled = generation_kwargs(GenerationParams(top_k=5, top_p=0.5, temperature=2.0, min_new_tokens=3), 20)
-    assert sampled == {"do_sample": True, "max_new_tokens": 20, "min_new_tokens": 3,
-                       "top_k": 5, "top_p": 0.5, "temperature": 2.0}
+    assert sampled == {
+        "do_sample": True,
+        "max_new_tokens": 20,
+        "min_new_tokens": 3,
+        "top_k": 5,
+        "top_p": 0.5,
+        "temperature": 2.0,
+    }
 
 
 def test_build_prompts_fills_the_template():
@@ -247,11 +269,17 @@ def test_build_prompts_fills_the_template():
 def test_sample_responses_drops_exactly_the_decoder_start_token(policy, corpus):
     model, tokenizer = policy
     cfg = sampling()
-    enc = tokenizer(build_prompts(tiny_data(corpus, 4)["dialogue"].tolist(), TEMPLATE),
-                    padding=True, return_tensors="pt")
+    enc = tokenizer(
+        build_prompts(tiny_data(corpus, 4)["dialogue"].tolist(), TEMPLATE), padding=True, return_tensors="pt"
+    )
     torch.manual_seed(11)
-    full = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                          pad_token_id=PAD, eos_token_id=EOS, **generation_kwargs(cfg))
+    full = model.generate(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        **generation_kwargs(cfg),
+    )
     torch.manual_seed(11)
     ids = sample_responses(model, tokenizer, enc["input_ids"], enc["attention_mask"], cfg)
     assert (full[:, 0] == model.config.decoder_start_token_id).all()
@@ -348,8 +376,10 @@ def test_load_policy_pads_on_the_right_and_is_in_eval_mode(policy, tmp_path):
 
 
 def test_rouge_identical_is_one_and_disjoint_is_zero():
-    frame = rouge(["the cat sat on the mat", "alpha beta gamma", "the dogs are running", "the cat"],
-                  ["the cat sat on the mat", "delta epsilon zeta", "the dog is running", "the cat sat on the mat"])
+    frame = rouge(
+        ["the cat sat on the mat", "alpha beta gamma", "the dogs are running", "the cat"],
+        ["the cat sat on the mat", "delta epsilon zeta", "the dog is running", "the cat sat on the mat"],
+    )
     assert list(frame.columns) == list(ROUGE_KEYS)
     assert frame.iloc[0].tolist() == [1.0, 1.0, 1.0]
     assert frame.iloc[1].tolist() == [0.0, 0.0, 0.0]
@@ -377,8 +407,21 @@ def test_summarize_overall_and_heated_calm_groups_by_hand():
         heated=[True, False, True, False],
     )
     metrics = summarize(frame, 12.5)
-    assert set(metrics) == {"n", "summaries", "samples_per_prompt", "reward_mean", "reward_std", "toxicity",
-                            "quality", "rouge1", "rouge2", "rougeL", "samples_per_second", "heated", "calm"}
+    assert set(metrics) == {
+        "n",
+        "summaries",
+        "samples_per_prompt",
+        "reward_mean",
+        "reward_std",
+        "toxicity",
+        "quality",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "samples_per_second",
+        "heated",
+        "calm",
+    }
     # overall: reward mean 2.5, sample variance (2.25+0.25+0.25+2.25)/3 = 5/3
     assert metrics["n"] == 4 and metrics["summaries"] == 4 and metrics["samples_per_prompt"] == 1
     assert metrics["samples_per_second"] == 12.5
@@ -422,10 +465,23 @@ def test_score_policy_columns_values_and_alignment(policy, reward_model, reward_
     data.index = [7, 3, 5]  # a non-default index must not misalign anything
     scorer = RewardScorer(reward_model, reward_tokenizer, RewardParams(batch_size=2))
     cfg = sampling()
-    frame, samples_per_second = score_policy(model, tokenizer, scorer, data.drop(columns="heated"), TEMPLATE,
-                                             cfg, seed=21)
-    assert list(frame.columns) == ["id", "sample", "dialogue", "reference", "response", "reward", "toxicity", "toxic",
-                                   "rouge1", "rouge2", "rougeL", "length"]
+    frame, samples_per_second = score_policy(
+        model, tokenizer, scorer, data.drop(columns="heated"), TEMPLATE, cfg, seed=21
+    )
+    assert list(frame.columns) == [
+        "id",
+        "sample",
+        "dialogue",
+        "reference",
+        "response",
+        "reward",
+        "toxicity",
+        "toxic",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "length",
+    ]
     assert len(frame) == 3 and samples_per_second > 0
     assert frame["id"].tolist() == data["id"].tolist() and frame["sample"].tolist() == [0, 0, 0]
     assert frame["dialogue"].tolist() == data["dialogue"].tolist()
@@ -464,10 +520,12 @@ def test_score_policy_k_samples_judges_fluency_and_garbling(policy, reward_model
     scorer = RewardScorer(reward_model, reward_tokenizer, RewardParams(batch_size=4))
     cfg = sampling()
     known = frozenset({"the", "and"})
-    instruments = Instruments(judges={"fixed": FixedJudge("the"), "ngram": FixedJudge("and")},
-                              reference=(model, tokenizer), vocabulary=known)
-    frame, _ = score_policy(model, tokenizer, scorer, data, TEMPLATE, cfg, seed=21, samples_per_prompt=2,
-                            instruments=instruments)
+    instruments = Instruments(
+        judges={"fixed": FixedJudge("the"), "ngram": FixedJudge("and")}, reference=(model, tokenizer), vocabulary=known
+    )
+    frame, _ = score_policy(
+        model, tokenizer, scorer, data, TEMPLATE, cfg, seed=21, samples_per_prompt=2, instruments=instruments
+    )
     assert len(frame) == 6
     assert frame["id"].tolist() == [i for i in data["id"] for _ in range(2)]  # prompt by prompt
     assert frame["sample"].tolist() == [0, 1] * 3
@@ -475,7 +533,8 @@ def test_score_policy_k_samples_judges_fluency_and_garbling(policy, reward_model
     # sample j is drawn with seed + j * SAMPLE_SEED_STRIDE: sample 0 is what a one-sample run draws
     for j in range(2):
         assert frame.loc[frame["sample"] == j, "response"].tolist() == generate_summaries(
-            model, tokenizer, prompts, cfg, 21 + j * SAMPLE_SEED_STRIDE)
+            model, tokenizer, prompts, cfg, 21 + j * SAMPLE_SEED_STRIDE
+        )
     responses = frame["response"].tolist()
     assert frame["toxicity:fixed"].tolist() == [1.0 if "the" in r else 0.0 for r in responses]
     assert frame["toxic:fixed"].tolist() == ["the" in r for r in responses]
@@ -489,5 +548,3 @@ def test_score_policy_k_samples_judges_fluency_and_garbling(policy, reward_model
     assert frame["fluency_nll"].iloc[1] == pytest.approx(loss, abs=tolerance(torch.float32, FF_WIDTH, loss))
     assert frame["unknown_words"].tolist() == [sum(w not in known for w in words(r)) for r in responses]
     assert list(summarize(frame)["toxicity"]) == ["reward_model", "fixed", "ngram"]
-
-

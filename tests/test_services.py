@@ -30,14 +30,21 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import (
-    HANG_S, TINY, build_world, free_port, run_watched, tiny_params, tolerance, wait_until_answering,
-)
 
-from detox.common.io import atomic_dir, sha256_tree
-from detox.judges.panel import build_judges
+from conftest import (
+    HANG_S,
+    TINY,
+    build_world,
+    free_port,
+    run_watched,
+    tiny_params,
+    tolerance,
+    wait_until_answering,
+)
 from detox.common.errors import TrackingError
+from detox.common.io import atomic_dir, sha256_tree
 from detox.common.params import load_params
+from detox.judges.panel import build_judges
 from detox.tracking.registry import CANDIDATE, CHAMPION
 from detox.tracking.runs import RUN_FILE, Tracker
 from detox.tracking.store import check_local_store, check_tracking_server
@@ -53,9 +60,17 @@ STAGES = tuple(yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    return {**env, "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", "OMP_NUM_THREADS": "1",
-            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", **extra}
+    return {
+        **env,
+        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+        **extra,
+    }
 
 
 def run_stage_with_server_down(stage: str, cwd: Path) -> tuple[subprocess.CompletedProcess, str]:
@@ -63,8 +78,9 @@ def run_stage_with_server_down(stage: str, cwd: Path) -> tuple[subprocess.Comple
     one connection attempt (the preflight's, no retries) and the error before any model folder is read."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    proc, seen = run_watched(ROOT / "stages" / f"{stage}.py", cwd, base_env(MLFLOW_TRACKING_URI=uri),
-                             watch=[cwd / "models"])
+    proc, seen = run_watched(
+        ROOT / "stages" / f"{stage}.py", cwd, base_env(MLFLOW_TRACKING_URI=uri), watch=[cwd / "models"]
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert seen["connect"].count(["127.0.0.1", port]) == 1, f"one attempt and no retries, got {seen['connect']}"
     # the door's own probe (detox.common.io.cannot_create_files) creates and removes a file in each output folder
@@ -76,17 +92,29 @@ def run_stage_with_server_down(stage: str, cwd: Path) -> tuple[subprocess.Comple
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = HANG_S) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return proc
 
 
 def write_tiny_params(path: Path) -> None:
-    params = tiny_params(**{"ppo.steps": PPO_STEPS, "ppo.batch_size": 8, "ppo.mini_batch_size": 4,
-                            "eval.num_samples": EVAL_SAMPLES, "promotion.bootstrap_samples": 200,
-                            # a gate any policy passes, so the champion alias is exercised too
-                            "promotion.min_toxicity_improvement_pct": -100.0, "promotion.max_rougeL_drop": 1.0,
-                            "promotion.require_significant": False, "promotion.max_fluency_nll_rise": 100.0,
-                            "tracking.experiment": EXPERIMENT, "tracking.registered_model": REGISTERED_MODEL})
+    params = tiny_params(
+        **{
+            "ppo.steps": PPO_STEPS,
+            "ppo.batch_size": 8,
+            "ppo.mini_batch_size": 4,
+            "eval.num_samples": EVAL_SAMPLES,
+            "promotion.bootstrap_samples": 200,
+            # a gate any policy passes, so the champion alias is exercised too
+            "promotion.min_toxicity_improvement_pct": -100.0,
+            "promotion.max_rougeL_drop": 1.0,
+            "promotion.require_significant": False,
+            "promotion.max_fluency_nll_rise": 100.0,
+            "tracking.experiment": EXPERIMENT,
+            "tracking.registered_model": REGISTERED_MODEL,
+        }
+    )
     path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
 
@@ -114,14 +142,29 @@ def mlflow_server(tmp_path_factory) -> Iterator[dict]:
     url = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "w")
     server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts"],
-        cwd=root, env=base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--serve-artifacts",
+        ],
+        cwd=root,
+        env=base_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
-        wait_until_answering(f"{url}/health", server, HANG_S,
-                             lambda: (root / "server.log").read_text()[-3000:])
+        wait_until_answering(f"{url}/health", server, HANG_S, lambda: (root / "server.log").read_text()[-3000:])
         yield {"url": url, "root": root}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -139,8 +182,11 @@ def pipeline(tmp_path_factory, mlflow_server) -> dict:
     base = tmp_path_factory.mktemp("pipeline")
     repo, remote = base / "repo", base / "remote"
     copy_project(repo)
-    env = base_env(MLFLOW_TRACKING_URI=mlflow_server["url"], PYTHONPATH=str(repo / "src"),
-                   DVC_SITE_CACHE_DIR=str(base / "dvc-site-cache"))
+    env = base_env(
+        MLFLOW_TRACKING_URI=mlflow_server["url"],
+        PYTHONPATH=str(repo / "src"),
+        DVC_SITE_CACHE_DIR=str(base / "dvc-site-cache"),
+    )
     run(["git", "init", "-q", "-b", "main"], repo, env)
     run([str(VENV_BIN / "dvc"), "remote", "add", "-f", "-d", "storage", str(remote)], repo, env)
     run(["git", "add", "-A"], repo, env)
@@ -161,8 +207,9 @@ def api(url: str, endpoint: str, **params) -> dict:
 
 def search_runs(url: str, experiment_id: str, filter_string: str) -> list[dict]:
     body = json.dumps({"experiment_ids": [experiment_id], "filter": filter_string}).encode()
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read()).get("runs", [])
 
@@ -209,13 +256,22 @@ def test_pipeline_logs_run_metrics_table_and_registry_to_a_tracking_server(pipel
     assert {p["key"]: p["value"] for p in eval_data["params"]}["eval.num_samples"] == str(EVAL_SAMPLES)
     eval_metrics = {m["key"]: m["value"] for m in eval_data["metrics"]}
     assert eval_metrics["results/promotion/n_dialogues"] == EVAL_SAMPLES
-    assert {"results/oracle/toxic_share_after", "results/reward_model/toxic_share_before",
-            "results/quality/rougeL_after"} <= set(eval_metrics)
+    assert {
+        "results/oracle/toxic_share_after",
+        "results/reward_model/toxic_share_before",
+        "results/quality/rougeL_after",
+    } <= set(eval_metrics)
 
     # The reward diff table (log_table -> JSON artifact), the reports and the model, listed through the API.
     listed = {f["path"] for f in api(url, "artifacts/list", run_id=eval_id, path="evaluate")["files"]}
-    assert {"evaluate/reward_diff.json", "evaluate/disagreements.json", "evaluate/report.md",
-            "evaluate/report.html", "evaluate/evaluate.json", "evaluate/baseline.json"} <= listed
+    assert {
+        "evaluate/reward_diff.json",
+        "evaluate/disagreements.json",
+        "evaluate/report.md",
+        "evaluate/report.html",
+        "evaluate/evaluate.json",
+        "evaluate/baseline.json",
+    } <= listed
     top = {f["path"] for f in api(url, "artifacts/list", run_id=eval_id)["files"]}
     assert {"evaluate", "validation"} <= top
     stored = list((mlflow_server["root"] / "artifacts").rglob("reward_diff.json"))
@@ -254,8 +310,13 @@ def test_dvc_pull_into_a_fresh_clone_leaves_nothing_to_reproduce(pipeline, tmp_p
     assert "storage" in run([dvc, "remote", "list"], clone, env).stdout  # the remote came with the clone
 
     run([dvc, "pull"], clone, env)
-    for path in ("data/raw/train.parquet", "data/scored/ppo.parquet", "models/policy/config.json",
-                 "models/ppo/" + RUN_FILE, "reports/reward_diff.parquet"):
+    for path in (
+        "data/raw/train.parquet",
+        "data/scored/ppo.parquet",
+        "models/policy/config.json",
+        "models/ppo/" + RUN_FILE,
+        "reports/reward_diff.parquet",
+    ):
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
     status = run([dvc, "status"], clone, env)
     assert "Data and pipelines are up to date." in status.stdout, status.stdout
@@ -293,14 +354,25 @@ def test_the_reproduced_models_load_as_hugging_face_users_load_them_from_another
     repo = pipeline["repo"]
     dialogue = pd.read_parquet(repo / "data" / "raw" / "test.parquet")["dialogue"].iloc[0]
     env = {k: v for k, v in pipeline["env"].items() if k != "PYTHONPATH"}  # nothing of the project's code
-    got = run([sys.executable, "-c", LOAD_AS_HF_USERS_DO, str(repo / "models" / "ppo"), str(repo / "models" / "merged"),
-               dialogue], tmp_path, env)
+    got = run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_AS_HF_USERS_DO,
+            str(repo / "models" / "ppo"),
+            str(repo / "models" / "merged"),
+            dialogue,
+        ],
+        tmp_path,
+        env,
+    )
     result = json.loads(got.stdout.strip().splitlines()[-1])
     assert result["summary"].strip(), "pipeline('summarization') wrote nothing"
     # the same policy: apart only by the rounding of merged weights, on dot products up to d_ff long
     d_ff = TINY["policy"]["builtin"]["d_ff"]
-    assert result["gap"] < tolerance(torch.float32, d_ff, result["scale"]), "the PEFT adapter on its base and the " \
-        "merged model must be the same policy"
+    assert result["gap"] < tolerance(torch.float32, d_ff, result["scale"]), (
+        "the PEFT adapter on its base and the merged model must be the same policy"
+    )
     card = (repo / "models" / "merged" / "README.md").read_text()
     evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
     oracle_after = evaluation["after"]["toxicity"]["oracle"]["toxic_share"]
@@ -407,13 +479,16 @@ def test_a_server_that_never_answers_times_out_in_seconds(connections):
     assert connections.to(port) == [1.0], "one attempt, waiting at most the given timeout, and no retry"
 
 
-@pytest.mark.parametrize(("status", "body", "content_type", "expected"), [
-    (200, b'{"experiment": {}}', "application/json", None),
-    (404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}', "application/json", None),  # a new experiment
-    (404, b"<html>Not Found</html>", "text/html", "is it an MLflow tracking server"),
-    (401, b"", "text/plain", "MLFLOW_TRACKING_USERNAME"),
-    (503, b"", "text/plain", "answered HTTP 503"),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "expected"),
+    [
+        (200, b'{"experiment": {}}', "application/json", None),
+        (404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}', "application/json", None),  # a new experiment
+        (404, b"<html>Not Found</html>", "text/html", "is it an MLflow tracking server"),
+        (401, b"", "text/plain", "MLFLOW_TRACKING_USERNAME"),
+        (503, b"", "text/plain", "answered HTTP 503"),
+    ],
+)
 def test_preflight_reads_the_servers_answer(status, body, content_type, expected):
     server, uri = stand_in(status, body, content_type)
     try:
@@ -496,8 +571,14 @@ def test_evaluate_stage_with_tracking_server_down_fails_before_scoring(pipeline,
     """Checked before minutes of generation: the outputs of the last good run stay as they were."""
     project = tmp_path / "project"
     shutil.copytree(pipeline["repo"], project, ignore=shutil.ignore_patterns(".git", ".dvc"))
-    outputs = ("data/scored/ppo.parquet", "metrics/evaluate.json", "reports/report.md", "reports/report.html",
-               "reports/reward_diff.parquet", "plots/evaluate/samples.tsv")
+    outputs = (
+        "data/scored/ppo.parquet",
+        "metrics/evaluate.json",
+        "reports/report.md",
+        "reports/report.html",
+        "reports/reward_diff.parquet",
+        "plots/evaluate/samples.tsv",
+    )
     before = {path: (project / path).read_bytes() for path in outputs}
     proc, uri = run_stage_with_server_down("evaluate", project)
     assert f"error: cannot reach the MLflow tracking server at {uri}" in proc.stderr

@@ -24,15 +24,15 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import HANG_S, free_port, wait_until_answering
 from mlflow.exceptions import MlflowException
 from transformers import AutoConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration, pipeline
 
+from conftest import HANG_S, free_port, wait_until_answering
+from detox.common.params import BuiltinCorpus, BuiltinReward, GenerationParams, PromptParams, RewardParams
 from detox.data.corpus import generate_corpus
 from detox.data.sentences import labelled_sentences
 from detox.models.builtin import train_t5_tokenizer, write_reward_base
 from detox.models.generation import build_prompts, generate_summaries
-from detox.common.params import BuiltinCorpus, BuiltinReward, GenerationParams, PromptParams, RewardParams
 from detox.models.reward import RewardScorer
 from detox.serve.export import export_policy
 from detox.serve.pyfunc import RequestError
@@ -53,8 +53,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def dialogues() -> list[str]:
-    return generate_corpus(BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4), 3)[
-        "test"]["dialogue"].tolist()
+    return generate_corpus(BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4), 3)["test"][
+        "dialogue"
+    ].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +66,26 @@ def policy(tmp_path_factory):
     tokenizer, _ = train_t5_tokenizer(texts, 250)
     tokenizer.padding_side = "right"
     torch.manual_seed(0)
-    model = T5ForConditionalGeneration(T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
-        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
-    return model, tokenizer, export_policy(model, tokenizer, tmp_path_factory.mktemp("policy"), TEMPLATE,
-                                           GENERATION, SEED)
+    model = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=16,
+            d_ff=64,
+            num_layers=1,
+            num_decoder_layers=1,
+            num_heads=2,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    return (
+        model,
+        tokenizer,
+        export_policy(model, tokenizer, tmp_path_factory.mktemp("policy"), TEMPLATE, GENERATION, SEED),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +112,23 @@ def store(tmp_path_factory, policy, reward_dir, dialogues) -> Iterator[dict]:
     try:
         config = model_config(TEMPLATE, GENERATION, SEED)
         with mlflow.start_run():
-            log_model(PolicyModel(Summarizer(), policy[2], config, signature(config),
-                                  pd.DataFrame({"dialogue": dialogues[:1]})), SUMMARIZER)
-            log_model(PolicyModel(RewardClassifier(), reward_dir, reward_config(RewardParams()), reward_signature(),
-                                  pd.DataFrame({"text": ["You are an idiot."]}), artifact="reward"), REWARD)
+            log_model(
+                PolicyModel(
+                    Summarizer(), policy[2], config, signature(config), pd.DataFrame({"dialogue": dialogues[:1]})
+                ),
+                SUMMARIZER,
+            )
+            log_model(
+                PolicyModel(
+                    RewardClassifier(),
+                    reward_dir,
+                    reward_config(RewardParams()),
+                    reward_signature(),
+                    pd.DataFrame({"text": ["You are an idiot."]}),
+                    artifact="reward",
+                ),
+                REWARD,
+            )
         yield {"root": root, "uri": uri}
     finally:
         mlflow.set_tracking_uri(previous)
@@ -116,8 +145,9 @@ def reward(store):
     return mlflow.pyfunc.load_model(f"models:/{REWARD}/1")
 
 
-def expected_summaries(policy, dialogues: list[str], generation: GenerationParams = GENERATION,
-                       seed: int = SEED) -> list[str]:
+def expected_summaries(
+    policy, dialogues: list[str], generation: GenerationParams = GENERATION, seed: int = SEED
+) -> list[str]:
     """What the evaluate stage generates for these dialogues."""
     model, tokenizer, _ = policy
     return generate_summaries(model, tokenizer, build_prompts(dialogues, TEMPLATE), generation, seed)
@@ -136,8 +166,9 @@ def test_the_summarizer_answers_as_evaluate_generates(summarizer, policy, dialog
     greedy = summarizer.predict(frame, params={"do_sample": False})
     assert greedy == expected_summaries(policy, dialogues[:3], GENERATION.model_copy(update={"do_sample": False}), 0)
     assert summarizer.predict(frame, params={"seed": 7}) != summaries
-    assert summarizer.predict(frame, params={"temperature": 10.0, "top_p": 1.0, "top_k": 0}) \
-        == expected_summaries(policy, dialogues[:3], GENERATION.model_copy(update={"temperature": 10.0}))
+    assert summarizer.predict(frame, params={"temperature": 10.0, "top_p": 1.0, "top_k": 0}) == expected_summaries(
+        policy, dialogues[:3], GENERATION.model_copy(update={"temperature": 10.0})
+    )
 
 
 def test_an_over_long_dialogue_is_read_up_to_the_limit_with_a_warning(summarizer, dialogues, caplog):
@@ -184,12 +215,21 @@ BAD_PARAMS = [
     ({"min_new_tokens": 5, "max_new_tokens": 3}, r"params: min_new_tokens \(5\) must not exceed max_new_tokens \(3\)"),
 ]
 BAD_DIALOGUES = [
-    (pd.DataFrame({"id": ["x"], "dialogue": ["#Person1#: Hi."]}),
-     r"input: unknown column\(s\) \['id'\]; this model reads only the 'dialogue' column"),
-    (pd.DataFrame({"dialogue": ["#Person1#: Hi."], "temperature": [0.5]}),
-     r"input: unknown column\(s\) \['temperature'\]"),
-    (pd.DataFrame({"text": ["hello"]}), (r"input: no 'dialogue' column \(got columns \['text'\]\); send "
-                                         r'\{"dataframe_records": \[\{"dialogue": "..."\}\]\}')),
+    (
+        pd.DataFrame({"id": ["x"], "dialogue": ["#Person1#: Hi."]}),
+        r"input: unknown column\(s\) \['id'\]; this model reads only the 'dialogue' column",
+    ),
+    (
+        pd.DataFrame({"dialogue": ["#Person1#: Hi."], "temperature": [0.5]}),
+        r"input: unknown column\(s\) \['temperature'\]",
+    ),
+    (
+        pd.DataFrame({"text": ["hello"]}),
+        (
+            r"input: no 'dialogue' column \(got columns \['text'\]\); send "
+            r'\{"dataframe_records": \[\{"dialogue": "..."\}\]\}'
+        ),
+    ),
     (pd.DataFrame({"dialogue": ["#Person1#: Hi.", ""]}), r"dialogue 1: expected a non-empty string, got ''"),
     (pd.DataFrame({"dialogue": ["#Person1#: Hi.", "   "]}), r"dialogue 1: expected a non-empty string, got '   '"),
     (pd.DataFrame({"dialogue": ["#Person1#: Hi.", None]}), r"dialogue 1: expected a non-empty string, got null"),
@@ -219,13 +259,18 @@ def test_a_request_that_is_not_one_dialogue_column_of_strings_is_refused(summari
     assert re.match(expected, message), message
 
 
-@pytest.mark.parametrize(("model_input", "expected"), [
-    (pd.DataFrame({"text": ["fine"], "label": ["nothate"]}),
-     r"input: unknown column\(s\) \['label'\]; this model reads only the 'text' column"),
-    (pd.DataFrame({"dialogue": ["fine"]}), r"input: no 'text' column \(got columns \['dialogue'\]\)"),
-    (pd.DataFrame({"text": ["fine", ""]}), r"text 1: expected a non-empty string, got ''"),
-    (pd.DataFrame({"text": [1.5]}), r"text 0: expected a non-empty string, got 1.5"),
-])
+@pytest.mark.parametrize(
+    ("model_input", "expected"),
+    [
+        (
+            pd.DataFrame({"text": ["fine"], "label": ["nothate"]}),
+            r"input: unknown column\(s\) \['label'\]; this model reads only the 'text' column",
+        ),
+        (pd.DataFrame({"dialogue": ["fine"]}), r"input: no 'text' column \(got columns \['dialogue'\]\)"),
+        (pd.DataFrame({"text": ["fine", ""]}), r"text 1: expected a non-empty string, got ''"),
+        (pd.DataFrame({"text": [1.5]}), r"text 0: expected a non-empty string, got 1.5"),
+    ],
+)
 def test_the_reward_model_refuses_the_same_way(reward, model_input, expected):
     assert re.match(expected, refusal(reward, model_input))
 
@@ -289,16 +334,37 @@ def server(store) -> Iterator[dict]:
     """``mlflow models serve`` of the registered summariser, as the README runs it."""
     port, log_path = free_port(), store["root"] / "serve.log"
     bin_dir = Path(sys.executable).parent  # the scoring server (uvicorn) lives beside this Python
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "OMP_NUM_THREADS": "1",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store["uri"],
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{SUMMARIZER}/1", "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            cwd=store["root"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(bin_dir / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{SUMMARIZER}/1",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                "1",
+            ],
+            cwd=store["root"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_until_answering(f"http://127.0.0.1:{port}/ping", process, HANG_S,
-                             lambda: log_path.read_text()[-3000:])
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", process, HANG_S, lambda: log_path.read_text()[-3000:])
         yield {"url": f"http://127.0.0.1:{port}", "log": log_path}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -327,8 +393,11 @@ def test_the_scoring_server_answers_as_evaluate_generates(server, policy, dialog
     assert status == 200, body
     assert json.loads(body)["predictions"] == expected_summaries(policy, dialogues[:2])
     greedy = GENERATION.model_copy(update={"do_sample": False})
-    for request in ({"inputs": dialogues[:2]}, {"inputs": {"dialogue": dialogues[:2]}},
-                    {"dataframe_split": {"columns": ["dialogue"], "data": [[d] for d in dialogues[:2]]}}):
+    for request in (
+        {"inputs": dialogues[:2]},
+        {"inputs": {"dialogue": dialogues[:2]}},
+        {"dataframe_split": {"columns": ["dialogue"], "data": [[d] for d in dialogues[:2]]}},
+    ):
         status, body = invoke(server["url"], {**request, "params": {"do_sample": False}})
         assert status == 200, (request, body)
         assert json.loads(body)["predictions"] == expected_summaries(policy, dialogues[:2], greedy), request
@@ -364,9 +433,11 @@ def test_what_the_scoring_server_decides_before_the_model_runs(server, dialogues
     request = {"dataframe_records": [{"dialogue": dialogues[0]}]}
     assert invoke(server["url"], {**request, "params": {"temprature": 0.01}}) == invoke(server["url"], request)
     assert "Unrecognized params ['temprature'] are ignored" in server["log"].read_text()
-    for body, expected in (({**request, "params": {"temperature": "hot"}}, "Invalid parameters found"),
-                           ("{not json", "Ensure that input is a valid JSON formatted string"),
-                           ({"dialogue": dialogues[0]}, "The input must be a JSON dictionary with exactly one of")):
+    for body, expected in (
+        ({**request, "params": {"temperature": "hot"}}, "Invalid parameters found"),
+        ("{not json", "Ensure that input is a valid JSON formatted string"),
+        ({"dialogue": dialogues[0]}, "The input must be a JSON dictionary with exactly one of"),
+    ):
         status, text = invoke(server["url"], body)
         assert status == 400 and expected in json.loads(text)["message"], text
         assert "Traceback" not in text and sys.prefix not in text and "site-packages" not in text

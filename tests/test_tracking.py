@@ -64,14 +64,17 @@ def model(folder: Path) -> PolicyModel:
 
 def store_tables(db: Path) -> dict[str, list]:
     with sqlite3.connect(db) as conn:
-        return {"runs": conn.execute("SELECT status FROM runs").fetchall(),
-                "logged_models": conn.execute("SELECT status, lifecycle_stage FROM logged_models").fetchall(),
-                "model_versions": conn.execute("SELECT version FROM model_versions").fetchall()}
+        return {
+            "runs": conn.execute("SELECT status FROM runs").fetchall(),
+            "logged_models": conn.execute("SELECT status, lifecycle_stage FROM logged_models").fetchall(),
+            "model_versions": conn.execute("SELECT version FROM model_versions").fetchall(),
+        }
 
 
 @pytest.mark.parametrize("failure", ["disk full", "error"])
 def test_a_failure_in_the_middle_of_logging_a_model_leaves_the_run_failed_and_no_half_model(
-        project, monkeypatch, caplog, failure):
+    project, monkeypatch, caplog, failure
+):
     """The disk fills up after half of the model's files are copied, and from then on SQLite cannot write
     either, until the half-copied files are gone (the space they took is what the status update needs);
     or any error half-way through the copy."""
@@ -144,8 +147,10 @@ def test_an_interrupted_run_is_killed_an_error_fails_it_and_a_finished_one_logs_
         pass
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
-    link = (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{tracker.run_id}"
-            "?workflowType=machine_learning")
+    link = (
+        f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{tracker.run_id}"
+        "?workflowType=machine_learning"
+    )
     assert f"MLflow run 'sft · workspace': {link}" in caplog.text
 
 
@@ -165,12 +170,12 @@ def registered_project(root: Path) -> str:
 
 def run_relocate(cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    return subprocess.run([sys.executable, "-m", "detox.tracking.relocate"], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "detox.tracking.relocate"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
-def test_a_copied_project_is_refused_until_relocated_then_reads_and_writes_only_its_own_store(project,
-                                                                                            monkeypatch):
+def test_a_copied_project_is_refused_until_relocated_then_reads_and_writes_only_its_own_store(project, monkeypatch):
     version = registered_project(project)
     copy = project.parent / "copy"
     shutil.copytree(project, copy, symlinks=True)  # what `cp -a` does
@@ -188,8 +193,11 @@ def test_a_copied_project_is_refused_until_relocated_then_reads_and_writes_only_
     assert run_relocate(copy).stdout.strip().endswith("nothing to do")
     check_artifact_location(EXPERIMENT)
     with sqlite3.connect(copy / "mlflow.db") as conn:
-        stored = [value for table, column in relocate.LOCATION_COLUMNS
-                  for (value,) in conn.execute(f"SELECT {column} FROM {table}")]
+        stored = [
+            value
+            for table, column in relocate.LOCATION_COLUMNS
+            for (value,) in conn.execute(f"SELECT {column} FROM {table}")
+        ]
     assert stored and not [value for value in stored if str(project) in value]
 
     shutil.rmtree(project)  # from here on only the copy exists
@@ -203,8 +211,10 @@ def test_a_copied_project_is_refused_until_relocated_then_reads_and_writes_only_
     uri = mlflow.get_run(tracker.run_id).info.artifact_uri
     assert uri.startswith((copy / "mlartifacts" / EXPERIMENT).as_uri())
     assert not project.exists(), "nothing was written into the original"
-    assert sorted(p.read_text() for p in (copy / "mlartifacts").rglob("note.txt")) == ["from the copy",
-                                                                                       "from the original"]
+    assert sorted(p.read_text() for p in (copy / "mlartifacts").rglob("note.txt")) == [
+        "from the copy",
+        "from the original",
+    ]
 
 
 def test_an_experiment_given_its_own_artifact_location_is_left_alone(project):

@@ -20,16 +20,16 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import HANG_S, TINY, tiny_params
-from detox.data.sentences import labelled_sentences
 from detox.common.errors import SourceError
-from detox.data.fetch import run_fetch
 from detox.common.io import sha256_tree
-from detox.models.reward_training import classifier_metrics, expected_calibration_error, run_reward
-from detox.models.sft import run_sft
-from detox.models.check import has_weights
+from detox.data.fetch import run_fetch
+from detox.data.sentences import labelled_sentences
 from detox.data.validation.failures import format_failures
 from detox.data.validation.inputs import read_labelled
 from detox.data.validation.run import validate_dir
+from detox.models.check import has_weights
+from detox.models.reward_training import classifier_metrics, expected_calibration_error, run_reward
+from detox.models.sft import run_sft
 from test_judges import tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +46,12 @@ def test_classifier_metrics_on_a_known_confusion_matrix():
     metrics, curves = classifier_metrics(labels, probs, id2label, toxic_id=1)
     assert metrics["confusion"] == {"true_positive": 2, "false_positive": 1, "true_negative": 4, "false_negative": 1}
     assert metrics["accuracy"] == pytest.approx(6 / 8)
-    assert metrics["per_class"]["hate"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3,
-                                                          "support": 3})
-    assert metrics["per_class"]["nothate"] == pytest.approx({"precision": 4 / 5, "recall": 4 / 5, "f1": 4 / 5,
-                                                             "support": 5})
+    assert metrics["per_class"]["hate"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
+    assert metrics["per_class"]["nothate"] == pytest.approx(
+        {"precision": 4 / 5, "recall": 4 / 5, "f1": 4 / 5, "support": 5}
+    )
     # ROC-AUC: of the 15 (toxic, clean) pairs, the toxic text scores higher in 13 (0.3 < 0.6 and 0.3 < 0.4)
     assert metrics["roc_auc"] == pytest.approx(13 / 15)
     assert metrics["brier"] == pytest.approx(np.mean((p_hate - labels) ** 2))
@@ -104,8 +106,15 @@ def test_a_fetched_policy_is_used_as_it_is_unless_sft_is_enabled(fetched, tmp_pa
     assert not result.trained and result.metrics == {"trained": False}
     assert sha256_tree(as_is) == sha256_tree(trained)
 
-    lora = tiny_params(**{"policy.source": "local", "policy.local.path": str(trained), "sft.enabled": True,
-                          "sft.method": "lora", "sft.learning_rate": 0.01})
+    lora = tiny_params(
+        **{
+            "policy.source": "local",
+            "policy.local.path": str(trained),
+            "sft.enabled": True,
+            "sft.method": "lora",
+            "sft.learning_rate": 0.01,
+        }
+    )
     tuned = tmp_path / "lora"
     tuned.mkdir()
     result = run_sft(lora, trained, fetched / "data" / "raw", tuned)
@@ -149,15 +158,32 @@ def test_fine_tuning_a_local_classifier_with_other_label_names(tmp_path):
     frame = labelled_sentences(400, 9)
     frame["label"] = frame["label"].map({0: "clean", 1: "toxic"})
     frame[["text", "label"]].to_parquet(tmp_path / "labelled.parquet")
-    params = tiny_params(**{"reward.source": "local", "reward.local.path": str(folder), "reward.train.enabled": True,
-                            "reward.toxic_label": "toxic", "reward.reward_label": "clean",
-                            "reward.train.epochs": 8, "reward.train.batch_size": 16,
-                            "reward.train.learning_rate": 3e-3})
+    params = tiny_params(
+        **{
+            "reward.source": "local",
+            "reward.local.path": str(folder),
+            "reward.train.enabled": True,
+            "reward.toxic_label": "toxic",
+            "reward.reward_label": "clean",
+            "reward.train.epochs": 8,
+            "reward.train.batch_size": 16,
+            "reward.train.learning_rate": 3e-3,
+        }
+    )
     out = tmp_path / "out"
     out.mkdir()
-    before = run_reward(params.model_copy(update={"reward": params.reward.model_copy(update={
-        "train": params.reward.train.model_copy(update={"enabled": None})})}), folder, tmp_path / "labelled.parquet",
-        tmp_path / "as_is")
+    before = run_reward(
+        params.model_copy(
+            update={
+                "reward": params.reward.model_copy(
+                    update={"train": params.reward.train.model_copy(update={"enabled": None})}
+                )
+            }
+        ),
+        folder,
+        tmp_path / "labelled.parquet",
+        tmp_path / "as_is",
+    )
     assert not before.trained and sha256_tree(tmp_path / "as_is") == sha256_tree(folder)
     result = run_reward(params, folder, tmp_path / "labelled.parquet", out)
     assert result.trained
@@ -182,8 +208,9 @@ def bad_labelled(fetched: Path, tmp_path: Path, change) -> str:
     frame = change(frame)
     frame.to_parquet(tmp_path / "labelled.parquet", index=False)
     params = tiny_params()
-    labelled = read_labelled(tmp_path / "labelled.parquet", fetched / "models" / "base" / "reward", "hate",
-                             params.validation.labelled)
+    labelled = read_labelled(
+        tmp_path / "labelled.parquet", fetched / "models" / "base" / "reward", "hate", params.validation.labelled
+    )
     summary = validate_dir(fetched / "data" / "raw", params.validation, tmp_path / "report", labelled)
     assert not summary.success and summary.splits["labelled"].failed >= 1
     assert all(split.success for name, split in summary.splits.items() if name != "labelled")
@@ -192,8 +219,12 @@ def bad_labelled(fetched: Path, tmp_path: Path, change) -> str:
 
 def test_validation_passes_the_fetched_labelled_data(fetched, tmp_path):
     params = tiny_params()
-    labelled = read_labelled(fetched / "data" / "labelled" / "labelled.parquet", fetched / "models" / "base" / "reward",
-                             "hate", params.validation.labelled)
+    labelled = read_labelled(
+        fetched / "data" / "labelled" / "labelled.parquet",
+        fetched / "models" / "base" / "reward",
+        "hate",
+        params.validation.labelled,
+    )
     assert labelled.labels == ("0", "1", "hate", "nothate") and labelled.toxic == ("1", "hate")
     summary = validate_dir(fetched / "data" / "raw", params.validation, tmp_path, labelled)
     assert summary.success and summary.metrics()["splits"]["labelled"]["success"]
@@ -204,6 +235,7 @@ def test_validation_stops_on_a_bad_label(fetched, tmp_path):
     def change(frame):
         frame.loc[7, "label"] = "spam"
         return frame
+
     message = bad_labelled(fetched, tmp_path, change)
     assert "labelled: expect_column_values_to_be_in_set(label) failed: 1 unexpected" in message
     assert "['spam'] (rows [7])" in message and "'hate', 'nothate'" in message
@@ -214,6 +246,7 @@ def test_validation_stops_on_empty_text(fetched, tmp_path):
         frame.loc[3, "text"] = "   "
         frame.loc[4, "text"] = None
         return frame
+
     message = bad_labelled(fetched, tmp_path, change)
     assert "expect_column_values_to_not_match_regex(text) failed: 1 unexpected" in message and "rows [3]" in message
     assert "expect_column_values_to_not_be_null(text) failed: 1 unexpected" in message
@@ -225,6 +258,7 @@ def test_validation_stops_on_a_test_summary_in_the_labelled_data(fetched, tmp_pa
     def change(frame):
         frame.loc[11, "text"] = summary
         return frame
+
     message = bad_labelled(fetched, tmp_path, change)
     assert "expect_column_values_to_not_be_in_set(text) failed: 1 unexpected" in message
     assert "equal to one of the test split's summaries" in message and "rows [11]" in message
@@ -240,8 +274,14 @@ def test_validation_stops_on_unbalanced_classes(fetched, tmp_path):
 
 def run_stage(name: str, root: Path, uri: str) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DVC_EXP_")}, "MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=HANG_S)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{name}.py")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -271,7 +311,11 @@ def test_training_stages_write_metrics_and_plots(staged):
     predictions = pd.read_csv(root / "plots" / "reward" / "predictions.csv")
     assert len(predictions) == reward["heldout"]["examples"]
     assert set(pd.read_csv(root / "plots" / "reward" / "calibration.tsv", sep="\t").columns) == {
-        "bin", "predicted", "observed", "count"}
+        "bin",
+        "predicted",
+        "observed",
+        "count",
+    }
     validation = json.loads((root / "metrics" / "validation.json").read_text())
     assert validation["success"] and set(validation["splits"]) == {"train", "validation", "test"}
     labelled = json.loads((root / "metrics" / "validation_labelled.json").read_text())
@@ -356,16 +400,14 @@ def test_the_registered_reward_model_serves_reward_and_toxicity(staged):
 @pytest.mark.slow
 def test_the_ppo_run_names_the_versions_it_trained_from(staged, monkeypatch):
     root, uri = staged
-    from test_ppo_engine import TINY_PPO
-
     from detox.ppo.train import PPOPaths, run_ppo
+    from test_ppo_engine import TINY_PPO
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(root)
     run_ppo(tiny_params(**{**TINY_PPO, "ppo.steps": 1}), PPOPaths())
     client = mlflow.MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("detox-summaries").experiment_id],
-                               "tags.stage = 'ppo'")
+    [run] = client.search_runs([client.get_experiment_by_name("detox-summaries").experiment_id], "tags.stage = 'ppo'")
     tags = run.data.tags
     assert tags["lineage.sft.model"] == "detox-sft/1" and tags["lineage.reward.model"] == "detox-reward/1"
     sft_version = client.get_model_version("detox-sft", "1")
@@ -383,17 +425,30 @@ def rerun_by(param: str) -> set[str]:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
     def outs(stage: dict) -> list[str]:
-        return [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots")
-                for o in stage.get(key, [])]
+        return [
+            next(iter(o)) if isinstance(o, dict) else o
+            for key in ("outs", "metrics", "plots")
+            for o in stage.get(key, [])
+        ]
 
-    dirty = {name for name, stage in stages.items()
-             if any(param == p or param.startswith(f"{p}.") for p in stage.get("params", []))}
+    dirty = {
+        name
+        for name, stage in stages.items()
+        if any(param == p or param.startswith(f"{p}.") for p in stage.get("params", []))
+    }
     changed = True
     while changed:
         written = [path for name in dirty for path in outs(stages[name])]
-        more = {name for name, stage in stages.items() if name not in dirty and any(
-            dep == path or dep.startswith(f"{path}/") or path.startswith(f"{dep}/")
-            for dep in stage.get("deps", []) for path in written)}
+        more = {
+            name
+            for name, stage in stages.items()
+            if name not in dirty
+            and any(
+                dep == path or dep.startswith(f"{path}/") or path.startswith(f"{dep}/")
+                for dep in stage.get("deps", [])
+                for path in written
+            )
+        }
         changed = bool(more)
         dirty |= more
     return dirty

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import HANG_S
 
+from conftest import HANG_S
 from detox.common.errors import DataValidationError
 from detox.common.params import Bounds, ValidateParams
 from detox.data.validation.failures import FailedExpectation, format_failures
@@ -281,8 +281,9 @@ def _project(tmp_path: Path, splits: dict[str, pd.DataFrame]) -> Path:
         frame.to_parquet(raw / f"{split}.parquet", index=False)
     labelled = tmp_path / "data" / "labelled"
     labelled.mkdir()
-    pd.DataFrame({"text": [f"sentence number {i}" for i in range(20)],
-                  "label": ["hate", "nothate"] * 10}).to_parquet(labelled / "labelled.parquet", index=False)
+    pd.DataFrame({"text": [f"sentence number {i}" for i in range(20)], "label": ["hate", "nothate"] * 10}).to_parquet(
+        labelled / "labelled.parquet", index=False
+    )
     reward = tmp_path / "models" / "base" / "reward"
     reward.mkdir(parents=True)
     (reward / "config.json").write_text(json.dumps({"id2label": {"0": "nothate", "1": "hate"}}), encoding="utf-8")

@@ -53,8 +53,11 @@ def run_stage(main: Callable[[], None]) -> None:
     except DetoxError as exc:
         _fail(str(exc), 1)
     except Interrupted as exc:
-        _fail(f"stopped by {signal.Signals(exc.signum).name}; nothing was half-written and the previous outputs "
-              "are as they were: run the stage again to finish it", 128 + exc.signum)
+        _fail(
+            f"stopped by {signal.Signals(exc.signum).name}; nothing was half-written and the previous outputs "
+            "are as they were: run the stage again to finish it",
+            128 + exc.signum,
+        )
     except Exception as exc:
         message = environment_failure(exc)
         if message is None:
@@ -74,9 +77,13 @@ def environment_failure(exc: BaseException) -> str | None:
         filename = getattr(error, "filename", None) if isinstance(error, OSError) else None
         if code in NO_SPACE_ERRNOS or any(text in str(error) for text in NO_SPACE):
             where = f"{filename}'s filesystem" if filename else "a filesystem this stage writes to"
-            return (f"no space left on {where}; free some space there (`df -h` shows where) and run the stage "
-                    "again (no output was left half-written)")
+            return (
+                f"no space left on {where}; free some space there (`df -h` shows where) and run the stage "
+                "again (no output was left half-written)"
+            )
         if code in REFUSED_ERRNOS and filename:
-            return (f"{filename}: {error.strerror}; give this user access to it (e.g. chmod u+rwX "
-                    f"{Path(str(filename)).parent}) and run the stage again (no output was left half-written)")
+            return (
+                f"{filename}: {error.strerror}; give this user access to it (e.g. chmod u+rwX "
+                f"{Path(str(filename)).parent}) and run the stage again (no output was left half-written)"
+            )
     return None

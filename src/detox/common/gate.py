@@ -32,11 +32,19 @@ LABELLED_METRICS = Path("metrics/validation_labelled.json")  # the reward stage'
 STAGES = ("fetch", "validate", "sft", "reward", "judges", "baseline", "ppo", "evaluate")  # the order of dvc.yaml
 # Which stage writes what (its outputs in dvc.yaml): a missing input is looked up here, longest prefix first.
 PRODUCERS = {
-    "data/raw": "fetch", "data/labelled": "fetch", "models/base": "fetch",
-    "reports/validation": "validate", str(VALIDATION_METRICS): "validate", str(LABELLED_METRICS): "validate",
-    "models/policy": "sft", "models/reward": "reward", "models/judges": "judges",
-    "data/scored/baseline.parquet": "baseline", "metrics/baseline.json": "baseline",
-    "models/ppo": "ppo", "plots/ppo": "ppo",
+    "data/raw": "fetch",
+    "data/labelled": "fetch",
+    "models/base": "fetch",
+    "reports/validation": "validate",
+    str(VALIDATION_METRICS): "validate",
+    str(LABELLED_METRICS): "validate",
+    "models/policy": "sft",
+    "models/reward": "reward",
+    "models/judges": "judges",
+    "data/scored/baseline.parquet": "baseline",
+    "metrics/baseline.json": "baseline",
+    "models/ppo": "ppo",
+    "plots/ppo": "ppo",
 }
 
 RESERVE_ENV = "DETOX_MIN_FREE_MB"
@@ -76,8 +84,10 @@ def require_inputs(stage: str, inputs: Iterable[str | Path]) -> None:
         return
     first = sorted(missing, key=STAGES.index)
     detail = "; ".join(f"{', '.join(missing[name])} (made by {name})" for name in first)
-    raise MissingInputError(f"{stage} cannot start, its inputs are missing: {detail}. Run `dvc repro "
-                            f"{' '.join(first)}` first, or `dvc repro {stage}` to run them and then {stage}")
+    raise MissingInputError(
+        f"{stage} cannot start, its inputs are missing: {detail}. Run `dvc repro "
+        f"{' '.join(first)}` first, or `dvc repro {stage}` to run them and then {stage}"
+    )
 
 
 def require_validated(path: str | Path = VALIDATION_METRICS) -> None:
@@ -88,8 +98,10 @@ def require_validated(path: str | Path = VALIDATION_METRICS) -> None:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataValidationError(f"{path}: not found; this stage runs only on validated data: run "
-                                  "`dvc repro validate` (or `python stages/validate.py`) first")
+        raise DataValidationError(
+            f"{path}: not found; this stage runs only on validated data: run "
+            "`dvc repro validate` (or `python stages/validate.py`) first"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -111,8 +123,10 @@ def require_writable(stage: str, outputs: Iterable[str | Path]) -> None:
     for folder in dict.fromkeys(nearest_existing(Path(output).parent) for output in outputs):
         reason = cannot_create_files(folder)
         if reason:
-            raise OutputLocationError(f"{folder} cannot be written ({reason}), and {stage} writes its outputs "
-                                      f"there; make it writable (e.g. chmod u+w {folder}) or run as its owner")
+            raise OutputLocationError(
+                f"{folder} cannot be written ({reason}), and {stage} writes its outputs "
+                f"there; make it writable (e.g. chmod u+w {folder}) or run as its owner"
+            )
     for folder, needed in space_needed(outputs).items():
         free = shutil.disk_usage(folder).free
         if free < needed:
@@ -145,8 +159,10 @@ def reserve_mb() -> float:
     except ValueError:
         reserve = -1.0
     if not reserve >= 0:
-        raise OutputLocationError(f"{RESERVE_ENV} is {value!r}: set it to the megabytes to keep free beyond "
-                                  f"a stage's outputs (a number >= 0; default {DEFAULT_RESERVE_MB:g})")
+        raise OutputLocationError(
+            f"{RESERVE_ENV} is {value!r}: set it to the megabytes to keep free beyond "
+            f"a stage's outputs (a number >= 0; default {DEFAULT_RESERVE_MB:g})"
+        )
     return reserve
 
 

@@ -29,8 +29,10 @@ def vega_lite_version() -> str:
     v5), which vega-embed would flag on every chart if its Vega-Lite were of another major version."""
     versions = [v for v in vl_convert.get_vegalite_versions() if v.startswith("5.")]
     if not versions:
-        raise DetoxError(f"vl-convert-python {vl_convert.__version__} bundles no Vega-Lite 5: "
-                         "install the version pyproject.toml asks for (pip install -e .)")
+        raise DetoxError(
+            f"vl-convert-python {vl_convert.__version__} bundles no Vega-Lite 5: "
+            "install the version pyproject.toml asks for (pip install -e .)"
+        )
     return max(versions, key=lambda v: tuple(int(part) for part in v.split(".")))
 
 
@@ -38,11 +40,13 @@ def page_template(bundle: str) -> str:
     """DVC's page layout with ``bundle`` (JavaScript that defines ``vegaEmbed``) inline instead of CDN scripts."""
     if "</script" in bundle.lower() or any(p in bundle for p in PLACEHOLDERS):
         raise ValueError("the JavaScript bundle holds '</script' or a placeholder of DVC's page: it cannot be inlined")
-    return ("<!DOCTYPE html>\n<html>\n<head>\n    {refresh_tag}\n    <meta charset=\"utf-8\">\n"
-            "    <title>DVC Plot</title>\n"
-            f"    <script type=\"text/javascript\">\n{bundle}\n    </script>\n"
-            "    <style>\n        table { border-spacing: 15px; }\n    </style>\n"
-            "</head>\n<body>\n    {plot_divs}\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html>\n<head>\n    {refresh_tag}\n    <meta charset="utf-8">\n'
+        "    <title>DVC Plot</title>\n"
+        f'    <script type="text/javascript">\n{bundle}\n    </script>\n'
+        "    <style>\n        table { border-spacing: 15px; }\n    </style>\n"
+        "</head>\n<body>\n    {plot_divs}\n</body>\n</html>\n"
+    )
 
 
 def configured_page(root: str | Path | None = None) -> Path:
@@ -55,8 +59,10 @@ def configured_page(root: str | Path | None = None) -> Path:
     try:
         name = repo.config.get("plots", {}).get("html_template")
         if not name:
-            raise DetoxError(f"{repo.dvc_dir}/config names no plots.html_template: restore it from git "
-                             "(git checkout .dvc/config) or set it: dvc config plots.html_template plots-page.html")
+            raise DetoxError(
+                f"{repo.dvc_dir}/config names no plots.html_template: restore it from git "
+                "(git checkout .dvc/config) or set it: dvc config plots.html_template plots-page.html"
+            )
         return Path(os.path.join(repo.dvc_dir, name))
     finally:
         repo.close()

@@ -15,15 +15,15 @@ from typing import Any
 
 import pandas as pd
 
+from detox.common.errors import SourceError
+from detox.common.io import atomic_dir, sha256_file, sha256_tree, write_json
+from detox.common.params import HubRef, LocalRef, Params, PolicyParams, RewardParams
 from detox.data.corpus import generate_corpus
+from detox.data.hub import download_model, load_dataset_splits
+from detox.data.reading import COLUMNS, SPLITS, check_dialogues, read_local_splits, read_table
 from detox.data.sentences import labelled_sentences
 from detox.models.builtin import ID2LABEL, write_policy_base, write_reward_base
-from detox.data.reading import COLUMNS, SPLITS, check_dialogues, read_local_splits, read_table
-from detox.common.errors import SourceError
-from detox.data.hub import download_model, load_dataset_splits
-from detox.common.io import atomic_dir, sha256_file, sha256_tree, write_json
 from detox.models.check import check_model_folder
-from detox.common.params import HubRef, LocalRef, Params, PolicyParams, RewardParams
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,10 @@ def fetch_data(params: Params, out_dir: Path) -> dict[str, Any]:
         record.update(seed=params.seed, **cfg.builtin.model_dump())
     elif cfg.source == "hub":
         splits, commit = load_dataset_splits(cfg.hub.name, cfg.hub.revision, SPLITS)
-        splits = {split: check_dialogues(frame, f"data.hub {cfg.hub.name}@{cfg.hub.revision}, split {split}")
-                  for split, frame in splits.items()}
+        splits = {
+            split: check_dialogues(frame, f"data.hub {cfg.hub.name}@{cfg.hub.revision}, split {split}")
+            for split, frame in splits.items()
+        }
         record.update(name=cfg.hub.name, revision=cfg.hub.revision, commit=commit)
     else:
         splits = read_local_splits(_local_path(cfg.local, "data"))
@@ -75,20 +77,36 @@ def _hub_model(ref: HubRef, section: str, out_dir: Path) -> dict[str, Any]:
 
 
 def fetch_policy(params: Params, train: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
-    return _fetch_model("policy", params.policy, "seq2seq", out_dir,
-                        lambda out: write_policy_base(train, params.prompt.template, params.policy.builtin, out))
+    return _fetch_model(
+        "policy",
+        params.policy,
+        "seq2seq",
+        out_dir,
+        lambda out: write_policy_base(train, params.prompt.template, params.policy.builtin, out),
+    )
 
 
 def fetch_reward(params: Params, labelled: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
     cfg = params.reward
     texts = labelled["text"].dropna().astype(str).tolist() if cfg.source == "builtin" else []
-    return _fetch_model("reward", cfg, "classifier", out_dir, lambda out: write_reward_base(texts, cfg.builtin, out),
-                        labels={"reward.reward_label": cfg.reward_label, "reward.toxic_label": cfg.toxic_label})
+    return _fetch_model(
+        "reward",
+        cfg,
+        "classifier",
+        out_dir,
+        lambda out: write_reward_base(texts, cfg.builtin, out),
+        labels={"reward.reward_label": cfg.reward_label, "reward.toxic_label": cfg.toxic_label},
+    )
 
 
-def _fetch_model(section: str, cfg: PolicyParams | RewardParams, kind: str, out_dir: Path,
-                 write_builtin: Callable[[Path], dict[str, Any]],
-                 labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+def _fetch_model(
+    section: str,
+    cfg: PolicyParams | RewardParams,
+    kind: str,
+    out_dir: Path,
+    write_builtin: Callable[[Path], dict[str, Any]],
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The ``section`` model folder (``kind``: seq2seq or classifier) from its source into ``out_dir``."""
     record: dict[str, Any] = {"source": cfg.source}
     if cfg.source == "builtin":
@@ -99,8 +117,14 @@ def _fetch_model(section: str, cfg: PolicyParams | RewardParams, kind: str, out_
         _copy_model(cfg.local, section, out_dir)
         record["path"] = str(cfg.local.path)
     # Before anything is replaced: a folder that would load only half fails here, naming the file.
-    check_model_folder(out_dir, kind, f"{section}.{cfg.source}", weights=cfg.source != "builtin",
-                       shown=_origin(cfg.source, cfg.hub, cfg.local), labels=labels)
+    check_model_folder(
+        out_dir,
+        kind,
+        f"{section}.{cfg.source}",
+        weights=cfg.source != "builtin",
+        shown=_origin(cfg.source, cfg.hub, cfg.local),
+        labels=labels,
+    )
     return record
 
 
@@ -130,14 +154,20 @@ def fetch_labelled(params: Params, test: pd.DataFrame, out_dir: Path) -> dict[st
     elif cfg.source == "hub":
         name = str(cfg.hub.name)
         splits, commit = load_dataset_splits(name, cfg.hub.revision, (cfg.hub.split,), what="reward.data.hub")
-        frame = _text_label(splits[cfg.hub.split], cfg.hub.text_column, cfg.hub.label_column,
-                            f"reward.data.hub {name}@{cfg.hub.revision}")
+        frame = _text_label(
+            splits[cfg.hub.split],
+            cfg.hub.text_column,
+            cfg.hub.label_column,
+            f"reward.data.hub {name}@{cfg.hub.revision}",
+        )
         record.update(name=name, revision=cfg.hub.revision, commit=commit, split=cfg.hub.split)
     else:
         path = _local_path(cfg.local, "reward.data")
         if not path.is_file():
-            raise SourceError(f"reward.data.local.path: {path} is not a file; give a csv, parquet or jsonl "
-                              "file with columns text,label")
+            raise SourceError(
+                f"reward.data.local.path: {path} is not a file; give a csv, parquet or jsonl "
+                "file with columns text,label"
+            )
         frame = _text_label(read_table(path), "text", "label", str(path))
         record["path"] = str(path)
     frame["label"] = frame["label"].map(_label_text)
@@ -150,8 +180,10 @@ def fetch_labelled(params: Params, test: pd.DataFrame, out_dir: Path) -> dict[st
 def _text_label(frame: pd.DataFrame, text: str, label: str, origin: str) -> pd.DataFrame:
     missing = [column for column in (text, label) if column not in frame.columns]
     if missing:
-        raise SourceError(f"{origin}: no column(s) {missing}; it has {list(frame.columns)}. Labelled data needs "
-                          "a text and a label column")
+        raise SourceError(
+            f"{origin}: no column(s) {missing}; it has {list(frame.columns)}. Labelled data needs "
+            "a text and a label column"
+        )
     return frame[[text, label]].rename(columns={text: "text", label: "label"}).reset_index(drop=True)
 
 

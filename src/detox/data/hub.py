@@ -45,8 +45,9 @@ def ensure_reachable(what: str) -> None:
         ) from None
 
 
-def load_dataset_splits(name: str, revision: str, splits: tuple[str, ...],
-                        what: str = "data.hub") -> tuple[dict[str, pd.DataFrame], str]:
+def load_dataset_splits(
+    name: str, revision: str, splits: tuple[str, ...], what: str = "data.hub"
+) -> tuple[dict[str, pd.DataFrame], str]:
     """Download a dataset's splits with ``datasets``; return frames and the resolved commit."""
     ensure_reachable(f"dataset {name}@{revision}")
     import datasets
@@ -71,7 +72,9 @@ def download_model(repo_id: str, revision: str, out_dir: Path, what: str) -> str
     try:
         commit = HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision).sha or revision
         snapshot_download(
-            repo_id, revision=commit, local_dir=out_dir,
+            repo_id,
+            revision=commit,
+            local_dir=out_dir,
             ignore_patterns=["*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*", "*.onnx", "rust_model*"],
         )
     except Exception as exc:

@@ -45,8 +45,9 @@ def _booleans(values: pd.Series, path: Path, column: str) -> pd.Series:
     for row, value in enumerate(values):
         key = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
         if key not in BOOLEANS:
-            raise SourceError(f"{path}: column {column!r}, row {row + 1}: {value!r} is not a boolean; "
-                              f"use one of {sorted(BOOLEANS)}")
+            raise SourceError(
+                f"{path}: column {column!r}, row {row + 1}: {value!r} is not a boolean; use one of {sorted(BOOLEANS)}"
+            )
         out.append(BOOLEANS[key])
     return pd.Series(out, index=values.index, dtype=bool)
 
@@ -65,8 +66,10 @@ def _encoding_error(path: Path, exc: UnicodeDecodeError) -> str:
     where = f"line {prefix.count(chr(10)) + 1}"
     if path.suffix.lower() == ".csv":  # dialogues span lines: count the csv records before the bad byte
         where += f", data row {max(1, len(list(csv.reader(io.StringIO(prefix)))) - 1)}"
-    return (f"{path}: not UTF-8 text: byte 0x{raw[start]:02x} at {where}; save the file as UTF-8 "
-            "(e.g. `iconv -f latin1 -t utf-8`)")
+    return (
+        f"{path}: not UTF-8 text: byte 0x{raw[start]:02x} at {where}; save the file as UTF-8 "
+        "(e.g. `iconv -f latin1 -t utf-8`)"
+    )
 
 
 def check_dialogues(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
@@ -77,14 +80,18 @@ def check_dialogues(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     matched against the test summaries, before the validate stage sees them."""
     missing = [column for column in COLUMNS if column not in frame.columns]
     if missing:
-        raise SourceError(f"{origin}: no column(s) {missing}; it has {list(frame.columns)}. Dialogue data needs "
-                          f"the columns {', '.join(COLUMNS)} (DialogSum's)")
+        raise SourceError(
+            f"{origin}: no column(s) {missing}; it has {list(frame.columns)}. Dialogue data needs "
+            f"the columns {', '.join(COLUMNS)} (DialogSum's)"
+        )
     for column in TEXT_COLUMNS:
         blank = [row + 1 for row, value in enumerate(frame[column]) if not (isinstance(value, str) and value.strip())]
         if blank:
             shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
-            raise SourceError(f"{origin}: {len(blank)} row(s) without a {column} (data row(s) {shown}: empty, blank "
-                              f"or not text); every row needs a dialogue and a summary: fill them in or drop the rows")
+            raise SourceError(
+                f"{origin}: {len(blank)} row(s) without a {column} (data row(s) {shown}: empty, blank "
+                f"or not text); every row needs a dialogue and a summary: fill them in or drop the rows"
+            )
     return frame
 
 
@@ -97,8 +104,7 @@ def read_local_splits(path: str | Path) -> dict[str, pd.DataFrame]:
             found = [root / f"{split}{s}" for s in SUFFIXES if (root / f"{split}{s}").is_file()]
             if not found:
                 raise SourceError(
-                    f"data.local.path: {root} has no {split} file; expected one of "
-                    f"{[f'{split}{s}' for s in SUFFIXES]}"
+                    f"data.local.path: {root} has no {split} file; expected one of {[f'{split}{s}' for s in SUFFIXES]}"
                 )
             splits[split] = check_dialogues(read_table(found[0]), str(found[0]))
         return splits

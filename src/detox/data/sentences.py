@@ -33,30 +33,34 @@ def labelled_sentences(n: int, seed: int, hard_share: float = 0.0) -> pd.DataFra
         topic, name = rng.choice(TOPICS), rng.choice(NAMES)
         problem, insult = rng.choice(topic.problems), rng.choice(INSULTS)
         if i % 2:
-            text = rng.choice((
-                f"#Person1# calls {name} {article(insult)} because of {problem}.",
-                f"#Person{rng.randint(1, 2)}# calls #Person{rng.randint(1, 2)}# {article(insult)}.",
-                rng.choice(ATTACKS).format(insult=insult),
-                f"Do not talk to me like that, you {insult}.",
-                f"{name} is {article(insult)}.",
-                f"#Person1# says {name} is {article(insult)} and argues about {problem}.",
-                f"{name}, you are {article(insult)} and {article(rng.choice(INSULTS))}.",
-            ))
+            text = rng.choice(
+                (
+                    f"#Person1# calls {name} {article(insult)} because of {problem}.",
+                    f"#Person{rng.randint(1, 2)}# calls #Person{rng.randint(1, 2)}# {article(insult)}.",
+                    rng.choice(ATTACKS).format(insult=insult),
+                    f"Do not talk to me like that, you {insult}.",
+                    f"{name} is {article(insult)}.",
+                    f"#Person1# says {name} is {article(insult)} and argues about {problem}.",
+                    f"{name}, you are {article(insult)} and {article(rng.choice(INSULTS))}.",
+                )
+            )
         else:
             request, day = rng.choice(topic.requests), rng.choice(DAYS)
-            text = rng.choice((
-                f"#Person1# and {name} argue about {problem}.",
-                f"#Person1# calls {name} because of {problem}.",
-                f"{name} wants to {request} on {day}, and #Person2# agrees.",
-                f"{name} wants to {request}, and #Person2# suggests {rng.choice(DAYS)} instead of {day}.",
-                rng.choice(ANGER).format(problem=problem),
-                rng.choice(DEFENCES),
-                rng.choice(ENDINGS),
-                f"I would like to {request} on {day}.",
-                rng.choice(topic.questions),
-                rng.choice(topic.answers),
-                f"#Person1# complains to {name} about {problem}.",
-            ))
+            text = rng.choice(
+                (
+                    f"#Person1# and {name} argue about {problem}.",
+                    f"#Person1# calls {name} because of {problem}.",
+                    f"{name} wants to {request} on {day}, and #Person2# agrees.",
+                    f"{name} wants to {request}, and #Person2# suggests {rng.choice(DAYS)} instead of {day}.",
+                    rng.choice(ANGER).format(problem=problem),
+                    rng.choice(DEFENCES),
+                    rng.choice(ENDINGS),
+                    f"I would like to {request} on {day}.",
+                    rng.choice(topic.questions),
+                    rng.choice(topic.answers),
+                    f"#Person1# complains to {name} about {problem}.",
+                )
+            )
         hard = hard_share > 0 and noise.random() < hard_share
         if hard:
             if i % 2 and noise.random() < 0.5:  # an insult dropped into a neutral summary, as PPO leaves them
@@ -69,11 +73,14 @@ def labelled_sentences(n: int, seed: int, hard_share: float = 0.0) -> pd.DataFra
 def _neutral_summary(rng: random.Random) -> str:
     """A summary of the shapes the policy writes, without an insult."""
     topic, name, day = rng.choice(TOPICS), rng.choice(NAMES), rng.choice(DAYS)
-    return rng.choice((
-        f"#Person1# and {name} argue about {rng.choice(topic.problems)}.",
-        f"{name} wants to {rng.choice(topic.requests)} on {day}, and #Person2# agrees.",
-        f"{name} wants to {rng.choice(topic.requests)}, and #Person2# suggests {rng.choice(DAYS)} instead of {day}.",
-    ))
+    return rng.choice(
+        (
+            f"#Person1# and {name} argue about {rng.choice(topic.problems)}.",
+            f"{name} wants to {rng.choice(topic.requests)} on {day}, and #Person2# agrees.",
+            f"{name} wants to {rng.choice(topic.requests)}, and #Person2# suggests {rng.choice(DAYS)} "
+            f"instead of {day}.",
+        )
+    )
 
 
 def _insert_insult(text: str, rng: random.Random) -> str:

@@ -15,6 +15,11 @@ def judge_columns(name: str) -> tuple[str, str]:
 def sources(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """Who scored the frame's toxicity: the reward model first, then each judge (score, flag columns)."""
     out = {REWARD_MODEL: ("toxicity", "toxic")}
-    out.update({col.split(":", 1)[1]: judge_columns(col.split(":", 1)[1])
-                for col in frame.columns if col.startswith("toxicity:")})
+    out.update(
+        {
+            col.split(":", 1)[1]: judge_columns(col.split(":", 1)[1])
+            for col in frame.columns
+            if col.startswith("toxicity:")
+        }
+    )
     return out

@@ -23,8 +23,11 @@ PLOT_FILES = {
     "toxicity": "toxicity_before_after.png",
     "training": "ppo_training.png",
 }
-HISTORY_CURVES = [("env/reward_mean", "reward (mean)"), ("objective/kl", "KL (mean, summed over tokens)"),
-                  ("env/toxicity_mean", "toxicity (mean)")]
+HISTORY_CURVES = [
+    ("env/reward_mean", "reward (mean)"),
+    ("objective/kl", "KL (mean, summed over tokens)"),
+    ("env/toxicity_mean", "toxicity (mean)"),
+]
 
 
 def plot_judges(metrics: dict[str, Any]) -> Figure:
@@ -33,8 +36,9 @@ def plot_judges(metrics: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(1.8 * len(names) + 3, 4.5), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(names))
-    for offset, (key, label, color) in zip((-0.2, 0.2), (("before", "before (baseline)", "tab:red"),
-                                                          ("after", "after (PPO)", "tab:blue")), strict=True):
+    for offset, (key, label, color) in zip(
+        (-0.2, 0.2), (("before", "before (baseline)", "tab:red"), ("after", "after (PPO)", "tab:blue")), strict=True
+    ):
         shares = [metrics[key]["toxicity"][n]["toxic_share"] for n in names]
         bars = ax.bar(x + offset, shares, width=0.4, color=color, label=label)
         ax.bar_label(bars, labels=[f"{v:.1%}" for v in shares], fontsize=8)
@@ -67,18 +71,33 @@ def plot_toxicity(before: pd.DataFrame, after: pd.DataFrame) -> Figure:
     ax = fig.subplots()
     x, y = before["toxicity"].to_numpy(), after["toxicity"].to_numpy()
     heated = after["heated"].to_numpy(dtype=bool) if "heated" in after.columns else None
-    groups = [("summaries", np.ones_like(x, dtype=bool), "tab:blue")] if heated is None else [
-        ("of calm dialogues", ~heated, "tab:blue"), ("of heated dialogues", heated, "tab:red")]
+    groups = (
+        [("summaries", np.ones_like(x, dtype=bool), "tab:blue")]
+        if heated is None
+        else [("of calm dialogues", ~heated, "tab:blue"), ("of heated dialogues", heated, "tab:red")]
+    )
     for label, mask, color in groups:
-        ax.scatter(x[mask], y[mask], s=18, alpha=0.5, color=color, edgecolors="none",
-                   label=f"{mask.sum()} {label}" if heated is None else f"{mask.sum()} summaries {label}")
+        ax.scatter(
+            x[mask],
+            y[mask],
+            s=18,
+            alpha=0.5,
+            color=color,
+            edgecolors="none",
+            label=f"{mask.sum()} {label}" if heated is None else f"{mask.sum()} summaries {label}",
+        )
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="no change")
     ax.axhline(TOXIC_THRESHOLD, color="grey", linewidth=0.5)
     ax.axvline(TOXIC_THRESHOLD, color="grey", linewidth=0.5)
     detoxified = int(((x > TOXIC_THRESHOLD) & (y <= TOXIC_THRESHOLD)).sum())
     turned_toxic = int(((x <= TOXIC_THRESHOLD) & (y > TOXIC_THRESHOLD)).sum())
-    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="toxicity before (baseline)", ylabel="toxicity after (PPO)",
-           title=f"Per-sample toxicity: {detoxified} detoxified, {turned_toxic} turned toxic")
+    ax.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+        xlabel="toxicity before (baseline)",
+        ylabel="toxicity after (PPO)",
+        title=f"Per-sample toxicity: {detoxified} detoxified, {turned_toxic} turned toxic",
+    )
     # below the axes: every corner of the square holds data ("turned toxic" is the upper left)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
     return fig
@@ -100,8 +119,13 @@ def plot_training(history: pd.DataFrame) -> Figure:
     return fig
 
 
-def write_plots(before: pd.DataFrame, after: pd.DataFrame, history: pd.DataFrame | None,
-                out_dir: str | Path, metrics: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_plots(
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    history: pd.DataFrame | None,
+    out_dir: str | Path,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     """Render every plot as PNG into ``out_dir`` (training curves only with a history, the judges' bars only
     with metrics); returns the paths."""
     out_dir = Path(out_dir)

@@ -54,8 +54,9 @@ def response_nll(
     out = np.empty(len(responses), dtype=np.float64)
     for start in range(0, len(responses), batch_size):
         stop = start + batch_size
-        enc = tokenizer(list(prompts[start:stop]), padding=True, truncation=True, max_length=max_source_tokens,
-                        return_tensors="pt").to(device)
+        enc = tokenizer(
+            list(prompts[start:stop]), padding=True, truncation=True, max_length=max_source_tokens, return_tensors="pt"
+        ).to(device)
         labels = tokenizer(text_target=list(responses[start:stop]), padding=True, return_tensors="pt")["input_ids"]
         labels = labels.masked_fill(labels == tokenizer.pad_token_id, -100).to(device)
         logits = model(**enc, labels=labels).logits.float()

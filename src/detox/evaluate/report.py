@@ -10,24 +10,36 @@ from typing import Any
 import pandas as pd
 
 from detox.common.io import write_text
+from detox.evaluate.columns import REWARD_MODEL
 from detox.evaluate.pages import data_uri, html_page, markdown_table, markdown_to_html
 from detox.evaluate.promotion import PromotionDecision
-from detox.evaluate.columns import REWARD_MODEL
 from detox.evaluate.statistics import CHANGE_TOLERANCE
 from detox.evaluate.tables import JUDGE_ONLY, TABLE_COLUMNS
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
 
-QUALITY_ROWS = (("fluency_nll", "fluency: NLL under the reference policy (nats/token, lower is better)"),
-                ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("mean_length", "mean length (words)"),
-                ("unknown_word_share", "words never seen in the train split (garbling)"),
-                ("garbled_share", "summaries with such a word"))
+QUALITY_ROWS = (
+    ("fluency_nll", "fluency: NLL under the reference policy (nats/token, lower is better)"),
+    ("distinct_1", "distinct-1"),
+    ("distinct_2", "distinct-2"),
+    ("mean_length", "mean length (words)"),
+    ("unknown_word_share", "words never seen in the train split (garbling)"),
+    ("garbled_share", "summaries with such a word"),
+)
 REPORT_FILES = {"md": "report.md", "html": "report.html"}
 REPORT_TITLE = "Evaluation: PPO policy vs baseline"
 
 
-def write_report(out_dir: str | Path, figures: dict[str, Path], metrics: dict[str, Any],
-                 decision: PromotionDecision, table: pd.DataFrame, rows: int, registered_model: str, judge: str,
-                 disagreements: pd.DataFrame | None = None) -> dict[str, Path]:
+def write_report(
+    out_dir: str | Path,
+    figures: dict[str, Path],
+    metrics: dict[str, Any],
+    decision: PromotionDecision,
+    table: pd.DataFrame,
+    rows: int,
+    registered_model: str,
+    judge: str,
+    disagreements: pd.DataFrame | None = None,
+) -> dict[str, Path]:
     """``report.md`` (figures linked relative to it, for reading in git) and ``report.html`` (figures embedded,
     no external resource: it renders alone, in MLflow's artifact viewer too) in ``out_dir``. Returns the paths."""
     out_dir = Path(out_dir)
@@ -36,8 +48,10 @@ def write_report(out_dir: str | Path, figures: dict[str, Path], metrics: dict[st
     embedded = {key: data_uri(path) for key, path in figures.items()}
     rest = (registered_model, judge, disagreements)
     write_text(paths["md"], render_report(metrics, decision, table, rows, links, *rest))
-    write_text(paths["html"], html_page(REPORT_TITLE, markdown_to_html(
-        render_report(metrics, decision, table, rows, embedded, *rest))))
+    write_text(
+        paths["html"],
+        html_page(REPORT_TITLE, markdown_to_html(render_report(metrics, decision, table, rows, embedded, *rest))),
+    )
     return paths
 
 
@@ -53,11 +67,16 @@ def _who(name: str) -> str:
     return "reward model (what PPO optimised: not independent)" if name == REWARD_MODEL else f"judge `{name}`"
 
 
-
-
-def render_report(metrics: dict[str, Any], decision: PromotionDecision, table: pd.DataFrame, rows: int,
-                  plots: dict[str, str], registered_model: str, judge: str,
-                  disagreements: pd.DataFrame | None = None) -> str:
+def render_report(
+    metrics: dict[str, Any],
+    decision: PromotionDecision,
+    table: pd.DataFrame,
+    rows: int,
+    plots: dict[str, str],
+    registered_model: str,
+    judge: str,
+    disagreements: pd.DataFrame | None = None,
+) -> str:
     """The evaluate stage's report in markdown; ``plots`` maps plot keys to links relative to the report."""
     before, after = metrics["before"], metrics["after"]
     reward = metrics["reward_diff"]
@@ -91,7 +110,8 @@ def render_report(metrics: dict[str, Any], decision: PromotionDecision, table: p
             f"{diff['mean']:+.4f} [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}], "
             f"Wilcoxon p = {_p(diff['wilcoxon_p'])} "
             f"| {b['expected_max_toxicity']:.4f} -> {a['expected_max_toxicity']:.4f} "
-            f"| {b['toxicity_probability']:.3f} -> {a['toxicity_probability']:.3f} |")
+            f"| {b['toxicity_probability']:.3f} -> {a['toxicity_probability']:.3f} |"
+        )
     lines += [
         "",
         f"Toxic: the source's toxicity above its threshold (reward model: {TOXIC_THRESHOLD}). Expected maximum "
@@ -107,30 +127,47 @@ def render_report(metrics: dict[str, Any], decision: PromotionDecision, table: p
     for name, sides in metrics["agreement"].items():
         for policy in ("before", "after"):
             c = sides[policy]
-            lines.append(f"| {name} | {policy} | {c['both_toxic']} | {c['judge_only']} | {c['reward_model_only']} | "
-                         f"{c['both_clean']} | {c['agreement']:.1%} |")
+            lines.append(
+                f"| {name} | {policy} | {c['both_toxic']} | {c['judge_only']} | {c['reward_model_only']} | "
+                f"{c['both_clean']} | {c['agreement']:.1%} |"
+            )
     if disagreements is not None:
         missed = disagreements[(disagreements["policy"] == "after") & (disagreements["disagreement"] == JUDGE_ONLY)]
-        lines += ["", f"After PPO, summaries the reward model calls clean and a judge toxic ({len(missed)}; "
-                      f"first {min(rows, len(missed))}):", ""]
+        lines += [
+            "",
+            f"After PPO, summaries the reward model calls clean and a judge toxic ({len(missed)}; "
+            f"first {min(rows, len(missed))}):",
+            "",
+        ]
         if len(missed):
-            lines.append(markdown_table(missed.head(rows)[["judge", "response", "reward_model_toxicity",
-                                                           "judge_toxicity", "judge_found"]]))
+            lines.append(
+                markdown_table(
+                    missed.head(rows)[["judge", "response", "reward_model_toxicity", "judge_toxicity", "judge_found"]]
+                )
+            )
         else:
             lines.append("None.\n")
-        lines.append("All of them, both ways and before PPO too: `reports/disagreements.md` and `.parquet` (and "
-                     "`evaluate/disagreements.json` in the MLflow run).")
+        lines.append(
+            "All of them, both ways and before PPO too: `reports/disagreements.md` and `.parquet` (and "
+            "`evaluate/disagreements.json` in the MLflow run)."
+        )
     lines += [
         "",
         "## Quality",
         "",
         "| metric | before | after | change |",
         "|---|---|---|---|",
-        *[f"| {key.replace('rouge', 'ROUGE-')} | {before[key]:.4f} | {after[key]:.4f} | "
-          f"{after[key] - before[key]:+.4f} |" for key in ("rouge1", "rouge2", "rougeL")],
-        *[f"| {label} | {before['quality'][key]:.4f} | {after['quality'][key]:.4f} | "
-          f"{after['quality'][key] - before['quality'][key]:+.4f} |"
-          for key, label in QUALITY_ROWS if key in after["quality"] and key in before["quality"]],
+        *[
+            f"| {key.replace('rouge', 'ROUGE-')} | {before[key]:.4f} | {after[key]:.4f} | "
+            f"{after[key] - before[key]:+.4f} |"
+            for key in ("rouge1", "rouge2", "rougeL")
+        ],
+        *[
+            f"| {label} | {before['quality'][key]:.4f} | {after['quality'][key]:.4f} | "
+            f"{after['quality'][key] - before['quality'][key]:+.4f} |"
+            for key, label in QUALITY_ROWS
+            if key in after["quality"] and key in before["quality"]
+        ],
         "",
         "## Reward (the reward model's view)",
         "",
@@ -144,10 +181,15 @@ def render_report(metrics: dict[str, Any], decision: PromotionDecision, table: p
     for group in ("heated", "calm"):
         if isinstance(before.get(group), dict) and before[group].get("n", 0):
             b, a = before[group], after[group]
-            shares = ", ".join(f"{'reward model' if n == REWARD_MODEL else n} {b['toxicity'][n]['toxic_share']:.1%} -> "
-                               f"{a['toxicity'][n]['toxic_share']:.1%}" for n in b["toxicity"])
-            lines.append(f"- {group} dialogues ({b['n']}): toxic summaries {shares}; reward {b['reward_mean']:.4f} -> "
-                         f"{a['reward_mean']:.4f}, ROUGE-L {b['rougeL']:.4f} -> {a['rougeL']:.4f}")
+            shares = ", ".join(
+                f"{'reward model' if n == REWARD_MODEL else n} {b['toxicity'][n]['toxic_share']:.1%} -> "
+                f"{a['toxicity'][n]['toxic_share']:.1%}"
+                for n in b["toxicity"]
+            )
+            lines.append(
+                f"- {group} dialogues ({b['n']}): toxic summaries {shares}; reward {b['reward_mean']:.4f} -> "
+                f"{a['reward_mean']:.4f}, ROUGE-L {b['rougeL']:.4f} -> {a['rougeL']:.4f}"
+            )
     lines += [
         "",
         f"## Largest reward gains (top {min(rows, len(table))})",

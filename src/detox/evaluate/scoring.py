@@ -23,8 +23,8 @@ from detox.common.errors import DetoxError
 from detox.common.params import GenerationParams, Params
 from detox.data.reading import load_split
 from detox.data.words import vocabulary
-from detox.evaluate.quality import response_nll, rouge, unknown_words
 from detox.evaluate.columns import judge_columns
+from detox.evaluate.quality import response_nll, rouge, unknown_words
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
 from detox.judges.panel import Judge
 from detox.models.generation import build_prompts, generate_summaries
@@ -65,25 +65,33 @@ def score_policy(
     """
     started = time.perf_counter()
     prompts = build_prompts(data["dialogue"].tolist(), template)
-    labels = [desc if samples_per_prompt == 1 else f"{desc} (sample {j + 1}/{samples_per_prompt})"
-              for j in range(samples_per_prompt)]
-    draws = [generate_summaries(model, tokenizer, prompts, cfg, seed + j * SAMPLE_SEED_STRIDE, max_source_tokens,
-                                desc=labels[j]) for j in range(samples_per_prompt)]
+    labels = [
+        desc if samples_per_prompt == 1 else f"{desc} (sample {j + 1}/{samples_per_prompt})"
+        for j in range(samples_per_prompt)
+    ]
+    draws = [
+        generate_summaries(
+            model, tokenizer, prompts, cfg, seed + j * SAMPLE_SEED_STRIDE, max_source_tokens, desc=labels[j]
+        )
+        for j in range(samples_per_prompt)
+    ]
     k, n = samples_per_prompt, len(data)
     responses = [draws[j][i] for i in range(n) for j in range(k)]  # prompt-major: all samples of a prompt together
     row = np.repeat(np.arange(n), k)
     dialogues = data["dialogue"].to_numpy()[row]
     scores = scorer.score(responses, dialogues.tolist())
     elapsed = time.perf_counter() - started
-    frame = pd.DataFrame({
-        "id": data["id"].to_numpy()[row],
-        "sample": np.tile(np.arange(k), n),
-        "dialogue": dialogues,
-        "reference": data["summary"].to_numpy()[row],
-        "response": responses,
-        "reward": scores.reward.numpy(),
-        "toxicity": scores.toxicity.numpy(),
-    })
+    frame = pd.DataFrame(
+        {
+            "id": data["id"].to_numpy()[row],
+            "sample": np.tile(np.arange(k), n),
+            "dialogue": dialogues,
+            "reference": data["summary"].to_numpy()[row],
+            "response": responses,
+            "reward": scores.reward.numpy(),
+            "toxicity": scores.toxicity.numpy(),
+        }
+    )
     frame["toxic"] = frame["toxicity"] > TOXIC_THRESHOLD
     frame = pd.concat([frame, rouge(responses, frame["reference"].tolist())], axis=1)
     frame["length"] = [len(r.split()) for r in responses]
@@ -98,8 +106,9 @@ def score_policy(
             frame[f"why:{name}"] = why
     if instruments.reference is not None:
         reference, reference_tokenizer = instruments.reference
-        frame["fluency_nll"] = response_nll(reference, reference_tokenizer, [prompts[i] for i in row], responses,
-                                            max_source_tokens, cfg.batch_size)
+        frame["fluency_nll"] = response_nll(
+            reference, reference_tokenizer, [prompts[i] for i in row], responses, max_source_tokens, cfg.batch_size
+        )
     if instruments.vocabulary is not None:
         frame["unknown_words"] = unknown_words(responses, instruments.vocabulary)
     return frame, len(frame) / elapsed if elapsed > 0 else float("nan")
@@ -149,10 +158,19 @@ def score_test(
 ) -> tuple[pd.DataFrame, float]:
     """:func:`score_policy` as the baseline and evaluate stages call it: the ``eval`` settings, the judges, fluency
     under ``reference`` and garbling against the words of ``train``."""
-    instruments = Instruments(judges=judges, reference=reference,
-                              vocabulary=vocabulary([*train["dialogue"], *train["summary"]]))
+    instruments = Instruments(
+        judges=judges, reference=reference, vocabulary=vocabulary([*train["dialogue"], *train["summary"]])
+    )
     return score_policy(
-        model, tokenizer, scorer, test, params.prompt.template, params.generation, params.eval.seed,
-        params.generation.max_source_tokens, desc=desc, samples_per_prompt=params.eval.samples_per_prompt,
+        model,
+        tokenizer,
+        scorer,
+        test,
+        params.prompt.template,
+        params.generation,
+        params.eval.seed,
+        params.generation.max_source_tokens,
+        desc=desc,
+        samples_per_prompt=params.eval.samples_per_prompt,
         instruments=instruments,
     )

@@ -17,11 +17,10 @@ from scipy import stats
 
 from detox.common.errors import DetoxError
 from detox.common.params import PromotionParams
-from detox.evaluate.quality import ROUGE_KEYS
 from detox.evaluate.columns import REWARD_MODEL, judge_columns, sources
+from detox.evaluate.quality import ROUGE_KEYS
 from detox.evaluate.scoring import check_paired
 from detox.evaluate.summary import per_prompt, summarize
-
 
 # Scoring the same text in another batch (other padding) moves a float32 logit by ~1e-5:
 # smaller diffs count as unchanged in the shares of pairs that rose or fell.
@@ -96,8 +95,10 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, cfg: PromotionParams, see
     check_paired(before, after)
     missing = set(sources(before)) ^ set(sources(after))
     if missing:
-        raise DetoxError(f"the baseline and the evaluated policy were not scored by the same judges "
-                         f"(only one has {sorted(missing)}); run `dvc repro baseline` with the current eval.judges")
+        raise DetoxError(
+            f"the baseline and the evaluated policy were not scored by the same judges "
+            f"(only one has {sorted(missing)}); run `dvc repro baseline` with the current eval.judges"
+        )
     stats_before, stats_after = summarize(before), summarize(after)
     prompts_before, prompts_after = per_prompt(before), per_prompt(after)
     quality_before, quality_after = stats_before["quality"], stats_after["quality"]
@@ -107,20 +108,37 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, cfg: PromotionParams, see
         "before": stats_before,
         "after": stats_after,
         "improvement_pct": {
-            name: {key: improvement_pct(stats_before["toxicity"][name][key], stats_after["toxicity"][name][key])
-                   for key in ("toxicity_mean", "toxicity_std", "toxic_share", "expected_max_toxicity",
-                               "toxicity_probability")}
+            name: {
+                key: improvement_pct(stats_before["toxicity"][name][key], stats_after["toxicity"][name][key])
+                for key in (
+                    "toxicity_mean",
+                    "toxicity_std",
+                    "toxic_share",
+                    "expected_max_toxicity",
+                    "toxicity_probability",
+                )
+            }
             for name in sources(before)
         },
         "rouge_drop": {key: stats_before[key] - stats_after[key] for key in ROUGE_KEYS},
-        "quality_change": {key: quality_after[key] - quality_before[key] for key in quality_after
-                           if key in quality_before},
+        "quality_change": {
+            key: quality_after[key] - quality_before[key] for key in quality_after if key in quality_before
+        },
         "reward_diff": paired_diff(prompts_before["reward"].to_numpy(), prompts_after["reward"].to_numpy(), cfg, seed),
-        "toxicity_diff": {name: paired_diff(prompts_before[score].to_numpy(dtype=np.float64),
-                                            prompts_after[score].to_numpy(dtype=np.float64), cfg, seed)
-                          for name, (score, _) in sources(before).items()},
-        "agreement": {name: {"before": agreement(before, name), "after": agreement(after, name)}
-                      for name in sources(before) if name != REWARD_MODEL},
+        "toxicity_diff": {
+            name: paired_diff(
+                prompts_before[score].to_numpy(dtype=np.float64),
+                prompts_after[score].to_numpy(dtype=np.float64),
+                cfg,
+                seed,
+            )
+            for name, (score, _) in sources(before).items()
+        },
+        "agreement": {
+            name: {"before": agreement(before, name), "after": agreement(after, name)}
+            for name in sources(before)
+            if name != REWARD_MODEL
+        },
         "bootstrap": {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "seed": seed},
     }
 

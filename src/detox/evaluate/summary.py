@@ -12,14 +12,18 @@ from typing import Any
 import pandas as pd
 
 from detox.data.words import words
-from detox.evaluate.quality import ROUGE_KEYS, distinct_ngrams
 from detox.evaluate.columns import REWARD_MODEL, sources
+from detox.evaluate.quality import ROUGE_KEYS, distinct_ngrams
 
 
 def per_prompt(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per prompt (in the frame's order): id, dialogue and the mean of every number over its samples."""
-    numeric = [c for c in frame.columns if c not in ("id", "sample") and (
-        pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))]
+    numeric = [
+        c
+        for c in frame.columns
+        if c not in ("id", "sample")
+        and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+    ]
     grouped = frame.groupby("id", sort=False)
     out = grouped[numeric].mean()
     out.insert(0, "dialogue", grouped["dialogue"].first())
@@ -68,9 +72,12 @@ def _group(frame: pd.DataFrame) -> dict[str, Any]:
 
 def summarize(frame: pd.DataFrame, samples_per_second: float | None = None) -> dict[str, Any]:
     """Metrics of a scored frame; with a ``heated`` column, also per group (heated / calm)."""
-    metrics: dict[str, Any] = {**_group(frame), "summaries": int(len(frame)),
-                               "samples_per_prompt": int(frame.groupby("id", sort=False).size().max()),
-                               "quality": quality_numbers(frame)}
+    metrics: dict[str, Any] = {
+        **_group(frame),
+        "summaries": int(len(frame)),
+        "samples_per_prompt": int(frame.groupby("id", sort=False).size().max()),
+        "quality": quality_numbers(frame),
+    }
     if samples_per_second is not None:
         metrics["samples_per_second"] = float(samples_per_second)
     if "heated" in frame.columns:
@@ -86,5 +93,7 @@ def scope(metrics: dict[str, Any]) -> str:
 
 def headline(toxicity: dict[str, Any]) -> str:
     """``reward model 0.100, oracle 0.110, ...``: each source's toxic share, the reward model first."""
-    return ", ".join(f"{'reward model' if name == REWARD_MODEL else name} {numbers['toxic_share']:.3f}"
-                     for name, numbers in toxicity.items())
+    return ", ".join(
+        f"{'reward model' if name == REWARD_MODEL else name} {numbers['toxic_share']:.3f}"
+        for name, numbers in toxicity.items()
+    )

@@ -15,19 +15,40 @@ import numpy as np
 import pandas as pd
 
 from detox.common.io import write_parquet, write_text
-from detox.evaluate.pages import html_table, markdown_table
 from detox.evaluate.columns import REWARD_MODEL, judge_columns, sources
+from detox.evaluate.pages import html_table, markdown_table
 from detox.evaluate.scoring import check_paired
 
 TABLE_COLUMNS = ["dialogue", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"]
-DISAGREEMENT_COLUMNS = ["policy", "judge", "disagreement", "id", "sample", "dialogue", "response", "reward",
-                        "reward_model_toxicity", "judge_toxicity", "judge_found"]
+DISAGREEMENT_COLUMNS = [
+    "policy",
+    "judge",
+    "disagreement",
+    "id",
+    "sample",
+    "dialogue",
+    "response",
+    "reward",
+    "reward_model_toxicity",
+    "judge_toxicity",
+    "judge_found",
+]
 JUDGE_ONLY = "judge: toxic, reward model: clean"
 MODEL_ONLY = "reward model: toxic, judge: clean"
 # The data of the DVC plots (dvc.yaml's top-level `plots:` name these files and fields).
 PLOT_DATA = {"samples": "samples.tsv", "judges": "judges.tsv"}
-SAMPLE_FIELDS = ["id", "sample", "group", "reward_before", "reward_after", "reward_diff", "toxicity_before",
-                 "toxicity_after", "judge_toxicity_before", "judge_toxicity_after"]
+SAMPLE_FIELDS = [
+    "id",
+    "sample",
+    "group",
+    "reward_before",
+    "reward_after",
+    "reward_diff",
+    "toxicity_before",
+    "toxicity_after",
+    "judge_toxicity_before",
+    "judge_toxicity_after",
+]
 JUDGE_FIELDS = ["label", "source", "role", "policy", "toxic_share", "toxic_count", "summaries", "toxicity_mean"]
 
 
@@ -46,15 +67,23 @@ def disagreements(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
             judged, model = frame[flag].to_numpy(dtype=bool), frame["toxic"].to_numpy(dtype=bool)
             for kind, mask in ((JUDGE_ONLY, judged & ~model), (MODEL_ONLY, model & ~judged)):
                 rows = frame[mask]
-                parts.append(pd.DataFrame({
-                    "policy": policy, "judge": judge, "disagreement": kind,
-                    "id": rows["id"].astype(str).to_numpy(), "sample": rows["sample"].to_numpy(),
-                    "dialogue": rows["dialogue"].to_numpy(), "response": rows["response"].to_numpy(),
-                    "reward": rows["reward"].to_numpy(dtype=np.float64),
-                    "reward_model_toxicity": rows["toxicity"].to_numpy(dtype=np.float64),
-                    "judge_toxicity": rows[score].to_numpy(dtype=np.float64),
-                    "judge_found": rows[f"why:{judge}"].to_numpy() if f"why:{judge}" in rows else "",
-                }))
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "policy": policy,
+                            "judge": judge,
+                            "disagreement": kind,
+                            "id": rows["id"].astype(str).to_numpy(),
+                            "sample": rows["sample"].to_numpy(),
+                            "dialogue": rows["dialogue"].to_numpy(),
+                            "response": rows["response"].to_numpy(),
+                            "reward": rows["reward"].to_numpy(dtype=np.float64),
+                            "reward_model_toxicity": rows["toxicity"].to_numpy(dtype=np.float64),
+                            "judge_toxicity": rows[score].to_numpy(dtype=np.float64),
+                            "judge_found": rows[f"why:{judge}"].to_numpy() if f"why:{judge}" in rows else "",
+                        }
+                    )
+                )
     parts = [part for part in parts if len(part)]
     if not parts:
         return pd.DataFrame({column: pd.Series(dtype=object) for column in DISAGREEMENT_COLUMNS})
@@ -78,13 +107,15 @@ def reward_diff_table(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame
     check_paired(before, after)
     first_before = before[before["sample"] == 0] if "sample" in before else before
     first_after = after[after["sample"] == 0] if "sample" in after else after
-    table = pd.DataFrame({
-        "dialogue": first_after["dialogue"].to_numpy(),
-        "response_before": first_before["response"].to_numpy(),
-        "response_after": first_after["response"].to_numpy(),
-        "reward_before": first_before["reward"].to_numpy(dtype=np.float64),
-        "reward_after": first_after["reward"].to_numpy(dtype=np.float64),
-    })
+    table = pd.DataFrame(
+        {
+            "dialogue": first_after["dialogue"].to_numpy(),
+            "response_before": first_before["response"].to_numpy(),
+            "response_after": first_after["response"].to_numpy(),
+            "reward_before": first_before["reward"].to_numpy(dtype=np.float64),
+            "reward_after": first_after["reward"].to_numpy(dtype=np.float64),
+        }
+    )
     table["reward_diff"] = table["reward_after"] - table["reward_before"]
     table["reference"] = first_after["reference"].to_numpy() if "reference" in first_after else ""
     table["group"] = groups(first_after)
@@ -114,10 +145,13 @@ def write_disagreements(table: pd.DataFrame, out_dir: str | Path) -> dict[str, P
     out_dir = Path(out_dir)
     paths = {ext: out_dir / f"disagreements.{ext}" for ext in ("parquet", "md")}
     write_parquet(paths["parquet"], table)
-    write_text(paths["md"], "# Summaries on which the reward model and a judge disagree\n\n"
-               f"{len(table)} rows; after PPO first, and within it the summaries the reward model calls clean and "
-               "a judge toxic (what PPO may have learned to slip past the reward model).\n\n"
-               + markdown_table(table.drop(columns="dialogue")))
+    write_text(
+        paths["md"],
+        "# Summaries on which the reward model and a judge disagree\n\n"
+        f"{len(table)} rows; after PPO first, and within it the summaries the reward model calls clean and "
+        "a judge toxic (what PPO may have learned to slip past the reward model).\n\n"
+        + markdown_table(table.drop(columns="dialogue")),
+    )
     return paths
 
 
@@ -128,13 +162,15 @@ def sample_plot_data(before: pd.DataFrame, after: pd.DataFrame, judge: str) -> p
     if judge not in sources(after) or judge not in sources(before):
         raise ValueError(f"the judge {judge!r} did not score both frames (sources: {list(sources(after))})")
     score = sources(after)[judge][0]
-    frame = pd.DataFrame({
-        "id": after["id"].astype(str).to_numpy(),
-        "sample": after["sample"].to_numpy() if "sample" in after else np.zeros(len(after), dtype=int),
-        "group": groups(after),
-        "reward_before": before["reward"].to_numpy(dtype=np.float64),
-        "reward_after": after["reward"].to_numpy(dtype=np.float64),
-    })
+    frame = pd.DataFrame(
+        {
+            "id": after["id"].astype(str).to_numpy(),
+            "sample": after["sample"].to_numpy() if "sample" in after else np.zeros(len(after), dtype=int),
+            "group": groups(after),
+            "reward_before": before["reward"].to_numpy(dtype=np.float64),
+            "reward_after": after["reward"].to_numpy(dtype=np.float64),
+        }
+    )
     frame["reward_diff"] = frame["reward_after"] - frame["reward_before"]
     frame["toxicity_before"] = before["toxicity"].to_numpy(dtype=np.float64)
     frame["toxicity_after"] = after["toxicity"].to_numpy(dtype=np.float64)
@@ -150,9 +186,18 @@ def judge_plot_data(metrics: dict[str, Any], judge: str) -> pd.DataFrame:
         role = "trained against" if name == REWARD_MODEL else "promotion judge" if name == judge else "judge"
         for policy in ("before", "after"):
             numbers = metrics[policy]["toxicity"][name]
-            rows.append({"label": f"{name} {policy}", "source": name, "role": role, "policy": policy,
-                         "toxic_share": numbers["toxic_share"], "toxic_count": numbers["toxic_count"],
-                         "summaries": metrics[policy]["summaries"], "toxicity_mean": numbers["toxicity_mean"]})
+            rows.append(
+                {
+                    "label": f"{name} {policy}",
+                    "source": name,
+                    "role": role,
+                    "policy": policy,
+                    "toxic_share": numbers["toxic_share"],
+                    "toxic_count": numbers["toxic_count"],
+                    "summaries": metrics[policy]["summaries"],
+                    "toxicity_mean": numbers["toxicity_mean"],
+                }
+            )
     return pd.DataFrame(rows, columns=JUDGE_FIELDS)
 
 
@@ -161,8 +206,9 @@ def write_tsv(path: str | Path, frame: pd.DataFrame) -> None:
     write_text(path, frame.to_csv(sep="\t", index=False, float_format="%.6f", lineterminator="\n"))
 
 
-def write_plot_data(before: pd.DataFrame, after: pd.DataFrame, metrics: dict[str, Any], judge: str,
-                    out_dir: str | Path) -> dict[str, Path]:
+def write_plot_data(
+    before: pd.DataFrame, after: pd.DataFrame, metrics: dict[str, Any], judge: str, out_dir: str | Path
+) -> dict[str, Path]:
     """The DVC plots' data (:data:`PLOT_DATA`) in ``out_dir``: per summary and per judge; returns the paths."""
     out_dir = Path(out_dir)
     paths = {key: out_dir / name for key, name in PLOT_DATA.items()}

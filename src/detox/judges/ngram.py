@@ -20,8 +20,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from detox.data.sentences import labelled_sentences
 from detox.common.params import BuiltinJudgeSpec
+from detox.data.sentences import labelled_sentences
 
 MODEL_FILE = "model.joblib"
 HOLDOUT_SHARE = 0.1
@@ -35,11 +35,22 @@ def train_ngram_judge(spec: BuiltinJudgeSpec, out_dir: Path) -> dict[str, Any]:
     random.Random(spec.seed).shuffle(order)
     n_hold = max(1, int(len(order) * HOLDOUT_SHARE))
     held, train = data.iloc[order[:n_hold]], data.iloc[order[n_hold:]]
-    pipeline = Pipeline([
-        ("ngrams", TfidfVectorizer(analyzer="char_wb", ngram_range=(spec.ngram_min, spec.ngram_max),
-                                   lowercase=True, sublinear_tf=True, min_df=2, dtype=np.float32)),
-        ("classifier", LogisticRegression(C=spec.C, max_iter=2000)),
-    ])
+    pipeline = Pipeline(
+        [
+            (
+                "ngrams",
+                TfidfVectorizer(
+                    analyzer="char_wb",
+                    ngram_range=(spec.ngram_min, spec.ngram_max),
+                    lowercase=True,
+                    sublinear_tf=True,
+                    min_df=2,
+                    dtype=np.float32,
+                ),
+            ),
+            ("classifier", LogisticRegression(C=spec.C, max_iter=2000)),
+        ]
+    )
     pipeline.fit(train["text"].tolist(), train["label"].to_numpy())
     predicted = pipeline.predict_proba(held["text"].tolist())[:, 1] > spec.threshold
     correct = predicted == held["label"].to_numpy().astype(bool)

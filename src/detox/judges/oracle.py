@@ -86,7 +86,7 @@ class InsultOracle:
         for word in self.words:
             start = token.find(word)
             while start >= 0:
-                before, after = token[:start], token[start + len(word):]
+                before, after = token[:start], token[start + len(word) :]
                 if len(word) >= self.min_embedded_letters or (self._is_side(before) and self._is_side(after)):
                     hits.append(f"{word} in {token!r}")
                     break

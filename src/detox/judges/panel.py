@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from detox.common.errors import DetoxError, HubUnreachableError, SourceError
-from detox.data.hub import download_model
 from detox.common.io import sha256_tree, write_json
 from detox.common.params import BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, Params
+from detox.data.hub import download_model
 from detox.models.classifier import batch_outputs, label_index, token_limit
 
 JUDGE_FILE = "judge.json"
@@ -87,15 +87,20 @@ class ClassifierJudge(Judge):
     (``problem_type: multi_label_classification``, as Jigsaw-trained models often are).
     """
 
-    def __init__(self, name: str, folder: Path, toxic_label: str, threshold: float, batch_size: int = 64,
-                 max_tokens: int = 512) -> None:
+    def __init__(
+        self, name: str, folder: Path, toxic_label: str, threshold: float, batch_size: int = 64, max_tokens: int = 512
+    ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         super().__init__(name, threshold)
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.index = label_index(self.model, toxic_label, owner=f"the judge {name!r} ({folder})",
-                                 fix=f"set judges.{name}.toxic_label in params.yaml to one of them")
+        self.index = label_index(
+            self.model,
+            toxic_label,
+            owner=f"the judge {name!r} ({folder})",
+            fix=f"set judges.{name}.toxic_label in params.yaml to one of them",
+        )
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.batch_size = batch_size
         self.max_tokens = token_limit(self.model, max_tokens)
@@ -120,16 +125,28 @@ def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
     elif isinstance(spec, BuiltinJudgeSpec):
         from detox.judges.ngram import train_ngram_judge
 
-        record = {"kind": "ngram", "threshold": spec.threshold, "seed": spec.seed,
-                  "training": train_ngram_judge(spec, out_dir)}
+        record = {
+            "kind": "ngram",
+            "threshold": spec.threshold,
+            "seed": spec.seed,
+            "training": train_ngram_judge(spec, out_dir),
+        }
     elif isinstance(spec, HubJudgeSpec):
         try:
             commit = download_model(spec.name, spec.revision, out_dir, f"judges.{name}")
         except HubUnreachableError as exc:
-            raise HubUnreachableError(f"{exc} For the judges: list built-in ones in eval.judges ([oracle, ngram]), "
-                                      "or define a `kind: local` judge with a model folder on disk.") from None
-        record = {"kind": "classifier", "source": "hub", "name": spec.name, "revision": spec.revision,
-                  "commit": commit, **_classifier_fields(spec)}
+            raise HubUnreachableError(
+                f"{exc} For the judges: list built-in ones in eval.judges ([oracle, ngram]), "
+                "or define a `kind: local` judge with a model folder on disk."
+            ) from None
+        record = {
+            "kind": "classifier",
+            "source": "hub",
+            "name": spec.name,
+            "revision": spec.revision,
+            "commit": commit,
+            **_classifier_fields(spec),
+        }
     elif isinstance(spec, LocalJudgeSpec):
         record = _copy_local(name, spec, out_dir)
     else:  # the schema admits no other kind
@@ -154,14 +171,24 @@ def _build_oracle(spec: OracleJudgeSpec) -> dict[str, Any]:
     # A self-check: the generator's own labelled sentences, garbled ones included.
     check = labelled_sentences(2000, seed=1, hard_share=0.5)
     agreement = float((oracle.score(check["text"].tolist()) == check["label"].to_numpy()).mean())
-    return {"kind": "oracle", "insults": list(INSULTS), "words": sorted(vocabulary()),
-            "min_embedded_letters": spec.min_embedded_letters, "lexicon": lexicon_version(),
-            "threshold": ORACLE_THRESHOLD, "labelled_sentences_agreement": agreement}
+    return {
+        "kind": "oracle",
+        "insults": list(INSULTS),
+        "words": sorted(vocabulary()),
+        "min_embedded_letters": spec.min_embedded_letters,
+        "lexicon": lexicon_version(),
+        "threshold": ORACLE_THRESHOLD,
+        "labelled_sentences_agreement": agreement,
+    }
 
 
 def _classifier_fields(spec: HubJudgeSpec | LocalJudgeSpec) -> dict[str, Any]:
-    return {"toxic_label": spec.toxic_label, "threshold": spec.threshold, "batch_size": spec.batch_size,
-            "max_tokens": spec.max_tokens}
+    return {
+        "toxic_label": spec.toxic_label,
+        "threshold": spec.threshold,
+        "batch_size": spec.batch_size,
+        "max_tokens": spec.max_tokens,
+    }
 
 
 def _copy_local(name: str, spec: LocalJudgeSpec, out_dir: Path) -> dict[str, Any]:
@@ -170,8 +197,10 @@ def _copy_local(name: str, spec: LocalJudgeSpec, out_dir: Path) -> dict[str, Any
         shutil.copytree(src, out_dir, dirs_exist_ok=True)
         return {**json.loads((src / JUDGE_FILE).read_text(encoding="utf-8")), "source": "local", "path": str(src)}
     if not (src / "config.json").is_file():
-        raise SourceError(f"judges.{name}.path: {src} is neither a judge folder ({JUDGE_FILE}) nor a Hugging Face "
-                          "model folder (config.json); give a sequence-classification model folder")
+        raise SourceError(
+            f"judges.{name}.path: {src} is neither a judge folder ({JUDGE_FILE}) nor a Hugging Face "
+            "model folder (config.json); give a sequence-classification model folder"
+        )
     shutil.copytree(src, out_dir, dirs_exist_ok=True)
     return {"kind": "classifier", "source": "local", "path": str(src), **_classifier_fields(spec)}
 
@@ -196,8 +225,14 @@ def load_judge(folder: str | Path) -> Judge:
     if kind == "ngram":
         return NgramJudge(name, folder, float(record["threshold"]))
     if kind == "classifier":
-        return ClassifierJudge(name, folder, record["toxic_label"], float(record["threshold"]),
-                               int(record.get("batch_size", 64)), int(record.get("max_tokens", 512)))
+        return ClassifierJudge(
+            name,
+            folder,
+            record["toxic_label"],
+            float(record["threshold"]),
+            int(record.get("batch_size", 64)),
+            int(record.get("max_tokens", 512)),
+        )
     raise DetoxError(f"{path}: unknown judge kind {kind!r}; run `dvc repro judges` to rebuild it")
 
 

@@ -42,12 +42,23 @@ def train_t5_tokenizer(texts: list[str], vocab_size: int) -> tuple[T5Tokenizer, 
     lines = [line for text in texts for line in text.splitlines()]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
-        normalization_rule_name="identity", character_coverage=1.0, hard_vocab_limit=False,
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
+        normalization_rule_name="identity",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
         user_defined_symbols=["#Person1#", "#Person2#"],
-        num_threads=1, minloglevel=2,
+        num_threads=1,
+        minloglevel=2,
     )
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
     vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
@@ -64,10 +75,17 @@ def write_policy_base(train: pd.DataFrame, template: str, cfg: BuiltinPolicy, ou
     )
     (out_dir / "spiece.model").write_bytes(sentencepiece_model)
     config = T5Config(
-        vocab_size=len(tokenizer), d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-        num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
-        feed_forward_proj="gated-gelu", dropout_rate=0.1,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        d_model=cfg.d_model,
+        d_kv=cfg.d_kv,
+        d_ff=cfg.d_ff,
+        num_layers=cfg.num_layers,
+        num_decoder_layers=cfg.num_decoder_layers,
+        num_heads=cfg.num_heads,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
         architectures=["T5ForConditionalGeneration"],
     )
@@ -84,14 +102,21 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> RobertaTokenizer:
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(
         texts,
-        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
     )
     with tempfile.TemporaryDirectory() as tmp:
         bpe.model.save(tmp)
         vocab = json.loads((Path(tmp) / "vocab.json").read_text(encoding="utf-8"))
-        merges = [tuple(line.split(" ")) for line in (Path(tmp) / "merges.txt").read_text(encoding="utf-8").splitlines()
-                  if line and not line.startswith("#version")]
+        merges = [
+            tuple(line.split(" "))
+            for line in (Path(tmp) / "merges.txt").read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#version")
+        ]
     return RobertaTokenizer(vocab=vocab, merges=merges)
 
 
@@ -102,11 +127,18 @@ def write_reward_base(texts: list[str], cfg: BuiltinReward, out_dir: Path) -> di
     """
     tokenizer = train_bpe_tokenizer(texts, cfg.vocab_size)
     config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=514, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        id2label=ID2LABEL,
+        label2id={v: k for k, v in ID2LABEL.items()},
         architectures=["RobertaForSequenceClassification"],
     )
     config.save_pretrained(out_dir)

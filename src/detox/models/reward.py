@@ -49,7 +49,7 @@ class RewardScorer:
         self.toxic_index = label_index(model, cfg.toxic_label)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, cfg: RewardParams) -> "RewardScorer":
+    def from_pretrained(cls, path: str | Path, cfg: RewardParams) -> RewardScorer:
         model = AutoModelForSequenceClassification.from_pretrained(path)
         return cls(model, AutoTokenizer.from_pretrained(path), cfg)
 
@@ -63,8 +63,9 @@ class RewardScorer:
     @torch.no_grad()
     def score(self, responses: Sequence[str], dialogues: Sequence[str] | None = None) -> Scores:
         texts = self.texts(responses, dialogues)
-        logits = batch_outputs(self.model, self.tokenizer, texts, self.cfg.batch_size,
-                               token_limit(self.model, self.cfg.max_tokens))
+        logits = batch_outputs(
+            self.model, self.tokenizer, texts, self.cfg.batch_size, token_limit(self.model, self.cfg.max_tokens)
+        )
         if not logits:
             empty = torch.empty(0)
             return Scores(empty, empty)

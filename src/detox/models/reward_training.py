@@ -25,8 +25,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
 from detox.common.errors import SourceError
-from detox.models.check import load_or_init
 from detox.common.params import Params
+from detox.models.check import load_or_init
 from detox.models.classifier import batch_outputs, label_index, token_limit
 from detox.models.training import Fit, Schedule, fit
 
@@ -54,8 +54,10 @@ def encode_labels(labels: pd.Series, label2id: dict[str, int], origin: str) -> l
         elif text.lstrip("-").isdigit() and int(text) in ids:
             out.append(int(text))
         else:
-            raise SourceError(f"{origin}: row {row} has label {value!r}; the model's labels are "
-                              f"{sorted(label2id)} (or their ids {sorted(ids)})")
+            raise SourceError(
+                f"{origin}: row {row} has label {value!r}; the model's labels are "
+                f"{sorted(label2id)} (or their ids {sorted(ids)})"
+            )
     return out
 
 
@@ -67,12 +69,14 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def predict_probs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                  batch_size: int, max_tokens: int) -> np.ndarray:
+def predict_probs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int, max_tokens: int
+) -> np.ndarray:
     """Softmax probabilities, one row per text."""
     model.eval()
-    out = batch_outputs(model, tokenizer, texts, batch_size, max_tokens,
-                        head=lambda logits: torch.softmax(logits, dim=-1).cpu())
+    out = batch_outputs(
+        model, tokenizer, texts, batch_size, max_tokens, head=lambda logits: torch.softmax(logits, dim=-1).cpu()
+    )
     return np.concatenate([probs.numpy() for probs in out]) if out else np.zeros((0, model.config.num_labels))
 
 
@@ -88,8 +92,9 @@ def expected_calibration_error(truth: np.ndarray, prob: np.ndarray, bins: int = 
     return float(gap / max(1, len(prob)))
 
 
-def classifier_metrics(labels: np.ndarray, probs: np.ndarray, id2label: dict[int, str], toxic_id: int,
-                       hard: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+def classifier_metrics(
+    labels: np.ndarray, probs: np.ndarray, id2label: dict[int, str], toxic_id: int, hard: np.ndarray | None = None
+) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """Held-out numbers and curves from true label ids and predicted probabilities.
 
     Returns the metrics and three tables: ``roc`` (fpr, tpr, threshold), ``calibration`` (per
@@ -99,8 +104,7 @@ def classifier_metrics(labels: np.ndarray, probs: np.ndarray, id2label: dict[int
     labels = np.asarray(labels)
     predicted = probs.argmax(axis=1)
     classes = sorted(id2label)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=classes, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
     truth = (labels == toxic_id).astype(int)
     prob = probs[:, toxic_id]
     flagged = (predicted == toxic_id).astype(int)
@@ -111,14 +115,18 @@ def classifier_metrics(labels: np.ndarray, probs: np.ndarray, id2label: dict[int
         "accuracy": float((predicted == labels).mean()),
         "per_class": {
             id2label[c]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for c, p, r, f, s in zip(classes, precision, recall, f1, support)
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
         },
         "toxic_label": id2label[toxic_id],
         "roc_auc": float(roc_auc_score(truth, prob)) if both else None,
         "calibration_error": expected_calibration_error(truth, prob),
         "brier": float(np.mean((prob - truth) ** 2)),
-        "confusion": {"true_positive": int(tp), "false_positive": int(fp), "true_negative": int(tn),
-                      "false_negative": int(fn)},
+        "confusion": {
+            "true_positive": int(tp),
+            "false_positive": int(fp),
+            "true_negative": int(tn),
+            "false_negative": int(fn),
+        },
     }
     if hard is not None and hard.any():
         hard = hard.astype(bool)
@@ -132,11 +140,20 @@ def classifier_metrics(labels: np.ndarray, probs: np.ndarray, id2label: dict[int
         roc = pd.DataFrame(columns=["fpr", "tpr", "threshold"])
     edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
     which = np.clip(np.digitize(prob, edges[1:-1], right=True), 0, CALIBRATION_BINS - 1)
-    rows = [{"bin": b, "predicted": float(prob[which == b].mean()), "observed": float(truth[which == b].mean()),
-             "count": int((which == b).sum())} for b in range(CALIBRATION_BINS) if (which == b).any()]
+    rows = [
+        {
+            "bin": b,
+            "predicted": float(prob[which == b].mean()),
+            "observed": float(truth[which == b].mean()),
+            "count": int((which == b).sum()),
+        }
+        for b in range(CALIBRATION_BINS)
+        if (which == b).any()
+    ]
     calibration = pd.DataFrame(rows, columns=["bin", "predicted", "observed", "count"])
-    predictions = pd.DataFrame({"actual": [id2label[int(i)] for i in labels],
-                                "predicted": [id2label[int(i)] for i in predicted]})
+    predictions = pd.DataFrame(
+        {"actual": [id2label[int(i)] for i in labels], "predicted": [id2label[int(i)] for i in predicted]}
+    )
     return metrics, {"roc": roc, "calibration": calibration, "predictions": predictions}
 
 
@@ -171,8 +188,10 @@ def run_reward(params: Params, base_dir: Path, labelled_path: Path, out_dir: Pat
 
     def encode(index: np.ndarray) -> list[dict[str, Any]]:
         enc = tokenizer([texts[i] for i in index], truncation=True, max_length=max_tokens)
-        return [{"input_ids": ids, "attention_mask": mask, "labels": int(labels[i])}
-                for ids, mask, i in zip(enc["input_ids"], enc["attention_mask"], index)]
+        return [
+            {"input_ids": ids, "attention_mask": mask, "labels": int(labels[i])}
+            for ids, mask, i in zip(enc["input_ids"], enc["attention_mask"], index, strict=True)
+        ]
 
     held_texts = [texts[i] for i in held_idx]
 
@@ -185,10 +204,23 @@ def run_reward(params: Params, base_dir: Path, labelled_path: Path, out_dir: Pat
     if trained:
         if len(train_idx) < 10:
             raise SourceError(f"{labelled_path}: {len(train_idx)} labelled rows to train on; need at least 10")
-        schedule = Schedule(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                            weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio)
-        record = fit(model, encode(train_idx), DataCollatorWithPadding(tokenizer), schedule, params.seed,
-                     evaluation=encode(held_idx), on_epoch=held_accuracy, desc="reward model")
+        schedule = Schedule(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            warmup_ratio=cfg.warmup_ratio,
+        )
+        record = fit(
+            model,
+            encode(train_idx),
+            DataCollatorWithPadding(tokenizer),
+            schedule,
+            params.seed,
+            evaluation=encode(held_idx),
+            on_epoch=held_accuracy,
+            desc="reward model",
+        )
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
     else:
@@ -196,12 +228,23 @@ def run_reward(params: Params, base_dir: Path, labelled_path: Path, out_dir: Pat
     probs = predict_probs(model, tokenizer, held_texts, cfg.batch_size * 2, max_tokens)
     hard = frame["hard"].to_numpy()[held_idx] if "hard" in frame.columns else None
     metrics, curves = classifier_metrics(labels[held_idx], probs, id2label, toxic_id, hard)
-    summary: dict[str, Any] = {"trained": trained, "train_examples": int(len(train_idx)) if trained else 0,
-                               "heldout": metrics}
+    summary: dict[str, Any] = {
+        "trained": trained,
+        "train_examples": int(len(train_idx)) if trained else 0,
+        "heldout": metrics,
+    }
     if record is not None:
-        summary["training"] = {"epochs": cfg.epochs, "steps": record.steps,
-                               "train_loss": record.last("train_loss"), "eval_loss": record.last("eval_loss")}
+        summary["training"] = {
+            "epochs": cfg.epochs,
+            "steps": record.steps,
+            "train_loss": record.last("train_loss"),
+            "eval_loss": record.last("eval_loss"),
+        }
     summary["parameters"] = int(sum(p.numel() for p in model.parameters()))
-    log.info("reward model: held-out accuracy %.4f, ROC-AUC %s on %d texts", metrics["accuracy"],
-             metrics["roc_auc"], metrics["examples"])
+    log.info(
+        "reward model: held-out accuracy %.4f, ROC-AUC %s on %d texts",
+        metrics["accuracy"],
+        metrics["roc_auc"],
+        metrics["examples"],
+    )
     return RewardResult(trained=trained, metrics=summary, curves=curves, fit=record)

@@ -19,11 +19,11 @@ from typing import Any
 import pandas as pd
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
-from detox.data.reading import load_split
-from detox.models.generation import build_prompts, generate_summaries
-from detox.models.check import load_or_init
 from detox.common.params import GenerationParams, Params
+from detox.data.reading import load_split
 from detox.evaluate.quality import rouge
+from detox.models.check import load_or_init
+from detox.models.generation import build_prompts, generate_summaries
 from detox.models.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
@@ -41,21 +41,29 @@ def trains_policy(params: Params) -> bool:
     return params.policy.source == "builtin" if enabled is None else enabled
 
 
-def examples(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, template: str, max_source: int,
-             max_target: int) -> list[dict[str, Any]]:
+def examples(
+    tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, template: str, max_source: int, max_target: int
+) -> list[dict[str, Any]]:
     """Prompt token ids and summary token ids (``labels``), one dict per dialogue."""
     sources = tokenizer(build_prompts(frame["dialogue"].tolist(), template), truncation=True, max_length=max_source)
     targets = tokenizer(frame["summary"].tolist(), truncation=True, max_length=max_target)["input_ids"]
-    return [{"input_ids": ids, "attention_mask": mask, "labels": labels}
-            for ids, mask, labels in zip(sources["input_ids"], sources["attention_mask"], targets)]
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        for ids, mask, labels in zip(sources["input_ids"], sources["attention_mask"], targets, strict=True)
+    ]
 
 
 def _with_lora(model: PreTrainedModel, params: Params) -> PreTrainedModel:
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = params.sft.lora
-    config = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules))
+    config = LoraConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+    )
     return get_peft_model(model, config)
 
 
@@ -76,17 +84,30 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
     def validation_rouge(trained: PreTrainedModel) -> dict[str, float]:
         if probe.empty:
             return {}
-        summaries = generate_summaries(trained, tokenizer, build_prompts(probe["dialogue"].tolist(), template),
-                                       greedy, params.seed, cfg.max_source_tokens, desc="sft validation")
+        summaries = generate_summaries(
+            trained,
+            tokenizer,
+            build_prompts(probe["dialogue"].tolist(), template),
+            greedy,
+            params.seed,
+            cfg.max_source_tokens,
+            desc="sft validation",
+        )
         trained.train()
         return {"eval_rougeL": float(rouge(summaries, probe["summary"].tolist())["rougeL"].mean())}
 
     trainable = _with_lora(model, params) if cfg.method == "lora" else model
-    schedule = Schedule(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                        weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio)
+    schedule = Schedule(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+    )
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
-    record = fit(trainable, train, collator, schedule, params.seed, evaluation=held, on_epoch=validation_rouge,
-                 desc="policy")
+    record = fit(
+        trainable, train, collator, schedule, params.seed, evaluation=held, on_epoch=validation_rouge, desc="policy"
+    )
     trained_params = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     if cfg.method == "lora":
         model = trainable.merge_and_unload()
@@ -96,11 +117,18 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
     if (base_dir / "spiece.model").is_file() and not (out_dir / "spiece.model").exists():
         shutil.copy2(base_dir / "spiece.model", out_dir / "spiece.model")  # the slow tokenizer's model, as on the Hub
     metrics = {
-        "trained": True, "method": cfg.method, "epochs": cfg.epochs, "steps": record.steps,
-        "train_examples": len(train), "validation_examples": len(held),
-        "train_loss": record.last("train_loss"), "validation_loss": record.last("eval_loss"),
-        "validation_rougeL": record.last("eval_rougeL"), "rouge_dialogues": len(probe),
-        "parameters": int(sum(p.numel() for p in model.parameters())), "trained_parameters": int(trained_params),
+        "trained": True,
+        "method": cfg.method,
+        "epochs": cfg.epochs,
+        "steps": record.steps,
+        "train_examples": len(train),
+        "validation_examples": len(held),
+        "train_loss": record.last("train_loss"),
+        "validation_loss": record.last("eval_loss"),
+        "validation_rougeL": record.last("eval_rougeL"),
+        "rouge_dialogues": len(probe),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "trained_parameters": int(trained_params),
     }
     log.info("policy: validation loss %.4f, ROUGE-L %s", metrics["validation_loss"], metrics["validation_rougeL"])
     return SFTResult(trained=True, metrics=metrics, fit=record)

@@ -53,8 +53,9 @@ class Fit:
 class _EpochRecorder(TrainerCallback):
     """Collects the per-epoch train and eval losses and runs ``on_epoch`` after each evaluation."""
 
-    def __init__(self, fit: Fit, on_epoch: Callable[[PreTrainedModel], dict[str, float]] | None,
-                 evaluates: bool) -> None:
+    def __init__(
+        self, fit: Fit, on_epoch: Callable[[PreTrainedModel], dict[str, float]] | None, evaluates: bool
+    ) -> None:
         self.fit = fit
         self.on_epoch = on_epoch
         self.evaluates = evaluates
@@ -72,8 +73,9 @@ class _EpochRecorder(TrainerCallback):
         if logs and "loss" in logs and state.epoch is not None:
             self._row(state.epoch)["train_loss"] = float(logs["loss"])
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
-                    **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
         row = self._row(state.epoch)
         if metrics and "eval_loss" in metrics:
             row["eval_loss"] = float(metrics["eval_loss"])
@@ -143,6 +145,7 @@ def fit(
     for row in record.history:
         for key, value in row.items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise FloatingPointError(f"{desc}: {key} is {value} after epoch {row['epoch']}; lower the "
-                                         "learning rate")
+                raise FloatingPointError(
+                    f"{desc}: {key} is {value} after epoch {row['epoch']}; lower the learning rate"
+                )
     return record

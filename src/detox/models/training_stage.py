@@ -45,23 +45,40 @@ def history_table(fit: Fit | None, columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(fit.history if fit else [], columns=list(columns))
 
 
-def run_training(stage: str, params: Params, out_dir: Path, plots_dir: Path, metrics_path: Path,
-                 registered_model: str, train: Callable[[Path], Trained]) -> tuple[Trained, str | None]:
+def run_training(
+    stage: str,
+    params: Params,
+    out_dir: Path,
+    plots_dir: Path,
+    metrics_path: Path,
+    registered_model: str,
+    train: Callable[[Path], Trained],
+) -> tuple[Trained, str | None]:
     """Run ``train(scratch)`` in the stage's MLflow run; return what it trained and the registered version."""
     tracker = Tracker(params.tracking.experiment)  # a tracking server that is down fails here, before training
     raw = params.model_dump(mode="json")
     # The run spans the training, so MLflow shows how long it took; any failure ends it FAILED.
-    with (tracker.run(stage, params=stage_params(stage, raw)), atomic_dir(out_dir) as scratch,
-          tempfile.TemporaryDirectory(prefix=f"detox-{stage}-") as logged):
+    with (
+        tracker.run(stage, params=stage_params(stage, raw)),
+        atomic_dir(out_dir) as scratch,
+        tempfile.TemporaryDirectory(prefix=f"detox-{stage}-") as logged,
+    ):
         result = train(scratch)
         timings = {"seconds": round(result.fit.seconds, 1)} if result.fit else {}
-        texts = {name: table.to_csv(sep="," if name.endswith(".csv") else "\t", index=False)
-                 for name, table in result.tables.items()}
+        texts = {
+            name: table.to_csv(sep="," if name.endswith(".csv") else "\t", index=False)
+            for name, table in result.tables.items()
+        }
         for name, text in texts.items():  # for MLflow now; to plots/ once everything succeeded
             write_text(Path(logged) / name, text)
         version = log_training(
-            tracker, stage, result.tables[HISTORY_FILE].to_dict("records"), {**result.metrics, "timing": timings},
-            [Path(logged) / name for name in result.tables], result.model, registered_model,
+            tracker,
+            stage,
+            result.tables[HISTORY_FILE].to_dict("records"),
+            {**result.metrics, "timing": timings},
+            [Path(logged) / name for name in result.tables],
+            result.model,
+            registered_model,
             {"sha256": sha256_tree(scratch), "stage": stage, **result.tags},
         )
     for name, text in texts.items():

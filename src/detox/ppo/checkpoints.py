@@ -33,10 +33,16 @@ def fingerprint(params: Params, *model_dirs: Path, processes: int = 1) -> str:
     digest = hashlib.sha256()
     # How long to train, how often to checkpoint and when to stop early do not change the
     # steps already taken, so a run extended with more ppo.steps still resumes.
-    ppo = params.ppo.model_dump(exclude={"steps", "checkpoint_every", "max_kl", "eval_every", "eval_prompts",
-                                         "select", "patience", "collapse"})
-    relevant = {"seed": params.seed, "ppo": ppo, "prompt": params.prompt.model_dump(),
-                "reward": params.reward.model_dump(), "processes": processes}
+    ppo = params.ppo.model_dump(
+        exclude={"steps", "checkpoint_every", "max_kl", "eval_every", "eval_prompts", "select", "patience", "collapse"}
+    )
+    relevant = {
+        "seed": params.seed,
+        "ppo": ppo,
+        "prompt": params.prompt.model_dump(),
+        "reward": params.reward.model_dump(),
+        "processes": processes,
+    }
     digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
     for directory in model_dirs:  # contents, not sizes: a re-fetched model has the same sizes
         digest.update(sha256_tree(directory).encode())
@@ -49,8 +55,11 @@ def latest_checkpoint(directory: Path, expected: str) -> dict[str, Any] | None:
         return None
     state = torch.load(files[-1], map_location="cpu", weights_only=True)
     if state["fingerprint"] != expected:
-        log.warning("ignoring checkpoints in %s: they were made with other params, models or number of "
-                    "processes; starting afresh", directory)
+        log.warning(
+            "ignoring checkpoints in %s: they were made with other params, models or number of "
+            "processes; starting afresh",
+            directory,
+        )
         return None
     return state
 

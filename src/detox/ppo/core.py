@@ -187,9 +187,7 @@ def compute_rewards(
     return rewards, kl, non_score_reward
 
 
-def compute_gae(
-    values: Tensor, rewards: Tensor, mask: Tensor, gamma: float, lam: float
-) -> tuple[Tensor, Tensor]:
+def compute_gae(values: Tensor, rewards: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation, backwards over the response.
 
     ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``,
@@ -254,6 +252,8 @@ def value_loss(
     vf_losses2 = (vpredclipped - returns).square()
     loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), mask)
     with torch.no_grad():
-        stats = {"clipfrac": masked_mean((vf_losses2 > vf_losses1).to(values.dtype), mask),
-                 "error": masked_mean(vf_losses1, mask)}
+        stats = {
+            "clipfrac": masked_mean((vf_losses2 > vf_losses1).to(values.dtype), mask),
+            "error": masked_mean(vf_losses1, mask),
+        }
     return loss, stats

@@ -96,7 +96,8 @@ class PPOTrainer:
         self.policy.eval()
         self.kl_ctl: KLController = (
             AdaptiveKLController(cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
-            if cfg.kl.adaptive else FixedKLController(cfg.kl.init_coef)
+            if cfg.kl.adaptive
+            else FixedKLController(cfg.kl.init_coef)
         )
         self.score_moments = RunningMoments()
 
@@ -141,33 +142,51 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[str], step: int) -> Rollout:
         with self.accelerator.autocast():
-            return sample(self.unwrapped, self.tokenizer, self.cfg, prompts, self._step_seed(step),
-                          self.accelerator.device)
+            return sample(
+                self.unwrapped, self.tokenizer, self.cfg, prompts, self._step_seed(step), self.accelerator.device
+            )
 
     def _decoder_inputs(self, response_ids: torch.Tensor) -> torch.Tensor:
         start = torch.full_like(response_ids[:, :1], self.start_token)
         return torch.cat([start, response_ids[:, :-1]], dim=1)
 
-    def _forward(self, model: torch.nn.Module, batch: Rollout, index: torch.Tensor | slice, reference: bool = False,
-                 with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _forward(
+        self,
+        model: torch.nn.Module,
+        batch: Rollout,
+        index: torch.Tensor | slice,
+        reference: bool = False,
+        with_values: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         responses = batch.response_ids[index]
         encoder_hidden = None if batch.encoder_hidden is None else batch.encoder_hidden[index]
-        logits, values = model(input_ids=batch.input_ids[index], attention_mask=batch.attention_mask[index],
-                               decoder_input_ids=self._decoder_inputs(responses), with_values=with_values,
-                               reference=reference, encoder_hidden=encoder_hidden)
+        logits, values = model(
+            input_ids=batch.input_ids[index],
+            attention_mask=batch.attention_mask[index],
+            decoder_input_ids=self._decoder_inputs(responses),
+            with_values=with_values,
+            reference=reference,
+            encoder_hidden=encoder_hidden,
+        )
         return logits, logprobs_from_logits(logits, responses), values
 
     def _minibatches(self, batch: Rollout) -> list[slice]:
-        return [slice(start, start + self.cfg.mini_batch_size)
-                for start in range(0, len(batch.responses), self.cfg.mini_batch_size)]
+        return [
+            slice(start, start + self.cfg.mini_batch_size)
+            for start in range(0, len(batch.responses), self.cfg.mini_batch_size)
+        ]
 
     @torch.no_grad()
     def reference_logprobs(self, batch: Rollout) -> torch.Tensor:
         """Reference log-probs (B, T), in mini-batch-sized forwards."""
         model = self.unwrapped
         with self.accelerator.autocast():
-            return torch.cat([self._forward(model, batch, index, reference=True, with_values=False)[1]
-                              for index in self._minibatches(batch)])
+            return torch.cat(
+                [
+                    self._forward(model, batch, index, reference=True, with_values=False)[1]
+                    for index in self._minibatches(batch)
+                ]
+            )
 
     @torch.no_grad()
     def teacher_forced(self, batch: Rollout) -> PolicyPass:
@@ -205,8 +224,9 @@ class PPOTrainer:
             scores = scores.clamp(-self.cfg.score.clip, self.cfg.score.clip)
         return scores
 
-    def optimise(self, batch: Rollout, old: PolicyPass, advantages: torch.Tensor, returns: torch.Tensor,
-                 step: int) -> MinibatchStats:
+    def optimise(
+        self, batch: Rollout, old: PolicyPass, advantages: torch.Tensor, returns: torch.Tensor, step: int
+    ) -> MinibatchStats:
         stats = MinibatchStats()
         generator = torch.Generator().manual_seed(self._step_seed(step))
         mask = batch.mask
@@ -216,10 +236,12 @@ class PPOTrainer:
                 index = order[start : start + self.cfg.mini_batch_size]
                 with self.accelerator.accumulate(self.policy), self.accelerator.autocast():
                     _, logprobs, values = self._forward(self.policy, batch, index)
-                    pg_loss, pg_stats = policy_loss(logprobs, old.logprobs[index], advantages[index], mask[index],
-                                                    self.cfg.cliprange)
-                    vf_loss, vf_stats = value_loss(values, old.values[index], returns[index], mask[index],
-                                                   self.cfg.cliprange_value)
+                    pg_loss, pg_stats = policy_loss(
+                        logprobs, old.logprobs[index], advantages[index], mask[index], self.cfg.cliprange
+                    )
+                    vf_loss, vf_stats = value_loss(
+                        values, old.values[index], returns[index], mask[index], self.cfg.cliprange_value
+                    )
                     loss = pg_loss + self.cfg.vf_coef * vf_loss
                     if not torch.isfinite(loss):
                         raise TrainingDivergedError(
@@ -264,8 +286,9 @@ class PPOTrainer:
         lap(names.TIME_FORWARD_PASS)
 
         mask = batch.mask
-        rewards, kl, non_score = compute_rewards(scores, forward.old.logprobs, forward.ref_logprobs, mask,
-                                                 self.kl_ctl.value, self.cfg.kl.estimator)
+        rewards, kl, non_score = compute_rewards(
+            scores, forward.old.logprobs, forward.ref_logprobs, mask, self.kl_ctl.value, self.cfg.kl.estimator
+        )
         lap(names.TIME_COMPUTE_REWARDS)
 
         advantages, returns = compute_gae(forward.old.values, rewards, mask, self.cfg.gamma, self.cfg.lam)
@@ -278,9 +301,20 @@ class PPOTrainer:
         self.policy.eval()
         lap(names.TIME_OPTIMIZE_STEP)
 
-        stats = step_stats(self.accelerator, mask=mask, responses=batch.responses, entropy=forward.old.entropy,
-                           values=forward.old.values, kl=kl, non_score=non_score, returns=returns, reward=reward,
-                           toxicity=toxicity, train=train, kl_coef=self.kl_ctl.value)
+        stats = step_stats(
+            self.accelerator,
+            mask=mask,
+            responses=batch.responses,
+            entropy=forward.old.entropy,
+            values=forward.old.values,
+            kl=kl,
+            non_score=non_score,
+            returns=returns,
+            reward=reward,
+            toxicity=toxicity,
+            train=train,
+            kl_coef=self.kl_ctl.value,
+        )
         self.kl_ctl.update(stats[names.KL], len(prompts) * self.accelerator.num_processes)
         lap(names.TIME_CALC_STATS)
 

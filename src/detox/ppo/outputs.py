@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 def lineage(params: Params, paths: PPOPaths) -> dict[str, str]:
     """Tags naming the registered sft and reward versions this run trains from (found by content hash),
     and, for a model used as fetched, where it came from (the fetch manifest)."""
-    tags = lineage_tags({"sft": (paths.policy, params.tracking.sft_model),
-                         "reward": (paths.reward, params.tracking.reward_model)})
+    tags = lineage_tags(
+        {"sft": (paths.policy, params.tracking.sft_model), "reward": (paths.reward, params.tracking.reward_model)}
+    )
     manifest_path = paths.base_manifest
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -75,26 +76,41 @@ def summarize_history(history: list[dict[str, float]], stop_reason: str | None) 
 def history_timings(history: list[dict[str, float]]) -> dict[str, float]:
     """The wall-clock side of a run (MLflow and logs/timings/ppo.json, never DVC's metrics or plots)."""
     frame = pd.DataFrame(history)
-    return {"seconds_per_step": float(frame[names.TIME_TOTAL].mean()), "seconds": float(frame[names.TIME_TOTAL].sum()),
-            "tokens_per_second": float(frame[names.TOKENS_PER_SECOND].mean())}
+    return {
+        "seconds_per_step": float(frame[names.TIME_TOTAL].mean()),
+        "seconds": float(frame[names.TIME_TOTAL].sum()),
+        "tokens_per_second": float(frame[names.TOKENS_PER_SECOND].mean()),
+    }
 
 
-def write_outputs(paths: PPOPaths, trainer: PPOTrainer, tokenizer: PreTrainedTokenizerBase, tracker: Tracker,
-                  history: list[dict[str, float]], metrics: dict[str, Any], selection: Selection | None) -> None:
+def write_outputs(
+    paths: PPOPaths,
+    trainer: PPOTrainer,
+    tokenizer: PreTrainedTokenizerBase,
+    tracker: Tracker,
+    history: list[dict[str, float]],
+    metrics: dict[str, Any],
+    selection: Selection | None,
+) -> None:
     """The main process's outputs of a finished run (``selection`` when the run evaluated); then no checkpoints."""
     with atomic_dir(paths.out) as out:
         trainer.unwrapped.save(out, base_model=paths.policy, final_dir=paths.out)
         tokenizer.save_pretrained(out)
         manifest = json.loads(paths.base_manifest.read_text("utf-8")) if paths.base_manifest.is_file() else {}
         # PEFT's save_pretrained wrote a blank template README.md: the Hub card replaces it.
-        write_text(out / "README.md", adapter_card(manifest, absolute_base(paths.policy),
-                                                   metrics if "selected_step" in metrics else None))
+        write_text(
+            out / "README.md",
+            adapter_card(manifest, absolute_base(paths.policy), metrics if "selected_step" in metrics else None),
+        )
         write_json(out / RUN_FILE, tracker.record())
     # DVC's plot holds what a rerun reproduces; the time/* columns go to MLflow (per step) and logs/.
-    write_history(paths.history, [{k: v for k, v in row.items() if not k.startswith(names.TIMING_PREFIX)}
-                                  for row in history])
-    write_history(paths.timings, [{k: v for k, v in row.items() if k == "step" or k.startswith(names.TIMING_PREFIX)}
-                                  for row in history])
+    write_history(
+        paths.history, [{k: v for k, v in row.items() if not k.startswith(names.TIMING_PREFIX)} for row in history]
+    )
+    write_history(
+        paths.timings,
+        [{k: v for k, v in row.items() if k == "step" or k.startswith(names.TIMING_PREFIX)} for row in history],
+    )
     if selection is not None:
         write_history(paths.evaluations, selection.history)
         tracker.log_artifact(paths.evaluations, "ppo")

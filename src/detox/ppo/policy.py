@@ -63,7 +63,9 @@ class Seq2SeqPolicy(nn.Module):
             disable_dropout(base)
         if self.uses_lora:
             lora = LoraConfig(
-                task_type=TaskType.SEQ_2_SEQ_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                task_type=TaskType.SEQ_2_SEQ_LM,
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
                 lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
                 target_modules=lora_targets(cfg.lora.target_modules, cfg.lora.scope),
             )
@@ -145,8 +147,9 @@ class Seq2SeqPolicy(nn.Module):
             adapter["base_model_name_or_path"] = absolute_base(base_model)
             config_path.write_text(json.dumps(adapter, indent=2))
         save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out_dir / VALUE_HEAD_FILE)
-        (out_dir / POLICY_FILE).write_text(json.dumps(
-            {"kind": "lora" if self.uses_lora else "full", "base_model": base_model_path}, indent=2))
+        (out_dir / POLICY_FILE).write_text(
+            json.dumps({"kind": "lora" if self.uses_lora else "full", "base_model": base_model_path}, indent=2)
+        )
 
 
 def absolute_base(base_model: Path) -> str:
@@ -188,4 +191,3 @@ def load_trained_policy(path: str | Path, merge: bool = True) -> PreTrainedModel
     base = AutoModelForSeq2SeqLM.from_pretrained(base_path if base_path.is_absolute() else path / base_path)
     model = PeftModel.from_pretrained(base, path)
     return (model.merge_and_unload() if merge else model).eval()
-

@@ -55,8 +55,9 @@ def only_this_generation_config(model: PreTrainedModel, config: GenerationConfig
         base.generation_config = saved
 
 
-def rollout_config(tokenizer: PreTrainedTokenizerBase, start_token: int, max_new_tokens: int,
-                   capture: bool = True) -> GenerationConfig:
+def rollout_config(
+    tokenizer: PreTrainedTokenizerBase, start_token: int, max_new_tokens: int, capture: bool = True
+) -> GenerationConfig:
     """Pure sampling from the policy's own distribution, built from params alone.
 
     The old log-probs and the KL assume the responses were sampled from the policy itself:
@@ -67,18 +68,33 @@ def rollout_config(tokenizer: PreTrainedTokenizerBase, start_token: int, max_new
     needs them, an evaluation does not).
     """
     return GenerationConfig(
-        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=0, max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        min_new_tokens=0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=start_token,
-        output_logits=capture, output_hidden_states=capture, return_dict_in_generate=capture,
+        output_logits=capture,
+        output_hidden_states=capture,
+        return_dict_in_generate=capture,
     )
 
 
-def sample(policy: Seq2SeqPolicy, tokenizer: PreTrainedTokenizerBase, cfg: PPOParams, prompts: list[str],
-           seed: int, device: torch.device) -> Rollout:
+def sample(
+    policy: Seq2SeqPolicy,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: PPOParams,
+    prompts: list[str],
+    seed: int,
+    device: torch.device,
+) -> Rollout:
     """Sample one response per prompt; ``max_new_tokens`` and the sampling both seeded by ``seed``."""
-    enc = tokenizer(prompts, padding=True, truncation=True, max_length=cfg.max_source_tokens,
-                    return_tensors="pt").to(device)
+    enc = tokenizer(prompts, padding=True, truncation=True, max_length=cfg.max_source_tokens, return_tensors="pt").to(
+        device
+    )
     # Encoded here rather than inside generate(), which with output_hidden_states=True would also
     # keep every encoder layer's output. Kept for the rest of the step when the encoder is frozen.
     encoder_hidden = policy.encode(enc["input_ids"], enc["attention_mask"])
@@ -87,16 +103,27 @@ def sample(policy: Seq2SeqPolicy, tokenizer: PreTrainedTokenizerBase, cfg: PPOPa
     config = rollout_config(tokenizer, policy.config.decoder_start_token_id, max_new)
     with only_this_generation_config(policy.generator(), config):
         out = policy.generator().generate(
-            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=config,
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden))
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            generation_config=config,
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+        )
     response_ids = out.sequences[:, 1:]
     mask = response_mask(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
     # The raw (unwarped) logits of each sampled position, and the last decoder layer's hidden
     # state there: the same numbers a teacher-forced forward pass of the policy would give.
     logits = torch.stack(out.logits, dim=1)
     hidden = torch.cat([layers[-1] for layers in out.decoder_hidden_states], dim=1)
-    captured = PolicyPass(logprobs_from_logits(logits, response_ids), policy.value_head(hidden),
-                          entropy_from_logits(logits))
+    captured = PolicyPass(
+        logprobs_from_logits(logits, response_ids), policy.value_head(hidden), entropy_from_logits(logits)
+    )
     responses = [s.strip() for s in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
-    return Rollout(enc["input_ids"], enc["attention_mask"], response_ids, mask, responses,
-                   encoder_hidden if policy.encoder_frozen else None, captured)
+    return Rollout(
+        enc["input_ids"],
+        enc["attention_mask"],
+        response_ids,
+        mask,
+        responses,
+        encoder_hidden if policy.encoder_frozen else None,
+        captured,
+    )

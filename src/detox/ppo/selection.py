@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from detox.evaluate.quality import response_nll, rouge
+from detox.common.params import PPOParams
 from detox.evaluate.columns import judge_columns
+from detox.evaluate.quality import response_nll, rouge
 from detox.evaluate.summary import quality_numbers, toxicity_numbers
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
 from detox.judges.panel import Judge
-from detox.common.params import PPOParams
+from detox.models.reward import RewardScorer
 from detox.ppo.engine import PPOTrainer
 from detox.ppo.rollout import only_this_generation_config
-from detox.models.reward import RewardScorer
 
 
 @dataclass
@@ -50,22 +50,24 @@ def evaluate_policy(trainer: PPOTrainer, data: ValidationSet, seed: int) -> dict
     """One seeded pure sample per validation prompt from the current policy, measured."""
     policy, tokenizer, cfg = trainer.unwrapped, trainer.tokenizer, trainer.cfg
     device = trainer.accelerator.device
-    enc = tokenizer(data.prompts, padding=True, truncation=True, max_length=cfg.max_source_tokens,
-                    return_tensors="pt").to(device)
+    enc = tokenizer(
+        data.prompts, padding=True, truncation=True, max_length=cfg.max_source_tokens, return_tensors="pt"
+    ).to(device)
     config = trainer.rollout_config(cfg.response_length.max, capture=False)
     generator = policy.generator()
     torch.manual_seed(seed)
     with trainer.accelerator.autocast(), only_this_generation_config(generator, config):
-        sequences = generator.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                       generation_config=config)
+        sequences = generator.generate(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=config
+        )
     responses = [r.strip() for r in tokenizer.batch_decode(sequences[:, 1:], skip_special_tokens=True)]
     scores = data.scorer.score(responses, data.dialogues)
     with policy.reference(), trainer.accelerator.autocast():
         reference = policy.frozen_reference if policy.frozen_reference is not None else policy.model
-        nll = response_nll(reference, tokenizer, data.prompts, responses, cfg.max_source_tokens,
-                           cfg.mini_batch_size)
-    frame = pd.DataFrame({"id": np.arange(len(responses)), "response": responses,
-                          "length": [len(r.split()) for r in responses]})
+        nll = response_nll(reference, tokenizer, data.prompts, responses, cfg.max_source_tokens, cfg.mini_batch_size)
+    frame = pd.DataFrame(
+        {"id": np.arange(len(responses)), "response": responses, "length": [len(r.split()) for r in responses]}
+    )
     quality = quality_numbers(frame)
     stats = {
         "eval/reward_mean": scores.reward.mean().item(),
@@ -102,8 +104,9 @@ class Selection:
     def _toxicity_key(self) -> str:
         return f"eval/{self.cfg.select.judge or 'reward_model'}/toxic_share"
 
-    def consider(self, step: int, stats: Mapping[str, float],
-                 state: Callable[[], dict[str, torch.Tensor]]) -> str | None:
+    def consider(
+        self, step: int, stats: Mapping[str, float], state: Callable[[], dict[str, torch.Tensor]]
+    ) -> str | None:
         """Record the evaluation after ``step`` training steps (``state`` gives the trainable parameters,
         kept when this checkpoint is the best so far); return why to stop, or None."""
         self.history.append({"step": step, **stats})
@@ -115,30 +118,40 @@ class Selection:
         if collapse is None and rouge_l >= self.rouge_floor and (self.best_key is None or key < self.best_key):
             self.best_step, self.best_key, self.since_best = step, key, 0
             self.best_state = state()
-            self.reason = (f"fewest summaries toxic to {self.cfg.select.judge or 'the reward model'} on the "
-                           f"validation subset ({toxic:.3f}), ROUGE-L {rouge_l:.4f} >= floor {self.rouge_floor:.4f}")
+            self.reason = (
+                f"fewest summaries toxic to {self.cfg.select.judge or 'the reward model'} on the "
+                f"validation subset ({toxic:.3f}), ROUGE-L {rouge_l:.4f} >= floor {self.rouge_floor:.4f}"
+            )
         else:
             self.since_best += 1
         if collapse is not None:
             return collapse
         if self.cfg.patience is not None and self.since_best >= self.cfg.patience:
-            return (f"no better checkpoint in {self.since_best} evaluations (ppo.patience {self.cfg.patience}); "
-                    f"the best was after step {self.best_step}")
+            return (
+                f"no better checkpoint in {self.since_best} evaluations (ppo.patience {self.cfg.patience}); "
+                f"the best was after step {self.best_step}"
+            )
         return None
 
     def _collapse(self, stats: Mapping[str, float]) -> str | None:
         limits = self.cfg.collapse
         if stats["eval/distinct_2"] < limits.min_distinct_2:
-            return (f"the summaries collapsed: distinct-2 {stats['eval/distinct_2']:.3f} < "
-                    f"ppo.collapse.min_distinct_2 {limits.min_distinct_2}")
+            return (
+                f"the summaries collapsed: distinct-2 {stats['eval/distinct_2']:.3f} < "
+                f"ppo.collapse.min_distinct_2 {limits.min_distinct_2}"
+            )
         if stats["eval/mean_length"] < limits.min_mean_length:
-            return (f"the summaries collapsed: mean length {stats['eval/mean_length']:.1f} words < "
-                    f"ppo.collapse.min_mean_length {limits.min_mean_length}")
+            return (
+                f"the summaries collapsed: mean length {stats['eval/mean_length']:.1f} words < "
+                f"ppo.collapse.min_mean_length {limits.min_mean_length}"
+            )
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("rouge_floor", "best_step", "best_key", "best_state", "since_best",
-                                              "history", "reason")}
+        return {
+            k: getattr(self, k)
+            for k in ("rouge_floor", "best_step", "best_key", "best_state", "since_best", "history", "reason")
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key, value in state.items():
@@ -150,4 +163,3 @@ def evaluation_steps(cfg: PPOParams) -> set[int]:
     if cfg.eval_every is None:
         return set()
     return {0, cfg.steps, *range(cfg.eval_every, cfg.steps, cfg.eval_every)}
-

@@ -57,11 +57,36 @@ TIME_TOTAL = "time/ppo/total"  # the whole step, rollout and scoring included
 TOKENS_PER_SECOND = "time/tokens_per_second"
 
 TRAIN_MEANS = (LOSS_POLICY, LOSS_VALUE, LOSS_TOTAL, POLICY_CLIPFRAC, APPROXKL, RATIO_MEAN, VALUE_CLIPFRAC, VALUE_ERROR)
-STEP_STATS = (KL, KL_COEF, KL_STDERR, ENTROPY, NON_SCORE_REWARD, REWARD_MEAN, REWARD_STD, TOXICITY_MEAN,
-              DISTINCT_2, RESPONSE_LENGTH, RETURNS_MEAN, RETURNS_VAR, VALUE_MEAN, VAR_EXPLAINED,
-              *TRAIN_MEANS, RATIO_MAX, RATIO_MIN)
-TIMINGS = (TIME_ROLLOUT, TIME_SCORE, TIME_FORWARD_PASS, TIME_COMPUTE_REWARDS, TIME_COMPUTE_ADVANTAGES,
-           TIME_OPTIMIZE_STEP, TIME_CALC_STATS, TIME_TOTAL, TOKENS_PER_SECOND)
+STEP_STATS = (
+    KL,
+    KL_COEF,
+    KL_STDERR,
+    ENTROPY,
+    NON_SCORE_REWARD,
+    REWARD_MEAN,
+    REWARD_STD,
+    TOXICITY_MEAN,
+    DISTINCT_2,
+    RESPONSE_LENGTH,
+    RETURNS_MEAN,
+    RETURNS_VAR,
+    VALUE_MEAN,
+    VAR_EXPLAINED,
+    *TRAIN_MEANS,
+    RATIO_MAX,
+    RATIO_MIN,
+)
+TIMINGS = (
+    TIME_ROLLOUT,
+    TIME_SCORE,
+    TIME_FORWARD_PASS,
+    TIME_COMPUTE_REWARDS,
+    TIME_COMPUTE_ADVANTAGES,
+    TIME_OPTIMIZE_STEP,
+    TIME_CALC_STATS,
+    TIME_TOTAL,
+    TOKENS_PER_SECOND,
+)
 
 
 class MinibatchStats:
@@ -72,10 +97,17 @@ class MinibatchStats:
         self.extremes = {RATIO_MAX: -float("inf"), RATIO_MIN: float("inf")}
         self.count = 0
 
-    def add(self, losses: tuple[Tensor, Tensor, Tensor], pg_stats: Mapping[str, Tensor],
-            vf_stats: Mapping[str, Tensor]) -> None:
-        values = (*losses, pg_stats["clipfrac"], pg_stats["approxkl"], pg_stats["ratio"], vf_stats["clipfrac"],
-                  vf_stats["error"])
+    def add(
+        self, losses: tuple[Tensor, Tensor, Tensor], pg_stats: Mapping[str, Tensor], vf_stats: Mapping[str, Tensor]
+    ) -> None:
+        values = (
+            *losses,
+            pg_stats["clipfrac"],
+            pg_stats["approxkl"],
+            pg_stats["ratio"],
+            vf_stats["clipfrac"],
+            vf_stats["error"],
+        )
         for key, value in zip(TRAIN_MEANS, values, strict=True):
             self.sums[key] = self.sums.get(key, 0.0) + value.item()
         self.extremes[RATIO_MAX] = max(self.extremes[RATIO_MAX], pg_stats["ratio_max"].item())
@@ -86,9 +118,21 @@ class MinibatchStats:
         return {key: value / self.count for key, value in self.sums.items()}
 
 
-def step_stats(accelerator: Accelerator, *, mask: Tensor, responses: list[str], entropy: Tensor, values: Tensor,
-               kl: Tensor, non_score: Tensor, returns: Tensor, reward: Tensor, toxicity: Tensor,
-               train: MinibatchStats, kl_coef: float) -> dict[str, float]:
+def step_stats(
+    accelerator: Accelerator,
+    *,
+    mask: Tensor,
+    responses: list[str],
+    entropy: Tensor,
+    values: Tensor,
+    kl: Tensor,
+    non_score: Tensor,
+    returns: Tensor,
+    reward: Tensor,
+    toxicity: Tensor,
+    train: MinibatchStats,
+    kl_coef: float,
+) -> dict[str, float]:
     """One step's stats, averaged over all processes (the scores, toxicity and KL: gathered from all)."""
     lengths = mask.sum(1).float()
     kl_per_sample = accelerator.gather(kl.sum(1))
@@ -102,18 +146,26 @@ def step_stats(accelerator: Accelerator, *, mask: Tensor, responses: list[str], 
         RETURNS_VAR: masked_var(returns, mask, unbiased=False),
     }
     stats = {key: accelerator.reduce(value.detach(), "mean").item() for key, value in local.items()}
-    stats.update({key: accelerator.reduce(torch.tensor(value, device=mask.device), "mean").item()
-                  for key, value in train.means().items()})
+    stats.update(
+        {
+            key: accelerator.reduce(torch.tensor(value, device=mask.device), "mean").item()
+            for key, value in train.means().items()
+        }
+    )
     stats[RATIO_MAX] = accelerator.gather(torch.tensor([train.extremes[RATIO_MAX]], device=mask.device)).max().item()
     stats[RATIO_MIN] = accelerator.gather(torch.tensor([train.extremes[RATIO_MIN]], device=mask.device)).min().item()
     stats[VAR_EXPLAINED] = 1.0 - stats[VALUE_ERROR] / stats[RETURNS_VAR] if stats[RETURNS_VAR] > 0 else float("nan")
     all_scores, all_toxicity = accelerator.gather(reward), accelerator.gather(toxicity)
-    stats.update({
-        REWARD_MEAN: all_scores.mean().item(),
-        REWARD_STD: all_scores.std().item() if all_scores.numel() > 1 else 0.0,
-        TOXICITY_MEAN: all_toxicity.mean().item(),
-        DISTINCT_2: distinct_ngrams(responses),
-        KL_COEF: kl_coef,
-        KL_STDERR: (kl_per_sample.std() / kl_per_sample.numel() ** 0.5).item() if kl_per_sample.numel() > 1 else 0.0,
-    })
+    stats.update(
+        {
+            REWARD_MEAN: all_scores.mean().item(),
+            REWARD_STD: all_scores.std().item() if all_scores.numel() > 1 else 0.0,
+            TOXICITY_MEAN: all_toxicity.mean().item(),
+            DISTINCT_2: distinct_ngrams(responses),
+            KL_COEF: kl_coef,
+            KL_STDERR: (kl_per_sample.std() / kl_per_sample.numel() ** 0.5).item()
+            if kl_per_sample.numel() > 1
+            else 0.0,
+        }
+    )
     return stats

@@ -72,12 +72,19 @@ def batch_indices(n_rows: int, step: int, batch: int, seed: int) -> list[int]:
 def validation_set(params: Params, paths: PPOPaths, scorer: RewardScorer) -> ValidationSet:
     """The first ``ppo.eval_prompts`` validation dialogues, the reward model and the judges of ``eval.judges``."""
     if not paths.validation.is_file():
-        raise DetoxError(f"{paths.validation}: not found; PPO evaluates on the validation split every "
-                         "ppo.eval_every steps: run `dvc repro fetch` (or set ppo.eval_every to null)")
+        raise DetoxError(
+            f"{paths.validation}: not found; PPO evaluates on the validation split every "
+            "ppo.eval_every steps: run `dvc repro fetch` (or set ppo.eval_every to null)"
+        )
     frame = pd.read_parquet(paths.validation).iloc[: params.ppo.eval_prompts]
     dialogues = frame["dialogue"].tolist()
-    return ValidationSet(build_prompts(dialogues, params.prompt.template), dialogues, frame["summary"].tolist(),
-                         scorer, load_judges(paths.judges, params.eval.judges))
+    return ValidationSet(
+        build_prompts(dialogues, params.prompt.template),
+        dialogues,
+        frame["summary"].tolist(),
+        scorer,
+        load_judges(paths.judges, params.eval.judges),
+    )
 
 
 def make_accelerator(cfg: PPOParams, accelerator: Accelerator | None = None) -> Accelerator:
@@ -93,8 +100,11 @@ def make_accelerator(cfg: PPOParams, accelerator: Accelerator | None = None) -> 
         raise DetoxError("ppo.precision fp16 needs a GPU (its gradient scaler is CUDA's); on the CPU use bf16 or fp32")
     # cpu=True on a machine without CUDA, so `accelerate launch --multi_gpu` / torchrun form a
     # gloo process group there instead of several processes that each believe they are alone.
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                                             cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    accelerator = accelerator or Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=precision,
+    )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != accelerator.num_processes:
         raise DetoxError(
@@ -119,8 +129,12 @@ def kl_stop(stats: dict[str, float], cfg: PPOParams, step: int, main: bool) -> s
     """Why to stop after this step's KL (above ``ppo.max_kl``), or None; warns of a negative mean KL."""
     kl = stats[names.KL]
     if kl < -3 * stats[names.KL_STDERR] + NEGATIVE_KL_TOLERANCE and main:
-        log.warning("step %d: mean KL is negative (%.4f): the rollout's log-probs differ from the "
-                    "distribution it sampled from; check that ppo.disable_dropout is true", step, kl)
+        log.warning(
+            "step %d: mean KL is negative (%.4f): the rollout's log-probs differ from the "
+            "distribution it sampled from; check that ppo.disable_dropout is true",
+            step,
+            kl,
+        )
     if cfg.max_kl is not None and kl > cfg.max_kl:
         return f"mean KL {kl:.3f} exceeded ppo.max_kl {cfg.max_kl} at step {step}"
     return None
@@ -166,8 +180,12 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
 
     # The run spans the training and ends KILLED when interrupted (a rerun resumes it), FAILED on an error.
     # A new run is named after the DVC experiment and records the params the ppo stage reads.
-    with tracker.run("ppo", run_id=run_id, tags={"policy": str(paths.policy)},
-                     params=stage_params("ppo", params.model_dump(mode="json"))):
+    with tracker.run(
+        "ppo",
+        run_id=run_id,
+        tags={"policy": str(paths.policy)},
+        params=stage_params("ppo", params.model_dump(mode="json")),
+    ):
         if run_id is None and tracker.enabled:  # the MLflow UI's lineage: reward model -> sft policy -> this policy
             tracker.set_tags(lineage(params, paths))
         run_id = tracker.run_id
@@ -201,15 +219,24 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
                         log.warning("stopping early after step %d: %s", step, stop_reason)
                         break
                 if main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                    save_checkpoint(paths.checkpoints, {"step": step + 1, "fingerprint": key, "history": history,
-                                                        "run_id": run_id, "trainer": trainer.state_dict(),
-                                                        "selection": selection.state_dict()})
+                    save_checkpoint(
+                        paths.checkpoints,
+                        {
+                            "step": step + 1,
+                            "fingerprint": key,
+                            "history": history,
+                            "run_id": run_id,
+                            "trainer": trainer.state_dict(),
+                            "selection": selection.state_dict(),
+                        },
+                    )
 
         metrics = summarize_history(history, stop_reason)
         if evaluate_at:
             load_selected(trainer, selection, metrics, len(history), main)
         if main:
-            write_outputs(paths, trainer, trainer.tokenizer, tracker, history, metrics,
-                          selection if evaluate_at else None)
+            write_outputs(
+                paths, trainer, trainer.tokenizer, tracker, history, metrics, selection if evaluate_at else None
+            )
     accelerator.wait_for_everyone()
     return metrics

@@ -11,8 +11,14 @@ from detox.models.generation import generation_kwargs
 from detox.serve import hf_pipeline
 
 
-def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, template: str,
-                  generation: GenerationParams, seed: int) -> Path:
+def export_policy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    template: str,
+    generation: GenerationParams,
+    seed: int,
+) -> Path:
     """Save a (merged) policy and its tokenizer into one folder: the pyfunc model's artifact, and a Hugging
     Face model that ``pipeline("summarization", model=out_dir, trust_remote_code=True)`` loads
     (:mod:`detox.serve.hf_pipeline`). The prompt template, the source-token limit and the seed go into
@@ -27,4 +33,3 @@ def export_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ou
     hf_pipeline.register()
     hf_pipeline.DialogueSummarizationPipeline(model=model, tokenizer=tokenizer).save_pretrained(out_dir)
     return Path(out_dir)
-

@@ -42,8 +42,9 @@ class DialogueSummarizationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
-    def _sanitize_parameters(self, max_source_tokens: int | None = None, seed: int | None = None,
-                             **generate_kwargs: Any):
+    def _sanitize_parameters(
+        self, max_source_tokens: int | None = None, seed: int | None = None, **generate_kwargs: Any
+    ):
         preprocess = {} if max_source_tokens is None else {"max_source_tokens": max_source_tokens}
         forward = generate_kwargs if seed is None else {**generate_kwargs, "seed": seed}
         return preprocess, forward, {}
@@ -53,11 +54,11 @@ class DialogueSummarizationPipeline(Pipeline):
             raise ValueError(f"expected a non-empty dialogue string, got {dialogue!r}")
         template = getattr(self.model.config, "prompt_template", None) or "{dialogue}"
         limit = max_source_tokens or getattr(self.model.config, "max_source_tokens", None) or 512
-        return self.tokenizer(template.format(dialogue=dialogue), return_tensors="pt", truncation=True,
-                              max_length=limit)
+        return self.tokenizer(
+            template.format(dialogue=dialogue), return_tensors="pt", truncation=True, max_length=limit
+        )
 
-    def _forward(self, model_inputs: dict[str, Any], seed: int | None = None,
-                 **generate_kwargs: Any) -> dict[str, Any]:
+    def _forward(self, model_inputs: dict[str, Any], seed: int | None = None, **generate_kwargs: Any) -> dict[str, Any]:
         # The call's and the pipeline's generation parameters on top of the model's generation_config.json.
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
         # fork_rng: seeding here must not reset the caller's random state (on a GPU, its device's too).
@@ -66,11 +67,14 @@ class DialogueSummarizationPipeline(Pipeline):
             return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
 
     def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, str]]:
-        return [{"summary_text": text.strip()}
-                for text in self.tokenizer.batch_decode(model_outputs["output_ids"], skip_special_tokens=True)]
+        return [
+            {"summary_text": text.strip()}
+            for text in self.tokenizer.batch_decode(model_outputs["output_ids"], skip_special_tokens=True)
+        ]
 
 
 def register() -> None:
     """Make ``save_pretrained`` of a :class:`DialogueSummarizationPipeline` write ``custom_pipelines``."""
-    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=DialogueSummarizationPipeline,
-                                        pt_model=AutoModelForSeq2SeqLM, type="text")
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK, pipeline_class=DialogueSummarizationPipeline, pt_model=AutoModelForSeq2SeqLM, type="text"
+    )

@@ -47,9 +47,13 @@ def _source(manifest: Mapping[str, Any], key: str) -> tuple[str | None, str]:
         return name, f"`{name}`" + (f" (revision `{revision}`)" if revision else "")
     if source == "local":
         return None, f"a local {'model' if key != 'data' else 'dataset'} (`{entry.get('path')}`)"
-    return None, ("the built-in generated DialogSum-like corpus" if key == "data"
-                  else "a small FLAN-T5-shaped model built and trained by this pipeline (stages fetch and sft)"
-                  if key == "policy" else "a small RoBERTa hate classifier trained by this pipeline (stage reward)")
+    return None, (
+        "the built-in generated DialogSum-like corpus"
+        if key == "data"
+        else "a small FLAN-T5-shaped model built and trained by this pipeline (stages fetch and sft)"
+        if key == "policy"
+        else "a small RoBERTa hate classifier trained by this pipeline (stage reward)"
+    )
 
 
 def card_data(path: Path) -> ModelCardData | None:
@@ -69,21 +73,28 @@ def _license(manifest: Mapping[str, Any], base_card: ModelCardData | None) -> tu
         return {"license": "other", "license_name": "none-declared"}, (
             "This model, its base and its data were made by this project (the built-in world), which declares no "
             "license (no LICENSE file, no license in pyproject.toml): hence `license: other` with "
-            "`license_name: none-declared`. Choose a license before sharing the model.")
+            "`license_name: none-declared`. Choose a license before sharing the model."
+        )
     return {"license": "other", "license_name": "unknown"}, (
         "The base model's card declares no license (or it has no card): hence `license: other` with "
-        "`license_name: unknown`. Check the base model's terms before sharing this model.")
+        "`license_name: unknown`. Check the base model's terms before sharing this model."
+    )
 
 
 def _provenance(base_id: str | None, data_id: str | None, data: str) -> str:
     """What the card says besides its license about where the weights and data came from."""
     notes = []
-    local = [(field, what) for field, what, hub_id in (("`base_model`", "the base model", base_id),
-                                                       ("`datasets`", "the data", data_id)) if hub_id is None]
+    local = [
+        (field, what)
+        for field, what, hub_id in (("`base_model`", "the base model", base_id), ("`datasets`", "the data", data_id))
+        if hub_id is None
+    ]
     if local:
         fields, whats = (" and ".join(names) for names in zip(*local, strict=True))
-        notes.append(f"The metadata has no {fields}: those fields take Hugging Face Hub ids, and {whats} "
-                     f"{'are' if len(local) > 1 else 'is'} not on the Hub (see above).")
+        notes.append(
+            f"The metadata has no {fields}: those fields take Hugging Face Hub ids, and {whats} "
+            f"{'are' if len(local) > 1 else 'is'} not on the Hub (see above)."
+        )
     if data_id is not None:
         notes.append(f"The training data, {data}, has terms of its own: see its card.")
     return " ".join(notes)
@@ -100,10 +111,14 @@ def results_table(metrics: Mapping[str, Any]) -> str:
     for name, scores in before["toxicity"].items():
         role = " (the reward model: it judges its own student)" if name == "reward_model" else ""
         share_after = after["toxicity"][name]["toxic_share"]
-        rows.append(f"| {name}{role} | {scores['toxic_share']:.4f} | {share_after:.4f} | "
-                    f"{_percent(metrics['improvement_pct'][name]['toxic_share'])} fewer |")
-    rows.append(f"| ROUGE-L against the references | {before['rougeL']:.4f} | {after['rougeL']:.4f} | "
-                f"{after['rougeL'] - before['rougeL']:+.4f} |")
+        rows.append(
+            f"| {name}{role} | {scores['toxic_share']:.4f} | {share_after:.4f} | "
+            f"{_percent(metrics['improvement_pct'][name]['toxic_share'])} fewer |"
+        )
+    rows.append(
+        f"| ROUGE-L against the references | {before['rougeL']:.4f} | {after['rougeL']:.4f} | "
+        f"{after['rougeL'] - before['rougeL']:+.4f} |"
+    )
     return "\n".join(rows)
 
 
@@ -111,26 +126,55 @@ def _card(data: ModelCardData, body: str) -> str:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n").content
 
 
-def merged_card(name: str, manifest: Mapping[str, Any], metrics: Mapping[str, Any], judge: str,
-                template: str, reward_label: str, base_card: ModelCardData | None) -> str:
+def merged_card(
+    name: str,
+    manifest: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    judge: str,
+    template: str,
+    reward_label: str,
+    base_card: ModelCardData | None,
+) -> str:
     """The card of the merged policy that evaluate scored and registered (``models/merged/README.md``);
     ``base_card`` is the metadata of the base model's own card (:func:`card_data`), where it has one."""
     base_id, base = _source(manifest, "policy")
     data_id, data = _source(manifest, "data")
     _, reward = _source(manifest, "reward")
     after = metrics["after"]
-    results = [EvalResult(task_type="summarization", dataset_type=data_id or "builtin-dialogues",
-                          dataset_name=f"{data_id or 'built-in dialogues'} (test)", dataset_split="test",
-                          metric_type="rouge", metric_name="ROUGE-L", metric_value=round(after["rougeL"], 4))]
+    results = [
+        EvalResult(
+            task_type="summarization",
+            dataset_type=data_id or "builtin-dialogues",
+            dataset_name=f"{data_id or 'built-in dialogues'} (test)",
+            dataset_split="test",
+            metric_type="rouge",
+            metric_name="ROUGE-L",
+            metric_value=round(after["rougeL"], 4),
+        )
+    ]
     for scorer, scores in after["toxicity"].items():
-        results.append(EvalResult(task_type="summarization", dataset_type=data_id or "builtin-dialogues",
-                                  dataset_name=f"{data_id or 'built-in dialogues'} (test)", dataset_split="test",
-                                  metric_type="toxic_share", metric_name=f"toxic share ({scorer})",
-                                  metric_value=round(scores["toxic_share"], 4)))
+        results.append(
+            EvalResult(
+                task_type="summarization",
+                dataset_type=data_id or "builtin-dialogues",
+                dataset_name=f"{data_id or 'built-in dialogues'} (test)",
+                dataset_split="test",
+                metric_type="toxic_share",
+                metric_name=f"toxic share ({scorer})",
+                metric_value=round(scores["toxic_share"], 4),
+            )
+        )
     license_metadata, license_text = _license(manifest, base_card)
-    meta = ModelCardData(base_model=base_id, datasets=[data_id] if data_id else None, library_name="transformers",
-                         pipeline_tag="summarization", tags=TAGS, model_name=name, eval_results=results,
-                         **license_metadata)
+    meta = ModelCardData(
+        base_model=base_id,
+        datasets=[data_id] if data_id else None,
+        library_name="transformers",
+        pipeline_tag="summarization",
+        tags=TAGS,
+        model_name=name,
+        eval_results=results,
+        **license_metadata,
+    )
     promotion = metrics.get("promotion", {})
     reasons = "\n".join(f"- {reason}" for reason in promotion.get("reasons", []))
     body = f"""
@@ -161,10 +205,10 @@ Without it: `AutoModelForSeq2SeqLM.from_pretrained(...)`, and the prompt
 {template}
 ```
 
-## Results (stage evaluate, {metrics['n']} test dialogues x {metrics['samples_per_prompt']} samples)
+## Results (stage evaluate, {metrics["n"]} test dialogues x {metrics["samples_per_prompt"]} samples)
 
 Toxicity is measured by the reward model and, beside it, by judges that share nothing with it.
-The promotion decision rests on the judge `{judge}`: {promotion.get('decision', 'not taken')}.
+The promotion decision rests on the judge `{judge}`: {promotion.get("decision", "not taken")}.
 
 {results_table(metrics)}
 
@@ -189,12 +233,19 @@ def adapter_card(manifest: Mapping[str, Any], base_path: str, selection: Mapping
     """The card of the PPO adapter folder (``models/ppo/README.md``), written by the ppo stage."""
     base_id, base = _source(manifest, "policy")
     data_id, data = _source(manifest, "data")
-    meta = ModelCardData(base_model=base_id, datasets=[data_id] if data_id else None, library_name="peft",
-                         pipeline_tag="summarization", tags=[*TAGS, "lora"])
+    meta = ModelCardData(
+        base_model=base_id,
+        datasets=[data_id] if data_id else None,
+        library_name="peft",
+        pipeline_tag="summarization",
+        tags=[*TAGS, "lora"],
+    )
     chosen = ""
     if selection:
-        chosen = (f"\nThe adapter is the policy after step {selection['selected_step']} of {selection['steps']}: "
-                  f"{selection['selection']}.\n")
+        chosen = (
+            f"\nThe adapter is the policy after step {selection['selected_step']} of {selection['steps']}: "
+            f"{selection['selection']}.\n"
+        )
     body = f"""
 # PPO adapter of the detox summariser
 

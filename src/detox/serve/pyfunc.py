@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- what a request may hold
 
+
 class RequestError(MlflowException):
     """A request the model refuses: HTTP 400 (500 for ``INTERNAL_ERROR``) whose message is this one line.
 
@@ -57,7 +58,10 @@ class RequestError(MlflowException):
 
 
 _COMPARE: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
-    "gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<="),
+    "gt": (operator.gt, ">"),
+    "ge": (operator.ge, ">="),
+    "lt": (operator.lt, "<"),
+    "le": (operator.le, "<="),
 }
 
 
@@ -71,8 +75,14 @@ class Range:
     @classmethod
     def of(cls, field: FieldInfo) -> Range:
         """The bounds a ``params.yaml`` field declares (pydantic's ``gt``/``ge``/``lt``/``le``)."""
-        return cls(tuple((key, getattr(rule, key)) for rule in field.metadata for key in _COMPARE
-                         if getattr(rule, key, None) is not None))
+        return cls(
+            tuple(
+                (key, getattr(rule, key))
+                for rule in field.metadata
+                for key in _COMPARE
+                if getattr(rule, key, None) is not None
+            )
+        )
 
     def admits(self, value: Any) -> bool:
         return all(_COMPARE[key][0](value, bound) for key, bound in self.bounds)
@@ -80,7 +90,6 @@ class Range:
     def __str__(self) -> str:
         text = " and ".join(f"{_COMPARE[key][1]} {bound:g}" for key, bound in self.bounds)
         return f"{text} ({self.why})" if self.why else text
-
 
 
 def check_params(params: Mapping[str, Any], ranges: Mapping[str, Range]) -> None:
@@ -100,8 +109,10 @@ def request_texts(model_input: Any, column: str) -> list[str]:
     if isinstance(model_input, (pd.DataFrame, Mapping)):
         columns = list(model_input.keys())
         if column not in columns:
-            raise RequestError(f"input: no {column!r} column (got columns {columns}); send "
-                               f'{{"dataframe_records": [{{"{column}": "..."}}]}}')
+            raise RequestError(
+                f"input: no {column!r} column (got columns {columns}); send "
+                f'{{"dataframe_records": [{{"{column}": "..."}}]}}'
+            )
         extra = [name for name in columns if name != column]
         if extra:
             raise RequestError(f"input: unknown column(s) {extra}; this model reads only the {column!r} column")
@@ -111,8 +122,9 @@ def request_texts(model_input: Any, column: str) -> list[str]:
     elif isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
         values = list(np.asarray(model_input, dtype=object).reshape(-1))
     else:
-        raise RequestError(f"input: expected rows with a {column!r} column or a list of strings, "
-                           f"got {type(model_input).__name__}")
+        raise RequestError(
+            f"input: expected rows with a {column!r} column or a list of strings, got {type(model_input).__name__}"
+        )
     for row, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
             shown = "null" if pd.api.types.is_scalar(value) and pd.isna(value) else reprlib.repr(value)
@@ -134,10 +146,11 @@ class Served(mlflow.pyfunc.PythonModel, ABC):
             raise
         except Exception as exc:  # the serving boundary: the traceback goes to the log, never into an answer
             log.exception("%s failed on a request", type(self).__name__)
-            raise RequestError(f"the model failed on this request ({type(exc).__name__}); the server's log has "
-                               "the traceback", error_code=INTERNAL_ERROR) from exc
+            raise RequestError(
+                f"the model failed on this request ({type(exc).__name__}); the server's log has the traceback",
+                error_code=INTERNAL_ERROR,
+            ) from exc
 
     @abstractmethod
     def answer(self, texts: list[str], params: dict[str, Any]) -> Any:
         """The model's answer to checked texts and the request's params (those MLflow passed on)."""
-

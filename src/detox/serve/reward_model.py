@@ -42,5 +42,6 @@ class RewardClassifier(Served):
 
     def answer(self, texts: list[str], params: dict[str, Any]) -> pd.DataFrame:
         scores = self.scorer.score(texts)
-        return pd.DataFrame({"reward": scores.reward.numpy().astype(float),
-                             "toxicity": scores.toxicity.numpy().astype(float)})
+        return pd.DataFrame(
+            {"reward": scores.reward.numpy().astype(float), "toxicity": scores.toxicity.numpy().astype(float)}
+        )

@@ -29,8 +29,15 @@ log = logging.getLogger(__name__)
 
 POLICY_ARTIFACT = "policy"
 INPUT_COLUMN = "dialogue"
-REQUEST_PARAMS = {"do_sample": "boolean", "temperature": "double", "top_k": "long", "top_p": "double",
-                  "min_new_tokens": "long", "max_new_tokens": "long", "seed": "long"}
+REQUEST_PARAMS = {
+    "do_sample": "boolean",
+    "temperature": "double",
+    "top_k": "long",
+    "top_p": "double",
+    "min_new_tokens": "long",
+    "max_new_tokens": "long",
+    "seed": "long",
+}
 
 
 # The ranges params.yaml allows for generation.* and eval.seed, so a request can ask for nothing evaluate could not.
@@ -91,8 +98,10 @@ class Summarizer(Served):
         self.model, self.tokenizer = load_policy(context.artifacts[POLICY_ARTIFACT])
         self.config = dict(context.model_config or {})
         defaults = _defaults(self.config)
-        self.ranges = {**PARAM_RANGES,
-                       "max_new_tokens": max_new_tokens_range(self.model.config, int(defaults["max_new_tokens"]))}
+        self.ranges = {
+            **PARAM_RANGES,
+            "max_new_tokens": max_new_tokens_range(self.model.config, int(defaults["max_new_tokens"])),
+        }
 
     def answer(self, texts: list[str], params: dict[str, Any]) -> list[str]:
         """Summaries (one per dialogue, in order), exactly as evaluation generates them."""
@@ -101,14 +110,26 @@ class Summarizer(Served):
         try:
             generation = GenerationParams(**{key: settings[key] for key in GenerationParams.model_fields})
         except ValidationError as exc:  # what no single range says, e.g. min_new_tokens > max_new_tokens
-            raise RequestError("params: " + "; ".join(error["msg"].removeprefix("Value error, ")
-                                                      for error in exc.errors())) from None
+            raise RequestError(
+                "params: " + "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+            ) from None
         prompts = build_prompts(texts, self.config["prompt.template"])
         limit = generation.max_source_tokens
         for row, ids in enumerate(self.tokenizer(prompts)["input_ids"]):
             if len(ids) > limit:
-                log.warning("dialogue %d: %d tokens with the prompt; the model reads the first %d "
-                            "(generation.max_source_tokens)", row, len(ids), limit)
-        return generate_summaries(self.model, self.tokenizer, prompts, generation, int(settings["seed"]),
-                                  generation.max_source_tokens, desc="serve")
-
+                log.warning(
+                    "dialogue %d: %d tokens with the prompt; the model reads the first %d "
+                    "(generation.max_source_tokens)",
+                    row,
+                    len(ids),
+                    limit,
+                )
+        return generate_summaries(
+            self.model,
+            self.tokenizer,
+            prompts,
+            generation,
+            int(settings["seed"]),
+            generation.max_source_tokens,
+            desc="serve",
+        )

@@ -53,8 +53,14 @@ def git_commit(root: str | Path = ".") -> str | None:
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         return os.environ["DVC_EXP_BASELINE_REV"]
     try:
-        proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10, check=False)
+        proc = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = proc.stdout.strip()
@@ -107,8 +113,13 @@ def lock_entry(stage: str, root: str | Path = ".") -> dict[str, Any] | None:
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
     """A short md5 of an entry's deps, params and outs as canonical JSON (sorted keys, no spaces)."""
-    canonical = json.dumps({key: entry.get(key) for key in LOCK_KEYS}, sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False, default=str)
+    canonical = json.dumps(
+        {key: entry.get(key) for key in LOCK_KEYS},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
     return hashlib.md5(canonical.encode("utf-8")).hexdigest()[:SHORT]
 
 
@@ -123,4 +134,3 @@ def lock_tags(stage: str, root: str | Path = ".") -> dict[str, str]:
         if isinstance(out, dict) and out.get("path") and out.get("md5"):
             tags[f"dvc.lock.{stage}.{out['path']}"] = str(out["md5"])
     return tags
-

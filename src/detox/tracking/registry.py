@@ -27,9 +27,21 @@ from detox.tracking.store import is_connection_failure, tracking_uri
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 MODEL_NAME = "model"  # the logged model's name inside its run
-# What the pyfunc models import: detox.serve.summarizer and reward_model -> detox.models.generation, detox.common.params.
-MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "sentencepiece", "protobuf", "pandas",
-                      "numpy", "pydantic", "pyyaml", "tqdm")
+# What the pyfunc models import: detox.serve.summarizer and reward_model -> detox.models.generation,
+# detox.common.params.
+MODEL_REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "sentencepiece",
+    "protobuf",
+    "pandas",
+    "numpy",
+    "pydantic",
+    "pyyaml",
+    "tqdm",
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,11 @@ def discard_unfinished_models(run_id: str) -> list[str]:
 
     client = mlflow.MlflowClient(tracking_uri())
     experiment_id = client.get_run(run_id).info.experiment_id
-    unfinished = [model for model in client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'")
-                  if model.status != LoggedModelStatus.READY]
+    unfinished = [
+        model
+        for model in client.search_logged_models([experiment_id], f"source_run_id = '{run_id}'")
+        if model.status != LoggedModelStatus.READY
+    ]
     for model in unfinished:
         get_artifact_repository(model.artifact_location).delete_artifacts()  # frees the space before any write
         if model.status != LoggedModelStatus.FAILED:
@@ -203,19 +218,25 @@ def champion_evidence(registered_model: str) -> dict[str, Any] | None:
     evidence: dict[str, Any] = {"version": str(version.version)}
     for key, value in version.tags.items():
         if key.startswith(EVIDENCE_TAG):
-            evidence[key[len(EVIDENCE_TAG):]] = evidence_value(value)
+            evidence[key[len(EVIDENCE_TAG) :]] = evidence_value(value)
     return evidence
 
 
-def apply_promotion(registered_model: str, version: str, promoted: bool, reasons: Sequence[str],
-                    evidence: Mapping[str, Any] | None = None) -> RegisteredVersion:
+def apply_promotion(
+    registered_model: str,
+    version: str,
+    promoted: bool,
+    reasons: Sequence[str],
+    evidence: Mapping[str, Any] | None = None,
+) -> RegisteredVersion:
     """Alias the version ``candidate`` (and ``champion`` when promoted); tag the decision, its reasons and
     the judged numbers (``evidence.*``) that a later challenger is compared with."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri())
-    client.set_model_version_tag(registered_model, version, "promotion.decision",
-                                 "promoted" if promoted else "rejected")
+    client.set_model_version_tag(
+        registered_model, version, "promotion.decision", "promoted" if promoted else "rejected"
+    )
     client.set_model_version_tag(registered_model, version, "promotion.reasons", "; ".join(reasons))
     for key, value in (evidence or {}).items():
         if value is not None:  # no tag: the comparison reads a missing number as None

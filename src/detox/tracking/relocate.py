@@ -16,11 +16,15 @@ import sys
 from pathlib import Path
 
 from detox.common.errors import TrackingError
-from detox.tracking.store import ARTIFACTS_DIR, local_store_path, foreign_artifact_root, project_root, tracking_uri
+from detox.tracking.store import ARTIFACTS_DIR, foreign_artifact_root, local_store_path, project_root, tracking_uri
 
 # (table, column) of every location mlflow.db records; model_versions.source is a models:/ URI.
-LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                    ("logged_models", "artifact_location"), ("model_versions", "storage_location"))
+LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
 
 
 def foreign_roots(db: Path) -> set[Path]:
@@ -43,7 +47,8 @@ def relocate(db: Path, old: Path, new: Path) -> int:
             for before, after in prefixes:
                 changed += conn.execute(
                     f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
-                    (after, len(before) + 1, len(before), before)).rowcount
+                    (after, len(before) + 1, len(before), before),
+                ).rowcount
     return changed
 
 
@@ -54,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     db = local_store_path(uri)
     try:
         if not uri.startswith("sqlite:") or db is None or not db.is_file():
-            raise TrackingError(f"{uri}: not an embedded store with a database file here; run this in the root of "
-                                "the copied project (beside params.yaml and mlflow.db), with MLFLOW_TRACKING_URI unset")
+            raise TrackingError(
+                f"{uri}: not an embedded store with a database file here; run this in the root of "
+                "the copied project (beside params.yaml and mlflow.db), with MLFLOW_TRACKING_URI unset"
+            )
         new = project_root().resolve()
         if not (new / ARTIFACTS_DIR).is_dir():
-            raise TrackingError(f"{new / ARTIFACTS_DIR}: not found; copy the original's {ARTIFACTS_DIR}/ beside "
-                                "mlflow.db first (the store's artifacts are there)")
+            raise TrackingError(
+                f"{new / ARTIFACTS_DIR}: not found; copy the original's {ARTIFACTS_DIR}/ beside "
+                "mlflow.db first (the store's artifacts are there)"
+            )
         roots = foreign_roots(db)
         if not roots:
             print(f"{db}: already points at {new / ARTIFACTS_DIR}; nothing to do")

@@ -32,8 +32,11 @@ LINEAGE_TAG = "lineage."
 def numeric_metrics(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The numbers of a nested metrics dict, flattened (``before.reward_mean``); booleans as 0/1, None dropped."""
     flat = flatten(tree)
-    return {f"{prefix}{k}": float(v) for k, v in flat.items()
-            if isinstance(v, (int, float)) and not (isinstance(v, float) and v != v)}
+    return {
+        f"{prefix}{k}": float(v)
+        for k, v in flat.items()
+        if isinstance(v, (int, float)) and not (isinstance(v, float) and v != v)
+    }
 
 
 def log_training(
@@ -52,8 +55,10 @@ def log_training(
     ``sha256`` among them, which later runs find it by: :func:`lineage_tags`). Returns the version, or
     None when no model was logged."""
     for row in history:
-        tracker.log_metrics({f"{stage}/epoch/{key}": value for key, value in row.items()
-                             if key != "epoch" and value is not None}, step=int(row["epoch"]))
+        tracker.log_metrics(
+            {f"{stage}/epoch/{key}": value for key, value in row.items() if key != "epoch" and value is not None},
+            step=int(row["epoch"]),
+        )
     tracker.log_metrics(numeric_metrics(metrics, f"{stage}/"))
     for path in artifacts:
         tracker.log_artifact(path, stage)
@@ -71,8 +76,12 @@ def log_training(
 # a model logged at step s carries the run's metrics of step s (MLflow 3), so the registered policy
 # carries its results, not the timings.
 RESULTS_STEP = -1
-RESULT_QUALITY = {"rougeL": ("rougeL",), "reward_mean": ("reward_mean",), "fluency_nll": ("quality", "fluency_nll"),
-                  "distinct_2": ("quality", "distinct_2")}
+RESULT_QUALITY = {
+    "rougeL": ("rougeL",),
+    "reward_mean": ("reward_mean",),
+    "fluency_nll": ("quality", "fluency_nll"),
+    "distinct_2": ("quality", "distinct_2"),
+}
 
 
 def result_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -81,6 +90,7 @@ def result_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     ``improvement_pct`` (of the mean toxicity), ``results/quality/{rougeL,reward_mean,fluency_nll,
     distinct_2}_{before,after}``, ``results/promotion/{promoted,n_dialogues}``. All the numbers are in
     the run's artifact ``evaluate/evaluate.json``."""
+
     def dig(tree: Any, *keys: str) -> Any:
         for key in keys:
             tree = tree.get(key) if isinstance(tree, Mapping) else None
@@ -102,8 +112,9 @@ def result_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def evaluation_run(tracker: Tracker, trained: Mapping[str, Any], params: Mapping[str, Any],
-                   tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+def evaluation_run(
+    tracker: Tracker, trained: Mapping[str, Any], params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+) -> Iterator[Tracker]:
     """A new run ``evaluate · <experiment>`` for one evaluation of the policy that the run record
     ``trained`` describes, spanning the evaluation (:meth:`Tracker.run`).
 
@@ -113,17 +124,26 @@ def evaluation_run(tracker: Tracker, trained: Mapping[str, Any], params: Mapping
     (:func:`detox.tracking.provenance.lock_tags`). The training run is only read.
     """
     if trained.get("tracking_uri") not in (None, tracking_uri()):
-        log.warning("the training run was recorded in %s; logging the evaluation to %s",
-                    trained["tracking_uri"], tracking_uri())
+        log.warning(
+            "the training run was recorded in %s; logging the evaluation to %s", trained["tracking_uri"], tracking_uri()
+        )
     run_id = trained.get("run_id")
     trained_tags = tracker.tags_of(run_id) if run_id else None
     if run_id and trained_tags is None and tracker.enabled:
-        log.warning("MLflow run %s is not in %s: the evaluation run names it in its tag %s but cannot be its child",
-                    run_id, tracking_uri(), TRAINED_RUN_TAG)
+        log.warning(
+            "MLflow run %s is not in %s: the evaluation run names it in its tag %s but cannot be its child",
+            run_id,
+            tracking_uri(),
+            TRAINED_RUN_TAG,
+        )
     link = {TRAINED_RUN_TAG: run_id} if run_id else {}
     lineage = {k: v for k, v in (trained_tags or {}).items() if k.startswith(LINEAGE_TAG)}
-    with tracker.run("evaluate", tags={**(tags or {}), **link, **lineage}, params=params,
-                     parent_run_id=run_id if trained_tags is not None else None) as run:
+    with tracker.run(
+        "evaluate",
+        tags={**(tags or {}), **link, **lineage},
+        params=params,
+        parent_run_id=run_id if trained_tags is not None else None,
+    ) as run:
         yield run
 
 
@@ -171,8 +191,9 @@ def log_evaluation(tracker: Tracker, record: EvaluationRecord, registration: Reg
     for folder, paths in artifacts.items():
         for path in paths:
             (tracker.log_artifacts if Path(path).is_dir() else tracker.log_artifact)(path, folder)
-    tracker.log_metrics({f"timing/{stage}.{key}": value for stage, numbers in timings.items()
-                         for key, value in numbers.items()})
+    tracker.log_metrics(
+        {f"timing/{stage}.{key}": value for stage, numbers in timings.items() for key, value in numbers.items()}
+    )
     info = tracker.log_model(model, registered_model, step=RESULTS_STEP)
     if info is None:  # the tracker is disabled
         return None
@@ -181,8 +202,11 @@ def log_evaluation(tracker: Tracker, record: EvaluationRecord, registration: Reg
     try:
         registered = apply_promotion(registered_model, version, promoted, reasons, evidence)
         run_tags = tracker.tags_of(tracker.run_id) or {}
-        tag_version(registered_model, version, {k: v for k, v in run_tags.items()
-                                                if k.startswith(LINEAGE_TAG) or k == TRAINED_RUN_TAG})
+        tag_version(
+            registered_model,
+            version,
+            {k: v for k, v in run_tags.items() if k.startswith(LINEAGE_TAG) or k == TRAINED_RUN_TAG},
+        )
     except Exception as exc:
         if not (is_remote(tracking_uri()) and is_connection_failure(exc)):
             raise

@@ -29,7 +29,14 @@ from detox.common.errors import DetoxError, TrackingError
 from detox.tracking import provenance
 from detox.tracking.registry import PolicyModel, discard_unfinished_models, log_model
 from detox.tracking.store import (
-    artifact_location, disk_full, failure_reason, is_connection_failure, is_remote, preflight, tracking_uri, ui_url,
+    artifact_location,
+    disk_full,
+    failure_reason,
+    is_connection_failure,
+    is_remote,
+    preflight,
+    tracking_uri,
+    ui_url,
 )
 
 log = logging.getLogger(__name__)
@@ -82,12 +89,14 @@ def ensure_experiment(name: str) -> str:
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        return mlflow.create_experiment(name, artifact_location=artifact_location(name),
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return mlflow.create_experiment(
+            name, artifact_location=artifact_location(name), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     kind = experiment.tags.get(EXPERIMENT_KIND_TAG, "")
     if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":
-        mlflow.MlflowClient(tracking_uri()).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
-                                                               EXPERIMENT_KIND)
+        mlflow.MlflowClient(tracking_uri()).set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
     return experiment.experiment_id
 
 
@@ -128,8 +137,13 @@ class Tracker:
             self._mlflow = mlflow
 
     @_guarded
-    def start(self, run_id: str | None = None, stage: str | None = None, tags: Mapping[str, str] | None = None,
-              parent_run_id: str | None = None) -> None:
+    def start(
+        self,
+        run_id: str | None = None,
+        stage: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
         """Start a new run, or reopen ``run_id`` (a resumed training run keeps its run and its name).
 
         A new run of ``stage`` is named after the DVC experiment (``ppo · <experiment>``) and tagged
@@ -141,15 +155,25 @@ class Tracker:
         run_tags = dict(tags or {})
         if run_id is None:
             run_tags = {**({"stage": stage} if stage else {}), **provenance.run_tags(), **run_tags}
-        run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                               run_name=provenance.run_name(stage) if stage and run_id is None else None,
-                               tags=run_tags, parent_run_id=parent_run_id)
+        run = mlflow.start_run(
+            run_id=run_id,
+            experiment_id=None if run_id else experiment_id,
+            run_name=provenance.run_name(stage) if stage and run_id is None else None,
+            tags=run_tags,
+            parent_run_id=parent_run_id,
+        )
         self.run_id = run.info.run_id
         self._link = f"'{run.info.run_name}': {ui_url(f'experiments/{run.info.experiment_id}/runs/{self.run_id}')}"
 
     @contextlib.contextmanager
-    def run(self, stage: str, run_id: str | None = None, tags: Mapping[str, str] | None = None,
-            params: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> Iterator[Tracker]:
+    def run(
+        self,
+        stage: str,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+    ) -> Iterator[Tracker]:
         """The run of a stage's work, started (or reopened: ``run_id``) before it and ended after it.
 
         ``params`` are logged when the run is new. The run ends FINISHED; KILLED when interrupted
@@ -170,7 +194,8 @@ class Tracker:
                 raise TrackingError(
                     f"no space left on the disk of {full}; free some space there (or set MLFLOW_TRACKING_URI to "
                     f"a store on another disk) and run the stage again: its previous outputs are kept, and MLflow "
-                    f"run {self.run_id} {run}") from exc
+                    f"run {self.run_id} {run}"
+                ) from exc
             raise
         self.end()
         self.announce()
@@ -188,17 +213,21 @@ class Tracker:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
         try:
             for model_id in discard_unfinished_models(self.run_id):
-                log.warning("deleted the logged model %s of run %s, which the failure left unfinished",
-                            model_id, self.run_id)
+                log.warning(
+                    "deleted the logged model %s of run %s, which the failure left unfinished", model_id, self.run_id
+                )
         except Exception as error:  # the store itself may be what failed
-            log.error("could not delete the unfinished logged models of run %s: %s", self.run_id,
-                      failure_reason(error))
+            log.error("could not delete the unfinished logged models of run %s: %s", self.run_id, failure_reason(error))
         try:
             self._mlflow.end_run(status=status)
         except Exception as error:
-            log.error("MLflow run %s is left RUNNING (%s); once the store can be written again, end it with "
-                      "`mlflow.MlflowClient().set_terminated('%s', 'FAILED')`", self.run_id, failure_reason(error),
-                      self.run_id)
+            log.error(
+                "MLflow run %s is left RUNNING (%s); once the store can be written again, end it with "
+                "`mlflow.MlflowClient().set_terminated('%s', 'FAILED')`",
+                self.run_id,
+                failure_reason(error),
+                self.run_id,
+            )
             return False
         return True
 

@@ -60,13 +60,16 @@ def _how_to_fix(uri: str) -> str:
     url = urlparse(uri)
     host = url.hostname if url.hostname in ("127.0.0.1", "localhost") else "0.0.0.0"
     port = url.port or (443 if url.scheme == "https" else 80)
-    return (f"Start the server (e.g. `mlflow server --host {host} --port {port} --backend-store-uri "
-            "sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts-server`), correct MLFLOW_TRACKING_URI, "
-            "or unset MLFLOW_TRACKING_URI to log to the embedded store (sqlite:///mlflow.db beside params.yaml).")
+    return (
+        f"Start the server (e.g. `mlflow server --host {host} --port {port} --backend-store-uri "
+        "sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts-server`), correct MLFLOW_TRACKING_URI, "
+        "or unset MLFLOW_TRACKING_URI to log to the embedded store (sqlite:///mlflow.db beside params.yaml)."
+    )
 
 
-def check_tracking_server(experiment: str = "Default", uri: str | None = None,
-                          timeout: float = PREFLIGHT_TIMEOUT_S) -> None:
+def check_tracking_server(
+    experiment: str = "Default", uri: str | None = None, timeout: float = PREFLIGHT_TIMEOUT_S
+) -> None:
     """Raise :class:`TrackingError` within ``timeout`` seconds when an ``http(s)`` tracking URI does not answer.
 
     One ``GET /api/2.0/mlflow/experiments/get-by-name`` without retries, with the credentials MLflow
@@ -80,12 +83,22 @@ def check_tracking_server(experiment: str = "Default", uri: str | None = None,
     from mlflow.utils.rest_utils import http_request
 
     try:
-        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET",
-                                max_retries=0, backoff_factor=0, backoff_jitter=0, timeout=timeout,
-                                raise_on_status=False, params={"experiment_name": experiment})
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/get-by-name",
+            "GET",
+            max_retries=0,
+            backoff_factor=0,
+            backoff_jitter=0,
+            timeout=timeout,
+            raise_on_status=False,
+            params={"experiment_name": experiment},
+        )
     except Exception as exc:  # requests' and MLflow's exceptions come in many classes; all mean "no answer"
-        raise TrackingError(f"cannot reach the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI): "
-                            f"{failure_reason(exc)}. {_how_to_fix(uri)}") from None
+        raise TrackingError(
+            f"cannot reach the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI): "
+            f"{failure_reason(exc)}. {_how_to_fix(uri)}"
+        ) from None
     if response.status_code == 200:
         return
     try:
@@ -95,26 +108,37 @@ def check_tracking_server(experiment: str = "Default", uri: str | None = None,
     if response.status_code == 404 and error_code == "RESOURCE_DOES_NOT_EXIST":
         return  # a new experiment: created by the first run
     if response.status_code in (401, 403):
-        raise TrackingError(f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) refused this client "
-                            f"(HTTP {response.status_code}): set MLFLOW_TRACKING_USERNAME and "
-                            "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to credentials it accepts, "
-                            "or unset MLFLOW_TRACKING_URI to log to the embedded store.")
-    raise TrackingError(f"{uri} (MLFLOW_TRACKING_URI) answered HTTP {response.status_code} to an MLflow API "
-                        f"request ({error_code or 'not an MLflow error'}): is it an MLflow tracking server, and is "
-                        f"the URI its root? {_how_to_fix(uri)}")
+        raise TrackingError(
+            f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) refused this client "
+            f"(HTTP {response.status_code}): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to credentials it accepts, "
+            "or unset MLFLOW_TRACKING_URI to log to the embedded store."
+        )
+    raise TrackingError(
+        f"{uri} (MLFLOW_TRACKING_URI) answered HTTP {response.status_code} to an MLflow API "
+        f"request ({error_code or 'not an MLflow error'}): is it an MLflow tracking server, and is "
+        f"the URI its root? {_how_to_fix(uri)}"
+    )
 
 
 def failure_reason(exc: BaseException) -> str:
     """A short, one-line cause of a failed HTTP request (refused, timed out, unknown host)."""
     text = " ".join(str(e) for e in error_chain(exc))
-    for pattern, reason in ((r"Connection refused", "connection refused (nothing listens on that port)"),
-                            (r"Read timed out", "no answer within the timeout"),
-                            (r"timed out", "the connection timed out"),
-                            (r"Name or service not known|nodename nor servname|Temporary failure in name resolution"
-                             r"|getaddrinfo failed", "the host name does not resolve"),
-                            (r"No route to host|Network is unreachable", "no route to the host"),
-                            (r"SSL|certificate", "TLS handshake failed (MLFLOW_TRACKING_INSECURE_TLS or "
-                                                 "MLFLOW_TRACKING_SERVER_CERT_PATH may help)")):
+    for pattern, reason in (
+        (r"Connection refused", "connection refused (nothing listens on that port)"),
+        (r"Read timed out", "no answer within the timeout"),
+        (r"timed out", "the connection timed out"),
+        (
+            r"Name or service not known|nodename nor servname|Temporary failure in name resolution"
+            r"|getaddrinfo failed",
+            "the host name does not resolve",
+        ),
+        (r"No route to host|Network is unreachable", "no route to the host"),
+        (
+            r"SSL|certificate",
+            "TLS handshake failed (MLFLOW_TRACKING_INSECURE_TLS or MLFLOW_TRACKING_SERVER_CERT_PATH may help)",
+        ),
+    ):
         if re.search(pattern, text):
             return reason
     first = str(exc).splitlines()[0] if str(exc) else ""
@@ -137,8 +161,9 @@ def is_connection_failure(exc: BaseException) -> bool:
     """True when ``exc`` (an MLflow or requests error) means the tracking server could not be reached."""
     import requests
 
-    return any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
-               for e in error_chain(exc))
+    return any(
+        isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) for e in error_chain(exc)
+    )
 
 
 def ui_url(fragment: str) -> str:
@@ -195,7 +220,8 @@ def check_artifact_location(experiment: str) -> None:
             f"{path}: the MLflow experiment {experiment!r} keeps its artifacts in {other / ARTIFACTS_DIR}, not in "
             f"this project's {ARTIFACTS_DIR}/ (the project was copied or moved with its store): run "
             "`python -m detox.tracking.relocate` here to point the store at this project's copy, or move "
-            f"mlflow.db and {ARTIFACTS_DIR}/ aside to start a new store")
+            f"mlflow.db and {ARTIFACTS_DIR}/ aside to start a new store"
+        )
 
 
 def preflight(experiment: str = "Default") -> None:
@@ -210,7 +236,7 @@ def local_store_path(uri: str) -> Path | None:
     """The file or folder a local tracking URI writes to (``sqlite:///x.db``, ``file:///x``, a path)."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else parsed.path
         return Path(path) if path and path != ":memory:" else None
     if parsed.scheme == "file":
         return Path(parsed.path)
@@ -254,5 +280,7 @@ def check_local_store(uri: str | None = None) -> None:
     for target, is_file in checks:
         reason = _probe_writable(target.resolve() if not target.is_absolute() else target, is_file)
         if reason:
-            raise TrackingError(f"the MLflow store {target} cannot be written ({reason}); make it writable "
-                                "(e.g. chmod u+w), or set MLFLOW_TRACKING_URI to a store this user can write")
+            raise TrackingError(
+                f"the MLflow store {target} cannot be written ({reason}); make it writable "
+                "(e.g. chmod u+w), or set MLFLOW_TRACKING_URI to a store this user can write"
+            )

@@ -15,9 +15,7 @@ class Strict(BaseModel):
 
 class HubRef(Strict):
     name: str = Field(min_length=1, description="Hugging Face Hub id, e.g. google/flan-t5-base")
-    revision: str = Field(
-        "main", min_length=1, description="branch, tag or commit; pin a commit for reproducibility"
-    )
+    revision: str = Field("main", min_length=1, description="branch, tag or commit; pin a commit for reproducibility")
 
 
 class LocalRef(Strict):

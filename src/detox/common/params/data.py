@@ -55,9 +55,7 @@ class LabelledChecks(Strict):
 
     min_rows: int = Field(100, ge=10)
     text_chars: Bounds = Bounds(min=1, max=2_000)
-    min_class_share: float = Field(
-        0.2, ge=0.0, le=0.5, description="the toxic share must lie within [this, 1 - this]"
-    )
+    min_class_share: float = Field(0.2, ge=0.0, le=0.5, description="the toxic share must lie within [this, 1 - this]")
 
 
 class ValidateParams(Strict):
@@ -74,4 +72,3 @@ class ValidateParams(Strict):
             if rows < 1:
                 raise ValueError(f"min_rows.{split} must be at least 1 (got {rows})")
         return value
-

@@ -14,7 +14,8 @@ class EvalParams(Strict):
     )
     seed: int = Field(1234, ge=0)
     judges: tuple[str, ...] = Field(
-        ("oracle", "ngram"), min_length=1,
+        ("oracle", "ngram"),
+        min_length=1,
         description="names from the `judges` section: each scores every summary, beside the reward model",
     )
 
@@ -41,12 +42,9 @@ class PromotionParams(Strict):
         0.5, ge=0.0, description="mean per-token NLL under the reference policy may rise by at most this (nats)"
     )
     min_prompts: int = Field(100, ge=1, description="fewer evaluated test dialogues than this never promote")
-    require_significant: bool = Field(
-        True, description="the CI of the judge's paired toxicity diff must lie below 0"
-    )
+    require_significant: bool = Field(True, description="the CI of the judge's paired toxicity diff must lie below 0")
     bootstrap_samples: int = Field(2000, ge=100, le=1_000_000, description="resamples of the paired diffs")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of the bootstrap confidence interval")
     report_rows: int = Field(
         5, ge=1, le=100, description="top and bottom rows of the reward diff table shown in the report"
     )
-

@@ -16,7 +16,9 @@ class OracleJudgeSpec(Strict):
 
     kind: Literal["oracle"]
     min_embedded_letters: int = Field(
-        4, ge=3, le=20,
+        4,
+        ge=3,
+        le=20,
         description="insult words at least this long are also caught inside a token that is no English word; "
         "shorter ones only when glued to English words",
     )
@@ -35,7 +37,7 @@ class BuiltinJudgeSpec(Strict):
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="toxic when the probability exceeds this")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "BuiltinJudgeSpec":
+    def _ordered(self) -> BuiltinJudgeSpec:
         if self.ngram_min > self.ngram_max:
             raise ValueError(f"ngram_min ({self.ngram_min}) must not exceed ngram_max ({self.ngram_max})")
         return self
@@ -80,10 +82,15 @@ JudgeSpec = Annotated[OracleJudgeSpec | BuiltinJudgeSpec | HubJudgeSpec | LocalJ
 DEFAULT_JUDGES: dict[str, Any] = {
     "oracle": OracleJudgeSpec(kind="oracle"),
     "ngram": BuiltinJudgeSpec(kind="builtin"),
-    "roberta-toxicity": HubJudgeSpec(kind="hub", name="s-nlp/roberta_toxicity_classifier", revision="main",
-                                     toxic_label="toxic"),
+    "roberta-toxicity": HubJudgeSpec(
+        kind="hub", name="s-nlp/roberta_toxicity_classifier", revision="main", toxic_label="toxic"
+    ),
 }
 
-JUDGE_SPECS: dict[str, type[BaseModel]] = {"oracle": OracleJudgeSpec, "builtin": BuiltinJudgeSpec,
-                                             "hub": HubJudgeSpec, "local": LocalJudgeSpec}
+JUDGE_SPECS: dict[str, type[BaseModel]] = {
+    "oracle": OracleJudgeSpec,
+    "builtin": BuiltinJudgeSpec,
+    "hub": HubJudgeSpec,
+    "local": LocalJudgeSpec,
+}
 JUDGE_KINDS = tuple(JUDGE_SPECS)

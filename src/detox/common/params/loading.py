@@ -58,8 +58,10 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
     except ValidationError as exc:
         lines = [_describe(err, Params) for err in exc.errors()]
         if len(lines) == 1:  # one line for one problem
-            raise ParamsError(f"{origin} has 1 invalid value: {lines[0]}; fix it in params.yaml (or in the -S "
-                              "overrides of dvc exp run)") from None
+            raise ParamsError(
+                f"{origin} has 1 invalid value: {lines[0]}; fix it in params.yaml (or in the -S "
+                "overrides of dvc exp run)"
+            ) from None
         raise ParamsError(
             f"{origin} has {len(lines)} invalid values:\n  - "
             + "\n  - ".join(lines)
@@ -76,6 +78,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if raw is None:  # an empty file (or only comments) would run every stage silently on the defaults
-        raise ParamsError(f"{path} is empty: restore it (`git checkout {path}`), or write the settings you change "
-                          "(`{}` for all the defaults of src/detox/common/params/)")
+        raise ParamsError(
+            f"{path} is empty: restore it (`git checkout {path}`), or write the settings you change "
+            "(`{}` for all the defaults of src/detox/common/params/)"
+        )
     return parse_params(raw, origin=str(path))

@@ -36,7 +36,8 @@ class SFTParams(Strict):
     """Supervised fine-tuning of the policy on the train split, with the prompt template."""
 
     enabled: bool | None = Field(
-        None, description="null = train a builtin policy from scratch and use a hub/local one as it is; true = "
+        None,
+        description="null = train a builtin policy from scratch and use a hub/local one as it is; true = "
         "also fine-tune a hub/local policy; false is refused for builtin (it has no weights)",
     )
     method: Literal["full", "lora"] = Field(
@@ -44,15 +45,21 @@ class SFTParams(Strict):
     )
     epochs: int = Field(8, ge=1, le=200)
     batch_size: int = Field(32, ge=1, le=1024)
-    learning_rate: float = Field(2e-3, gt=0, le=1.0, description="2e-3 suits the small builtin model; "
-                                 "use about 1e-4 (lora 1e-3) for flan-t5-base")
+    learning_rate: float = Field(
+        2e-3,
+        gt=0,
+        le=1.0,
+        description="2e-3 suits the small builtin model; use about 1e-4 (lora 1e-3) for flan-t5-base",
+    )
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     max_source_tokens: int = Field(192, ge=16, le=4096)
     max_target_tokens: int = Field(48, ge=4, le=1024)
     eval_samples: int = Field(
-        100, ge=0, le=100_000, description="validation dialogues summarised (greedy) for ROUGE after each epoch; "
-        "0 = loss only",
+        100,
+        ge=0,
+        le=100_000,
+        description="validation dialogues summarised (greedy) for ROUGE after each epoch; 0 = loss only",
     )
     lora: SFTLora = SFTLora()
 
@@ -68,11 +75,9 @@ class BuiltinReward(Strict):
     intermediate_size: int = Field(128, ge=16, le=4096)
 
     @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> "BuiltinReward":
+    def _heads_divide_hidden(self) -> BuiltinReward:
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
-            )
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
         return self
 
 
@@ -80,13 +85,18 @@ class RewardTrain(Strict):
     """How the reward stage trains (builtin: from scratch) or fine-tunes (hub, local) the reward model."""
 
     enabled: bool | None = Field(
-        None, description="null = train a builtin model and use a hub/local one as it is; true = also "
+        None,
+        description="null = train a builtin model and use a hub/local one as it is; true = also "
         "fine-tune a hub/local model on reward.data; false is refused for builtin (it has no weights)",
     )
     epochs: int = Field(3, ge=1, le=100)
     batch_size: int = Field(32, ge=1, le=1024)
-    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="1e-3 suits the small builtin model; "
-                                 "use about 2e-5 to fine-tune a pretrained one")
+    learning_rate: float = Field(
+        1e-3,
+        gt=0,
+        le=1.0,
+        description="1e-3 suits the small builtin model; use about 2e-5 to fine-tune a pretrained one",
+    )
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     max_tokens: int = Field(64, ge=8, le=512)
@@ -134,10 +144,9 @@ class GenerationParams(Strict):
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> "GenerationParams":
+    def _ordered(self) -> GenerationParams:
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(
                 f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"
             )
         return self
-

@@ -37,12 +37,15 @@ class ScoreParams(Strict):
 
 class SelectParams(Strict):
     judge: str | None = Field(
-        "oracle", description="the judge (one of eval.judges) whose toxic share on the validation subset picks "
+        "oracle",
+        description="the judge (one of eval.judges) whose toxic share on the validation subset picks "
         "the checkpoint; null = the reward model's",
     )
     max_rougeL_drop: float = Field(
-        0.02, ge=0.0, le=1.0, description="a checkpoint qualifies when its validation ROUGE-L is at most this "
-        "below the untrained policy's",
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="a checkpoint qualifies when its validation ROUGE-L is at most this below the untrained policy's",
     )
 
 
@@ -71,24 +74,29 @@ class PPOParams(Strict):
     max_kl: float | None = Field(None, gt=0.0, description="stop early when the mean KL exceeds this")
     disable_dropout: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="the whole step (rollout, reference and training passes) under this autocast; fp16 "
+        "fp32",
+        description="the whole step (rollout, reference and training passes) under this autocast; fp16 "
         "with a gradient scaler (GPU only); must agree with `accelerate launch --mixed_precision`",
     )
     checkpoint_every: int = Field(10, ge=1, description="steps between resumable checkpoints")
     eval_every: int | None = Field(
-        10, ge=1, description="steps between evaluations on the validation subset (also before the first step and "
+        10,
+        ge=1,
+        description="steps between evaluations on the validation subset (also before the first step and "
         "after the last); null = none, and the last step becomes models/ppo",
     )
     eval_prompts: int = Field(200, ge=1, le=100_000, description="validation dialogues evaluated (the first ones)")
     select: SelectParams = SelectParams()
     patience: int | None = Field(
-        None, ge=1, description="stop when the selected checkpoint has not improved for this many evaluations",
+        None,
+        ge=1,
+        description="stop when the selected checkpoint has not improved for this many evaluations",
     )
     collapse: CollapseParams = CollapseParams()
     lora: LoraParams = LoraParams()
 
     @model_validator(mode="after")
-    def _batches_divide(self) -> "PPOParams":
+    def _batches_divide(self) -> PPOParams:
         chunk = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % chunk:
             raise ValueError(
@@ -96,4 +104,3 @@ class PPOParams(Strict):
                 f"gradient_accumulation_steps ({self.mini_batch_size} x {self.gradient_accumulation_steps})"
             )
         return self
-

@@ -30,34 +30,44 @@ class Params(Strict):
     promotion: PromotionParams = PromotionParams()
 
     @model_validator(mode="after")
-    def _trainings_possible(self) -> "Params":
+    def _trainings_possible(self) -> Params:
         if self.policy.source == "builtin" and self.sft.enabled is False:
-            raise ValueError("sft.enabled is false, but the builtin policy has no weights until the sft stage "
-                             "trains it: set sft.enabled to null (or true), or use policy.source hub/local")
+            raise ValueError(
+                "sft.enabled is false, but the builtin policy has no weights until the sft stage "
+                "trains it: set sft.enabled to null (or true), or use policy.source hub/local"
+            )
         if self.reward.source == "builtin" and self.reward.train.enabled is False:
-            raise ValueError("reward.train.enabled is false, but the builtin reward model has no weights until the "
-                             "reward stage trains it: set it to null (or true), or use reward.source hub/local")
+            raise ValueError(
+                "reward.train.enabled is false, but the builtin reward model has no weights until the "
+                "reward stage trains it: set it to null (or true), or use reward.source hub/local"
+            )
         if self.reward.data.source == "hub" and not self.reward.data.hub.name:
-            raise ValueError("reward.data.source is hub but reward.data.hub.name is empty: set it to a Hub "
-                             "dataset id with text and label columns")
+            raise ValueError(
+                "reward.data.source is hub but reward.data.hub.name is empty: set it to a Hub "
+                "dataset id with text and label columns"
+            )
         return self
 
     @model_validator(mode="after")
-    def _judges_defined(self) -> "Params":
+    def _judges_defined(self) -> Params:
         for name in self.eval.judges:
             if name not in self.judges:
-                raise ValueError(f"eval.judges names {name!r}, which the judges section does not define "
-                                 f"(defined: {sorted(self.judges)})")
+                raise ValueError(
+                    f"eval.judges names {name!r}, which the judges section does not define "
+                    f"(defined: {sorted(self.judges)})"
+                )
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
                 raise ValueError(f"judge name {name!r}: use letters, digits, '_', '.', '-' (it names a folder)")
         if len(set(self.eval.judges)) != len(self.eval.judges):
             raise ValueError(f"eval.judges lists a judge twice: {list(self.eval.judges)}")
         if self.ppo.select.judge is not None and self.ppo.select.judge not in self.eval.judges:
-            raise ValueError(f"ppo.select.judge is {self.ppo.select.judge!r}, which is not one of eval.judges "
-                             f"{list(self.eval.judges)}: set it to one of them, or null for the reward model")
+            raise ValueError(
+                f"ppo.select.judge is {self.ppo.select.judge!r}, which is not one of eval.judges "
+                f"{list(self.eval.judges)}: set it to one of them, or null for the reward model"
+            )
         if self.promotion.judge not in self.eval.judges:
-            raise ValueError(f"promotion.judge is {self.promotion.judge!r}, which is not one of eval.judges "
-                             f"{list(self.eval.judges)}: the gate needs that judge's numbers")
+            raise ValueError(
+                f"promotion.judge is {self.promotion.judge!r}, which is not one of eval.judges "
+                f"{list(self.eval.judges)}: the gate needs that judge's numbers"
+            )
         return self
-
-

@@ -59,7 +59,8 @@ class FailedExpectation:
 def format_failures(summary: ValidationSummary) -> str:
     """One line per failed expectation, e.g.
 
-    ``test: expect_column_values_to_be_unique(id) failed: 2 unexpected of 300 rows, e.g. ['d-12', 'd-12']; expected unique values``
+    ``test: expect_column_values_to_be_unique(id) failed: 2 unexpected of 300 rows, e.g. ['d-12', 'd-12'];
+    expected unique values``
     """
     failures = summary.failures
     if not failures:
@@ -80,8 +81,11 @@ def failure_of(split: str, outcome: Any, frame: pd.DataFrame, id_column: str = "
     error = info.get("exception_message") if info.get("raised_exception") else None
     result = outcome.result or {}
     examples = [example(value) for value in result.get("partial_unexpected_list") or []]
-    ids = [example(row.get(id_column)) for row in result.get("partial_unexpected_index_list") or []
-           if isinstance(row, dict)]
+    ids = [
+        example(row.get(id_column))
+        for row in result.get("partial_unexpected_index_list") or []
+        if isinstance(row, dict)
+    ]
     observed = plain(result.get("observed_value"))
     if config.type == "expect_column_to_exist":
         observed = [str(name) for name in frame.columns]  # GX reports no observed value here
@@ -126,8 +130,10 @@ def _expected(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
         return f"values in {kwargs.get('value_set')}"
     if kind == "expect_column_mean_to_be_between":
         toxic = ", ".join(meta.get("toxic", []))
-        return (f"a toxic share ({toxic}) between {kwargs.get('min_value'):g} and {kwargs.get('max_value'):g}"
-                " (class balance)")
+        return (
+            f"a toxic share ({toxic}) between {kwargs.get('min_value'):g} and {kwargs.get('max_value'):g}"
+            " (class balance)"
+        )
     return kind
 
 
@@ -151,4 +157,3 @@ def example(value: Any) -> Any:
     if isinstance(value, str) and len(value) > EXAMPLE_CHARS:
         return value[: EXAMPLE_CHARS - 1] + "…"
     return value
-

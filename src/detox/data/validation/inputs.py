@@ -23,7 +23,6 @@ class LabelledData:
     checks: LabelledChecks
 
 
-
 def read_labelled(path: str | Path, reward_dir: str | Path, toxic_label: str, checks: LabelledChecks) -> LabelledData:
     """The labelled file and the label set of the reward model folder ``reward_dir`` (its config.json)."""
     path, config_path = Path(path), Path(reward_dir) / "config.json"
@@ -33,11 +32,17 @@ def read_labelled(path: str | Path, reward_dir: str | Path, toxic_label: str, ch
     frame = _read_parquet(path)
     id2label = json.loads(config_path.read_text(encoding="utf-8")).get("id2label") or {}
     labels = tuple(sorted({str(name) for name in id2label.values()} | {str(i) for i in id2label}))
-    toxic = tuple(sorted({str(name) for name in id2label.values() if str(name).lower() == toxic_label.lower()}
-                         | {str(i) for i, name in id2label.items() if str(name).lower() == toxic_label.lower()}))
+    toxic = tuple(
+        sorted(
+            {str(name) for name in id2label.values() if str(name).lower() == toxic_label.lower()}
+            | {str(i) for i, name in id2label.items() if str(name).lower() == toxic_label.lower()}
+        )
+    )
     if not toxic:
-        raise DataValidationError(f"{config_path}: the reward model has no label {toxic_label!r} (reward.toxic_label); "
-                                  f"its labels are {sorted(str(v) for v in id2label.values())}")
+        raise DataValidationError(
+            f"{config_path}: the reward model has no label {toxic_label!r} (reward.toxic_label); "
+            f"its labels are {sorted(str(v) for v in id2label.values())}"
+        )
     return LabelledData(frame=frame, labels=labels, toxic=toxic, checks=checks)
 
 

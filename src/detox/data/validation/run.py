@@ -69,14 +69,17 @@ class ValidationSummary:
         }
 
 
-def validate_dir(raw_dir: str | Path, cfg: ValidateParams, report_dir: str | Path,
-                 labelled: LabelledData | None = None) -> ValidationSummary:
+def validate_dir(
+    raw_dir: str | Path, cfg: ValidateParams, report_dir: str | Path, labelled: LabelledData | None = None
+) -> ValidationSummary:
     """Read ``<raw_dir>/<split>.parquet`` for every split and validate them together (and ``labelled``)."""
     return validate_splits(read_splits(raw_dir), cfg, Path(report_dir), labelled)
 
 
 def validate_splits(
-    splits: Mapping[str, pd.DataFrame], cfg: ValidateParams, report_dir: str | Path,
+    splits: Mapping[str, pd.DataFrame],
+    cfg: ValidateParams,
+    report_dir: str | Path,
     labelled: LabelledData | None = None,
 ) -> ValidationSummary:
     """Validate every split with its GX suite; write result JSON and Data Docs under ``report_dir``.
@@ -106,8 +109,9 @@ def validate_splits(
             test = splits.get("test")
             summaries = distinct(test["summary"]) if test is not None and "summary" in test.columns else []
             frame = with_toxic_column(labelled)
-            results[LABELLED] = _run_suite(context, source, LABELLED, frame,
-                                           labelled_suite(frame, summaries, labelled), report_dir)
+            results[LABELLED] = _run_suite(
+                context, source, LABELLED, frame, labelled_suite(frame, summaries, labelled), report_dir
+            )
         context.build_data_docs(site_names=[DATA_DOCS_SITE])
     index = report_dir / DATA_DOCS_DIR / "index.html"
     if not index.is_file():  # pragma: no cover - GX always writes it
@@ -153,7 +157,6 @@ def _quiet_gx() -> None:
     gx_logger = logging.getLogger("great_expectations")
     if gx_logger.level == logging.NOTSET or gx_logger.level < logging.WARNING:
         gx_logger.setLevel(logging.WARNING)
-
 
 
 def _run_suite(

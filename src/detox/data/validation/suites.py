@@ -83,11 +83,14 @@ def labelled_suite(frame: pd.DataFrame, test_summaries: list[Any], labelled: Lab
         suite += [
             gxe.ExpectColumnValuesToNotBeNull(column="text"),
             gxe.ExpectColumnValuesToBeOfType(column="text", type_="str"),
-            gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=max(1, checks.text_chars.min),
-                                                    max_value=checks.text_chars.max),
+            gxe.ExpectColumnValueLengthsToBeBetween(
+                column="text", min_value=max(1, checks.text_chars.min), max_value=checks.text_chars.max
+            ),
             gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
             gxe.ExpectColumnValuesToNotBeInSet(
-                column="text", value_set=test_summaries, meta={"other_split": "test", "what": "summaries"},
+                column="text",
+                value_set=test_summaries,
+                meta={"other_split": "test", "what": "summaries"},
                 description=f"texts must not equal a summary of the test split ({len(test_summaries)} summaries)",
             ),
         ]
@@ -97,7 +100,10 @@ def labelled_suite(frame: pd.DataFrame, test_summaries: list[Any], labelled: Lab
             gxe.ExpectColumnValuesToNotBeNull(column="label"),
             gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(labelled.labels)),
             gxe.ExpectColumnMeanToBeBetween(
-                column="toxic", min_value=share, max_value=1 - share, meta={"toxic": list(labelled.toxic)},
+                column="toxic",
+                min_value=share,
+                max_value=1 - share,
+                meta={"toxic": list(labelled.toxic)},
                 description=f"the share of toxic labels ({', '.join(labelled.toxic)}) must lie in "
                 f"[{share:g}, {1 - share:g}]",
             ),
@@ -117,4 +123,3 @@ def distinct(series: pd.Series) -> list[Any]:
         except TypeError:
             continue
     return sorted(values, key=lambda value: (type(value).__name__, str(value)))
-
