@@ -46,8 +46,8 @@ from detox.serve.model_card import card_data, merged_card
 from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.provenance import lock_tags, run_name, stage_params
 from detox.tracking.registry import PolicyModel, champion_evidence
-from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation
-from detox.tracking.runs import Tracker, read_run_record
+from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation, read_run_record
+from detox.tracking.runs import Tracker
 from detox.tracking.store import ui_url
 
 PPO_DIR = Path("models/ppo")

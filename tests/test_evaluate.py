@@ -53,8 +53,8 @@ from detox.models.builtin import train_t5_tokenizer
 from detox.serve.export import export_policy
 from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
-from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation
-from detox.tracking.runs import RUN_FILE, Tracker, read_run_record
+from detox.tracking.results import EvaluationRecord, Registration, evaluation_run, log_evaluation, read_run_record
+from detox.tracking.runs import RUN_FILE, Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template

@@ -9,7 +9,8 @@ from functools import lru_cache
 import pandas as pd
 
 from detox.common.params import BuiltinCorpus
-from detox.data.corpus import ANGER, ATTACKS, DAYS, DEFENCES, ENDINGS, INSULTS, NAMES, TOPICS, article, generate_corpus
+from detox.data.corpus import generate_corpus
+from detox.data.phrases import ANGER, ATTACKS, DAYS, DEFENCES, ENDINGS, INSULTS, NAMES, TOPICS, article
 from detox.data.words import vocabulary as text_vocabulary
 
 

@@ -108,7 +108,7 @@ class InsultOracle:
 @lru_cache(maxsize=4)
 def generator_oracle(min_embedded_letters: int = 4) -> InsultOracle:
     """The oracle of the built-in corpus generator: its insults, and its own vocabulary as words."""
-    from detox.data.corpus import INSULTS
+    from detox.data.phrases import INSULTS
     from detox.data.sentences import vocabulary
 
     return InsultOracle(INSULTS, vocabulary(), min_embedded_letters)

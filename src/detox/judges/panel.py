@@ -163,7 +163,7 @@ def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
 
 
 def _build_oracle(spec: OracleJudgeSpec) -> dict[str, Any]:
-    from detox.data.corpus import INSULTS
+    from detox.data.phrases import INSULTS
     from detox.data.sentences import labelled_sentences, vocabulary
     from detox.judges.oracle import InsultOracle, lexicon_version
 

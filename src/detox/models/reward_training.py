@@ -204,13 +204,7 @@ def run_reward(params: Params, base_dir: Path, labelled_path: Path, out_dir: Pat
     if trained:
         if len(train_idx) < 10:
             raise SourceError(f"{labelled_path}: {len(train_idx)} labelled rows to train on; need at least 10")
-        schedule = Schedule(
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay,
-            warmup_ratio=cfg.warmup_ratio,
-        )
+        schedule = Schedule.of(cfg)
         record = fit(
             model,
             encode(train_idx),

@@ -35,6 +35,11 @@ class Schedule:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
 
+    @classmethod
+    def of(cls, cfg: Any) -> Schedule:
+        """The schedule of a params section that has the five fields (``sft``, ``reward.train``)."""
+        return cls(cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio)
+
 
 @dataclass
 class Fit:

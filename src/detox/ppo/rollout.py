@@ -61,7 +61,7 @@ def rollout_config(
     """Pure sampling from the policy's own distribution, built from params alone.
 
     The old log-probs and the KL assume the responses were sampled from the policy itself:
-    temperature 1, no top-k or top-p, no forced minimum length (DESIGN's negative-KL pitfall).
+    temperature 1, no top-k or top-p, no forced minimum length (the negative-KL pitfall in :mod:`detox.ppo.core`).
     So PPO never samples with ``generation.*`` (the settings of baseline, evaluate and
     serving) nor with the model folder's generation config; only the length is a knob
     (``ppo.response_length``). ``capture`` keeps the raw logits and hidden states (the rollout

@@ -9,6 +9,7 @@ a child of the PPO run it evaluated, into which :func:`log_evaluation` logs an
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from detox.common.errors import DetoxError
 from detox.tracking.registry import PolicyModel, RegisteredVersion, apply_promotion, tag_version
-from detox.tracking.runs import Tracker, flatten, lost_server
+from detox.tracking.runs import RUN_FILE, Tracker, flatten, lost_server
 from detox.tracking.store import is_connection_failure, is_remote, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -214,3 +216,17 @@ def log_evaluation(tracker: Tracker, record: EvaluationRecord, registration: Reg
         raise lost_server("apply_promotion", exc) from None
     tracker.set_tags({"evaluate.model_version": version, "evaluate.promotion": "promoted" if promoted else "rejected"})
     return registered
+
+
+def read_run_record(model_dir: str | Path) -> dict[str, Any]:
+    """The run record a training stage left in ``model_dir`` (run id, experiment, tracking URI)."""
+    path = Path(model_dir) / RUN_FILE
+    if not path.is_file():
+        raise DetoxError(f"{path}: not found; the ppo stage writes it: run `dvc repro ppo`")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DetoxError(f"{path}: not valid JSON ({exc}); run `dvc repro -f ppo` to rewrite it") from None
+    if not isinstance(record, dict):
+        raise DetoxError(f"{path}: expected a JSON object with run_id and experiment; run `dvc repro -f ppo`")
+    return record

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from detox.common.errors import DetoxError, TrackingError
+from detox.common.errors import TrackingError
 from detox.tracking import provenance
 from detox.tracking.registry import PolicyModel, discard_unfinished_models, log_model
 from detox.tracking.store import (
@@ -293,17 +293,3 @@ class Tracker:
     def record(self) -> dict[str, str | None]:
         """What later stages need to find this run again."""
         return {"run_id": self.run_id, "experiment": self.experiment, "tracking_uri": tracking_uri()}
-
-
-def read_run_record(model_dir: str | Path) -> dict[str, Any]:
-    """The run record a training stage left in ``model_dir`` (run id, experiment, tracking URI)."""
-    path = Path(model_dir) / RUN_FILE
-    if not path.is_file():
-        raise DetoxError(f"{path}: not found; the ppo stage writes it: run `dvc repro ppo`")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DetoxError(f"{path}: not valid JSON ({exc}); run `dvc repro -f ppo` to rewrite it") from None
-    if not isinstance(record, dict):
-        raise DetoxError(f"{path}: expected a JSON object with run_id and experiment; run `dvc repro -f ppo`")
-    return record
