@@ -269,7 +269,7 @@ class OriginalLoop:
         from transformers import pipeline
 
         from detox.models.reward import label_index
-        from detox.ppo.core import AdaptiveKLController, FixedKLController
+        from detox.ppo.controllers import AdaptiveKLController, FixedKLController
         from detox.ppo.policy import ValueHead, disable_dropout
 
         cfg = self.cfg = params.ppo
