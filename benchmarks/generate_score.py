@@ -36,6 +36,7 @@ from common import check_inputs  # noqa: E402
 from detox.common.errors import DetoxError  # noqa: E402
 from detox.common.params import Params, load_params  # noqa: E402
 from detox.evaluate.scoring import sample_rows  # noqa: E402
+from detox.models.classifier import token_limit  # noqa: E402
 from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy  # noqa: E402
 from detox.models.reward import RewardScorer  # noqa: E402
 
@@ -79,7 +80,7 @@ def loop_path(model, tokenizer, scorer: RewardScorer, params: Params, data: pd.D
     """The notebook's shape: one prompt, one ``generate``, one reward forward pass per dialogue."""
     device = next(model.parameters()).device
     reward_model, reward_tokenizer = scorer.model, scorer.tokenizer
-    limit = min(params.reward.max_tokens, getattr(reward_model.config, "max_position_embeddings", 514) - 2)
+    limit = token_limit(reward_model, params.reward.max_tokens)
     kwargs = generation_kwargs(params.generation)
     rewards = []
     for i, dialogue in enumerate(data["dialogue"].tolist()):

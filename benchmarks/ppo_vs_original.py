@@ -268,7 +268,7 @@ class OriginalLoop:
         from peft import LoraConfig, TaskType, get_peft_model
         from transformers import pipeline
 
-        from detox.models.reward import label_index
+        from detox.models.classifier import label_index, token_limit
         from detox.ppo.controllers import AdaptiveKLController, FixedKLController
         from detox.ppo.policy import ValueHead, disable_dropout
 
@@ -305,9 +305,7 @@ class OriginalLoop:
             device=reward_model.device,
         )
         self.reward_label = reward_model.config.id2label[label_index(reward_model, params.reward.reward_label)]
-        self.reward_limit = min(
-            params.reward.max_tokens, getattr(reward_model.config, "max_position_embeddings", 514) - 2
-        )
+        self.reward_limit = token_limit(reward_model, params.reward.max_tokens)
         self.start_token = base.config.decoder_start_token_id
 
     @torch.no_grad()

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from detox.common.io import sha256_tree
+from detox.common.io import atomic_file, sha256_tree
 from detox.common.params import Params
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,9 @@ def latest_checkpoint(directory: Path, expected: str) -> dict[str, Any] | None:
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{state['step']:06d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
     for old in sorted(directory.glob("step_*.pt"))[:-keep]:
         old.unlink()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
-from detox.common.io import atomic_dir, write_json, write_text
+from detox.common.io import atomic_dir, atomic_file, write_json, write_text
 from detox.common.params import Params
 from detox.ppo import stats as names
 from detox.ppo.engine import PPOTrainer
@@ -44,14 +43,11 @@ def lineage(params: Params, paths: PPOPaths) -> dict[str, str]:
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = ["step"] + sorted({k for row in history for k in row} - {"step"})
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t")
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def summarize_history(history: list[dict[str, float]], stop_reason: str | None) -> dict[str, Any]:
