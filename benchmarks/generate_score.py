@@ -23,22 +23,22 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timed region
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import pandas as pd
+import torch
 
-from common import check_inputs  # noqa: E402
-from detox.common.errors import DetoxError  # noqa: E402
-from detox.common.params import Params, load_params  # noqa: E402
-from detox.evaluate.scoring import sample_rows  # noqa: E402
-from detox.models.classifier import token_limit  # noqa: E402
-from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy  # noqa: E402
-from detox.models.reward import RewardScorer  # noqa: E402
+from common import check_inputs
+from detox.common.errors import DetoxError
+from detox.common.params import Params, load_params
+from detox.evaluate.scoring import sample_rows
+from detox.models.classifier import token_limit
+from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy
+from detox.models.reward import RewardScorer
 
 WARMUP_SAMPLES = 8
 
