@@ -74,6 +74,34 @@ def tiny():
     return tiny_params
 
 
+TINY_CORPUS = {"train_size": 30, "validation_size": 5, "test_size": 5, "num_topics": 4}
+
+
+def tiny_corpus() -> dict:
+    """The 30/5/5-dialogue corpus the tiny policies are built on (seed 3)."""
+    from detox.common.params import BuiltinCorpus
+    from detox.data.corpus import generate_corpus
+
+    return generate_corpus(BuiltinCorpus(**TINY_CORPUS), 3)
+
+
+def tiny_t5(template: str, **config: object):
+    """A random one-layer T5 (seed 0) with a tokenizer trained on :func:`tiny_corpus` and the prompt template;
+    ``config`` overrides T5Config fields. Returns the model in eval mode and the tokenizer."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from detox.models.builtin import train_t5_tokenizer
+
+    corpus = tiny_corpus()
+    texts = [template.format(dialogue="")] + corpus["train"]["dialogue"].tolist() + corpus["train"]["summary"].tolist()
+    tokenizer, _ = train_t5_tokenizer(texts, 250)
+    torch.manual_seed(0)
+    shape = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2)
+    ids = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    t5 = T5Config(vocab_size=len(tokenizer), feed_forward_proj="gated-gelu", **shape, **ids, **config)
+    return T5ForConditionalGeneration(t5).eval(), tokenizer
+
+
 def build_world(params, root: Path) -> Path:
     """What `dvc repro fetch sft reward` makes, under ``root`` (data/, models/), without MLflow."""
     root = Path(root)

@@ -20,14 +20,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from transformers import T5Config, T5ForConditionalGeneration
 
-from conftest import HANG_S, run_snapshot
+from conftest import HANG_S, run_snapshot, tiny_corpus, tiny_t5
 from detox.common.errors import DetoxError
-from detox.common.params import BuiltinCorpus, GenerationParams, PromotionParams, PromptParams
-from detox.data.corpus import generate_corpus
+from detox.common.params import GenerationParams, PromotionParams, PromptParams
 from detox.evaluate.figures import PLOT_FILES, plot_rewards, plot_toxicity, write_plots
 from detox.evaluate.pages import TEXT_COLUMN_EM, escape_cell, html_table, markdown_table
 from detox.evaluate.promotion import decide, evidence
@@ -49,7 +46,6 @@ from detox.evaluate.tables import (
     write_plot_data,
     write_reward_diff,
 )
-from detox.models.builtin import train_t5_tokenizer
 from detox.serve.export import export_policy
 from detox.serve.summarizer import Summarizer, model_config, signature
 from detox.tracking.registry import CANDIDATE, CHAMPION, PolicyModel, champion_evidence
@@ -658,31 +654,13 @@ def test_plot_data_files_have_the_declared_fields_and_are_deterministic(tmp_path
 
 @pytest.fixture(scope="module")
 def dialogues() -> list[str]:
-    corpus = generate_corpus(BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4), 3)
-    return corpus["test"]["dialogue"].tolist()
+    return tiny_corpus()["test"]["dialogue"].tolist()
 
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory, dialogues):
     """A random tiny T5 and its tokenizer, exported as the pyfunc model's artifact folder."""
-    corpus = generate_corpus(BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4), 3)
-    texts = [TEMPLATE.format(dialogue="")] + corpus["train"]["dialogue"].tolist() + corpus["train"]["summary"].tolist()
-    tokenizer, _ = train_t5_tokenizer(texts, 250)
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        d_kv=16,
-        d_ff=64,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    model = T5ForConditionalGeneration(config).eval()
+    model, tokenizer = tiny_t5(TEMPLATE)
     tokenizer.padding_side = "right"
     return (
         model,

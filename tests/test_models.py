@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard, ModelCardData
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration, pipeline
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
 
-from detox.common.params import BuiltinCorpus, GenerationParams, PromptParams
-from detox.data.corpus import generate_corpus
-from detox.models.builtin import train_t5_tokenizer
+from conftest import tiny_corpus, tiny_t5
+from detox.common.params import GenerationParams, PromptParams
 from detox.models.generation import build_prompts, generate_summaries
 from detox.serve.export import export_policy
 from detox.serve.model_card import adapter_card, card_data, merged_card
@@ -25,32 +24,13 @@ from detox.serve.model_card import adapter_card, card_data, merged_card
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptParams().template
 SEED = 1234  # eval.seed
-CORPUS = BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4)
 
 
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory):
     """A tiny policy exported as evaluate exports models/merged/, and the test dialogues."""
-    corpus = generate_corpus(CORPUS, 3)
-    texts = [TEMPLATE.format(dialogue="")] + corpus["train"]["dialogue"].tolist() + corpus["train"]["summary"].tolist()
-    tokenizer, _ = train_t5_tokenizer(texts, 250)
-    torch.manual_seed(0)
-    model = T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=16,
-            d_ff=64,
-            num_layers=1,
-            num_decoder_layers=1,
-            num_heads=2,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-            tie_word_embeddings=False,
-        )
-    ).eval()
+    corpus = tiny_corpus()
+    model, tokenizer = tiny_t5(TEMPLATE, tie_word_embeddings=False)
     with torch.no_grad():  # a random policy would write only padding; make it write words
         model.lm_head.weight[:3] = 0.0
         model.lm_head.weight[3:] *= 10.0

@@ -25,13 +25,12 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
-from transformers import AutoConfig, RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration, pipeline
+from transformers import AutoConfig, RobertaForSequenceClassification, T5Config, pipeline
 
-from conftest import HANG_S, free_port, wait_until_answering
-from detox.common.params import BuiltinCorpus, BuiltinReward, GenerationParams, PromptParams, RewardParams
-from detox.data.corpus import generate_corpus
+from conftest import HANG_S, free_port, tiny_corpus, tiny_t5, wait_until_answering
+from detox.common.params import BuiltinReward, GenerationParams, PromptParams, RewardParams
 from detox.data.sentences import labelled_sentences
-from detox.models.builtin import train_t5_tokenizer, write_reward_base
+from detox.models.builtin import write_reward_base
 from detox.models.generation import build_prompts, generate_summaries
 from detox.models.reward import RewardScorer
 from detox.serve.export import export_policy
@@ -53,34 +52,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def dialogues() -> list[str]:
-    return generate_corpus(BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4), 3)["test"][
-        "dialogue"
-    ].tolist()
+    return tiny_corpus()["test"]["dialogue"].tolist()
 
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
     """A random tiny T5 and its tokenizer, exported as evaluate exports models/merged/."""
-    corpus = generate_corpus(BuiltinCorpus(train_size=30, validation_size=5, test_size=5, num_topics=4), 3)
-    texts = [TEMPLATE.format(dialogue="")] + corpus["train"]["dialogue"].tolist() + corpus["train"]["summary"].tolist()
-    tokenizer, _ = train_t5_tokenizer(texts, 250)
+    model, tokenizer = tiny_t5(TEMPLATE)
     tokenizer.padding_side = "right"
-    torch.manual_seed(0)
-    model = T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=16,
-            d_ff=64,
-            num_layers=1,
-            num_decoder_layers=1,
-            num_heads=2,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    ).eval()
     return (
         model,
         tokenizer,
