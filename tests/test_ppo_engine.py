@@ -33,7 +33,7 @@ from peft import AutoPeftModelForSeq2SeqLM
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import conftest
-import detox.ppo.engine as engine
+import detox.ppo.objectives as objectives
 from detox.common.errors import DetoxError
 from detox.evaluate.scoring import TOXIC_THRESHOLD, score_policy
 from detox.models.generation import build_prompts, load_policy
@@ -324,14 +324,14 @@ def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(wo
     head_before = trainer.unwrapped.value_head.summary.weight.detach().clone()
 
     ratios = []  # the first mini-batch of the first epoch must see ratio 1: same function as the rollout
-    real_policy_loss = engine.policy_loss
+    real_policy_loss = objectives.policy_loss
 
     def recording_policy_loss(*args, **kwargs):
         loss, stats = real_policy_loss(*args, **kwargs)
         ratios.append((stats["ratio"].item(), stats["approxkl"].item()))
         return loss, stats
 
-    monkeypatch.setattr(engine, "policy_loss", recording_policy_loss)
+    monkeypatch.setattr(objectives, "policy_loss", recording_policy_loss)
     stats, batch = trainer.step(prompts, dialogues, 0)
 
     assert sorted(stats) == sorted((*names.STEP_STATS, *names.TIMINGS))
@@ -363,6 +363,47 @@ def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(wo
     for name, before in base_before.items():
         assert torch.equal(after[name], before), f"the frozen {name} changed"
     assert not trainer.unwrapped.training, "the policy must be left in eval mode for the next rollout"
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_critic_free_step_samples_k_per_prompt_builds_no_value_head_and_reports_trl_stats(
+    world, algorithm, monkeypatch
+):
+    params = ppo_params(**{"ppo.algorithm": algorithm, "ppo.samples_per_prompt": 2})
+    trainer = make_trainer(world, params)
+    policy = trainer.unwrapped
+    assert policy.value_head is None and not any("value_head" in name for name in policy.state_dict())
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable), "only the adapters train: no value head"
+    prompts, dialogues = train_batch(world, params, n=4)  # 4 prompts x 2 samples = batch_size 8
+
+    ratios = []
+    loss_name = f"{algorithm}_loss"
+    real_loss = getattr(objectives, loss_name)
+
+    def recording_loss(*args, **kwargs):
+        loss, stats = real_loss(*args, **kwargs)
+        ratios.append(stats["ratio"].item())
+        return loss, stats
+
+    monkeypatch.setattr(objectives, loss_name, recording_loss)
+    stats, batch = trainer.step(prompts, dialogues, 0)
+
+    assert sorted(stats) == sorted((*names.CRITIC_FREE_STEP_STATS, *names.TIMINGS))
+    assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values()), stats
+    assert len(batch.responses) == 8 and batch.captured.values is None
+    assert torch.equal(batch.input_ids[0::2], batch.input_ids[1::2]), "each prompt's k samples are consecutive"
+    assert batch.responses[0::2] != batch.responses[1::2], "the k samples of a prompt are drawn independently"
+    expected_coef = params.ppo.grpo.beta if algorithm == "grpo" else params.ppo.kl.init_coef
+    assert stats["objective/kl_coef"] == expected_coef
+    assert 0 <= stats["frac_reward_zero_std"] <= 1 and stats["env/reward_group_std"] >= 0
+    assert all(0 <= stats[name] <= 1 for name in names.CLIP_RATIOS)
+    assert stats["completions/mean_length"] == stats["tokens/responses_len_mean"]
+    assert stats["reward"] == stats["env/reward_mean"]
+    assert len(ratios) == params.ppo.ppo_epochs * params.ppo.batch_size // params.ppo.mini_batch_size
+    logprobs = batch.captured.logprobs[batch.mask]
+    assert abs(ratios[0] - 1) < kernel_tolerance(logprobs, tokens=params.ppo.response_length.max), ratios[0]
+    assert any(bool((b != 0).any()) for b in lora_b(trainer).values()), "the adapters did not learn"
 
 
 def test_dropout_enabled_rollout_forwards_are_deterministic_from_the_first_step(world):
@@ -650,6 +691,31 @@ def test_interrupted_run_resumes_exactly_where_it_stopped(world, uninterrupted, 
     assert out.shape[0] == 2 and out.shape[1] > 1
 
 
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_critic_free_run_resumes_exactly_after_a_kill(world, algorithm, tmp_path, monkeypatch):
+    params = ppo_params(**RESUME, **{"ppo.algorithm": algorithm, "ppo.samples_per_prompt": 2})
+    whole = tmp_path / "whole"
+    with mlflow_project(whole):
+        reference_metrics = run_ppo(params, world_paths(world, whole))
+    root = tmp_path / "resumed"
+    paths = world_paths(world, root)
+    with mlflow_project(root):
+        with monkeypatch.context() as patch:
+            steps_spy(patch, interrupt_at=3)
+            with pytest.raises(KeyboardInterrupt):
+                run_ppo(params, paths)
+        called = steps_spy(monkeypatch)
+        metrics = run_ppo(params, paths)
+    assert called == [2, 3], "the resumed run must start at the checkpoint's step"
+    history, reference = read_history(paths.history), read_history(world_paths(world, whole).history)
+    assert list(history.columns) == list(reference.columns) and "ppo/val/error" not in history.columns
+    for column in deterministic_columns(reference):
+        assert history[column].tolist() == reference[column].tolist(), column  # the same machine: exact
+    assert metrics == reference_metrics
+    assert not (paths.out / "value_head.safetensors").exists(), "no value head to save"
+    load_trained_policy(paths.out)
+
+
 def test_checkpoint_from_other_params_is_ignored(world, project, monkeypatch, caplog):
     root, uri = project
     paths = world_paths(world, root)
@@ -893,14 +959,14 @@ def test_bf16_step_starts_at_ratio_one_and_zero_kl(world, monkeypatch, fresh_acc
     params = ppo_params(**{"ppo.precision": "bf16"})
     trainer = make_trainer(world, params, Accelerator(mixed_precision="bf16", cpu=True))
     ratios = []
-    real_policy_loss = engine.policy_loss
+    real_policy_loss = objectives.policy_loss
 
     def recording_policy_loss(*args, **kwargs):
         loss, stats = real_policy_loss(*args, **kwargs)
         ratios.append(stats["ratio"].item())
         return loss, stats
 
-    monkeypatch.setattr(engine, "policy_loss", recording_policy_loss)
+    monkeypatch.setattr(objectives, "policy_loss", recording_policy_loss)
     head = trainer.unwrapped.model.get_output_embeddings()
     dtypes = []  # the LM head's output in every pass of the step: rollout, reference, training
     hook = head.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
@@ -1068,12 +1134,15 @@ def test_evaluation_measures_the_policy_with_the_judges(judged_world):
 
 
 @pytest.mark.slow
-def test_two_processes_on_cpu(judged_world, tmp_path):
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_two_processes_on_cpu(judged_world, tmp_path, algorithm):
     """`accelerate launch --multi_gpu` on a machine without GPUs: two processes, one gloo group.
 
-    Both evaluate during training (after 0, 2 and 3 steps) and so take the same choice of checkpoint."""
+    Both evaluate during training (after 0, 2 and 3 steps) and so take the same choice of checkpoint. grpo's
+    token-mean loss all-reduces its token counts (the gradient equality itself: tests/test_critic_free.py)."""
     steps = 3
-    params = ppo_params(**{"ppo.steps": steps, "ppo.eval_every": 2})
+    extra = {"ppo.algorithm": algorithm, "ppo.samples_per_prompt": 2} if algorithm != "ppo" else {}
+    params = ppo_params(**{"ppo.steps": steps, "ppo.eval_every": 2, **extra})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     shutil.copytree(judged_world / "data" / "raw", tmp_path / "data" / "raw")
     for name in ("policy", "reward", "judges"):

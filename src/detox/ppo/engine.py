@@ -1,12 +1,15 @@
-"""One PPO step for a seq2seq policy, batched end to end.
+"""One RL step for a seq2seq policy, batched end to end: PPO, RLOO or GRPO (``ppo.algorithm``).
 
-TRL dropped PPO and never supported encoder-decoder policies in its current trainers, so this
-project owns a compact engine (the math is in :mod:`detox.ppo.core`, the stat names in
-:mod:`detox.ppo.stats`). The policy is the base model plus LoRA adapters and a scalar value head
-on the decoder's hidden states; the frozen reference is the same weights with the adapters
-disabled. :meth:`PPOTrainer.step` runs, in this order, each phase timed on its own:
+TRL dropped PPO and never supported encoder-decoder policies in its current trainers (nor in its
+RLOO and GRPO trainers), so this project owns a compact engine (the math is in :mod:`detox.ppo.core`
+and :mod:`detox.ppo.critic_free`, what differs per algorithm in :mod:`detox.ppo.objectives`, the stat
+names in :mod:`detox.ppo.stats`). The policy is the base model plus LoRA adapters (and, for ppo
+only, a scalar value head on the decoder's hidden states); the frozen reference is the same
+weights with the adapters disabled. :meth:`PPOTrainer.step` runs, in this order, each phase timed
+on its own; only phases 4 to 6 depend on the algorithm:
 
-1. **rollout** (``time/rollout``): in eval mode, sample one response per prompt (pure sampling
+1. **rollout** (``time/rollout``): in eval mode, sample ``k = ppo.samples_per_prompt`` responses per
+   prompt, each prompt encoded once (pure sampling
    from a generation config built from params alone, never ``generation.*`` nor the model
    folder's; ``max_new_tokens`` drawn per batch from ``ppo.response_length`` like the original's
    LengthSampler); mask everything after each response's first EOS. ``generate`` also returns
@@ -18,13 +21,16 @@ disabled. :meth:`PPOTrainer.step` runs, in this order, each phase timed on its o
    the rollout captured, with no second forward pass of the policy; under mixed precision they
    come from teacher-forced passes too (autocast rounds cached decoding differently).
 4. **compute rewards** (``time/ppo/compute_rewards``): per token ``-kl_coef * KL``, plus the
-   score on the last response token.
-5. **compute advantages** (``time/ppo/compute_advantages``): GAE, then the advantages whitened
-   over the batch's response tokens (the returns, the value targets, are not).
+   score on the last response token (grpo: no KL here, its KL is a loss term).
+5. **compute advantages** (``time/ppo/compute_advantages``): ppo runs GAE and whitens the
+   advantages over the batch's response tokens (the returns, the value targets, are not); rloo
+   sums the rewards per response and subtracts the mean of the prompt's other k - 1; grpo
+   normalises the scores within each group.
 6. **optimise** (``time/ppo/optimize_step``): ``ppo_epochs`` x shuffled mini-batches of the
-   clipped policy loss + ``vf_coef`` x the clipped value loss, gradient clipping, AdamW and
-   gradient accumulation (through accelerate, so it works under DDP). The first mini-batch's
-   ratio is exactly 1, or something differs between the rollout and the training pass.
+   algorithm's loss (ppo: the clipped policy loss + ``vf_coef`` x the clipped value loss),
+   gradient clipping, AdamW and gradient accumulation (through accelerate, so it works under
+   DDP). The first mini-batch's ratio is exactly 1, or something differs between the rollout and
+   the training pass.
 7. **stats** (``time/ppo/calc_stats``): the step's stats averaged over all processes, then the
    adaptive (or fixed) KL coefficient's update from the mean KL.
 
@@ -49,16 +55,11 @@ from detox.common.params import PPOParams
 from detox.models.reward import RewardScorer
 from detox.ppo import stats as names
 from detox.ppo.controllers import AdaptiveKLController, FixedKLController, KLController, RunningMoments
-from detox.ppo.core import (
-    compute_gae,
-    compute_rewards,
-    masked_whiten,
-    policy_loss,
-    value_loss,
-)
-from detox.ppo.forward import TeacherForcing
+from detox.ppo.critic_free import dapo_normalizers
+from detox.ppo.forward import ForwardPass, TeacherForcing
+from detox.ppo.objectives import Targets, objective_for
 from detox.ppo.policy import Seq2SeqPolicy
-from detox.ppo.rollout import PolicyPass, Rollout, rollout_config, sample
+from detox.ppo.rollout import Rollout, rollout_config, sample
 from detox.ppo.stats import MinibatchStats, step_stats
 
 
@@ -90,6 +91,7 @@ class PPOTrainer(TeacherForcing):
             else FixedKLController(cfg.kl.init_coef)
         )
         self.score_moments = RunningMoments()
+        self.objective = objective_for(cfg)
 
     # -- state for checkpoints -------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -119,7 +121,9 @@ class PPOTrainer(TeacherForcing):
 
     def rollout_config(self, max_new_tokens: int, capture: bool = True) -> GenerationConfig:
         """The rollout's pure-sampling generation config (:func:`detox.ppo.rollout.rollout_config`)."""
-        return rollout_config(self.tokenizer, self.start_token, max_new_tokens, capture)
+        return rollout_config(
+            self.tokenizer, self.start_token, max_new_tokens, capture, self.unwrapped.value_head is not None
+        )
 
     @torch.no_grad()
     def rollout(self, prompts: list[str], step: int) -> Rollout:
@@ -136,37 +140,49 @@ class PPOTrainer(TeacherForcing):
             scores = scores.clamp(-self.cfg.score.clip, self.cfg.score.clip)
         return scores
 
-    def optimise(
-        self, batch: Rollout, old: PolicyPass, advantages: torch.Tensor, returns: torch.Tensor, step: int
-    ) -> MinibatchStats:
+    def _normalizers(self, mask: torch.Tensor, order: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per mini-batch of this epoch's ``order``: grpo's dapo divisor (tokens of its accumulation window, all
+        processes), else None."""
+        starts = range(0, len(order), self.cfg.mini_batch_size)
+        if self.cfg.algorithm != "grpo" or self.cfg.grpo.loss_type != "dapo":
+            return [None for _ in starts]
+        tokens = torch.stack([mask[order[start : start + self.cfg.mini_batch_size]].sum() for start in starts])
+        accumulation = self.cfg.gradient_accumulation_steps
+        windows = tokens.view(-1, accumulation).sum(dim=1)  # batch_size is a multiple of mini x accumulation
+        windows = self.accelerator.reduce(windows.float(), "sum")
+        divisors = dapo_normalizers(windows, self.accelerator.num_processes, accumulation)
+        return list(divisors.repeat_interleave(accumulation))
+
+    def optimise(self, batch: Rollout, forward: ForwardPass, targets: Targets, step: int) -> MinibatchStats:
         stats = MinibatchStats()
         generator = torch.Generator().manual_seed(self._step_seed(step))
-        mask = batch.mask
+        mask, with_values = batch.mask, self.objective.uses_values
         for _ in range(self.cfg.ppo_epochs):
             order = torch.randperm(len(batch.responses), generator=generator).to(mask.device)
-            for start in range(0, len(order), self.cfg.mini_batch_size):
+            normalizers = self._normalizers(mask, order)
+            for number, start in enumerate(range(0, len(order), self.cfg.mini_batch_size)):
                 index = order[start : start + self.cfg.mini_batch_size]
                 with self.accelerator.accumulate(self.policy), self.accelerator.autocast():
-                    _, logprobs, values = self._forward(self.policy, batch, index)
-                    pg_loss, pg_stats = policy_loss(
-                        logprobs, old.logprobs[index], advantages[index], mask[index], self.cfg.cliprange
+                    _, logprobs, values = self._forward(self.policy, batch, index, with_values=with_values)
+                    loss, loss_stats = self.objective.loss(
+                        logprobs, values, forward, targets, index, mask[index], normalizers[number]
                     )
-                    vf_loss, vf_stats = value_loss(
-                        values, old.values[index], returns[index], mask[index], self.cfg.cliprange_value
-                    )
-                    loss = pg_loss + self.cfg.vf_coef * vf_loss
                     if not torch.isfinite(loss):
+                        parts = ", ".join(
+                            f"{key.rsplit('/', 1)[-1]} loss {loss_stats[key].item()}"
+                            for key in (names.LOSS_POLICY, names.LOSS_VALUE)
+                            if key in loss_stats
+                        )
                         raise TrainingDivergedError(
-                            f"non-finite loss at PPO step {step} (policy loss {pg_loss.item()}, value loss "
-                            f"{vf_loss.item()}); lower ppo.learning_rate, enable ppo.score.normalize or "
-                            "ppo.score.clip, or raise ppo.kl.init_coef"
+                            f"non-finite loss at {self.cfg.algorithm.upper()} step {step} ({parts}); lower "
+                            "ppo.learning_rate, enable ppo.score.normalize or ppo.score.clip, or raise ppo.kl.init_coef"
                         )
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad()
-                stats.add((pg_loss, vf_loss, loss), pg_stats, vf_stats)
+                stats.add(loss_stats)
         return stats
 
     def _clock(self) -> float:
@@ -176,8 +192,8 @@ class PPOTrainer(TeacherForcing):
         return time.perf_counter()
 
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> tuple[dict[str, float], Rollout]:
-        """Run one PPO step on this process's prompts (the phases of the module docstring); return stats
-        averaged over all processes, and the rollout."""
+        """Run one step on this process's prompts, ``k`` responses each (the phases of the module docstring);
+        return stats averaged over all processes, and the rollout."""
         timings: dict[str, float] = {}
         started = tick = self._clock()
 
@@ -186,10 +202,11 @@ class PPOTrainer(TeacherForcing):
             now = self._clock()
             timings[name], tick = now - tick, now
 
+        k = self.cfg.group_size
         batch = self.rollout(prompts, step)
         lap(names.TIME_ROLLOUT)
 
-        scored = self.scorer.score(batch.responses, dialogues)
+        scored = self.scorer.score(batch.responses, [d for d in dialogues for _ in range(k)])
         reward, toxicity = scored.reward.to(self.accelerator.device), scored.toxicity.to(self.accelerator.device)
         scores = self._prepare_scores(reward)
         lap(names.TIME_SCORE)
@@ -198,18 +215,16 @@ class PPOTrainer(TeacherForcing):
         lap(names.TIME_FORWARD_PASS)
 
         mask = batch.mask
-        rewards, kl, non_score = compute_rewards(
-            scores, forward.old.logprobs, forward.ref_logprobs, mask, self.kl_ctl.value, self.cfg.kl.estimator
-        )
+        kl_coef = self.objective.kl_coef(self.kl_ctl.value)
+        rewards = self.objective.rewards(scores, forward, mask, kl_coef)
         lap(names.TIME_COMPUTE_REWARDS)
 
-        advantages, returns = compute_gae(forward.old.values, rewards, mask, self.cfg.gamma, self.cfg.lam)
-        advantages = masked_whiten(advantages, mask)
+        targets = self.objective.targets(rewards, forward, mask)
         lap(names.TIME_COMPUTE_ADVANTAGES)
 
         if not self.cfg.disable_dropout:
             self.policy.train()  # the user chose dropout during optimisation (not recommended for PPO)
-        train = self.optimise(batch, forward.old, advantages, returns, step)
+        train = self.optimise(batch, forward, targets, step)
         self.policy.eval()
         lap(names.TIME_OPTIMIZE_STEP)
 
@@ -219,15 +234,19 @@ class PPOTrainer(TeacherForcing):
             responses=batch.responses,
             entropy=forward.old.entropy,
             values=forward.old.values,
-            kl=kl,
-            non_score=non_score,
-            returns=returns,
+            kl=targets.kl,
+            non_score=targets.non_score,
+            returns=targets.returns,
             reward=reward,
             toxicity=toxicity,
             train=train,
-            kl_coef=self.kl_ctl.value,
+            kl_coef=kl_coef,
+            group_stats=targets.group_stats,
+            eos_token_id=self.tokenizer.eos_token_id,
+            response_ids=batch.response_ids,
         )
-        self.kl_ctl.update(stats[names.KL], len(prompts) * self.accelerator.num_processes)
+        if self.cfg.algorithm != "grpo":  # grpo's beta is fixed; ppo and rloo adapt the reward's KL coefficient
+            self.kl_ctl.update(stats[names.KL], len(batch.responses) * self.accelerator.num_processes)
         lap(names.TIME_CALC_STATS)
 
         timings[names.TIME_TOTAL] = self._clock() - started

@@ -96,7 +96,8 @@ class TeacherForcing:
             logprobs.append(part_logprobs)
             values.append(part_values)
             entropy.append(entropy_from_logits(logits))
-        return PolicyPass(torch.cat(logprobs), torch.cat(values), torch.cat(entropy))
+        values_or_none = None if values[0] is None else torch.cat(values)
+        return PolicyPass(torch.cat(logprobs), values_or_none, torch.cat(entropy))
 
     def forward_pass(self, batch: Rollout) -> ForwardPass:
         """The old policy's numbers and the reference log-probs of the rollout's responses."""

@@ -1,4 +1,4 @@
-"""The PPO policy: a seq2seq model with LoRA adapters plus a value head.
+"""The PPO policy: a seq2seq model with LoRA adapters plus a value head (ppo only: rloo and grpo build none).
 
 The reference model is the same weights with the adapters disabled, so only one
 copy of the base model is in memory. With ``ppo.lora.enabled: false`` the whole
@@ -74,7 +74,8 @@ class Seq2SeqPolicy(nn.Module):
         else:
             self.frozen_reference = copy.deepcopy(base).eval().requires_grad_(False)
             self.model = base
-        self.value_head = ValueHead(base.config.d_model)
+        # Critic-free algorithms have no value head at all: nothing to build, step, save or hold in memory.
+        self.value_head = ValueHead(base.config.d_model) if cfg.uses_value_head else None
         encoder = base.get_encoder()
         # True when nothing in the encoder trains: its output is then a constant of the prompt.
         self.encoder_frozen = not any(p.requires_grad for p in encoder.parameters())
@@ -105,7 +106,7 @@ class Seq2SeqPolicy(nn.Module):
         reference: bool = False,
         encoder_hidden: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) for each response position, and values (B, T).
+        """Logits (B, T, V) for each response position, and values (B, T) (None without a value head).
 
         ``encoder_hidden`` (from :meth:`encode`) skips the encoder; it is the same for the
         policy and the reference because the encoder has no adapters.
@@ -118,6 +119,7 @@ class Seq2SeqPolicy(nn.Module):
         if reference and not self.uses_lora:
             return self.frozen_reference(**inputs).logits, None
         context = self.reference() if reference else nullcontext()
+        with_values = with_values and self.value_head is not None
         with context:
             out = self.model(**inputs, output_hidden_states=with_values)
         values = self.value_head(out.decoder_hidden_states[-1]) if with_values else None
@@ -146,7 +148,8 @@ class Seq2SeqPolicy(nn.Module):
             adapter = json.loads(config_path.read_text())
             adapter["base_model_name_or_path"] = absolute_base(base_model)
             config_path.write_text(json.dumps(adapter, indent=2))
-        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out_dir / VALUE_HEAD_FILE)
+        if self.value_head is not None:
+            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out_dir / VALUE_HEAD_FILE)
         (out_dir / POLICY_FILE).write_text(
             json.dumps({"kind": "lora" if self.uses_lora else "full", "base_model": base_model_path}, indent=2)
         )

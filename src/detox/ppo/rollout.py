@@ -21,15 +21,15 @@ class PolicyPass:
     """The policy's numbers at each response position, ``(B, T)``."""
 
     logprobs: torch.Tensor
-    values: torch.Tensor
+    values: torch.Tensor | None  # None without a value head (rloo, grpo)
     entropy: torch.Tensor
 
 
 @dataclass(frozen=True)
 class Rollout:
-    """One response sampled per prompt, and the policy's numbers that ``generate`` captured on the way."""
+    """``k`` responses sampled per prompt (consecutive rows), and the policy's numbers ``generate`` captured."""
 
-    input_ids: torch.Tensor  # (B, S) prompts, right-padded
+    input_ids: torch.Tensor  # (B, S) prompts, right-padded, each repeated k times
     attention_mask: torch.Tensor  # (B, S)
     response_ids: torch.Tensor  # (B, T) without the decoder start token
     mask: torch.Tensor  # (B, T) bool, True up to and including the first EOS
@@ -56,7 +56,11 @@ def only_this_generation_config(model: PreTrainedModel, config: GenerationConfig
 
 
 def rollout_config(
-    tokenizer: PreTrainedTokenizerBase, start_token: int, max_new_tokens: int, capture: bool = True
+    tokenizer: PreTrainedTokenizerBase,
+    start_token: int,
+    max_new_tokens: int,
+    capture: bool = True,
+    hidden_states: bool = True,
 ) -> GenerationConfig:
     """Pure sampling from the policy's own distribution, built from params alone.
 
@@ -65,7 +69,8 @@ def rollout_config(
     So PPO never samples with ``generation.*`` (the settings of baseline, evaluate and
     serving) nor with the model folder's generation config; only the length is a knob
     (``ppo.response_length``). ``capture`` keeps the raw logits and hidden states (the rollout
-    needs them, an evaluation does not).
+    needs them, an evaluation does not); the hidden states only feed the value head, so without one
+    (``hidden_states=False``) they are not kept.
     """
     return GenerationConfig(
         do_sample=True,
@@ -78,7 +83,7 @@ def rollout_config(
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=start_token,
         output_logits=capture,
-        output_hidden_states=capture,
+        output_hidden_states=capture and hidden_states,
         return_dict_in_generate=capture,
     )
 
@@ -91,16 +96,22 @@ def sample(
     seed: int,
     device: torch.device,
 ) -> Rollout:
-    """Sample one response per prompt; ``max_new_tokens`` and the sampling both seeded by ``seed``."""
+    """Sample ``ppo.samples_per_prompt`` responses per prompt; ``max_new_tokens`` and sampling seeded by ``seed``."""
     enc = tokenizer(prompts, padding=True, truncation=True, max_length=cfg.max_source_tokens, return_tensors="pt").to(
         device
     )
     # Encoded here rather than inside generate(), which with output_hidden_states=True would also
     # keep every encoder layer's output. Kept for the rest of the step when the encoder is frozen.
+    # Each prompt is encoded once, then repeated for its k samples.
     encoder_hidden = policy.encode(enc["input_ids"], enc["attention_mask"])
+    k = cfg.group_size
+    if k > 1:
+        enc = {key: value.repeat_interleave(k, dim=0) for key, value in enc.items()}
+        encoder_hidden = encoder_hidden.repeat_interleave(k, dim=0)
     max_new = random.Random(seed).randint(cfg.response_length.min, cfg.response_length.max)
     torch.manual_seed(seed)
-    config = rollout_config(tokenizer, policy.config.decoder_start_token_id, max_new)
+    with_values = policy.value_head is not None
+    config = rollout_config(tokenizer, policy.config.decoder_start_token_id, max_new, hidden_states=with_values)
     with only_this_generation_config(policy.generator(), config):
         out = policy.generator().generate(
             input_ids=enc["input_ids"],
@@ -113,10 +124,11 @@ def sample(
     # The raw (unwarped) logits of each sampled position, and the last decoder layer's hidden
     # state there: the same numbers a teacher-forced forward pass of the policy would give.
     logits = torch.stack(out.logits, dim=1)
-    hidden = torch.cat([layers[-1] for layers in out.decoder_hidden_states], dim=1)
-    captured = PolicyPass(
-        logprobs_from_logits(logits, response_ids), policy.value_head(hidden), entropy_from_logits(logits)
-    )
+    values = None
+    if with_values:
+        hidden = torch.cat([layers[-1] for layers in out.decoder_hidden_states], dim=1)
+        values = policy.value_head(hidden)
+    captured = PolicyPass(logprobs_from_logits(logits, response_ids), values, entropy_from_logits(logits))
     responses = [s.strip() for s in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
     return Rollout(
         enc["input_ids"],

@@ -114,15 +114,21 @@ def make_accelerator(cfg: PPOParams, accelerator: Accelerator | None = None) -> 
     return accelerator
 
 
+def rl_seed(params: Params) -> int:
+    """The seed of everything random in the ppo stage: ``ppo.seed``, else the pipeline's ``seed``."""
+    return params.seed if params.ppo.seed is None else params.ppo.seed
+
+
 def build_trainer(params: Params, paths: PPOPaths, accelerator: Accelerator) -> PPOTrainer:
-    """The policy (LoRA and value head initialised from ``params.seed``), the reward model and the trainer."""
-    torch.manual_seed(params.seed)  # LoRA and value-head initialisation
+    """The policy (LoRA and value head initialised from the RL seed), the reward model and the trainer."""
+    seed = rl_seed(params)
+    torch.manual_seed(seed)  # LoRA and value-head initialisation
     tokenizer = AutoTokenizer.from_pretrained(paths.policy)
     tokenizer.padding_side = "right"
     policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(paths.policy), params.ppo)
     reward_model = AutoModelForSequenceClassification.from_pretrained(paths.reward).to(accelerator.device)
     scorer = RewardScorer(reward_model, AutoTokenizer.from_pretrained(paths.reward), params.reward)
-    return PPOTrainer(policy, tokenizer, scorer, params.ppo, accelerator, params.seed)
+    return PPOTrainer(policy, tokenizer, scorer, params.ppo, accelerator, seed)
 
 
 def kl_stop(stats: dict[str, float], cfg: PPOParams, step: int, main: bool) -> str | None:
@@ -192,18 +198,19 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
 
         def evaluate(trained_steps: int) -> str | None:
             """Every process evaluates the same subset with the same weights, so all take the same decision."""
-            stats = evaluate_policy(trainer, validation, params.seed)
+            stats = evaluate_policy(trainer, validation, rl_seed(params))
             tracker.log_metrics(stats, step=trained_steps)
             return selection.consider(trained_steps, stats, trainer.trainable_state)
 
-        global_batch = cfg.batch_size * accelerator.num_processes
-        lo = accelerator.process_index * cfg.batch_size
+        prompts_per_step = cfg.batch_size // cfg.group_size  # each prompt is sampled k times (ppo.samples_per_prompt)
+        global_batch = prompts_per_step * accelerator.num_processes
+        lo = accelerator.process_index * prompts_per_step
         stop_reason: str | None = None
         with tqdm(total=cfg.steps, initial=start, desc="ppo", unit="step", disable=not main) as bar:
             if start == 0 and 0 in evaluate_at:
                 evaluate(0)
             for step in range(start, cfg.steps):
-                index = batch_indices(len(prompts), step, global_batch, params.seed)[lo : lo + cfg.batch_size]
+                index = batch_indices(len(prompts), step, global_batch, rl_seed(params))[lo : lo + prompts_per_step]
                 stats, _ = trainer.step([prompts[i] for i in index], [dialogues[i] for i in index], step)
                 history.append({"step": step, **stats})
                 tracker.log_metrics(stats, step=step)

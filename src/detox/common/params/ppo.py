@@ -30,6 +30,29 @@ class KLParams(Strict):
     estimator: Literal["k1", "abs", "mse"] = "k1"
 
 
+class GRPOParams(Strict):
+    beta: float = Field(
+        0.04,
+        ge=0.0,
+        le=100.0,
+        description="coefficient of the per-token KL to the reference (k3 estimator) added to GRPO's loss; TRL's "
+        "default is 0, DeepSeekMath's GRPO used 0.04: without a leash the policy garbles (see the README)",
+    )
+    loss_type: Literal["dapo", "grpo", "dr_grpo"] = Field(
+        "dapo",
+        description="how the per-token losses are averaged (TRL's names): dapo = over all response tokens of the "
+        "optimizer step (token mean, TRL's default), grpo = per sequence then over sequences, dr_grpo = sum over "
+        "a constant (sequences x ppo.response_length.max)",
+    )
+    scale_rewards: Literal["group", "none"] = Field(
+        "group", description="divide each group's centred rewards by their std (group) or not (none: Dr. GRPO)"
+    )
+
+
+ALGORITHMS = ("ppo", "rloo", "grpo")
+DEFAULT_SAMPLES_PER_PROMPT = {"ppo": 1, "rloo": 4, "grpo": 4}
+
+
 class ScoreParams(Strict):
     normalize: bool = Field(False, description="scale scores by a running std (and shift by its mean)")
     clip: float | None = Field(None, gt=0.0, description="clip (normalised) scores to [-clip, clip]")
@@ -55,8 +78,27 @@ class CollapseParams(Strict):
 
 
 class PPOParams(Strict):
+    algorithm: Literal["ppo", "rloo", "grpo"] = Field(
+        "ppo",
+        description="ppo (clipped surrogate, value head, GAE), rloo (leave-one-out baseline, no value head) or "
+        "grpo (group-normalised advantages, KL as a loss term, no value head); one engine runs all three",
+    )
+    samples_per_prompt: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="responses sampled per prompt (k; the group of rloo and grpo); null = 1 for ppo, 4 for rloo "
+        "and grpo; batch_size counts responses, so a step sees batch_size / k prompts",
+    )
+    seed: int | None = Field(
+        None,
+        description="the RL seed: LoRA and value-head initialisation, data order and every sampling of the ppo "
+        "stage; null = the pipeline's seed (data, sft, reward model and judges keep that one)",
+    )
     steps: int = Field(100, ge=1, le=1_000_000)
-    batch_size: int = Field(64, ge=1, le=65_536, description="prompts per PPO step (per process)")
+    batch_size: int = Field(
+        64, ge=1, le=65_536, description="responses per step (per process): batch_size / samples_per_prompt prompts"
+    )
     mini_batch_size: int = Field(8, ge=1, le=65_536)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     ppo_epochs: int = Field(4, ge=1, le=100)
@@ -94,6 +136,31 @@ class PPOParams(Strict):
     )
     collapse: CollapseParams = CollapseParams()
     lora: LoraParams = LoraParams()
+    grpo: GRPOParams = GRPOParams()
+
+    @property
+    def group_size(self) -> int:
+        """k, the responses sampled per prompt."""
+        return self.samples_per_prompt or DEFAULT_SAMPLES_PER_PROMPT[self.algorithm]
+
+    @property
+    def uses_value_head(self) -> bool:
+        return self.algorithm == "ppo"
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> PPOParams:
+        k = self.group_size
+        if self.algorithm != "ppo" and k < 2:
+            raise ValueError(
+                f"ppo.algorithm {self.algorithm} compares each response with the others of its prompt: "
+                f"samples_per_prompt must be at least 2, got {k}"
+            )
+        if self.batch_size % k:
+            raise ValueError(
+                f"batch_size ({self.batch_size} responses) must be a multiple of samples_per_prompt ({k}), "
+                "so that every prompt gets all its samples in one step"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batches_divide(self) -> PPOParams:
