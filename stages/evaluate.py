@@ -40,7 +40,7 @@ from detox.evaluate.tables import (
 from detox.judges.panel import load_judges
 from detox.models.generation import load_policy
 from detox.models.reward import RewardScorer
-from detox.ppo.policy import POLICY_FILE, load_trained_policy
+from detox.ppo.policy import POLICY_FILE, load_trained_policy, trained_algorithm
 from detox.serve.export import export_policy
 from detox.serve.model_card import card_data, merged_card
 from detox.serve.summarizer import Summarizer, model_config, signature
@@ -188,6 +188,7 @@ def main() -> None:
                     params.prompt.template,
                     params.reward.reward_label,
                     card_data(BASE_CARD),
+                    trained_algorithm(PPO_DIR),
                 ),
             )
 

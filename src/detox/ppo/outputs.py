@@ -96,7 +96,12 @@ def write_outputs(
         # PEFT's save_pretrained wrote a blank template README.md: the Hub card replaces it.
         write_text(
             out / "README.md",
-            adapter_card(manifest, absolute_base(paths.policy), metrics if "selected_step" in metrics else None),
+            adapter_card(
+                manifest,
+                absolute_base(paths.policy),
+                metrics if "selected_step" in metrics else None,
+                trainer.cfg.algorithm,
+            ),
         )
         write_json(out / RUN_FILE, tracker.record())
     # DVC's plot holds what a rerun reproduces; the time/* columns go to MLflow (per step) and logs/.

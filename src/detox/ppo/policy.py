@@ -58,7 +58,7 @@ class Seq2SeqPolicy(nn.Module):
 
     def __init__(self, base: PreTrainedModel, cfg: PPOParams) -> None:
         super().__init__()
-        self.uses_lora = cfg.lora.enabled
+        self.uses_lora, self.algorithm = cfg.lora.enabled, cfg.algorithm
         if cfg.disable_dropout:
             disable_dropout(base)
         if self.uses_lora:
@@ -151,7 +151,14 @@ class Seq2SeqPolicy(nn.Module):
         if self.value_head is not None:
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, out_dir / VALUE_HEAD_FILE)
         (out_dir / POLICY_FILE).write_text(
-            json.dumps({"kind": "lora" if self.uses_lora else "full", "base_model": base_model_path}, indent=2)
+            json.dumps(
+                {
+                    "kind": "lora" if self.uses_lora else "full",
+                    "base_model": base_model_path,
+                    "algorithm": self.algorithm,
+                },
+                indent=2,
+            )
         )
 
 
@@ -182,6 +189,11 @@ def lora_targets(names: tuple[str, ...], scope: str) -> list[str] | str:
         return list(names)
     alternatives = "|".join(re.escape(name) for name in names)
     return rf"(?:.*\.)?decoder\.(?:.*\.)?(?:{alternatives})"
+
+
+def trained_algorithm(path: str | Path) -> str:
+    """``ppo.algorithm`` of the run that saved the policy in ``path`` (ppo for a folder saved before rloo/grpo)."""
+    return json.loads((Path(path) / POLICY_FILE).read_text()).get("algorithm", "ppo")
 
 
 def load_trained_policy(path: str | Path, merge: bool = True) -> PreTrainedModel:

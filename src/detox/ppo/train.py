@@ -239,6 +239,7 @@ def run_ppo(params: Params, paths: PPOPaths = PPOPaths(), accelerator: Accelerat
                     )
 
         metrics = summarize_history(history, stop_reason)
+        metrics.update(algorithm=cfg.algorithm, samples_per_prompt=cfg.group_size, rl_seed=rl_seed(params))
         if evaluate_at:
             load_selected(trainer, selection, metrics, len(history), main)
         if main:

@@ -126,6 +126,9 @@ def _card(data: ModelCardData, body: str) -> str:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n").content
 
 
+ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"}  # ppo.algorithm, as the cards spell it
+
+
 def merged_card(
     name: str,
     manifest: Mapping[str, Any],
@@ -134,6 +137,7 @@ def merged_card(
     template: str,
     reward_label: str,
     base_card: ModelCardData | None,
+    algorithm: str = "ppo",
 ) -> str:
     """The card of the merged policy that evaluate scored and registered (``models/merged/README.md``);
     ``base_card`` is the metadata of the base model's own card (:func:`card_data`), where it has one."""
@@ -180,8 +184,8 @@ def merged_card(
     body = f"""
 # {name}
 
-A dialogue summariser fine-tuned with PPO to write less toxic summaries. It starts from {base},
-trained on {data}; the reward is the logit of the label `{reward_label}` of {reward}. The PPO adapters
+A dialogue summariser fine-tuned with {ALGORITHM_NAMES[algorithm]} to write less toxic summaries. It starts from
+{base}, trained on {data}; the reward is the logit of the label `{reward_label}` of {reward}. The adapters
 are merged into the weights: this folder loads without PEFT.
 
 ## How to use
@@ -229,7 +233,9 @@ The promotion decision rests on the judge `{judge}`: {promotion.get("decision", 
     return _card(meta, body)
 
 
-def adapter_card(manifest: Mapping[str, Any], base_path: str, selection: Mapping[str, Any] | None) -> str:
+def adapter_card(
+    manifest: Mapping[str, Any], base_path: str, selection: Mapping[str, Any] | None, algorithm: str = "ppo"
+) -> str:
     """The card of the PPO adapter folder (``models/ppo/README.md``), written by the ppo stage."""
     base_id, base = _source(manifest, "policy")
     data_id, data = _source(manifest, "data")
@@ -247,10 +253,10 @@ def adapter_card(manifest: Mapping[str, Any], base_path: str, selection: Mapping
             f"{selection['selection']}.\n"
         )
     body = f"""
-# PPO adapter of the detox summariser
+# {ALGORITHM_NAMES[algorithm]} adapter of the detox summariser
 
-LoRA adapters (PEFT) and a value head, trained with PPO on {data} so that the summaries of {base}
-(the `models/policy` folder of this pipeline) become less toxic.
+LoRA adapters (PEFT){" and a value head" if algorithm == "ppo" else ""}, trained with {ALGORITHM_NAMES[algorithm]} \
+on {data} so that the summaries of {base} (the `models/policy` folder of this pipeline) become less toxic.
 {chosen}
 ## How to use
 

@@ -1,0 +1,214 @@
+"""Seeds (and algorithms) as DVC experiments: queue them, then report each configuration over its seeds.
+
+    python scripts/sweep.py queue --algorithms ppo,rloo,grpo --seeds 42,1,2   # dvc exp run --queue, one per pair
+    dvc queue start --jobs 1 && dvc queue status                                # run them (reuses the cached stages)
+    python scripts/sweep.py report                                              # reports/sweep.md and .json
+
+``queue`` queues one experiment per (algorithm, RL seed) with ``-S ppo.algorithm=A -S ppo.seed=S``
+(data, sft, reward model and judges keep the pipeline's ``seed``, so DVC reuses them from its
+cache and only ``ppo`` and ``evaluate`` run), named ``A-seedS``; a pair the workspace already
+holds (``dvc repro`` on the same params) is not queued again. ``--set KEY=VALUE`` adds a params
+change to every experiment of the sweep (another configuration).
+
+``report`` reads ``dvc exp show --json`` (the workspace and every finished experiment of the
+baseline commit), groups them by their params other than ``ppo.seed``, and writes, per
+configuration, the mean, min and max over seeds of each judge's toxic share before -> after
+(all, heated, calm), ROUGE-L, fluency, garbling and the selected step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# (label, path in metrics/evaluate.json or metrics/ppo.json, scale, decimals) of what the report shows
+ROWS = (
+    ("oracle toxic % before", "evaluate:before.toxicity.oracle.toxic_share", 100, 1),
+    ("oracle toxic % after", "evaluate:after.toxicity.oracle.toxic_share", 100, 2),
+    ("oracle change %", "change:oracle", 1, 1),
+    ("ngram change %", "change:ngram", 1, 1),
+    ("reward model change %", "change:reward_model", 1, 1),
+    ("heated: oracle toxic % before", "evaluate:before.heated.toxicity.oracle.toxic_share", 100, 1),
+    ("heated: oracle toxic % after", "evaluate:after.heated.toxicity.oracle.toxic_share", 100, 2),
+    ("calm: oracle toxic summaries before", "evaluate:before.calm.toxicity.oracle.toxic_count", 1, 0),
+    ("calm: oracle toxic summaries after", "evaluate:after.calm.toxicity.oracle.toxic_count", 1, 1),
+    ("ROUGE-L before", "evaluate:before.rougeL", 1, 3),
+    ("ROUGE-L after", "evaluate:after.rougeL", 1, 3),
+    ("calm ROUGE-L before", "evaluate:before.calm.rougeL", 1, 3),
+    ("calm ROUGE-L after", "evaluate:after.calm.rougeL", 1, 3),
+    ("fluency NLL before", "evaluate:before.quality.fluency_nll", 1, 3),
+    ("fluency NLL after", "evaluate:after.quality.fluency_nll", 1, 3),
+    ("unknown-word summaries % before", "evaluate:before.quality.garbled_share", 100, 1),
+    ("unknown-word summaries % after", "evaluate:after.quality.garbled_share", 100, 1),
+    ("oracle toxicity probability % after", "evaluate:after.toxicity.oracle.toxicity_probability", 100, 1),
+    ("selected step", "ppo:selected_step", 1, 0),
+)
+METRICS = {"evaluate": "metrics/evaluate.json", "ppo": "metrics/ppo.json"}
+
+
+def dvc(*args: str) -> str:
+    proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: dvc {' '.join(args)} failed:\n{proc.stderr.strip()}")
+    return proc.stdout
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: tree}
+
+
+def experiments(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished runs of ``dvc exp show --json``: name, flat params of params.yaml, metrics by file."""
+    runs = []
+
+    def add(entry: dict[str, Any], name: str) -> None:
+        data = entry.get("data") or {}
+        if data.get("status", "Success") != "Success" or not data.get("metrics"):
+            return
+        params = flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {}))
+        metrics = {key: (data["metrics"].get(path) or {}).get("data", {}) for key, path in METRICS.items()}
+        if metrics["evaluate"]:
+            runs.append({"name": name, "params": params, "metrics": metrics})
+
+    for entry in show:
+        add(entry, entry.get("name") or entry.get("rev", "?"))
+        for exp in entry.get("experiments") or []:
+            for revision in exp.get("revs") or []:
+                add(revision, revision.get("name") or exp.get("name") or revision.get("rev", "?"))
+    unique = {}
+    for run in runs:  # an experiment is listed under the workspace too when it was applied: keep one
+        unique.setdefault(json.dumps([run["params"], run["metrics"]], sort_keys=True), run)
+    return list(unique.values())
+
+
+def rl_seed(params: dict[str, Any]) -> int:
+    return params["seed"] if params.get("ppo.seed") is None else params["ppo.seed"]
+
+
+def value(run: dict[str, Any], path: str) -> float:
+    kind, key = path.split(":", 1)
+    if kind == "change":
+        flat = flatten(run["metrics"]["evaluate"])
+        before, after = (flat[f"{when}.toxicity.{key}.toxic_share"] for when in ("before", "after"))
+        return 100.0 * (after - before) / before if before else float("nan")
+    return float(flatten(run["metrics"][kind])[key])
+
+
+def configuration(params: dict[str, Any], varying: set[str]) -> str:
+    """The params that tell configurations apart (those that vary across the runs, less the seeds)."""
+    shown = {k: params.get(k) for k in sorted(varying)}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
+
+
+def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = {k for run in runs for k in run["params"]}
+    varying = {
+        k for k in keys if k not in ("ppo.seed",) and len({json.dumps(r["params"].get(k)) for r in runs}) > 1
+    } | {"ppo.algorithm"}
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[configuration(run["params"], varying)].append(run)
+    table = {}
+    for name, members in sorted(groups.items()):
+        members.sort(key=lambda r: rl_seed(r["params"]))
+        rows = {}
+        for label, path, scale, _ in ROWS:
+            values = [value(r, path) * scale for r in members]
+            rows[label] = {
+                "mean": statistics.fmean(values),
+                "min": min(values),
+                "max": max(values),
+                "values": values,
+            }
+        table[name] = {
+            "seeds": [rl_seed(r["params"]) for r in members],
+            "runs": [r["name"] for r in members],
+            "rows": rows,
+        }
+    return table
+
+
+def markdown(table: dict[str, Any]) -> str:
+    names = list(table)
+    lines = [
+        "# Sweep: each configuration over its RL seeds",
+        "",
+        "Mean [min, max] over the seeds; the built-in world's 300 test dialogues x 5 samples each "
+        "(`eval.samples_per_prompt`); toxic shares by the oracle unless a row names another judge. "
+        "Written by `python scripts/sweep.py report` from `dvc exp show --json`.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| RL seeds | " + " | ".join(", ".join(str(s) for s in table[n]["seeds"]) for n in names) + " |",
+    ]
+    for label, _, _, digits in ROWS:
+        cells = []
+        for n in names:
+            row = table[n]["rows"][label]
+            cells.append(f"{row['mean']:.{digits}f} [{row['min']:.{digits}f}, {row['max']:.{digits}f}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Runs: " + "; ".join(f"{n}: {', '.join(table[n]['runs'])}" for n in names), ""]
+    return "\n".join(lines)
+
+
+def queue(args: argparse.Namespace) -> int:
+    workspace = experiments(json.loads(dvc("exp", "show", "--json", "--no-fetch")))
+    done = {
+        (r["params"].get("ppo.algorithm"), rl_seed(r["params"]))
+        for r in workspace
+        if r["name"] == "workspace" and not args.set
+    }
+    for algorithm in args.algorithms.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            if (algorithm, seed) in done:
+                print(f"{algorithm} seed {seed}: the workspace holds it, not queued")
+                continue
+            name = f"{algorithm}-seed{seed}" + (f"-{args.name}" if args.name else "")
+            sets = [f"ppo.algorithm={algorithm}", f"ppo.seed={seed}", *args.set]
+            dvc("exp", "run", "--queue", "--name", name, *(x for s in sets for x in ("-S", s)))
+            print(f"queued {name}: {' '.join(sets)}")
+    print("run them with: dvc queue start --jobs 1   (then: python scripts/sweep.py report)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("queue", help="dvc exp run --queue, one experiment per algorithm and RL seed")
+    q.add_argument("--algorithms", default="ppo,rloo,grpo")
+    q.add_argument("--seeds", default="42,1,2", help="RL seeds (ppo.seed)")
+    q.add_argument("--set", action="append", default=[], help="KEY=VALUE for every experiment (repeatable)")
+    q.add_argument("--name", default="", help="suffix of the experiment names")
+    r = sub.add_parser("report", help="reports/sweep.md and reports/sweep.json from the finished experiments")
+    r.add_argument("--json", default=None, help="read this saved `dvc exp show --json` instead of calling dvc")
+    r.add_argument("--out", default="reports/sweep.md")
+    args = parser.parse_args(argv)
+    if args.command == "queue":
+        return queue(args)
+    raw = Path(args.json).read_text() if args.json else dvc("exp", "show", "--json", "--no-fetch")
+    runs = experiments(json.loads(raw))
+    if not runs:
+        print("error: no finished experiment with metrics/evaluate.json; queue and run some first", file=sys.stderr)
+        return 2
+    table = report(runs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(table))
+    out.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
