@@ -27,13 +27,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+JUDGES = ("oracle", "ngram", "reward_model")  # the built-in world's judges and the reward model itself
 # (label, path in metrics/evaluate.json or metrics/ppo.json, scale, decimals) of what the report shows
 ROWS = (
     ("oracle toxic % before", "evaluate:before.toxicity.oracle.toxic_share", 100, 1),
     ("oracle toxic % after", "evaluate:after.toxicity.oracle.toxic_share", 100, 2),
-    ("oracle change %", "change:oracle", 1, 1),
-    ("ngram change %", "change:ngram", 1, 1),
-    ("reward model change %", "change:reward_model", 1, 1),
+    *((f"{judge} change %", f"change:{judge}", 1, 1) for judge in JUDGES),
     ("heated: oracle toxic % before", "evaluate:before.heated.toxicity.oracle.toxic_share", 100, 1),
     ("heated: oracle toxic % after", "evaluate:after.heated.toxicity.oracle.toxic_share", 100, 2),
     ("calm: oracle toxic summaries before", "evaluate:before.calm.toxicity.oracle.toxic_count", 1, 0),
@@ -107,8 +106,8 @@ def value(run: dict[str, Any], path: str) -> float:
 
 def configuration(params: dict[str, Any], varying: set[str]) -> str:
     """The params that tell configurations apart (those that vary across the runs, less the seeds)."""
-    shown = {k: params.get(k) for k in sorted(varying)}
-    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
+    others = ", ".join(f"{k}={params.get(k)}" for k in sorted(varying - {"ppo.algorithm"}))
+    return str(params.get("ppo.algorithm")) + (f" ({others})" if others else "")
 
 
 def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
