@@ -114,6 +114,8 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         "prompts_per_step": per_step,
         "phases": {p: statistics.median(s[p] for s in steps) for p in PHASES},
         "gen_tokens_per_s": statistics.median(s["gen_tokens_per_s"] for s in steps),
+        # the phases scale with the response tokens, which differ between runs: tokens per step for comparison
+        "response_tokens": statistics.median(s["gen_tokens_per_s"] * s["generation"] for s in steps),
         "peak_rss_mib": bench.peak_rss_mib(),
         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "trainable_m": trainable_m,
@@ -155,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{first['device']} {args.dtype}, torch threads {first['threads']}; median of {args.steps} step(s)\n"
     )
     header = f"{'algorithm':<9} {'k':>2} {'prompts':>7}" + "".join(f" {p + ' s':>14}" for p in PHASES)
-    header += f" {'gen tokens/s':>13} {label:>13} {'trainable M':>12}"
+    header += f" {'tokens':>7} {'gen tokens/s':>13} {label:>13} {'trainable M':>12}"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         print(
             f"{name:<9} {r['k']:>2} {r['prompts_per_step']:>7}"
             + "".join(f" {r['phases'][p]:>14.3f}" for p in PHASES)
-            + f" {r['gen_tokens_per_s']:>13.1f} {r[memory]:>13.0f} {r['trainable_m']:>12.3f}"
+            + f" {r['response_tokens']:>7.0f} {r['gen_tokens_per_s']:>13.1f}"
+            + f" {r[memory]:>13.0f} {r['trainable_m']:>12.3f}"
         )
     if "ppo" in results and len(results) > 1:
         ppo = results["ppo"]
@@ -171,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "ppo":
                 continue
             times = "  ".join(f"{p} {ppo['phases'][p] / r['phases'][p]:.2f}x" for p in PHASES)
-            print(f"  {name:<5} {times}  {label[:-4]} {r[memory] / ppo[memory]:.2f}x")
+            per_token = ppo["phases"]["total"] / ppo["response_tokens"] / (r["phases"]["total"] / r["response_tokens"])
+            memory_ratio = r[memory] / ppo[memory]
+            print(f"  {name:<5} {times}  total per response token {per_token:.2f}x  {label[:-4]} {memory_ratio:.2f}x")
     print("\nJSON " + json.dumps({"args": {k: v for k, v in vars(args).items() if k != "worker"}, "results": results}))
     return 0
 

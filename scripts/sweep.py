@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,11 @@ METRICS = {"evaluate": "metrics/evaluate.json", "ppo": "metrics/ppo.json"}
 
 
 def dvc(*args: str) -> str:
-    proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    beside = Path(sys.executable).with_name("dvc")  # the venv's dvc, also when the venv is not activated
+    executable = str(beside) if beside.is_file() else shutil.which("dvc")
+    if executable is None:
+        raise SystemExit("error: dvc not found: activate the project's venv (. .venv/bin/activate) or install dvc")
+    proc = subprocess.run([executable, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: dvc {' '.join(args)} failed:\n{proc.stderr.strip()}")
     return proc.stdout
@@ -83,6 +88,9 @@ def experiments(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in show:
         add(entry, entry.get("name") or entry.get("rev", "?"))
         for exp in entry.get("experiments") or []:
+            # a queued or running experiment shows its params with the metrics of the copy it started from
+            if (exp.get("executor") or {}).get("state", "success") != "success":
+                continue
             for revision in exp.get("revs") or []:
                 add(revision, revision.get("name") or exp.get("name") or revision.get("rev", "?"))
     unique = {}

@@ -134,3 +134,40 @@ def test_machine_rates_prints_every_rate():
         timeout=conftest.HANG_S,
     )
     assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr
+
+
+def test_algorithms_benchmark_runs_ppo_rloo_and_grpo_at_the_same_number_of_summaries(bench_world):
+    root, params_file = bench_world
+    args = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "algorithms.py"),
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--samples-per-prompt",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--params",
+        str(params_file),
+        "--policy",
+        str(root / "models" / "policy"),
+        "--reward",
+        str(root / "models" / "reward"),
+        "--train",
+        str(root / "data" / "raw" / "train.parquet"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=root, env=env, timeout=conftest.HANG_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.split("JSON ", 1)[1])["results"]
+    assert list(results) == ["ppo", "rloo", "grpo"]
+    assert [(r["k"], r["prompts_per_step"]) for r in results.values()] == [(1, 4), (2, 2), (2, 2)]
+    assert [r["value_head"] for r in results.values()] == [True, False, False]
+    assert results["ppo"]["trainable_m"] > results["rloo"]["trainable_m"] == results["grpo"]["trainable_m"]
+    for result in results.values():
+        assert result["phases"]["total"] >= result["phases"]["generation"] > 0 and result["response_tokens"] > 0
+    assert "ratios against ppo" in proc.stdout and "total per response token" in proc.stdout
+    bad = subprocess.run([*args, "--batch-size", "5"], capture_output=True, text=True, cwd=root, env=env)
+    assert bad.returncode == 2 and "multiple of --samples-per-prompt" in bad.stderr

@@ -213,3 +213,25 @@ def test_algorithm_params_validate_the_group():
     with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
         PPOParams(algorithm="rloo", samples_per_prompt=3)  # 64 responses do not split into groups of 3
     assert PPOParams(samples_per_prompt=2).group_size == 2  # ppo may sample k > 1 too
+
+
+def test_the_grpo_objective_divides_each_mini_batch_by_its_accumulation_windows_tokens():
+    from types import SimpleNamespace
+
+    from detox.ppo.objectives import GRPO, RLOO
+
+    cfg = PPOParams(
+        algorithm="grpo", batch_size=8, samples_per_prompt=2, mini_batch_size=2, gradient_accumulation_steps=2
+    )
+    lengths = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8])
+    mask = torch.arange(8).expand(8, -1) < lengths.unsqueeze(1)
+    order = torch.tensor([7, 0, 1, 2, 3, 4, 5, 6])  # windows: rows 7, 0, 1, 2 (8+1+2+3) and 3, 4, 5, 6 (4+5+6+7)
+    alone = SimpleNamespace(num_processes=1, reduce=lambda t, reduction: t)
+    assert [float(d) for d in GRPO(cfg).normalizers(mask, order, alone)] == [7.0, 7.0, 11.0, 11.0]  # tokens / 2
+    # two processes with the same token counts: the windows hold twice the tokens, shared by 2 x 2 mini-batches
+    pair = SimpleNamespace(num_processes=2, reduce=lambda t, reduction: 2 * t)
+    assert [float(d) for d in GRPO(cfg).normalizers(mask, order, pair)] == [7.0, 7.0, 11.0, 11.0]
+    sequence_mean = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"loss_type": "grpo"})})
+    assert GRPO(sequence_mean).normalizers(mask, order, alone) == [None] * 4
+    rloo = cfg.model_copy(update={"algorithm": "rloo"})
+    assert RLOO(rloo).normalizers(mask, order, alone) == [None] * 4

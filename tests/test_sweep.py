@@ -57,8 +57,13 @@ def show() -> list[dict]:
         {"revs": [entry("ppo-seed1", "ppo", 1, 0.026, step=90)], "name": "ppo-seed1"},
         {"revs": [entry("rloo-seed1", "rloo", 1, 0.005)], "name": "rloo-seed1"},
         {"revs": [entry("rloo-seed2", "rloo", 2, 0.007)], "name": "rloo-seed2"},
-        {"revs": [{"rev": "queued", "name": "grpo-seed1", "data": {"status": "Queued"}}], "name": "grpo-seed1"},
+        {"revs": [{"rev": "queued", "name": "grpo-seed1", "data": {}}], "name": "grpo-seed1"},
     ]
+    for exp in commit["experiments"]:
+        exp["executor"] = {"state": "success" if exp["revs"][0]["data"] else "queued"}
+    # a running experiment: DVC shows its params with the metrics of the copy it started from
+    running = entry("grpo-seed2", "grpo", 2, 0.013)
+    commit["experiments"].append({"revs": [running], "name": "grpo-seed2", "executor": {"state": "running"}})
     return [workspace, commit]
 
 
@@ -68,7 +73,7 @@ def test_the_report_groups_by_algorithm_and_summarises_over_seeds(tmp_path):
     out = tmp_path / "sweep.md"
     assert sweep.main(["report", "--json", str(saved), "--out", str(out)]) == 0
     table = json.loads(out.with_suffix(".json").read_text())
-    assert list(table) == ["ppo", "rloo"], "the queued grpo run has no metrics yet"
+    assert list(table) == ["ppo", "rloo"], "the queued and the running grpo runs have no results yet"
     assert table["ppo"]["seeds"] == [1, 42] and table["ppo"]["runs"] == ["ppo-seed1", "workspace"]
     after = table["ppo"]["rows"]["oracle toxic % after"]
     assert after["values"] == pytest.approx([2.6, 1.3])

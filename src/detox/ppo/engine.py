@@ -55,7 +55,6 @@ from detox.common.params import PPOParams
 from detox.models.reward import RewardScorer
 from detox.ppo import stats as names
 from detox.ppo.controllers import AdaptiveKLController, FixedKLController, KLController, RunningMoments
-from detox.ppo.critic_free import dapo_normalizers
 from detox.ppo.forward import ForwardPass, TeacherForcing
 from detox.ppo.objectives import Targets, objective_for
 from detox.ppo.policy import Seq2SeqPolicy
@@ -140,26 +139,13 @@ class PPOTrainer(TeacherForcing):
             scores = scores.clamp(-self.cfg.score.clip, self.cfg.score.clip)
         return scores
 
-    def _normalizers(self, mask: torch.Tensor, order: torch.Tensor) -> list[torch.Tensor | None]:
-        """Per mini-batch of this epoch's ``order``: grpo's dapo divisor (tokens of its accumulation window, all
-        processes), else None."""
-        starts = range(0, len(order), self.cfg.mini_batch_size)
-        if self.cfg.algorithm != "grpo" or self.cfg.grpo.loss_type != "dapo":
-            return [None for _ in starts]
-        tokens = torch.stack([mask[order[start : start + self.cfg.mini_batch_size]].sum() for start in starts])
-        accumulation = self.cfg.gradient_accumulation_steps
-        windows = tokens.view(-1, accumulation).sum(dim=1)  # batch_size is a multiple of mini x accumulation
-        windows = self.accelerator.reduce(windows.float(), "sum")
-        divisors = dapo_normalizers(windows, self.accelerator.num_processes, accumulation)
-        return list(divisors.repeat_interleave(accumulation))
-
     def optimise(self, batch: Rollout, forward: ForwardPass, targets: Targets, step: int) -> MinibatchStats:
         stats = MinibatchStats()
         generator = torch.Generator().manual_seed(self._step_seed(step))
         mask, with_values = batch.mask, self.objective.uses_values
         for _ in range(self.cfg.ppo_epochs):
             order = torch.randperm(len(batch.responses), generator=generator).to(mask.device)
-            normalizers = self._normalizers(mask, order)
+            normalizers = self.objective.normalizers(mask, order, self.accelerator)
             for number, start in enumerate(range(0, len(order), self.cfg.mini_batch_size)):
                 index = order[start : start + self.cfg.mini_batch_size]
                 with self.accelerator.accumulate(self.policy), self.accelerator.autocast():
@@ -245,7 +231,7 @@ class PPOTrainer(TeacherForcing):
             eos_token_id=self.tokenizer.eos_token_id,
             response_ids=batch.response_ids,
         )
-        if self.cfg.algorithm != "grpo":  # grpo's beta is fixed; ppo and rloo adapt the reward's KL coefficient
+        if self.objective.adapts_kl:  # ppo and rloo: the reward's KL coefficient (grpo's beta is fixed)
             self.kl_ctl.update(stats[names.KL], len(batch.responses) * self.accelerator.num_processes)
         lap(names.TIME_CALC_STATS)
 

@@ -11,12 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
 from torch import Tensor
 
 from detox.common.params import PPOParams
 from detox.ppo import stats as names
 from detox.ppo.core import compute_gae, compute_rewards, masked_whiten, policy_loss, value_loss
-from detox.ppo.critic_free import group_std, grpo_advantages, grpo_loss, rloo_advantages, rloo_loss
+from detox.ppo.critic_free import (
+    dapo_normalizers,
+    group_std,
+    grpo_advantages,
+    grpo_loss,
+    rloo_advantages,
+    rloo_loss,
+)
 from detox.ppo.forward import ForwardPass
 
 
@@ -45,6 +53,7 @@ class Objective:
     """One algorithm's advantages and loss; :func:`objective_for` picks it from ``ppo.algorithm``."""
 
     uses_values = False
+    adapts_kl = True  # the KL controller adapts the coefficient of the KL in the rewards
 
     def __init__(self, cfg: PPOParams) -> None:
         self.cfg, self.k = cfg, cfg.group_size
@@ -63,6 +72,10 @@ class Objective:
     def targets(self, rewards: Rewards, forward: ForwardPass, mask: Tensor) -> Targets:
         """Phase 5: the advantages (and ppo's returns)."""
         raise NotImplementedError
+
+    def normalizers(self, mask: Tensor, order: Tensor, accelerator: Accelerator) -> list[Tensor | None]:
+        """What divides each mini-batch's loss in this epoch's ``order`` (None: the loss's own mean)."""
+        return [None for _ in range(0, len(order), self.cfg.mini_batch_size)]
 
     def loss(
         self, logprobs: Tensor, values: Tensor | None, forward: ForwardPass, targets: Targets, index: Tensor,
@@ -142,8 +155,20 @@ class RLOO(Objective):
 class GRPO(Objective):
     """Group-normalised score advantages; the per-token clipped surrogate plus ``grpo.beta`` x k3 KL."""
 
+    adapts_kl = False  # beta is a loss coefficient, fixed
+
+    def normalizers(self, mask: Tensor, order: Tensor, accelerator: Accelerator) -> list[Tensor | None]:
+        """dapo: the response tokens of each mini-batch's accumulation window, summed over all processes."""
+        if self.cfg.grpo.loss_type != "dapo":
+            return super().normalizers(mask, order, accelerator)
+        size, accumulation = self.cfg.mini_batch_size, self.cfg.gradient_accumulation_steps
+        tokens = torch.stack([mask[order[start : start + size]].sum() for start in range(0, len(order), size)])
+        windows = tokens.view(-1, accumulation).sum(dim=1)  # batch_size is a multiple of mini x accumulation
+        windows = accelerator.reduce(windows.float(), "sum")
+        return list(dapo_normalizers(windows, accelerator.num_processes, accumulation).repeat_interleave(accumulation))
+
     def kl_coef(self, controller_value: float) -> float:
-        return self.cfg.grpo.beta  # a loss term, not a reward penalty: nothing for the controller to adapt
+        return self.cfg.grpo.beta  # a loss term, not a reward penalty
 
     def rewards(self, scores: Tensor, forward: ForwardPass, mask: Tensor, kl_coef: float) -> Rewards:
         return super().rewards(scores, forward, mask, 0.0)  # the KL is measured, not put into the reward
