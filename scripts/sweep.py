@@ -3,6 +3,7 @@
     python scripts/sweep.py queue --algorithms ppo,rloo,grpo --seeds 42,1,2   # dvc exp run --queue, one per pair
     dvc queue start --jobs 1 && dvc queue status                                # run them (reuses the cached stages)
     python scripts/sweep.py report                                              # reports/sweep.md and .json
+    python scripts/sweep.py report --rev 23fb9cf      # experiments queued on an earlier commit
 
 ``queue`` queues one experiment per (algorithm, RL seed) with ``-S ppo.algorithm=A -S ppo.seed=S``
 (data, sft, reward model and judges keep the pipeline's ``seed``, so DVC reuses them from its
@@ -200,10 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="reports/sweep.md and reports/sweep.json from the finished experiments")
     r.add_argument("--json", default=None, help="read this saved `dvc exp show --json` instead of calling dvc")
     r.add_argument("--out", default="reports/sweep.md")
+    r.add_argument(
+        "--rev",
+        action="append",
+        default=[],
+        help="a commit whose experiments to read (repeatable; default HEAD): the one they were queued on",
+    )
     args = parser.parse_args(argv)
     if args.command == "queue":
         return queue(args)
-    raw = Path(args.json).read_text() if args.json else dvc("exp", "show", "--json", "--no-fetch")
+    revs = [x for rev in args.rev for x in ("--rev", rev)]
+    raw = Path(args.json).read_text() if args.json else dvc("exp", "show", "--json", "--no-fetch", *revs)
     runs = experiments(json.loads(raw))
     if not runs:
         print("error: no finished experiment with metrics/evaluate.json; queue and run some first", file=sys.stderr)
