@@ -159,7 +159,13 @@ def bench_params(args: argparse.Namespace) -> Params:
         }
     )
     length = params.ppo.response_length.model_copy(update={"min": args.max_new_tokens, "max": args.max_new_tokens})
-    update: dict[str, object] = {"batch_size": args.batch_size, "response_length": length}
+    # PPO against the original PPO loop, whatever params.yaml's ppo.algorithm (benchmarks/algorithms.py: all three)
+    update: dict[str, object] = {
+        "batch_size": args.batch_size,
+        "response_length": length,
+        "algorithm": "ppo",
+        "samples_per_prompt": None,
+    }
     if args.ours_lora_scope != "params":
         update["lora"] = params.ppo.lora.model_copy(update={"scope": args.ours_lora_scope})
     ppo = params.ppo.model_copy(update=update)

@@ -4,6 +4,7 @@
     dvc queue start --jobs 1 && dvc queue status                                # run them (reuses the cached stages)
     python scripts/sweep.py report                                              # reports/sweep.md and .json
     python scripts/sweep.py report --rev 23fb9cf      # experiments queued on an earlier commit
+    python scripts/sweep.py toxicity-probability      # the workspace's policies with 25 samples per prompt
 
 ``queue`` queues one experiment per (algorithm, RL seed) with ``-S ppo.algorithm=A -S ppo.seed=S``
 (data, sft, reward model and judges keep the pipeline's ``seed``, so DVC reuses them from its
@@ -14,7 +15,10 @@ change to every experiment of the sweep (another configuration).
 ``report`` reads ``dvc exp show --json`` (the workspace and every finished experiment of the
 baseline commit), groups them by their params other than ``ppo.seed``, and writes, per
 configuration, the mean, min and max over seeds of each judge's toxic share before -> after
-(all, heated, calm), ROUGE-L, fluency, garbling and the selected step.
+(all, heated, calm), ROUGE-L, fluency, garbling, invented facts, the toxicity probability and the
+selected step, plus ``reports/sweep.png`` (each seed a dot), and logs all three into an MLflow run
+``sweep`` of the project's experiment (``--no-mlflow``: files only). A row an experiment has no number
+for (made before that number existed) reads n/a.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ ROWS = (
     ("heated: oracle toxic % after", "evaluate:after.heated.toxicity.oracle.toxic_share", 100, 2),
     ("calm: oracle toxic summaries before", "evaluate:before.calm.toxicity.oracle.toxic_count", 1, 0),
     ("calm: oracle toxic summaries after", "evaluate:after.calm.toxicity.oracle.toxic_count", 1, 1),
+    ("heated: ngram toxic % before", "evaluate:before.heated.toxicity.ngram.toxic_share", 100, 1),
+    ("heated: ngram toxic % after", "evaluate:after.heated.toxicity.ngram.toxic_share", 100, 2),
+    ("calm: ngram toxic summaries before", "evaluate:before.calm.toxicity.ngram.toxic_count", 1, 0),
+    ("calm: ngram toxic summaries after", "evaluate:after.calm.toxicity.ngram.toxic_count", 1, 1),
     ("ROUGE-L before", "evaluate:before.rougeL", 1, 3),
     ("ROUGE-L after", "evaluate:after.rougeL", 1, 3),
     ("calm ROUGE-L before", "evaluate:before.calm.rougeL", 1, 3),
@@ -47,6 +55,9 @@ ROWS = (
     ("fluency NLL after", "evaluate:after.quality.fluency_nll", 1, 3),
     ("unknown-word summaries % before", "evaluate:before.quality.garbled_share", 100, 1),
     ("unknown-word summaries % after", "evaluate:after.quality.garbled_share", 100, 1),
+    ("invented-fact summaries % before", "evaluate:before.quality.invented_share", 100, 2),
+    ("invented-fact summaries % after", "evaluate:after.quality.invented_share", 100, 2),
+    ("oracle toxicity probability % before", "evaluate:before.toxicity.oracle.toxicity_probability", 100, 1),
     ("oracle toxicity probability % after", "evaluate:after.toxicity.oracle.toxicity_probability", 100, 1),
     ("selected step", "ppo:selected_step", 1, 0),
 )
@@ -104,13 +115,17 @@ def rl_seed(params: dict[str, Any]) -> int:
     return params["seed"] if params.get("ppo.seed") is None else params["ppo.seed"]
 
 
-def value(run: dict[str, Any], path: str) -> float:
+def value(run: dict[str, Any], path: str) -> float | None:
+    """The number at ``path`` of one run; None when its metrics have none (an older run)."""
     kind, key = path.split(":", 1)
     if kind == "change":
         flat = flatten(run["metrics"]["evaluate"])
-        before, after = (flat[f"{when}.toxicity.{key}.toxic_share"] for when in ("before", "after"))
-        return 100.0 * (after - before) / before if before else float("nan")
-    return float(flatten(run["metrics"][kind])[key])
+        shares = [flat.get(f"{when}.toxicity.{key}.toxic_share") for when in ("before", "after")]
+        if None in shares or not shares[0]:
+            return None
+        return 100.0 * (shares[1] - shares[0]) / shares[0]
+    found = flatten(run["metrics"][kind]).get(key)
+    return None if found is None else float(found)
 
 
 def configuration(params: dict[str, Any], varying: set[str]) -> str:
@@ -132,11 +147,12 @@ def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
         members.sort(key=lambda r: rl_seed(r["params"]))
         rows = {}
         for label, path, scale, _ in ROWS:
-            values = [value(r, path) * scale for r in members]
+            values = [None if (v := value(r, path)) is None else v * scale for r in members]
+            known = [v for v in values if v is not None]
             rows[label] = {
-                "mean": statistics.fmean(values),
-                "min": min(values),
-                "max": max(values),
+                "mean": statistics.fmean(known) if known else None,
+                "min": min(known) if known else None,
+                "max": max(known) if known else None,
                 "values": values,
             }
         table[name] = {
@@ -164,10 +180,87 @@ def markdown(table: dict[str, Any]) -> str:
         cells = []
         for n in names:
             row = table[n]["rows"][label]
-            cells.append(f"{row['mean']:.{digits}f} [{row['min']:.{digits}f}, {row['max']:.{digits}f}]")
+            if row["mean"] is None:
+                cells.append("n/a")
+                continue
+            missing = sum(v is None for v in row["values"])
+            cells.append(
+                f"{row['mean']:.{digits}f} [{row['min']:.{digits}f}, {row['max']:.{digits}f}]"
+                + (f" ({len(row['values']) - missing} of {len(row['values'])} seeds)" if missing else "")
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Runs: " + "; ".join(f"{n}: {', '.join(table[n]['runs'])}" for n in names), ""]
     return "\n".join(lines)
+
+
+# (row, axis label) of what reports/sweep.png draws: where people would rather look than read
+PLOTTED = (
+    ("oracle change %", "oracle: toxic summaries, change %"),
+    ("ngram change %", "ngram judge: toxic summaries, change %"),
+    ("heated: oracle toxic % after", "heated dialogues: oracle toxic % after"),
+    ("calm ROUGE-L after", "calm dialogues: ROUGE-L after"),
+    ("unknown-word summaries % after", "summaries with an unknown word, % after"),
+    ("invented-fact summaries % after", "summaries with an invented fact, % after"),
+)
+
+
+def plot(table: dict[str, Any], out: Path) -> Path:
+    """reports/sweep.png: per row of PLOTTED, each seed of each configuration a dot, its mean a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    columns = 3
+    lines = -(-len(PLOTTED) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.4 * lines), squeeze=False)
+    for ax, (row, title) in zip(axes.flat, PLOTTED, strict=True):
+        for x, name in enumerate(names):
+            numbers = table[name]["rows"][row]
+            known = [v for v in numbers["values"] if v is not None]
+            ax.scatter([x] * len(known), known, s=18, color="tab:blue", alpha=0.7, zorder=3)
+            if numbers["mean"] is not None:
+                ax.hlines(numbers["mean"], x - 0.3, x + 0.3, color="black", linewidth=2, zorder=4)
+        if all(table[n]["rows"][row]["mean"] is None for n in names):
+            ax.text(0.5, 0.5, "no numbers (older runs)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Sweep over RL seeds: each dot a seed, each bar the mean", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def metric_key(text: str) -> str:
+    """An MLflow metric name: letters, digits and _ - . / and spaces only (``%`` reads ``pct``)."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text.replace("%", "pct")).strip()
+
+
+def log_run(table: dict[str, Any], files: list[Path]) -> str:
+    """An MLflow run ``sweep · ...`` in the project's experiment: every mean, min and max, and the files."""
+    from detox.common.params import load_params
+    from detox.tracking.runs import Tracker
+
+    tracker = Tracker(load_params("params.yaml").tracking.experiment)
+    with tracker.run(
+        "sweep", params={"configurations": len(table), "runs": sum(len(t["runs"]) for t in table.values())}
+    ):
+        metrics = {
+            metric_key(f"{name}/{label}/{stat}"): numbers[stat]
+            for name, entry in table.items()
+            for label, numbers in entry["rows"].items()
+            for stat in ("mean", "min", "max")
+            if numbers[stat] is not None
+        }
+        tracker.log_metrics(metrics)
+        tracker.set_tags({"sweep.configurations": "; ".join(f"{n}: {', '.join(t['runs'])}" for n, t in table.items())})
+        for path in files:
+            tracker.log_artifact(path, "sweep")
+        return str(tracker.run_id)
 
 
 def queue(args: argparse.Namespace) -> int:
@@ -201,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="reports/sweep.md and reports/sweep.json from the finished experiments")
     r.add_argument("--json", default=None, help="read this saved `dvc exp show --json` instead of calling dvc")
     r.add_argument("--out", default="reports/sweep.md")
+    r.add_argument("--no-mlflow", action="store_true", help="write the files only, log no MLflow run")
     r.add_argument(
         "--rev",
         action="append",
@@ -221,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(table))
     out.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+    figure = plot(table, out.with_suffix(".png"))
     print(out.read_text())
+    if not args.no_mlflow:
+        run_id = log_run(table, [out, out.with_suffix(".json"), figure])
+        print(f"MLflow run {run_id}: the sweep's numbers (metrics) and its report, table and plot (artifacts sweep/)")
     return 0
 
 

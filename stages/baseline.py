@@ -11,7 +11,7 @@ from detox.common.params import load_params
 from detox.common.timings import TIMINGS_DIR, write_timings
 from detox.evaluate.scoring import eval_splits, score_test
 from detox.evaluate.summary import headline, scope, summarize
-from detox.judges.panel import load_judges
+from detox.judges.panel import facts_judge, load_judges
 from detox.models.generation import load_policy
 from detox.models.reward import RewardScorer
 
@@ -35,7 +35,16 @@ def main() -> None:
     judges = load_judges("models/judges", params.eval.judges)
     # fluency is measured under the same policy: the reference of PPO
     scored, samples_per_second = score_test(
-        model, tokenizer, scorer, params, test, train, judges, (model, tokenizer), desc="baseline"
+        model,
+        tokenizer,
+        scorer,
+        params,
+        test,
+        train,
+        judges,
+        (model, tokenizer),
+        desc="baseline",
+        facts=facts_judge("models/judges", params.eval.facts_judge),
     )
     write_parquet("data/scored/baseline.parquet", scored)
     metrics = summarize(scored)

@@ -37,7 +37,7 @@ from detox.evaluate.tables import (
     write_plot_data,
     write_reward_diff,
 )
-from detox.judges.panel import load_judges
+from detox.judges.panel import facts_judge, load_judges
 from detox.models.generation import load_policy
 from detox.models.reward import RewardScorer
 from detox.ppo.policy import POLICY_FILE, load_trained_policy, trained_algorithm
@@ -118,6 +118,11 @@ def main() -> None:
     if "sample" not in baseline.columns:
         raise DetoxError(f"{BASELINE} was scored by an older version (no samples per prompt); run `dvc repro baseline`")
     check_paired(per_prompt(baseline), test, f"{BASELINE}")  # before spending minutes on generation
+    if params.eval.facts_judge is not None and "invented" not in baseline.columns:
+        raise DetoxError(
+            f"{BASELINE} was scored without a facts judge but eval.facts_judge is {params.eval.facts_judge!r}; "
+            "run `dvc repro baseline`"
+        )
     if int(baseline["sample"].max()) + 1 != params.eval.samples_per_prompt:
         raise DetoxError(
             f"{BASELINE} has {int(baseline['sample'].max()) + 1} samples per prompt but "
@@ -129,6 +134,7 @@ def main() -> None:
     # stage's dvc.lock entry before this stage ran, so the run names the policy's hash as `dvc exp show` does.
     with evaluation_run(tracker, run, stage_params("evaluate", params.model_dump(mode="json")), tags=lock_tags("ppo")):
         judges = load_judges("models/judges", params.eval.judges)
+        facts = facts_judge("models/judges", params.eval.facts_judge)
         reference = load_policy("models/policy")  # fluency is measured under the policy before PPO
         with atomic_dir(MERGED) as merged:
             # What is scored is exactly what gets registered: the merged policy, reloaded from models/merged/.
@@ -143,9 +149,11 @@ def main() -> None:
             model, tokenizer = load_policy(merged)
             scorer = RewardScorer.from_pretrained("models/reward", params.reward)
             scored, samples_per_second = score_test(
-                model, tokenizer, scorer, params, test, train, judges, reference, desc="evaluate"
+                model, tokenizer, scorer, params, test, train, judges, reference, desc="evaluate", facts=facts
             )
             metrics = compare(baseline, scored, params.promotion, params.eval.seed)
+            if facts is not None:
+                metrics["facts_judge"] = facts.name
             timings = {"samples_per_second": samples_per_second}
             write_timings("evaluate", timings)
             test_sha = prompts_fingerprint(scored)

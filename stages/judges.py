@@ -1,4 +1,5 @@
-"""DVC stage `judges`: the toxicity judges of `eval.judges` -> models/judges/<name>/, metrics/judges.json.
+"""DVC stage `judges`: the toxicity judges of `eval.judges` and the facts judge of `eval.facts_judge`
+-> models/judges/<name>/, metrics/judges.json.
 
 Judges measure the policies beside the reward model and share nothing with it: the built-in
 world's oracle (the corpus generator's ground truth), a character n-gram classifier trained
@@ -27,7 +28,14 @@ def main() -> None:
     metrics = {}
     for name, record in records.items():
         metrics[name] = {"kind": record["kind"]}
-        for key in ("labelled_sentences_agreement", "commit", "toxic_label"):
+        for key in (
+            "labelled_sentences_agreement",
+            "reference_invented_share",
+            "reference_facts_per_summary",
+            "commit",
+            "toxic_label",
+            "entailment_label",
+        ):
             if key in record:
                 metrics[name][key] = record[key]
         metrics[name].update(record.get("training", {}))

@@ -53,8 +53,14 @@ TINY = {
     "validation": {"min_rows": {"train": 10, "validation": 5, "test": 5}, "labelled": {"min_rows": 50}},
     "generation": {"batch_size": 8, "max_new_tokens": 12},
     "eval": {"samples_per_prompt": 2},
-    "judges": {"oracle": {"kind": "oracle"}, "ngram": {"kind": "builtin", "num_sentences": 400}},
+    "judges": {
+        "oracle": {"kind": "oracle"},
+        "ngram": {"kind": "builtin", "num_sentences": 400},
+        "facts": {"kind": "facts"},
+    },
     "promotion": {"min_prompts": 5},
+    # the tests of the PPO engine were written for ppo with its leash; the default recipe is rloo (test_critic_free)
+    "ppo": {"algorithm": "ppo", "kl": {"init_coef": 2.0}},
 }
 
 

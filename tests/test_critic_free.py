@@ -206,8 +206,9 @@ def test_a_broken_baseline_or_normalisation_would_fail_the_trl_comparison():
 
 
 def test_algorithm_params_validate_the_group():
-    assert PPOParams(algorithm="rloo").group_size == 4 and PPOParams().group_size == 1
-    assert not PPOParams(algorithm="grpo").uses_value_head and PPOParams().uses_value_head
+    assert PPOParams(algorithm="rloo").group_size == 4 and PPOParams(algorithm="ppo").group_size == 1
+    assert PPOParams().algorithm == "rloo" and PPOParams().group_size == 4  # the default recipe
+    assert not PPOParams(algorithm="grpo").uses_value_head and PPOParams(algorithm="ppo").uses_value_head
     with pytest.raises(ValueError, match="at least 2"):
         PPOParams(algorithm="grpo", samples_per_prompt=1)
     with pytest.raises(ValueError, match="multiple of samples_per_prompt"):

@@ -398,6 +398,74 @@ def test_gate_needs_numbers_of_its_judge():
         decide(gate_metrics([0.0] * 8), PromotionParams(judge="ngram"))
 
 
+def facts_frames(candidate_summaries: list[str], n: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The baseline summarises n generated test dialogues with their references (faithful); the candidate
+    with ``candidate_summaries``; the built-in facts judge fills ``invented`` for both; the oracle falls."""
+    from detox.common.params import BuiltinCorpus
+    from detox.data.corpus import generate_corpus
+    from detox.judges.facts import generator_facts
+
+    test = generate_corpus(BuiltinCorpus(), seed=3)["test"].head(n)
+    ids, dialogues, references = list(test["id"]), list(test["dialogue"]), list(test["summary"])
+    finder = generator_facts()
+
+    def frame(summaries: list[str], toxicity: float, judged: float) -> pd.DataFrame:
+        invented = [bool(finder.invented(d, x)) for d, x in zip(dialogues, summaries, strict=True)]
+        extra = {"fluency_nll": [1.0] * n, "invented": invented}
+        return scored(
+            ids,
+            [0.0] * n,
+            [toxicity] * n,
+            responses=summaries,
+            dialogues=dialogues,
+            judges={"oracle": [judged] * n},
+            extra=extra,
+        )
+
+    return frame(references, 0.9, 1.0), frame(candidate_summaries, 0.1, 0.0)
+
+
+def test_gate_refuses_a_candidate_that_invents_more_facts():
+    from detox.common.params import BuiltinCorpus
+    from detox.data.corpus import generate_corpus
+
+    references = list(generate_corpus(BuiltinCorpus(), seed=3)["test"].head(40)["summary"])
+    cfg = PromotionParams(min_prompts=5, bootstrap_samples=500)
+    # half of the candidate's summaries are another dialogue's reference: other names, days, requests
+    inventing = references[20:] + references[1:20] + references[:1]
+    before, after = facts_frames(inventing)
+    metrics = compare(before, after, cfg, seed=0)
+    assert metrics["before"]["quality"]["invented_share"] == 0.0
+    assert metrics["after"]["quality"]["invented_share"] > 0.9
+    assert metrics["invented_diff"]["ci_low"] > 0
+    decision = decide(metrics, cfg)
+    assert not decision.promoted
+    assert [c.name for c in decision.checks if not c.passed] == ["invented_facts"]
+    assert (
+        "summaries with invented facts 0.0% -> " in decision.reasons[0] and "significantly more" in decision.reasons[0]
+    )
+    # the same candidate passes when the gate is told not to look, and a faithful candidate passes the check
+    assert decide(metrics, PromotionParams(min_prompts=5, refuse_more_invented=False)).promoted
+    faithful = decide(compare(*facts_frames(references), cfg, seed=0), cfg)
+    assert faithful.promoted and faithful.checks[-2].name == "invented_facts"
+    assert "not significantly more" in faithful.checks[-2].detail
+
+
+def test_the_report_shows_invented_facts_with_their_paired_ci():
+    from detox.common.params import BuiltinCorpus
+    from detox.data.corpus import generate_corpus
+
+    references = list(generate_corpus(BuiltinCorpus(), seed=3)["test"].head(40)["summary"])
+    before, after = facts_frames(references[:30] + references[31:] + references[30:31])
+    cfg = PromotionParams(min_prompts=5, bootstrap_samples=200)
+    metrics = {**compare(before, after, cfg, seed=0), "facts_judge": "facts"}
+    text = render_report(metrics, decide(metrics, cfg), reward_diff_table(before, after), 2, {}, "m", "oracle")
+    diff = metrics["invented_diff"]
+    assert "Invented facts (the facts judge `facts`)" in text
+    assert f"0.0% -> {metrics['after']['quality']['invented_share']:.1%}" in text
+    assert f"paired diff {diff['mean']:+.4f} (95% CI [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}]" in text
+
+
 # --------------------------------------------------------------------------- table and report
 
 

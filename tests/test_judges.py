@@ -129,7 +129,7 @@ def test_hard_sentences_keep_clean_ones_unchanged():
 def test_oracle_and_ngram_judges_build_load_and_score(tmp_path, oracle):
     params = tiny_params()
     records = build_judges(params, tmp_path)
-    assert list(records) == ["oracle", "ngram"]
+    assert list(records) == ["oracle", "ngram", "facts"]  # the facts judge of eval.facts_judge beside them
     assert records["oracle"]["labelled_sentences_agreement"] == 1.0
     training = records["ngram"]["training"]
     assert training["heldout_accuracy"] >= 0.9 and training["heldout_examples"] == 40
@@ -287,8 +287,10 @@ def test_judges_stage_writes_the_judges_and_their_metrics(tmp_path):
     metrics = json.loads((tmp_path / "metrics" / "judges.json").read_text())
     assert metrics["oracle"] == {"kind": "oracle", "labelled_sentences_agreement": 1.0}
     assert metrics["ngram"]["kind"] == "ngram" and metrics["ngram"]["heldout_accuracy"] >= 0.9
-    assert sorted(p.name for p in (tmp_path / "models" / "judges").iterdir()) == ["ngram", "oracle"]
+    assert metrics["facts"]["kind"] == "facts" and metrics["facts"]["reference_invented_share"] == 0.0
+    assert sorted(p.name for p in (tmp_path / "models" / "judges").iterdir()) == ["facts", "ngram", "oracle"]
     assert "judge ngram: kind ngram, heldout_accuracy" in proc.stdout
+    assert "judge facts: kind facts, reference_invented_share 0.0000" in proc.stdout
 
 
 def test_judges_stage_offline_hub_judge_exits_cleanly_and_keeps_the_old_judges(tmp_path):

@@ -143,6 +143,22 @@ def decide(
                 f"(a rise of at most {cfg.max_fluency_nll_rise:g} allowed)",
             )
         )
+    invented = metrics.get("invented_diff")
+    if cfg.refuse_more_invented and invented is not None:
+        more = invented["ci_low"] > 0
+        level = f"{metrics['bootstrap']['confidence']:.0%}"
+        checks.append(
+            Check(
+                "invented_facts",
+                not more,
+                f"summaries with invented facts {before['quality']['invented_share']:.1%} -> "
+                f"{after['quality']['invented_share']:.1%}: paired diff {invented['mean']:+.4f}, {level} CI "
+                f"[{invented['ci_low']:+.4f}, {invented['ci_high']:+.4f}] "
+                "("
+                + ("significantly more: a policy that invents more is refused" if more else "not significantly more")
+                + ")",
+            )
+        )
     checks.append(_against_champion(metrics, cfg, champion, test_sha))
     return PromotionDecision(checks)
 

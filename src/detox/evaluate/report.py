@@ -24,6 +24,7 @@ QUALITY_ROWS = (
     ("mean_length", "mean length (words)"),
     ("unknown_word_share", "words never seen in the train split (garbling)"),
     ("garbled_share", "summaries with such a word"),
+    ("invented_share", "summaries stating a fact their dialogue does not (invented facts)"),
 )
 REPORT_FILES = {"md": "report.md", "html": "report.html"}
 REPORT_TITLE = "Evaluation: PPO policy vs baseline"
@@ -65,6 +66,27 @@ def _p(value: float | None) -> str:
 
 def _who(name: str) -> str:
     return "reward model (what PPO optimised: not independent)" if name == REWARD_MODEL else f"judge `{name}`"
+
+
+def _invented_lines(metrics: dict[str, Any], level: str) -> list[str]:
+    """The facts judge's paired comparison, when there is one."""
+    diff = metrics.get("invented_diff")
+    if diff is None:
+        return []
+    before, after = metrics["before"]["quality"], metrics["after"]["quality"]
+    groups = "; ".join(
+        f"{group} {metrics['before'][group]['invented_share']:.1%} -> {metrics['after'][group]['invented_share']:.1%}"
+        for group in ("heated", "calm")
+        if "invented_share" in metrics["before"].get(group, {})
+    )
+    return [
+        "",
+        f"Invented facts (the facts judge `{metrics.get('facts_judge', 'facts')}`): summaries stating a name, a day, "
+        f"a request or a problem their dialogue does not contain {before['invented_share']:.1%} -> "
+        f"{after['invented_share']:.1%}" + (f" ({groups})" if groups else "") + f"; paired diff {diff['mean']:+.4f} "
+        f"({level} CI [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}], Wilcoxon p = {_p(diff['wilcoxon_p'])}). "
+        "The rows: `invented_facts` in `data/scored/*.parquet`.",
+    ]
 
 
 def render_report(
@@ -168,6 +190,7 @@ def render_report(
             for key, label in QUALITY_ROWS
             if key in after["quality"] and key in before["quality"]
         ],
+        *_invented_lines(metrics, level),
         "",
         "## Reward (the reward model's view)",
         "",

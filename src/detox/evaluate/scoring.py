@@ -26,7 +26,7 @@ from detox.data.words import vocabulary
 from detox.evaluate.columns import judge_columns
 from detox.evaluate.quality import response_nll, rouge, unknown_words
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
-from detox.judges.panel import Judge
+from detox.judges.panel import FactsJudge, Judge
 from detox.models.generation import build_prompts, generate_summaries
 from detox.models.reward import RewardScorer
 
@@ -40,6 +40,7 @@ class Instruments:
     judges: Mapping[str, Judge] = field(default_factory=dict)
     reference: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None  # fluency: the policy before PPO
     vocabulary: frozenset[str] | None = None  # garbling: the words of the train split
+    facts: FactsJudge | None = None  # faithfulness: which summaries state facts their dialogue does not
 
 
 def score_policy(
@@ -61,7 +62,8 @@ def score_policy(
     the reward model's reward, toxicity and toxic flag, rouge1/2/L, length, plus ``heated`` when
     the data has it, each judge's ``toxicity:<name>`` and ``toxic:<name>`` (and ``why:<name>``
     for a judge that explains), ``fluency_nll`` with a reference policy and ``unknown_words``
-    with a vocabulary), and the samples per second of generation and reward scoring together.
+    with a vocabulary, ``invented`` and ``invented_facts`` with a facts judge), and the samples per second of
+    generation and reward scoring together.
     """
     started = time.perf_counter()
     prompts = build_prompts(data["dialogue"].tolist(), template)
@@ -111,6 +113,8 @@ def score_policy(
         )
     if instruments.vocabulary is not None:
         frame["unknown_words"] = unknown_words(responses, instruments.vocabulary)
+    if instruments.facts is not None:
+        frame["invented"], frame["invented_facts"] = instruments.facts.invented(dialogues.tolist(), responses)
     return frame, len(frame) / elapsed if elapsed > 0 else float("nan")
 
 
@@ -155,11 +159,15 @@ def score_test(
     judges: Mapping[str, Judge],
     reference: tuple[PreTrainedModel, PreTrainedTokenizerBase],
     desc: str,
+    facts: FactsJudge | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """:func:`score_policy` as the baseline and evaluate stages call it: the ``eval`` settings, the judges, fluency
-    under ``reference`` and garbling against the words of ``train``."""
+    under ``reference``, garbling against the words of ``train`` and invented facts by ``facts``."""
     instruments = Instruments(
-        judges=judges, reference=reference, vocabulary=vocabulary([*train["dialogue"], *train["summary"]])
+        judges=judges,
+        reference=reference,
+        vocabulary=vocabulary([*train["dialogue"], *train["summary"]]),
+        facts=facts,
     )
     return score_policy(
         model,

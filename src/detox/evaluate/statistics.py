@@ -134,6 +134,18 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, cfg: PromotionParams, see
             )
             for name, (score, _) in sources(before).items()
         },
+        **(
+            {
+                "invented_diff": paired_diff(
+                    prompts_before["invented"].to_numpy(dtype=np.float64),
+                    prompts_after["invented"].to_numpy(dtype=np.float64),
+                    cfg,
+                    seed,
+                )
+            }
+            if "invented" in prompts_before.columns and "invented" in prompts_after.columns
+            else {}
+        ),
         "agreement": {
             name: {"before": agreement(before, name), "after": agreement(after, name)}
             for name in sources(before)

@@ -57,6 +57,8 @@ def quality_numbers(frame: pd.DataFrame) -> dict[str, float]:
         total = sum(len(words(r)) for r in responses)
         out["unknown_word_share"] = float(frame["unknown_words"].sum() / max(1, total))
         out["garbled_share"] = float((frame["unknown_words"] > 0).mean())
+    if "invented" in frame.columns:
+        out["invented_share"] = float(frame["invented"].mean())
     return out
 
 
@@ -67,6 +69,7 @@ def _group(frame: pd.DataFrame) -> dict[str, Any]:
         "reward_std": float(frame["reward"].std(ddof=1)) if len(frame) > 1 else 0.0,
         **{key: float(frame[key].mean()) for key in ROUGE_KEYS},
         "toxicity": {name: toxicity_numbers(frame, score, flag) for name, (score, flag) in sources(frame).items()},
+        **({"invented_share": float(frame["invented"].mean())} if "invented" in frame.columns else {}),
     }
 
 

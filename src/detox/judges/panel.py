@@ -16,6 +16,9 @@ and the promotion gate read the judges:
 The ``judges`` stage builds each judge named in ``eval.judges`` into
 ``models/judges/<name>/`` with a ``judge.json`` that says what it is; later stages load
 them with :func:`load_judges`, without knowing where they came from.
+
+The facts judge of ``eval.facts_judge`` (:mod:`detox.judges.facts`: the generator's facts, or an NLI
+model) is built beside them and loaded with :func:`load_facts_judge`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ import torch
 
 from detox.common.errors import DetoxError, HubUnreachableError, SourceError
 from detox.common.io import sha256_tree, write_json
-from detox.common.params import BuiltinJudgeSpec, HubJudgeSpec, LocalJudgeSpec, OracleJudgeSpec, Params
+from detox.common.params import (
+    BuiltinJudgeSpec,
+    FactsJudgeSpec,
+    HubJudgeSpec,
+    LocalJudgeSpec,
+    NliJudgeSpec,
+    OracleJudgeSpec,
+    Params,
+)
 from detox.data.hub import download_model
 from detox.models.classifier import batch_outputs, label_index, token_limit
 
@@ -114,6 +125,69 @@ class ClassifierJudge(Judge):
         return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
 
+class FactsJudge:
+    """Which summaries state a fact that their dialogue does not contain (see :mod:`detox.judges.facts`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def invented(self, dialogues: Sequence[str], summaries: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Per summary: whether it invents, and what (``name 'Tom'; day 'Friday'``, or the unsupported sentence)."""
+        raise NotImplementedError
+
+
+class GeneratorFactsJudge(FactsJudge):
+    def __init__(self, name: str, record: Mapping[str, Any]) -> None:
+        from detox.judges.facts import FactFinder
+
+        super().__init__(name)
+        self.finder = FactFinder(record["names"], record["days"], record["requests"], record["problems"])
+
+    def invented(self, dialogues: Sequence[str], summaries: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        found = [self.finder.invented(d, s) for d, s in zip(dialogues, summaries, strict=True)]
+        return np.array([bool(f) for f in found], dtype=bool), ["; ".join(map(str, f)) for f in found]
+
+
+class NliFactsJudge(FactsJudge):
+    """SummaC-ZS style: a summary invents when one of its sentences is entailed by no premise."""
+
+    def __init__(self, name: str, folder: Path, record: Mapping[str, Any]) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from detox.judges.facts import NliScorer
+
+        super().__init__(name)
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        index = label_index(
+            model,
+            record["entailment_label"],
+            owner=f"the facts judge {name!r} ({folder})",
+            fix=f"set judges.{name}.entailment_label in params.yaml to one of them",
+        )
+        self.scorer = NliScorer(
+            model,
+            AutoTokenizer.from_pretrained(folder),
+            index,
+            int(record["batch_size"]),
+            token_limit(model, int(record["max_tokens"])),
+        )
+        self.granularity, self.threshold = record["granularity"], float(record["threshold"])
+
+    def invented(self, dialogues: Sequence[str], summaries: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        from detox.judges.facts import nli_support, sentences
+
+        support = nli_support(self.scorer, dialogues, summaries, self.granularity)
+        why = [
+            "; ".join(
+                f"{sentence!r} (entailment {value:.2f})"
+                for sentence, value in zip(sentences(summary), values, strict=True)
+                if value < self.threshold
+            )
+            for summary, values in zip(summaries, support, strict=True)
+        ]
+        return np.array([bool(w) for w in why], dtype=bool), why
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -149,15 +223,20 @@ def build_judge(name: str, spec: Any, out_dir: Path) -> dict[str, Any]:
         }
     elif isinstance(spec, LocalJudgeSpec):
         record = _copy_local(name, spec, out_dir)
+    elif isinstance(spec, FactsJudgeSpec):
+        record = _build_facts()
+    elif isinstance(spec, NliJudgeSpec):
+        record = _build_nli(name, spec, out_dir)
     else:  # the schema admits no other kind
         raise TypeError(f"unknown judge spec {type(spec).__name__}")
     record["name"] = name
-    if record["kind"] == "classifier":
+    if record["kind"] in ("classifier", "nli"):
         from detox.models.check import check_model_folder
 
         check_model_folder(out_dir, "classifier", f"judges.{name}")
     write_json(out_dir / JUDGE_FILE, record)
-    load_judge(out_dir)  # a judge that does not load fails here, in the stage that built it
+    # a judge that does not load fails here, in the stage that built it
+    (load_facts_judge if record["kind"] in ("facts", "nli") else load_judge)(out_dir)
     record["sha256"] = sha256_tree(out_dir)
     return record
 
@@ -180,6 +259,55 @@ def _build_oracle(spec: OracleJudgeSpec) -> dict[str, Any]:
         "threshold": ORACLE_THRESHOLD,
         "labelled_sentences_agreement": agreement,
     }
+
+
+def _build_facts() -> dict[str, Any]:
+    from detox.common.params import BuiltinCorpus
+    from detox.data.corpus import generate_corpus
+    from detox.data.phrases import DAYS, NAMES, TOPICS
+    from detox.judges.facts import FactFinder
+
+    record = {
+        "kind": "facts",
+        "names": list(NAMES),
+        "days": list(DAYS),
+        "requests": [r for topic in TOPICS for r in topic.requests],
+        "problems": [p for topic in TOPICS for p in topic.problems],
+    }
+    # A self-check: the generator's own references state only their dialogue's facts.
+    finder = FactFinder(record["names"], record["days"], record["requests"], record["problems"])
+    check = generate_corpus(BuiltinCorpus(train_size=500, validation_size=20, test_size=20), seed=1)["train"]
+    pairs = list(zip(check["dialogue"], check["summary"], strict=True))
+    record["reference_invented_share"] = float(np.mean([bool(finder.invented(d, s)) for d, s in pairs]))
+    record["reference_facts_per_summary"] = float(np.mean([len(finder.facts(s)) for _, s in pairs]))
+    return record
+
+
+def _build_nli(name: str, spec: NliJudgeSpec, out_dir: Path) -> dict[str, Any]:
+    fields = {
+        "entailment_label": spec.entailment_label,
+        "granularity": spec.granularity,
+        "threshold": spec.threshold,
+        "batch_size": spec.batch_size,
+        "max_tokens": spec.max_tokens,
+    }
+    if spec.path is not None:
+        src = Path(spec.path)
+        if not (src / "config.json").is_file():
+            raise SourceError(
+                f"judges.{name}.path: {src} is no Hugging Face model folder (no config.json); "
+                f"give an NLI sequence-classification model folder, or a Hub id in judges.{name}.name"
+            )
+        shutil.copytree(src, out_dir, dirs_exist_ok=True)
+        return {"kind": "nli", "source": "local", "path": str(src), **fields}
+    try:
+        commit = download_model(spec.name, spec.revision, out_dir, f"judges.{name}")
+    except HubUnreachableError as exc:
+        raise HubUnreachableError(
+            f"{exc} For the facts judge: set eval.facts_judge to facts (the built-in world's facts), "
+            f"give the NLI model as a folder on disk (judges.{name}.path, name: null), or null for none."
+        ) from None
+    return {"kind": "nli", "source": "hub", "name": spec.name, "revision": spec.revision, "commit": commit, **fields}
 
 
 def _classifier_fields(spec: HubJudgeSpec | LocalJudgeSpec) -> dict[str, Any]:
@@ -206,8 +334,10 @@ def _copy_local(name: str, spec: LocalJudgeSpec, out_dir: Path) -> dict[str, Any
 
 
 def build_judges(params: Params, out_root: Path) -> dict[str, dict[str, Any]]:
-    """Build every judge of ``eval.judges`` into ``out_root/<name>``; return their records by name."""
-    return {name: build_judge(name, params.judges[name], out_root / name) for name in params.eval.judges}
+    """Build every judge of ``eval.judges``, and the facts judge ``eval.facts_judge``, into ``out_root/<name>``;
+    return their records by name."""
+    names = [*params.eval.judges, *([params.eval.facts_judge] if params.eval.facts_judge else [])]
+    return {name: build_judge(name, params.judges[name], out_root / name) for name in names}
 
 
 # --------------------------------------------------------------------------- loading
@@ -216,9 +346,7 @@ def build_judges(params: Params, out_root: Path) -> dict[str, dict[str, Any]]:
 def load_judge(folder: str | Path) -> Judge:
     folder = Path(folder)
     path = folder / JUDGE_FILE
-    if not path.is_file():
-        raise DetoxError(f"{path}: not found; the judges stage builds it: run `dvc repro judges`")
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = _record(folder)
     name, kind = record.get("name", folder.name), record.get("kind")
     if kind == "oracle":
         return OracleJudge(name, record)
@@ -236,6 +364,28 @@ def load_judge(folder: str | Path) -> Judge:
     raise DetoxError(f"{path}: unknown judge kind {kind!r}; run `dvc repro judges` to rebuild it")
 
 
+def _record(folder: Path) -> dict[str, Any]:
+    path = folder / JUDGE_FILE
+    if not path.is_file():
+        raise DetoxError(f"{path}: not found; the judges stage builds it: run `dvc repro judges`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_facts_judge(folder: str | Path) -> FactsJudge:
+    """The facts judge built into ``folder`` (``models/judges/<eval.facts_judge>``)."""
+    folder = Path(folder)
+    record = _record(folder)
+    name, kind = record.get("name", folder.name), record.get("kind")
+    if kind == "facts":
+        return GeneratorFactsJudge(name, record)
+    if kind == "nli":
+        return NliFactsJudge(name, folder, record)
+    raise DetoxError(
+        f"{folder / JUDGE_FILE}: a {kind!r} judge is no judge of facts; eval.facts_judge must name a "
+        "`kind: facts` or `kind: nli` judge (run `dvc repro judges` after changing it)"
+    )
+
+
 def load_judges(root: str | Path, names: Sequence[str]) -> dict[str, Judge]:
     """The judges ``names`` (``eval.judges``) from ``root`` (``models/judges``), in that order."""
     root = Path(root)
@@ -243,3 +393,12 @@ def load_judges(root: str | Path, names: Sequence[str]) -> dict[str, Judge]:
     if missing:
         raise DetoxError(f"{root}: no judge {missing} (eval.judges is {list(names)}); run `dvc repro judges`")
     return {name: load_judge(root / name) for name in names}
+
+
+def facts_judge(root: str | Path, name: str | None) -> FactsJudge | None:
+    """The facts judge ``name`` (``eval.facts_judge``) from ``root`` (``models/judges``); None when it is null."""
+    if name is None:
+        return None
+    if not (Path(root) / name / JUDGE_FILE).is_file():
+        raise DetoxError(f"{root}: no facts judge {name!r} (eval.facts_judge); run `dvc repro judges`")
+    return load_facts_judge(Path(root) / name)

@@ -29,13 +29,16 @@ from detox.common.params.data import (
 from detox.common.params.evaluation import EvalParams, PromotionParams, TrackingParams
 from detox.common.params.judges import (
     DEFAULT_JUDGES,
+    FACTS_KINDS,
     JUDGE_KINDS,
     JUDGE_SPECS,
     BuiltinJudgeSpec,
     ClassifierJudgeSpec,
+    FactsJudgeSpec,
     HubJudgeSpec,
     JudgeSpec,
     LocalJudgeSpec,
+    NliJudgeSpec,
     OracleJudgeSpec,
 )
 from detox.common.params.loading import load_params, parse_params
@@ -55,6 +58,7 @@ from detox.common.params.schema import Params
 
 __all__ = [
     "DEFAULT_JUDGES",
+    "FACTS_KINDS",
     "JUDGE_KINDS",
     "JUDGE_SPECS",
     "Bounds",
@@ -64,6 +68,7 @@ __all__ = [
     "BuiltinPolicy",
     "BuiltinReward",
     "ClassifierJudgeSpec",
+    "FactsJudgeSpec",
     "CollapseParams",
     "DataParams",
     "EvalParams",
@@ -75,6 +80,7 @@ __all__ = [
     "LabelledChecks",
     "LabelledHub",
     "LocalJudgeSpec",
+    "NliJudgeSpec",
     "LocalRef",
     "Lora",
     "LoraParams",

@@ -18,6 +18,12 @@ class EvalParams(Strict):
         min_length=1,
         description="names from the `judges` section: each scores every summary, beside the reward model",
     )
+    facts_judge: str | None = Field(
+        "facts",
+        min_length=1,
+        description="the faithfulness judge (a `kind: facts` or `kind: nli` entry of the judges section): "
+        "which summaries state facts their dialogue does not; null = none",
+    )
 
 
 class TrackingParams(Strict):
@@ -43,6 +49,11 @@ class PromotionParams(Strict):
     )
     min_prompts: int = Field(100, ge=1, description="fewer evaluated test dialogues than this never promote")
     require_significant: bool = Field(True, description="the CI of the judge's paired toxicity diff must lie below 0")
+    refuse_more_invented: bool = Field(
+        True,
+        description="refuse a policy whose share of summaries with invented facts rose significantly "
+        "(the CI of its paired diff lies above 0); needs eval.facts_judge",
+    )
     bootstrap_samples: int = Field(2000, ge=100, le=1_000_000, description="resamples of the paired diffs")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of the bootstrap confidence interval")
     report_rows: int = Field(

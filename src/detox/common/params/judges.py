@@ -77,7 +77,41 @@ class LocalJudgeSpec(ClassifierJudgeSpec, _OnDisk):
     toxic_label: ToxicLabel = "toxic"
 
 
-JudgeSpec = Annotated[OracleJudgeSpec | BuiltinJudgeSpec | HubJudgeSpec | LocalJudgeSpec, Field(discriminator="kind")]
+class FactsJudgeSpec(Strict):
+    """The built-in world's facts judge: a summary invents when it states a name, a day, a request or a
+    problem of the generator's lists that its dialogue does not contain."""
+
+    kind: Literal["facts"]
+
+
+class NliJudgeSpec(Strict):
+    """A natural-language-inference model as a facts judge, used as SummaC-ZS does: premise the dialogue (or
+    each turn), hypothesis each summary sentence; a summary invents when a sentence is not entailed."""
+
+    kind: Literal["nli"]
+    name: str | None = Field(None, min_length=1, description="Hub id of an NLI sequence-classification model")
+    revision: str = Field("main", min_length=1, description="branch, tag or commit; pin a commit for reproducibility")
+    path: str | None = Field(None, min_length=1, description="or a model folder on disk (then name is null)")
+    entailment_label: str = Field("entailment", min_length=1, description="the label whose probability is support")
+    granularity: Literal["document", "turn"] = Field(
+        "turn", description="premise: the whole dialogue, or each turn (a sentence's support is its best premise)"
+    )
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="a sentence supported less than this is invented")
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_tokens: int = Field(512, ge=8, le=4096)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NliJudgeSpec:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give the NLI model either by Hub id (name) or by folder (path), not both or neither")
+        return self
+
+
+JudgeSpec = Annotated[
+    OracleJudgeSpec | BuiltinJudgeSpec | HubJudgeSpec | LocalJudgeSpec | FactsJudgeSpec | NliJudgeSpec,
+    Field(discriminator="kind"),
+]
+FACTS_KINDS = ("facts", "nli")  # judges of faithfulness (eval.facts_judge), not of toxicity
 
 DEFAULT_JUDGES: dict[str, Any] = {
     "oracle": OracleJudgeSpec(kind="oracle"),
@@ -85,6 +119,8 @@ DEFAULT_JUDGES: dict[str, Any] = {
     "roberta-toxicity": HubJudgeSpec(
         kind="hub", name="s-nlp/roberta_toxicity_classifier", revision="main", toxic_label="toxic"
     ),
+    "facts": FactsJudgeSpec(kind="facts"),
+    "nli-facts": NliJudgeSpec(kind="nli", name="MoritzLaurer/DeBERTa-v3-base-mnli-fever-anli"),
 }
 
 JUDGE_SPECS: dict[str, type[BaseModel]] = {
@@ -92,5 +128,7 @@ JUDGE_SPECS: dict[str, type[BaseModel]] = {
     "builtin": BuiltinJudgeSpec,
     "hub": HubJudgeSpec,
     "local": LocalJudgeSpec,
+    "facts": FactsJudgeSpec,
+    "nli": NliJudgeSpec,
 }
 JUDGE_KINDS = tuple(JUDGE_SPECS)

@@ -24,7 +24,9 @@ class LoraParams(Lora, _Switch):  # _Switch listed last: pydantic lays out its f
 
 class KLParams(Strict):
     adaptive: bool = Field(True, description="adaptive controller (target, horizon) or a fixed coefficient")
-    init_coef: float = Field(2.0, ge=0.0, le=100.0)
+    init_coef: float = Field(
+        0.5, ge=0.0, le=100.0, description="the KL coefficient to start from (0.5: the recipe over RL seeds)"
+    )
     target: float = Field(6.0, gt=0.0, description="target KL (summed over response tokens)")
     horizon: int = Field(10_000, ge=1)
     estimator: Literal["k1", "abs", "mse"] = "k1"
@@ -79,7 +81,7 @@ class CollapseParams(Strict):
 
 class PPOParams(Strict):
     algorithm: Literal["ppo", "rloo", "grpo"] = Field(
-        "ppo",
+        "rloo",
         description="ppo (clipped surrogate, value head, GAE), rloo (leave-one-out baseline, no value head) or "
         "grpo (group-normalised advantages, KL as a loss term, no value head); one engine runs all three",
     )
@@ -95,7 +97,7 @@ class PPOParams(Strict):
         description="the RL seed: LoRA and value-head initialisation, data order and every sampling of the ppo "
         "stage; null = the pipeline's seed (data, sft, reward model and judges keep that one)",
     )
-    steps: int = Field(100, ge=1, le=1_000_000)
+    steps: int = Field(300, ge=1, le=1_000_000)
     batch_size: int = Field(
         64, ge=1, le=65_536, description="responses per step (per process): batch_size / samples_per_prompt prompts"
     )

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from detox.common.params.base import Strict
 from detox.common.params.data import DataParams, ValidateParams
 from detox.common.params.evaluation import EvalParams, PromotionParams, TrackingParams
-from detox.common.params.judges import DEFAULT_JUDGES, JudgeSpec
+from detox.common.params.judges import DEFAULT_JUDGES, FACTS_KINDS, JudgeSpec
 from detox.common.params.models import GenerationParams, PolicyParams, PromptParams, RewardParams, SFTParams
 from detox.common.params.ppo import PPOParams
 
@@ -58,6 +58,21 @@ class Params(Strict):
                 )
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
                 raise ValueError(f"judge name {name!r}: use letters, digits, '_', '.', '-' (it names a folder)")
+            if self.judges[name].kind in FACTS_KINDS:
+                raise ValueError(
+                    f"eval.judges names {name!r}, a judge of facts (kind {self.judges[name].kind}), not of toxicity: "
+                    "name it in eval.facts_judge instead"
+                )
+        facts = self.eval.facts_judge
+        if facts is not None:
+            if facts not in self.judges or self.judges[facts].kind not in FACTS_KINDS:
+                defined = sorted(n for n, spec in self.judges.items() if spec.kind in FACTS_KINDS)
+                raise ValueError(
+                    f"eval.facts_judge is {facts!r}, which is no judge of facts (kind facts or nli) "
+                    f"of the judges section (those defined: {defined}); or set it to null"
+                )
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", facts):
+                raise ValueError(f"judge name {facts!r}: use letters, digits, '_', '.', '-' (it names a folder)")
         if len(set(self.eval.judges)) != len(self.eval.judges):
             raise ValueError(f"eval.judges lists a judge twice: {list(self.eval.judges)}")
         if self.ppo.select.judge is not None and self.ppo.select.judge not in self.eval.judges:
