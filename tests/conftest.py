@@ -309,3 +309,30 @@ def nothing_leaks_between_tests() -> Iterator[None]:
     yield
     after = state()
     assert after == before, f"the test left the working directory or MLFLOW_*/DVC_*/HF_* changed: {before} -> {after}"
+
+
+def tiny_roberta_classifier(folder, id2label: dict[int, str], texts: list[str], **config: object):
+    """A random one-layer RobertaForSequenceClassification (seed 0, hidden 16, feed-forward 32) with a BPE
+    tokenizer trained on ``texts``, saved into ``folder``; ``config`` overrides RobertaConfig fields."""
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from detox.models.builtin import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(texts, 300)
+    torch.manual_seed(0)
+    settings = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 64,
+        "pad_token_id": tokenizer.pad_token_id,
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+        **config,
+    }
+    RobertaForSequenceClassification(RobertaConfig(**settings)).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

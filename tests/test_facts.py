@@ -8,16 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from conftest import free_port, tolerance
+from conftest import free_port, tiny_roberta_classifier, tolerance
 from detox.common.errors import DetoxError, HubUnreachableError, RewardModelError, SourceError
 from detox.common.params import BuiltinCorpus, FactsJudgeSpec, NliJudgeSpec, OracleJudgeSpec, ParamsError, parse_params
 from detox.data.corpus import generate_corpus
 from detox.data.sentences import labelled_sentences
 from detox.judges.facts import Fact, generator_facts, nli_support, premises, sentences, supported
 from detox.judges.panel import build_judge, build_judges, facts_judge, load_facts_judge
-from detox.models.builtin import train_bpe_tokenizer
 
 CALM = (
     "#Person1#: Hello. My name is Tom. I would like to book a table for two on Monday.\n"
@@ -143,24 +141,9 @@ NLI_LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
 
 
 def tiny_nli(folder: Path, id2label: dict[int, str] = NLI_LABELS) -> Path:
-    tokenizer = train_bpe_tokenizer(labelled_sentences(200, 0)["text"].tolist() + CALM.splitlines(), 300)
-    torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=130,
-        pad_token_id=tokenizer.pad_token_id,
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        initializer_range=1.0,  # large random weights: probabilities that differ from pair to pair
-    )
-    model = RobertaForSequenceClassification(config).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    texts = labelled_sentences(200, 0)["text"].tolist() + CALM.splitlines()
+    # large random weights: probabilities that differ from pair to pair; positions for a pair of texts
+    return tiny_roberta_classifier(folder, id2label, texts, max_position_embeddings=130, initializer_range=1.0)
 
 
 def direct_support(folder: Path, premise_list: list[str], sentence: str) -> float:

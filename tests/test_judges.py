@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from conftest import HANG_S, TINY, free_port, tiny_params, tolerance
+from conftest import HANG_S, TINY, free_port, tiny_params, tiny_roberta_classifier, tolerance
 from detox.common.errors import HubUnreachableError, RewardModelError, SourceError
 from detox.common.params import (
     BuiltinCorpus,
@@ -31,7 +30,6 @@ from detox.data.corpus import generate_corpus
 from detox.data.sentences import labelled_sentences
 from detox.judges.oracle import InsultOracle, generator_oracle
 from detox.judges.panel import ClassifierJudge, build_judge, build_judges, load_judge, load_judges
-from detox.models.builtin import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,25 +158,8 @@ PROBABILITY_TOLERANCE = tolerance(torch.float32, CLASSIFIER_FF)
 
 
 def tiny_classifier(folder: Path, id2label: dict[int, str], problem_type: str | None = None) -> Path:
-    sentences = labelled_sentences(200, 0)["text"].tolist()
-    tokenizer = train_bpe_tokenizer(sentences, 300)
-    torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=CLASSIFIER_FF,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        problem_type=problem_type,
-    )
-    model = RobertaForSequenceClassification(config).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    texts = labelled_sentences(200, 0)["text"].tolist()
+    return tiny_roberta_classifier(folder, id2label, texts, intermediate_size=CLASSIFIER_FF, problem_type=problem_type)
 
 
 def direct_probs(folder: Path, texts: list[str], multi_label: bool = False) -> torch.Tensor:
