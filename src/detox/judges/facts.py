@@ -78,17 +78,22 @@ class FactFinder:
         return sorted(new, key=lambda f: (FACT_KINDS.index(f.kind), f.value))
 
 
-@lru_cache(maxsize=1)
-def generator_facts() -> FactFinder:
-    """The facts of the built-in corpus generator: its names, days, and every topic's requests and problems."""
+def generator_fact_lists() -> dict[str, list[str]]:
+    """The built-in corpus generator's facts by kind: its names, days, and every topic's requests and problems."""
     from detox.data.phrases import DAYS, NAMES, TOPICS
 
-    return FactFinder(
-        NAMES,
-        DAYS,
-        [r for topic in TOPICS for r in topic.requests],
-        [p for topic in TOPICS for p in topic.problems],
-    )
+    return {
+        "names": list(NAMES),
+        "days": list(DAYS),
+        "requests": [r for topic in TOPICS for r in topic.requests],
+        "problems": [p for topic in TOPICS for p in topic.problems],
+    }
+
+
+@lru_cache(maxsize=1)
+def generator_facts() -> FactFinder:
+    """The :class:`FactFinder` of the built-in corpus generator (:func:`generator_fact_lists`)."""
+    return FactFinder(**generator_fact_lists())
 
 
 # --------------------------------------------------------------------------- SummaC-style NLI

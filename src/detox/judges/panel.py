@@ -264,18 +264,12 @@ def _build_oracle(spec: OracleJudgeSpec) -> dict[str, Any]:
 def _build_facts() -> dict[str, Any]:
     from detox.common.params import BuiltinCorpus
     from detox.data.corpus import generate_corpus
-    from detox.data.phrases import DAYS, NAMES, TOPICS
-    from detox.judges.facts import FactFinder
+    from detox.judges.facts import FactFinder, generator_fact_lists
 
-    record = {
-        "kind": "facts",
-        "names": list(NAMES),
-        "days": list(DAYS),
-        "requests": [r for topic in TOPICS for r in topic.requests],
-        "problems": [p for topic in TOPICS for p in topic.problems],
-    }
+    lists = generator_fact_lists()
+    record: dict[str, Any] = {"kind": "facts", **lists}
     # A self-check: the generator's own references state only their dialogue's facts.
-    finder = FactFinder(record["names"], record["days"], record["requests"], record["problems"])
+    finder = FactFinder(**lists)
     check = generate_corpus(BuiltinCorpus(train_size=500, validation_size=20, test_size=20), seed=1)["train"]
     pairs = list(zip(check["dialogue"], check["summary"], strict=True))
     record["reference_invented_share"] = float(np.mean([bool(finder.invented(d, s)) for d, s in pairs]))
