@@ -29,7 +29,6 @@ import torch
 
 FACT_KINDS = ("name", "day", "request", "problem")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-TURN = re.compile(r"^#Person\d+#:\s*", re.MULTILINE)
 
 
 def _normal(text: str) -> str:
