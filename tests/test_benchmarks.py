@@ -171,3 +171,42 @@ def test_algorithms_benchmark_runs_ppo_rloo_and_grpo_at_the_same_number_of_summa
     assert "ratios against ppo" in proc.stdout and "total per response token" in proc.stdout
     bad = subprocess.run([*args, "--batch-size", "5"], capture_output=True, text=True, cwd=root, env=env)
     assert bad.returncode == 2 and "multiple of --samples-per-prompt" in bad.stderr
+
+
+def _pipeline_times():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_times", ROOT / "benchmarks" / "pipeline_times.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pipeline_times_runs_the_stages_in_an_order_dvc_can_run_them():
+    times = _pipeline_times()
+    order = times.stages(ROOT)
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(order) == set(dvc) and order[0] == "fetch" and order[-1] == "evaluate"
+
+    def paths(entries):
+        return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+    made_by = {out: name for name, stage in dvc.items() for out in paths(stage.get("outs"))}
+    for position, name in enumerate(order):
+        for dep in dvc[name].get("deps", []):
+            producer = next((made_by[out] for out in made_by if dep == out or dep.startswith(out + "/")), None)
+            assert producer is None or order.index(producer) < position, (name, dep, producer)
+
+
+def test_pipeline_times_applies_overrides_and_refuses_unknown_keys(tmp_path):
+    times = _pipeline_times()
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((ROOT / "params.yaml").read_text())
+    times.apply_sets(params_file, ["sft.epochs=2", "ppo.kl.init_coef=0.25", "eval.judges=[oracle]"])
+    params = yaml.safe_load(params_file.read_text())
+    assert params["sft"]["epochs"] == 2 and params["ppo"]["kl"]["init_coef"] == 0.25
+    assert params["eval"]["judges"] == ["oracle"]
+    for bad, words in (("sft.epoch=2", "no key 'epoch'"), ("sftx.epochs=2", "no section 'sftx'"), ("sft", "key=value")):
+        with pytest.raises(SystemExit, match=words):
+            times.apply_sets(params_file, [bad])
+    assert yaml.safe_load(params_file.read_text()) == params  # a refused override changes nothing
