@@ -106,8 +106,12 @@ def experiments(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for revision in exp.get("revs") or []:
                 add(revision, revision.get("name") or exp.get("name") or revision.get("rev", "?"))
     unique = {}
-    for run in runs:  # an experiment is listed under the workspace too when it was applied: keep one
-        unique.setdefault(json.dumps([run["params"], run["metrics"]], sort_keys=True), run)
+    for run in runs:
+        # One run per params: an experiment is listed under the workspace too when it was applied, and the
+        # workspace (ppo.seed null: the pipeline's seed) may hold what `-S ppo.seed=42` ran again (its gate's
+        # champion line may differ). The pipeline is deterministic, so a second copy would count a seed twice.
+        params = {**run["params"], "ppo.seed": rl_seed(run["params"])}
+        unique.setdefault(json.dumps(params, sort_keys=True), run)
     return list(unique.values())
 
 

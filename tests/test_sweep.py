@@ -57,6 +57,8 @@ def show() -> list[dict]:
     commit = entry("main", "ppo", None, 0.013)  # the workspace at its commit: the same run, listed twice
     commit["experiments"] = [
         {"revs": [entry("ppo-seed1", "ppo", 1, 0.026, step=90)], "name": "ppo-seed1"},
+        # the workspace's own run queued again with its seed spelled out: the same run, counted once
+        {"revs": [entry("ppo-seed42", "ppo", 42, 0.013)], "name": "ppo-seed42"},
         {"revs": [entry("rloo-seed1", "rloo", 1, 0.005)], "name": "rloo-seed1"},
         {"revs": [entry("rloo-seed2", "rloo", 2, 0.007)], "name": "rloo-seed2"},
         {"revs": [{"rev": "queued", "name": "grpo-seed1", "data": {}}], "name": "grpo-seed1"},

@@ -97,7 +97,7 @@ class PPOParams(Strict):
         description="the RL seed: LoRA and value-head initialisation, data order and every sampling of the ppo "
         "stage; null = the pipeline's seed (data, sft, reward model and judges keep that one)",
     )
-    steps: int = Field(300, ge=1, le=1_000_000)
+    steps: int = Field(100, ge=1, le=1_000_000)
     batch_size: int = Field(
         64, ge=1, le=65_536, description="responses per step (per process): batch_size / samples_per_prompt prompts"
     )
