@@ -97,6 +97,7 @@ def test_fetched_configurations_and_tokenizers_load_with_auto_classes(fetched):
     tokenizer = AutoTokenizer.from_pretrained(root / "base" / "policy")
     config = AutoConfig.from_pretrained(root / "base" / "policy")
     assert config.model_type == "t5" and config.feed_forward_proj == "gated-gelu"
+    assert config.dropout_rate == tiny_params().policy.builtin.dropout_rate == 0.0  # sft trains without dropout
     ids = tokenizer("#Person1#: Hello.", return_tensors="pt")["input_ids"]
     assert ids[0, -1].item() == tokenizer.eos_token_id == 1 and tokenizer.pad_token_id == 0
     assert tokenizer.decode(ids[0], skip_special_tokens=True) == "#Person1#: Hello."
@@ -524,3 +525,11 @@ def test_fetch_stage_on_data_without_a_required_column_prints_one_line(fetched, 
     assert "Traceback" not in proc.stderr
     assert {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()} == {"params.yaml", *previous}
     assert all((project / name).read_text() == text for name, text in previous.items())
+
+
+def test_the_builtin_policys_dropout_comes_from_params(tmp_path):
+    params = tiny_params()
+    raw = params.model_dump(mode="json")
+    raw["policy"]["builtin"]["dropout_rate"] = 0.1
+    fetch(type(params).model_validate(raw), tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path / "base" / "policy").dropout_rate == 0.1
