@@ -110,9 +110,11 @@ def ppo_params(**overrides):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """The tiny built-in world: data/raw splits, models/policy, models/reward."""
+    """The tiny built-in world: data/raw splits, models/policy, models/reward. Its policy keeps T5's dropout
+    of 0.1 in its config (the project's default trains without): the engine must zero it or keep it
+    inactive, and the dropout tests below would be vacuous on a model without any."""
     root = tmp_path_factory.mktemp("tiny_world")
-    conftest.build_world(tiny_params(), root)
+    conftest.build_world(tiny_params(**{"policy.builtin.dropout_rate": 0.1}), root)
     return root
 
 
