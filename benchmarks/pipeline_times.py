@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,13 +66,12 @@ def outcome(project: Path) -> dict[str, float | None]:
     def toxic(side: str) -> float | None:
         return ((evaluation.get(side) or {}).get("toxicity") or {}).get(judge, {}).get("toxic_share")
 
+    before, after = toxic("before"), toxic("after")
     return {
         "sft_validation_rougeL": sft.get("validation_rougeL"),
-        f"{judge}_toxic_before": toxic("before"),
-        f"{judge}_toxic_after": toxic("after"),
-        f"{judge}_toxic_change_pct": -(evaluation.get("improvement_pct") or {}).get(judge, {}).get("toxic_share", 0.0)
-        if evaluation
-        else None,
+        f"{judge}_toxic_before": before,
+        f"{judge}_toxic_after": after,
+        f"{judge}_toxic_change_pct": 100 * (after - before) / before if before and after is not None else None,
     }
 
 
@@ -101,7 +101,7 @@ def one_run(rev: str, sets: list[str], keep: bool) -> tuple[dict[str, float], di
     if keep:
         print(f"  kept {project}")
     else:
-        subprocess.run(["rm", "-rf", str(folder)], check=True)
+        shutil.rmtree(folder)
     return seconds, result
 
 

@@ -210,3 +210,18 @@ def test_pipeline_times_applies_overrides_and_refuses_unknown_keys(tmp_path):
         with pytest.raises(SystemExit, match=words):
             times.apply_sets(params_file, [bad])
     assert yaml.safe_load(params_file.read_text()) == params  # a refused override changes nothing
+
+
+def test_pipeline_times_reads_the_numbers_a_speed_up_must_keep(tmp_path):
+    times = _pipeline_times()
+    evaluation = json.loads((ROOT / "metrics" / "evaluate.json").read_text())
+    judge = evaluation["promotion"]["judge"]
+    numbers = times.outcome(ROOT)
+    assert (
+        numbers["sft_validation_rougeL"] == json.loads((ROOT / "metrics" / "sft.json").read_text())["validation_rougeL"]
+    )
+    assert numbers[f"{judge}_toxic_before"] == evaluation["before"]["toxicity"][judge]["toxic_share"]
+    assert numbers[f"{judge}_toxic_after"] == evaluation["after"]["toxicity"][judge]["toxic_share"]
+    # the evaluate stage's own improvement, with the sign of a change
+    assert numbers[f"{judge}_toxic_change_pct"] == pytest.approx(-evaluation["improvement_pct"][judge]["toxic_share"])
+    assert set(times.outcome(tmp_path).values()) == {None}  # a run that stopped early has no numbers

@@ -528,8 +528,5 @@ def test_fetch_stage_on_data_without_a_required_column_prints_one_line(fetched, 
 
 
 def test_the_builtin_policys_dropout_comes_from_params(tmp_path):
-    params = tiny_params()
-    raw = params.model_dump(mode="json")
-    raw["policy"]["builtin"]["dropout_rate"] = 0.1
-    fetch(type(params).model_validate(raw), tmp_path)
+    fetch(tiny_params(**{"policy.builtin.dropout_rate": 0.1}), tmp_path)
     assert AutoConfig.from_pretrained(tmp_path / "base" / "policy").dropout_rate == 0.1
