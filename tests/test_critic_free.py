@@ -236,3 +236,34 @@ def test_the_grpo_objective_divides_each_mini_batch_by_its_accumulation_windows_
     assert GRPO(sequence_mean).normalizers(mask, order, alone) == [None] * 4
     rloo = cfg.model_copy(update={"algorithm": "rloo"})
     assert RLOO(rloo).normalizers(mask, order, alone) == [None] * 4
+
+
+def test_sharpen_adds_the_references_summed_log_probs_to_every_algorithms_sequence_reward():
+    """ppo.sharpen: rloo's reward (KL in it) and grpo's (the score alone, its KL a loss term) both gain
+    sharpen x the reference's log-probs summed over each response's real tokens; at 0 grpo keeps the score."""
+    from detox.ppo.forward import ForwardPass
+    from detox.ppo.objectives import GRPO, RLOO
+    from detox.ppo.rollout import PolicyPass
+
+    x, k = fixture_tensors(), FIXTURE["k"]
+    forward = ForwardPass(PolicyPass(x["old"], None, torch.zeros_like(x["old"])), x["ref"])
+    summed_ref = torch.where(x["mask"], x["ref"], 0.0).sum(1)
+    for algorithm, beta in (("rloo", 0.05), ("grpo", 0.0)):
+        plain = PPOParams(
+            algorithm=algorithm, batch_size=len(x["scores"]), samples_per_prompt=k, mini_batch_size=1, sharpen=0.0
+        )
+        sharp = plain.model_copy(update={"sharpen": 0.3})
+        objectives = {cfg.sharpen: (RLOO if algorithm == "rloo" else GRPO)(cfg) for cfg in (plain, sharp)}
+        targets = {}
+        for sharpen, objective in objectives.items():
+            rewards = objective.rewards(x["scores"], forward, x["mask"], beta)
+            targets[sharpen] = rewards.rewards.sum(1)
+            if algorithm == "grpo" and sharpen == 0:
+                close(objective.targets(rewards, forward, x["mask"]).advantages, grpo_advantages(x["scores"], k))
+        close(targets[0.3] - targets[0.0], 0.3 * summed_ref, atol=1e-10)
+    sharp_grpo = GRPO(
+        PPOParams(algorithm="grpo", batch_size=len(x["scores"]), samples_per_prompt=k, mini_batch_size=1, sharpen=0.3)
+    )
+    rewards = sharp_grpo.rewards(x["scores"], forward, x["mask"], 0.0)
+    expected = grpo_advantages(x["scores"] + 0.3 * summed_ref, k)
+    close(sharp_grpo.targets(rewards, forward, x["mask"]).advantages, expected, atol=1e-8)

@@ -201,6 +201,39 @@ def test_compute_rewards_score_on_eos_and_nothing_after():
     close(kl, zeros)
 
 
+def test_compute_rewards_sharpen_by_hand():
+    # k1 at kl_coef 0.1 as above, plus 0.5 x ref on real tokens only: row 0 [-0.5, -1.0 | 0, 0], row 1 [-0.5] x 4
+    rewards, kl, non_score = compute_rewards(SCORES, LOGP, REF, RMASK, kl_coef=0.1, sharpen_coef=0.5)
+    close(kl, [[0.5, -0.2, 0, 0], [0.1, 0, 0.3, -0.4]], atol=1e-12)  # the KL itself is unchanged
+    close(non_score, [[-0.55, -0.98, 0, 0], [-0.51, -0.5, -0.53, -0.46]], atol=1e-12)
+    close(rewards, [[-0.55, 1.02, 0, 0], [-0.51, -0.5, -0.53, -1.46]], atol=1e-12)
+
+
+def test_sharpen_makes_the_optimum_a_sharper_reference():
+    """The exact optimum of E[score + sharpen x log ref] - kl_coef x KL(pi || ref) over three one-token responses
+    is ref ** (1 + sharpen / kl_coef) x exp(score / kl_coef), normalised: found here by gradient ascent on the
+    logits of pi with the sequence rewards compute_rewards gives (REINFORCE's exact expectation)."""
+    ref = torch.log(t([0.6, 0.3, 0.1]))
+    scores = t([1.0, 1.0, 0.0])
+    kl_coef, sharpen = 0.5, 0.25
+    logits = torch.zeros(3, dtype=F64, requires_grad=True)
+    optimizer = torch.optim.SGD([logits], lr=0.5)
+    mask = torch.ones(3, 1, dtype=torch.bool)
+    for _ in range(4000):
+        logp = torch.log_softmax(logits, 0)
+        rewards, _, _ = compute_rewards(
+            scores, logp.detach().unsqueeze(1), ref.unsqueeze(1), mask, kl_coef, "k1", sharpen
+        )
+        objective = (logp.exp() * rewards.sum(1)).sum()  # its gradient is the policy gradient, with the KL's
+        optimizer.zero_grad()
+        (-objective).backward()
+        optimizer.step()
+    expected = torch.softmax(ref * (1 + sharpen / kl_coef) + scores / kl_coef, 0)
+    close(torch.softmax(logits, 0), expected, atol=1e-6)
+    unsharpened = torch.softmax(ref + scores / kl_coef, 0)
+    assert torch.softmax(logits, 0)[2] < unsharpened[2] / 1.5  # the rare response lost mass
+
+
 def test_compute_rewards_unknown_estimator():
     with pytest.raises(ValueError, match="kl_estimator"):
         compute_rewards(SCORES, LOGP, REF, RMASK, kl_coef=0.1, kl_estimator="k3")

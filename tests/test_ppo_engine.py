@@ -376,7 +376,11 @@ def test_critic_free_step_samples_k_per_prompt_builds_no_value_head_and_reports_
     policy = trainer.unwrapped
     assert policy.value_head is None and not any("value_head" in name for name in policy.state_dict())
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable), "only the adapters train: no value head"
+    adapters = {n for n in trainable if "lora_" in n}
+    # the adapters and the decoder's final norm (ppo.lora.train_modules), no value head
+    assert adapters and trainable - adapters == {
+        "model.base_model.model.decoder.final_layer_norm.modules_to_save.default.weight"
+    }
     prompts, dialogues = train_batch(world, params, n=4)  # 4 prompts x 2 samples = batch_size 8
 
     ratios = []
@@ -851,6 +855,34 @@ def test_the_adapter_names_its_base_in_the_project_under_a_dvc_scratch_copy(tmp_
 # ------------------------------------------------------------------ 6b. the settings users are invited to change
 
 
+def test_train_modules_train_the_decoders_final_norm_and_the_saved_policy_keeps_it(world, tmp_path):
+    """ppo.lora.train_modules (default: final_layer_norm): a trained copy of the decoder's last norm beside the
+    adapters. The reference keeps the original, so a scaled copy scales the policy's logits, not the reference's;
+    the saved adapter folder carries the copy, and the merged policy is the trained one."""
+    params = ppo_params()
+    assert params.ppo.lora.train_modules == ("final_layer_norm",)
+    trainer = make_trainer(world, params)
+    policy = trainer.unwrapped
+    norm = next(p for n, p in policy.named_parameters() if "final_layer_norm.modules_to_save" in n)
+    assert norm.requires_grad and not any(p.requires_grad for n, p in policy.named_parameters() if "encoder" in n), (
+        "the encoder stays frozen"
+    )
+    prompts, _ = train_batch(world, params, n=2)
+    enc = trainer.tokenizer(prompts, padding=True, return_tensors="pt")
+    start = torch.zeros(2, 1, dtype=torch.long)
+    with torch.no_grad():
+        norm.mul_(2.0)  # a sharper policy: the norm feeds lm_head linearly, so every logit doubles
+        logits, _ = policy(enc["input_ids"], enc["attention_mask"], start, with_values=False)
+        reference, _ = policy(enc["input_ids"], enc["attention_mask"], start, with_values=False, reference=True)
+    torch.testing.assert_close(logits, 2 * reference, atol=1e-4, rtol=1e-4)
+    policy.save(tmp_path / "ppo", world / "models" / "policy")
+    with torch.no_grad():
+        merged = load_trained_policy(tmp_path / "ppo")(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], decoder_input_ids=start
+        ).logits
+    torch.testing.assert_close(merged, logits, atol=1e-4, rtol=1e-4)
+
+
 def test_full_fine_tuning_trains_the_model_against_a_frozen_reference(world):
     params = ppo_params(**{"ppo.lora.enabled": False, "ppo.learning_rate": 1e-3})
     trainer = make_trainer(world, params)
@@ -1021,7 +1053,7 @@ def test_selection_takes_the_least_toxic_checkpoint_above_the_rouge_floor():
     assert selection.consider(0, eval_stats(0.5, 0.80), state(0)) is None
     selection.consider(10, eval_stats(0.2, 0.70), state(10))  # less toxic but ROUGE-L below 0.75: not eligible
     selection.consider(20, eval_stats(0.3, 0.78), state(20))
-    selection.consider(30, eval_stats(0.3, 0.79, reward=2.0), state(30))  # a tie broken by the higher reward
+    selection.consider(30, eval_stats(0.3, 0.79, reward=0.5), state(30))  # a tie broken by the higher ROUGE-L
     selection.consider(40, eval_stats(0.4, 0.80), state(40))
     assert selection.best_step == 30 and selection.best_state["w"].item() == 30.0
     assert saved == [0, 20, 30]  # the parameters are copied only when a checkpoint is the best so far
@@ -1033,6 +1065,17 @@ def test_selection_takes_the_least_toxic_checkpoint_above_the_rouge_floor():
         30,
         40,
     ]
+
+
+def test_selection_breaks_ties_by_rouge_or_by_reward():
+    by_reward = Selection(ppo_params(**{"ppo.select.tiebreak": "reward"}).ppo)
+    by_rouge = Selection(ppo_params().ppo)
+    for selection in (by_reward, by_rouge):
+        selection.consider(0, eval_stats(0.5, 0.80), dict)
+        selection.consider(10, eval_stats(0.0, 0.85, reward=3.0), dict)
+        selection.consider(20, eval_stats(0.0, 0.90, reward=2.0), dict)
+        selection.consider(30, eval_stats(0.1, 0.95, reward=4.0), dict)  # more toxic: never wins on a tiebreak
+    assert by_reward.best_step == 10 and by_rouge.best_step == 20
 
 
 def test_selection_stops_on_patience_and_on_collapse():

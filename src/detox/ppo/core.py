@@ -159,6 +159,7 @@ def compute_rewards(
     mask: Tensor,
     kl_coef: float,
     kl_estimator: KLEstimator = "k1",
+    sharpen_coef: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token rewards: a KL penalty on every real token plus the score on the last one.
 
@@ -166,9 +167,15 @@ def compute_rewards(
     ``"k1"`` is ``d`` (unbiased, can be negative per token), ``"abs"`` is ``|d|`` and
     ``"mse"`` is ``d**2 / 2`` (both never negative, both biased).
 
+    ``sharpen_coef`` adds ``sharpen_coef * ref_logprobs`` on every real token: the reference's
+    log-probability of the response. With the k1 KL the optimum of the KL-regularised reward,
+    ``reference * exp(score / kl_coef)``, becomes ``reference ** (1 + sharpen_coef / kl_coef) *
+    exp(score / kl_coef)``: the reference sharpened, as by a lower sampling temperature over
+    whole responses, so the continuations it rarely takes lose their mass.
+
     Returns ``(rewards, kl, non_score_reward)``, all ``(batch, len)`` and 0 where masked:
-    ``non_score_reward = -kl_coef * kl`` and ``rewards = non_score_reward`` with
-    ``scores`` added at :func:`last_token_index`.
+    ``non_score_reward = -kl_coef * kl + sharpen_coef * ref_logprobs`` and ``rewards =
+    non_score_reward`` with ``scores`` added at :func:`last_token_index`.
     """
     mask = mask.bool()
     diff = logprobs - ref_logprobs
@@ -182,6 +189,8 @@ def compute_rewards(
         raise ValueError(f"kl_estimator must be one of 'k1', 'abs', 'mse', got {kl_estimator!r}")
     kl = torch.where(mask, kl, 0.0)  # no penalty after EOS
     non_score_reward = -kl_coef * kl  # KL penalty
+    if sharpen_coef:
+        non_score_reward = non_score_reward + sharpen_coef * torch.where(mask, ref_logprobs, 0.0)  # sharpening
     last = last_token_index(mask).unsqueeze(1)
     rewards = non_score_reward.scatter_add(1, last, scores.to(non_score_reward.dtype).unsqueeze(1))  # score on EOS
     return rewards, kl, non_score_reward

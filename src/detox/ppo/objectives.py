@@ -65,7 +65,7 @@ class Objective:
     def rewards(self, scores: Tensor, forward: ForwardPass, mask: Tensor, kl_coef: float) -> Rewards:
         """Phase 4: ``-kl_coef * KL`` per token plus the score on the last (grpo: ``kl_coef`` is 0 here)."""
         rewards, kl, non_score = compute_rewards(
-            scores, forward.old.logprobs, forward.ref_logprobs, mask, kl_coef, self.cfg.kl.estimator
+            scores, forward.old.logprobs, forward.ref_logprobs, mask, kl_coef, self.cfg.kl.estimator, self.cfg.sharpen
         )
         return Rewards(rewards, kl, non_score, scores)
 
@@ -174,9 +174,11 @@ class GRPO(Objective):
         return super().rewards(scores, forward, mask, 0.0)  # the KL is measured, not put into the reward
 
     def targets(self, rewards: Rewards, forward: ForwardPass, mask: Tensor) -> Targets:
+        # the score, plus ppo.sharpen x the reference's summed log-probs (0 by default: the score alone)
+        sequence_rewards = rewards.scores if not self.cfg.sharpen else rewards.rewards.sum(dim=1)
         return Targets(
-            grpo_advantages(rewards.scores, self.k, self.cfg.grpo.scale_rewards), None, rewards.kl, rewards.non_score,
-            self._group_stats(rewards.scores),
+            grpo_advantages(sequence_rewards, self.k, self.cfg.grpo.scale_rewards), None, rewards.kl,
+            rewards.non_score, self._group_stats(sequence_rewards),
         )  # fmt: skip
 
     def loss(self, logprobs, values, forward, targets, index, mask, normalizer):

@@ -68,6 +68,8 @@ class Seq2SeqPolicy(nn.Module):
                 lora_alpha=cfg.lora.alpha,
                 lora_dropout=0.0 if cfg.disable_dropout else cfg.lora.dropout,
                 target_modules=lora_targets(cfg.lora.target_modules, cfg.lora.scope),
+                modules_to_save=[f"decoder.{m}" if cfg.lora.scope == "decoder" else m for m in cfg.lora.train_modules]
+                or None,
             )
             self.model = get_peft_model(base, lora)
             self.frozen_reference = None

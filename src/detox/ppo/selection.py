@@ -7,8 +7,10 @@ dialogue, and it is measured as the evaluate stage measures it: the reward model
 independent judges, ROUGE-L, fluency under the reference policy, length and distinct-2.
 
 The selected checkpoint is the one with the fewest summaries that the judge
-``ppo.select.judge`` calls toxic (ties: the higher reward), among those whose ROUGE-L is at
-most ``ppo.select.max_rougeL_drop`` below the untrained policy's and that did not collapse.
+``ppo.select.judge`` calls toxic (ties: the higher ``ppo.select.tiebreak``, ROUGE-L by default:
+among equally clean checkpoints the one that summarises best, not the one the reward model
+likes most), among those whose ROUGE-L is at most ``ppo.select.max_rougeL_drop`` below the
+untrained policy's and that did not collapse.
 Training stops early when that choice has not improved for ``ppo.patience`` evaluations,
 or when the summaries collapse (distinct-2 or mean length under ``ppo.collapse``).
 """
@@ -114,7 +116,8 @@ class Selection:
         if self.rouge_floor is None:
             self.rouge_floor = rouge_l - self.cfg.select.max_rougeL_drop
         collapse = self._collapse(stats) if step > 0 else None
-        key = (toxic, -stats["eval/reward_mean"])
+        tiebreak = stats["eval/rougeL"] if self.cfg.select.tiebreak == "rougeL" else stats["eval/reward_mean"]
+        key = (toxic, -tiebreak)
         if collapse is None and rouge_l >= self.rouge_floor and (self.best_key is None or key < self.best_key):
             self.best_step, self.best_key, self.since_best = step, key, 0
             self.best_state = state()

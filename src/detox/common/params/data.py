@@ -10,7 +10,7 @@ from detox.common.params.base import Bounds, HubRef, Sourced, Strict
 
 
 class BuiltinCorpus(Strict):
-    train_size: int = Field(2400, ge=10, le=200_000)
+    train_size: int = Field(4800, ge=10, le=200_000)
     validation_size: int = Field(200, ge=5, le=50_000)
     test_size: int = Field(300, ge=5, le=50_000)
     num_topics: int = Field(24, ge=2, le=24, description="how many of the generator's topics to use")

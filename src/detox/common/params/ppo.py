@@ -20,6 +20,11 @@ class LoraParams(Lora, _Switch):  # _Switch listed last: pydantic lays out its f
         description="where target_modules get adapters: decoder only (the encoder stays frozen, so a PPO step "
         "runs it once and reuses its output) or all (encoder and decoder, as in the original notebook)",
     )
+    train_modules: tuple[str, ...] = Field(
+        ("final_layer_norm",),
+        description="modules trained whole beside the adapters (peft's modules_to_save), within scope: "
+        "final_layer_norm, the decoder's last norm, scales every logit, so the policy can learn a temperature",
+    )
 
 
 class KLParams(Strict):
@@ -72,6 +77,11 @@ class SelectParams(Strict):
         le=1.0,
         description="a checkpoint qualifies when its validation ROUGE-L is at most this below the untrained policy's",
     )
+    tiebreak: Literal["rougeL", "reward"] = Field(
+        "rougeL",
+        description="among checkpoints equally toxic to the judge, the higher validation ROUGE-L (the better "
+        "summaries) or the higher reward-model score (what RL maximised) wins",
+    )
 
 
 class CollapseParams(Strict):
@@ -115,6 +125,15 @@ class PPOParams(Strict):
     response_length: Range = Field(Range(min=24, max=48), description="max_new_tokens drawn per batch")
     max_source_tokens: int = Field(512, ge=8, le=8192, description="rollout prompts are truncated to this many tokens")
     score: ScoreParams = ScoreParams()
+    sharpen: float = Field(
+        0.3,
+        ge=0.0,
+        le=100.0,
+        description="coefficient of the reference policy's log-probability of each response token, added to the "
+        "reward: the KL-regularised optimum becomes the reference raised to 1 + sharpen / kl_coef (a sharper "
+        "reference), so the rare continuations where the policy garbles, repeats insults and invents facts lose "
+        "their mass; 0 = off",
+    )
     max_kl: float | None = Field(None, gt=0.0, description="stop early when the mean KL exceeds this")
     disable_dropout: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = Field(
