@@ -4,7 +4,7 @@
     dvc queue start --jobs 1 && dvc queue status                                # run them (reuses the cached stages)
     python scripts/sweep.py report                                              # reports/sweep.md and .json
     python scripts/sweep.py report --rev 23fb9cf      # experiments queued on an earlier commit
-    python scripts/sweep.py toxicity-probability      # the workspace's policies with 25 samples per prompt
+    dvc exp run -S eval.samples_per_prompt=25          # toxicity probability over 25 samples per prompt
 
 ``queue`` queues one experiment per (algorithm, RL seed) with ``-S ppo.algorithm=A -S ppo.seed=S``
 (data, sft, reward model and judges keep the pipeline's ``seed``, so DVC reuses them from its
