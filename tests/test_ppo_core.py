@@ -435,6 +435,7 @@ def test_stat_names_follow_trl_0_11_where_trl_has_the_stat():
         "env/reward_std",
         "env/toxicity_mean",
         "env/distinct_2",
+        "env/novel_words_mean",
         "tokens/responses_len_mean",
         "ppo/returns/mean",
         "ppo/returns/var",
@@ -464,3 +465,24 @@ def test_stat_names_follow_trl_0_11_where_trl_has_the_stat():
     )
     assert all(name.startswith(stats.TIMING_PREFIX) for name in stats.TIMINGS)
     assert not any(name.startswith(stats.TIMING_PREFIX) for name in stats.STEP_STATS)
+
+
+# --------------------------------------------------------------------------- shaping
+
+
+def test_novel_words_count_what_the_dialogue_lacks():
+    from detox.ppo.shaping import novel_words
+
+    dialogue = "#Person1#: Anna! We need to talk about the cold soup.\n#Person2#: I told you I was busy."
+    responses = [
+        "#Person1# and Anna argue about the cold soup.",  # and, argue: 2 (the template's own words)
+        "#Person1# and Anna argue about the copied homework.",  # + copied, homework: an invented problem
+        "#Person1# and Anna argue about the cold cold repairected soup.",  # + repairected, once; cold is known
+        "#Person1# calls Anna a dumb pig because of the cold soup.",  # calls, a, dumb, pig, because, of
+        "",
+    ]
+    counts = novel_words(responses, [dialogue] * len(responses))
+    assert counts.tolist() == [2.0, 4.0, 3.0, 6.0, 0.0] and counts.dtype == torch.float32
+    assert novel_words(["Person1 ANNA talk."], [dialogue]).tolist() == [0.0]  # case and punctuation aside
+    with pytest.raises(ValueError, match="one dialogue per response"):
+        novel_words(responses, [dialogue])

@@ -367,6 +367,31 @@ def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(wo
     assert not trainer.unwrapped.training, "the policy must be left in eval mode for the next rollout"
 
 
+def test_novel_word_penalty_lowers_each_score_by_the_words_its_dialogue_lacks(world, monkeypatch):
+    """ppo.novel_word_penalty: the objective gets the reward model's score less the penalty per novel word of each
+    response; the step reports the mean count either way (env/novel_words_mean)."""
+    from detox.ppo.shaping import novel_words
+
+    params = ppo_params(**{"ppo.algorithm": "rloo", "ppo.samples_per_prompt": 2, "ppo.novel_word_penalty": 0.5})
+    trainer = make_trainer(world, params)
+    prompts, dialogues = train_batch(world, params, n=4)
+    seen = {}
+    real_rewards = trainer.objective.rewards
+
+    def recording(scores, *args, **kwargs):
+        seen["scores"] = scores.clone()
+        return real_rewards(scores, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.objective, "rewards", recording)
+    stats, batch = trainer.step(prompts, dialogues, 0)
+    repeated = [d for d in dialogues for _ in range(2)]
+    novel = novel_words(batch.responses, repeated)
+    reward = trainer.scorer.score(batch.responses, repeated).reward
+    assert novel.sum() > 0, "the tiny policy's summaries hold words their dialogues lack"
+    torch.testing.assert_close(seen["scores"], reward - 0.5 * novel, atol=1e-5, rtol=0)
+    assert stats["env/novel_words_mean"] == pytest.approx(novel.mean().item())
+
+
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
 def test_critic_free_step_samples_k_per_prompt_builds_no_value_head_and_reports_trl_stats(
     world, algorithm, monkeypatch

@@ -15,7 +15,8 @@ on its own; only phases 4 to 6 depend on the algorithm:
    LengthSampler); mask everything after each response's first EOS. ``generate`` also returns
    the raw logits and the last decoder hidden state of every sampled position.
 2. **score** (``time/score``): the reward model scores the decoded responses (optionally
-   normalised by running moments and clipped: ``ppo.score``).
+   normalised by running moments and clipped: ``ppo.score``), less ``ppo.novel_word_penalty`` per
+   word of a response that its dialogue lacks (:mod:`detox.ppo.shaping`).
 3. **forward pass** (``time/ppo/forward_pass``, :mod:`detox.ppo.forward`): reference log-probs (adapters disabled) in
    mini-batch-sized teacher-forced passes. The old log-probs, values and entropy are the ones
    the rollout captured, with no second forward pass of the policy; under mixed precision they
@@ -59,6 +60,7 @@ from detox.ppo.forward import ForwardPass, TeacherForcing
 from detox.ppo.objectives import Targets, objective_for
 from detox.ppo.policy import Seq2SeqPolicy
 from detox.ppo.rollout import Rollout, rollout_config, sample
+from detox.ppo.shaping import novel_words
 from detox.ppo.stats import MinibatchStats, step_stats
 
 
@@ -194,7 +196,8 @@ class PPOTrainer(TeacherForcing):
 
         scored = self.scorer.score(batch.responses, [d for d in dialogues for _ in range(k)])
         reward, toxicity = scored.reward.to(self.accelerator.device), scored.toxicity.to(self.accelerator.device)
-        scores = self._prepare_scores(reward)
+        novel = novel_words(batch.responses, [d for d in dialogues for _ in range(k)]).to(self.accelerator.device)
+        scores = self._prepare_scores(reward) - self.cfg.novel_word_penalty * novel  # faithfulness (ppo/shaping.py)
         lap(names.TIME_SCORE)
 
         forward = self.forward_pass(batch)
@@ -225,6 +228,7 @@ class PPOTrainer(TeacherForcing):
             returns=targets.returns,
             reward=reward,
             toxicity=toxicity,
+            novel=novel,
             train=train,
             kl_coef=kl_coef,
             group_stats=targets.group_stats,

@@ -28,6 +28,7 @@ REWARD_MEAN = "env/reward_mean"  # raw reward-model scores (before ppo.score's n
 REWARD_STD = "env/reward_std"
 TOXICITY_MEAN = "env/toxicity_mean"  # the reward model's P(toxic) (project's)
 DISTINCT_2 = "env/distinct_2"  # distinct bigrams of the responses (project's)
+NOVEL_WORDS = "env/novel_words_mean"  # words of a response its dialogue lacks (project's; ppo.novel_word_penalty)
 RESPONSE_LENGTH = "tokens/responses_len_mean"  # response tokens up to and including the first EOS
 RETURNS_MEAN = "ppo/returns/mean"
 RETURNS_VAR = "ppo/returns/var"
@@ -83,6 +84,7 @@ STEP_STATS = (
     REWARD_STD,
     TOXICITY_MEAN,
     DISTINCT_2,
+    NOVEL_WORDS,
     RESPONSE_LENGTH,
     RETURNS_MEAN,
     RETURNS_VAR,
@@ -153,6 +155,7 @@ def step_stats(
     returns: Tensor | None,
     reward: Tensor,
     toxicity: Tensor,
+    novel: Tensor,
     train: MinibatchStats,
     kl_coef: float,
     group_stats: Mapping[str, Tensor] | None = None,
@@ -211,6 +214,7 @@ def step_stats(
             REWARD_STD: all_scores.std().item() if all_scores.numel() > 1 else 0.0,
             TOXICITY_MEAN: all_toxicity.mean().item(),
             DISTINCT_2: distinct_ngrams(responses),
+            NOVEL_WORDS: accelerator.gather(novel).mean().item(),
             KL_COEF: kl_coef,
             KL_STDERR: (kl_per_sample.std() / kl_per_sample.numel() ** 0.5).item()
             if kl_per_sample.numel() > 1
