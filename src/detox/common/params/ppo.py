@@ -126,12 +126,13 @@ class PPOParams(Strict):
     max_source_tokens: int = Field(512, ge=8, le=8192, description="rollout prompts are truncated to this many tokens")
     score: ScoreParams = ScoreParams()
     novel_word_penalty: float = Field(
-        1.0,
+        0.0,
         ge=0.0,
         le=100.0,
         description="subtracted from the reward model's score for each word of a summary that its dialogue "
         "lacks: a wrong name, day or problem, or a garbled token (words all of a prompt's k samples share cancel "
-        "in rloo's and grpo's group baselines); 0 = off. For the Hub's abstractive summaries start small",
+        "in rloo's and grpo's group baselines); 0 = off (the default: on the built-in world it moved neither the "
+        "invented facts nor the novel words per summary in 100 steps; see the README)",
     )
     sharpen: float = Field(
         0.3,
