@@ -14,17 +14,11 @@ costs only the samples that have it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 
-WORD = re.compile(r"[a-z0-9]+")
-
-
-def words(text: str) -> list[str]:
-    """Lowercased runs of letters and digits (``#Person1#`` is ``person1``)."""
-    return WORD.findall(text.lower())
+from detox.data.words import words  # the garbling measure's words: lowercased runs of letters
 
 
 def novel_words(responses: Sequence[str], dialogues: Sequence[str]) -> torch.Tensor:
