@@ -50,7 +50,7 @@ class SFTParams(Strict):
     method: Literal["full", "lora"] = Field(
         "full", description="lora trains adapters and merges them into the saved model"
     )
-    epochs: int = Field(4, ge=1, le=200)
+    epochs: int = Field(8, ge=1, le=200)
     batch_size: int = Field(32, ge=1, le=1024)
     learning_rate: float = Field(
         2e-3,
