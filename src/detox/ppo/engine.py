@@ -194,9 +194,10 @@ class PPOTrainer(TeacherForcing):
         batch = self.rollout(prompts, step)
         lap(names.TIME_ROLLOUT)
 
-        scored = self.scorer.score(batch.responses, [d for d in dialogues for _ in range(k)])
+        per_response = [d for d in dialogues for _ in range(k)]
+        scored = self.scorer.score(batch.responses, per_response)
         reward, toxicity = scored.reward.to(self.accelerator.device), scored.toxicity.to(self.accelerator.device)
-        novel = novel_words(batch.responses, [d for d in dialogues for _ in range(k)]).to(self.accelerator.device)
+        novel = novel_words(batch.responses, per_response).to(self.accelerator.device)
         scores = self._prepare_scores(reward) - self.cfg.novel_word_penalty * novel  # faithfulness (ppo/shaping.py)
         lap(names.TIME_SCORE)
 
