@@ -55,6 +55,8 @@ ROWS = (
     ("fluency NLL after", "evaluate:after.quality.fluency_nll", 1, 3),
     ("unknown-word summaries % before", "evaluate:before.quality.garbled_share", 100, 1),
     ("unknown-word summaries % after", "evaluate:after.quality.garbled_share", 100, 1),
+    ("looping summaries % before", "evaluate:before.quality.looping_share", 100, 1),
+    ("looping summaries % after", "evaluate:after.quality.looping_share", 100, 1),
     ("invented-fact summaries % before", "evaluate:before.quality.invented_share", 100, 2),
     ("invented-fact summaries % after", "evaluate:after.quality.invented_share", 100, 2),
     ("oracle toxicity probability % before", "evaluate:before.toxicity.oracle.toxicity_probability", 100, 1),

@@ -230,7 +230,7 @@ def test_paired_statistics_are_over_prompts_each_the_mean_of_its_samples():
         compare(before, after.iloc[[1, 0, 2, 3]].reset_index(drop=True), PromotionParams(), 0)
 
 
-def test_quality_numbers_fluency_distinct_length_and_garbling():
+def test_quality_numbers_fluency_distinct_length_garbling_and_loops():
     frame = scored(
         ["a", "b"],
         [0, 0],
@@ -245,6 +245,9 @@ def test_quality_numbers_fluency_distinct_length_and_garbling():
     assert quality["distinct_2"] == pytest.approx(4 / 5)  # "the cat" twice
     assert quality["unknown_word_share"] == pytest.approx(1 / 7)
     assert quality["garbled_share"] == pytest.approx(0.5)
+    assert quality["looping_share"] == 0.0
+    looping = scored(["a", "b", "c"], [0] * 3, [0] * 3, responses=["the cat sat", "the cat cat", "a cat a cat"])
+    assert summarize(looping)["quality"]["looping_share"] == pytest.approx(2 / 3)
 
 
 def test_a_baseline_without_the_evaluated_judges_is_refused():

@@ -436,6 +436,7 @@ def test_stat_names_follow_trl_0_11_where_trl_has_the_stat():
         "env/toxicity_mean",
         "env/distinct_2",
         "env/novel_words_mean",
+        "env/repeated_words_mean",
         "tokens/responses_len_mean",
         "ppo/returns/mean",
         "ppo/returns/var",
@@ -486,3 +487,19 @@ def test_novel_words_count_what_the_dialogue_lacks():
     assert novel_words(["Person1 ANNA talk."], [dialogue]).tolist() == [0.0]  # case and punctuation aside
     with pytest.raises(ValueError, match="one dialogue per response"):
         novel_words(responses, [dialogue])
+
+
+def test_repeated_words_count_the_loops_and_nothing_else():
+    from detox.ppo.shaping import repeated_words
+
+    responses = [
+        "Linda wants to rent the apartment downtown on Monday, and #Person2# agrees.",  # a clean summary: 0
+        "#Person1# and Anna argue about the rent, and #Person2# agrees.",  # "and" thrice, never twice in a row: 0
+        "Paul wants seats near the stage, and and and and #Person2# agrees.",  # and x4: 3 words repeat the one before
+        "Linda wants the apartment downtown the apartment downtown.",  # "the apartment", "apartment downtown" again: 2
+        "Linda LINDA, linda!",  # case and punctuation aside: 2
+        "",
+    ]
+    counts = repeated_words(responses)
+    assert counts.tolist() == [0.0, 0.0, 3.0, 2.0, 2.0, 0.0] and counts.dtype == torch.float32
+    assert repeated_words(["a b c a b"]).tolist() == [1.0]  # only "b" closes a bigram seen before

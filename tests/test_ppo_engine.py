@@ -367,12 +367,20 @@ def test_one_step_reports_trl_stats_with_zero_kl_and_trains_only_the_adapters(wo
     assert not trainer.unwrapped.training, "the policy must be left in eval mode for the next rollout"
 
 
-def test_novel_word_penalty_lowers_each_score_by_the_words_its_dialogue_lacks(world, monkeypatch):
-    """ppo.novel_word_penalty: the objective gets the reward model's score less the penalty per novel word of each
-    response; the step reports the mean count either way (env/novel_words_mean)."""
-    from detox.ppo.shaping import novel_words
+def test_shaping_penalties_lower_each_score_by_the_words_its_dialogue_lacks_and_the_words_that_loop(world, monkeypatch):
+    """ppo.novel_word_penalty and ppo.repeat_penalty: the objective gets the reward model's score less each penalty
+    per novel and per looping word of each response; the step reports the mean counts (env/novel_words_mean,
+    env/repeated_words_mean)."""
+    from detox.ppo.shaping import novel_words, repeated_words
 
-    params = ppo_params(**{"ppo.algorithm": "rloo", "ppo.samples_per_prompt": 2, "ppo.novel_word_penalty": 0.5})
+    params = ppo_params(
+        **{
+            "ppo.algorithm": "rloo",
+            "ppo.samples_per_prompt": 2,
+            "ppo.novel_word_penalty": 0.5,
+            "ppo.repeat_penalty": 0.25,
+        }
+    )
     trainer = make_trainer(world, params)
     prompts, dialogues = train_batch(world, params, n=4)
     seen = {}
@@ -386,10 +394,13 @@ def test_novel_word_penalty_lowers_each_score_by_the_words_its_dialogue_lacks(wo
     stats, batch = trainer.step(prompts, dialogues, 0)
     repeated = [d for d in dialogues for _ in range(2)]
     novel = novel_words(batch.responses, repeated)
+    loops = repeated_words(batch.responses)
     reward = trainer.scorer.score(batch.responses, repeated).reward
     assert novel.sum() > 0, "the tiny policy's summaries hold words their dialogues lack"
-    torch.testing.assert_close(seen["scores"], reward - 0.5 * novel, atol=1e-5, rtol=0)
+    assert loops.sum() > 0, "the tiny policy's summaries loop"
+    torch.testing.assert_close(seen["scores"], reward - 0.5 * novel - 0.25 * loops, atol=1e-5, rtol=0)
     assert stats["env/novel_words_mean"] == pytest.approx(novel.mean().item())
+    assert stats["env/repeated_words_mean"] == pytest.approx(loops.mean().item())
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
@@ -1193,9 +1204,11 @@ def test_evaluation_measures_the_policy_with_the_judges(judged_world):
         "eval/fluency_nll",
         "eval/mean_length",
         "eval/distinct_2",
+        "eval/looping_share",
         "eval/oracle/toxic_share",
         "eval/ngram/toxic_share",
     } <= set(first)
+    assert 0 <= first["eval/looping_share"] <= 1
     assert 0 <= first["eval/oracle/toxic_share"] <= 1 and first["eval/fluency_nll"] > 0
     assert first["eval/mean_length"] > 0
 

@@ -1,4 +1,4 @@
-"""The words of a text: its runs of letters, lowercased; and the vocabulary of a set of texts."""
+"""The words of a text: its runs of letters, lowercased; the vocabulary of a set of texts; the words that loop."""
 
 from __future__ import annotations
 
@@ -15,3 +15,19 @@ def words(text: str) -> list[str]:
 def vocabulary(texts: Iterable[str]) -> frozenset[str]:
     """Every word of ``texts`` (e.g. the train split's dialogues and summaries)."""
     return frozenset(w for text in texts for w in words(text))
+
+
+def looping_words(text: str) -> int:
+    """How many words of ``text`` loop: equal the word before them, or close a bigram the text already had.
+
+    rep-n of Welleck et al. (2019) counts repeated n-grams; this counts the repeated bigrams and the
+    immediate repeats ("and and and": 2, "the flat downtown the flat downtown": 2). A summary of
+    DialogSum or of the built-in world has none, a policy caught in a loop many.
+    """
+    tokens = words(text)
+    seen: set[tuple[str, str]] = set()
+    count = 0
+    for previous, word in zip(tokens, tokens[1:], strict=False):
+        count += word == previous or (previous, word) in seen
+        seen.add((previous, word))
+    return count

@@ -10,7 +10,9 @@ garbled into tokens no classifier has seen. These numbers show it:
   of them (near 0 when the summaries collapse to one text);
 - **length**: words per summary;
 - **garbling**: the share of a summary's words (runs of letters, lowercased) that never occur
-  in the train split, and the share of summaries with at least one such word.
+  in the train split, and the share of summaries with at least one such word;
+- **looping**: the share of summaries in which a word repeats the one before it or closes a
+  bigram seen earlier in the summary (:func:`detox.data.words.looping_words`).
 """
 
 from __future__ import annotations

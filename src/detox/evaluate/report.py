@@ -21,6 +21,7 @@ QUALITY_ROWS = (
     ("fluency_nll", "fluency: NLL under the reference policy (nats/token, lower is better)"),
     ("distinct_1", "distinct-1"),
     ("distinct_2", "distinct-2"),
+    ("looping_share", "summaries that loop (a word repeated, or a bigram again)"),
     ("mean_length", "mean length (words)"),
     ("unknown_word_share", "words never seen in the train split (garbling)"),
     ("garbled_share", "summaries with such a word"),

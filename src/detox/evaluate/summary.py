@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from detox.data.words import words
+from detox.data.words import looping_words, words
 from detox.evaluate.columns import REWARD_MODEL, sources
 from detox.evaluate.quality import ROUGE_KEYS, distinct_ngrams
 
@@ -50,6 +50,7 @@ def quality_numbers(frame: pd.DataFrame) -> dict[str, float]:
         "mean_length": float(frame["length"].mean()),
         "distinct_1": distinct_ngrams(responses, 1),
         "distinct_2": distinct_ngrams(responses, 2),
+        "looping_share": float(sum(looping_words(r) > 0 for r in responses) / max(1, len(responses))),
     }
     if "fluency_nll" in frame.columns:
         out["fluency_nll"] = float(frame["fluency_nll"].mean())

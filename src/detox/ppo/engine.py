@@ -16,7 +16,8 @@ on its own; only phases 4 to 6 depend on the algorithm:
    the raw logits and the last decoder hidden state of every sampled position.
 2. **score** (``time/score``): the reward model scores the decoded responses (optionally
    normalised by running moments and clipped: ``ppo.score``), less ``ppo.novel_word_penalty`` per
-   word of a response that its dialogue lacks (:mod:`detox.ppo.shaping`).
+   word of a response that its dialogue lacks and ``ppo.repeat_penalty`` per word that loops
+   (:mod:`detox.ppo.shaping`).
 3. **forward pass** (``time/ppo/forward_pass``, :mod:`detox.ppo.forward`): reference log-probs (adapters disabled) in
    mini-batch-sized teacher-forced passes. The old log-probs, values and entropy are the ones
    the rollout captured, with no second forward pass of the policy; under mixed precision they
@@ -60,7 +61,7 @@ from detox.ppo.forward import ForwardPass, TeacherForcing
 from detox.ppo.objectives import Targets, objective_for
 from detox.ppo.policy import Seq2SeqPolicy
 from detox.ppo.rollout import Rollout, rollout_config, sample
-from detox.ppo.shaping import novel_words
+from detox.ppo.shaping import novel_words, repeated_words
 from detox.ppo.stats import MinibatchStats, step_stats
 
 
@@ -198,7 +199,10 @@ class PPOTrainer(TeacherForcing):
         scored = self.scorer.score(batch.responses, per_response)
         reward, toxicity = scored.reward.to(self.accelerator.device), scored.toxicity.to(self.accelerator.device)
         novel = novel_words(batch.responses, per_response).to(self.accelerator.device)
-        scores = self._prepare_scores(reward) - self.cfg.novel_word_penalty * novel  # faithfulness (ppo/shaping.py)
+        repeated = repeated_words(batch.responses).to(self.accelerator.device)
+        scores = (  # less the faithfulness and repetition terms (ppo/shaping.py)
+            self._prepare_scores(reward) - self.cfg.novel_word_penalty * novel - self.cfg.repeat_penalty * repeated
+        )
         lap(names.TIME_SCORE)
 
         forward = self.forward_pass(batch)
@@ -230,6 +234,7 @@ class PPOTrainer(TeacherForcing):
             reward=reward,
             toxicity=toxicity,
             novel=novel,
+            repeated=repeated,
             train=train,
             kl_coef=kl_coef,
             group_stats=targets.group_stats,

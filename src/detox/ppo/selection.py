@@ -79,6 +79,7 @@ def evaluate_policy(trainer: PPOTrainer, data: ValidationSet, seed: int) -> dict
         "eval/fluency_nll": float(nll.mean()),
         "eval/mean_length": quality["mean_length"],
         "eval/distinct_2": quality["distinct_2"],
+        "eval/looping_share": quality["looping_share"],
     }
     for name, judge in data.judges.items():
         score, flag = judge_columns(name)

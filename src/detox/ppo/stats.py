@@ -29,6 +29,7 @@ REWARD_STD = "env/reward_std"
 TOXICITY_MEAN = "env/toxicity_mean"  # the reward model's P(toxic) (project's)
 DISTINCT_2 = "env/distinct_2"  # distinct bigrams of the responses (project's)
 NOVEL_WORDS = "env/novel_words_mean"  # words of a response its dialogue lacks (project's; ppo.novel_word_penalty)
+REPEATED_WORDS = "env/repeated_words_mean"  # words of a response that loop (project's; ppo.repeat_penalty)
 RESPONSE_LENGTH = "tokens/responses_len_mean"  # response tokens up to and including the first EOS
 RETURNS_MEAN = "ppo/returns/mean"
 RETURNS_VAR = "ppo/returns/var"
@@ -85,6 +86,7 @@ STEP_STATS = (
     TOXICITY_MEAN,
     DISTINCT_2,
     NOVEL_WORDS,
+    REPEATED_WORDS,
     RESPONSE_LENGTH,
     RETURNS_MEAN,
     RETURNS_VAR,
@@ -156,6 +158,7 @@ def step_stats(
     reward: Tensor,
     toxicity: Tensor,
     novel: Tensor,
+    repeated: Tensor,
     train: MinibatchStats,
     kl_coef: float,
     group_stats: Mapping[str, Tensor] | None = None,
@@ -215,6 +218,7 @@ def step_stats(
             TOXICITY_MEAN: all_toxicity.mean().item(),
             DISTINCT_2: distinct_ngrams(responses),
             NOVEL_WORDS: accelerator.gather(novel).mean().item(),
+            REPEATED_WORDS: accelerator.gather(repeated).mean().item(),
             KL_COEF: kl_coef,
             KL_STDERR: (kl_per_sample.std() / kl_per_sample.numel() ** 0.5).item()
             if kl_per_sample.numel() > 1
