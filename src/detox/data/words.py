@@ -21,8 +21,9 @@ def looping_words(text: str) -> int:
     """How many words of ``text`` loop: equal the word before them, or close a bigram the text already had.
 
     rep-n of Welleck et al. (2019) counts repeated n-grams; this counts the repeated bigrams and the
-    immediate repeats ("and and and": 2, "the flat downtown the flat downtown": 2). A summary of
-    DialogSum or of the built-in world has none, a policy caught in a loop many.
+    immediate repeats ("and and and": 2, "the flat downtown the flat downtown": 2). The built-in
+    world's reference summaries have none, a policy caught in a loop many; longer human summaries
+    (DialogSum's) can repeat a common bigram ("of the") and count it too.
     """
     tokens = words(text)
     seen: set[tuple[str, str]] = set()

@@ -18,9 +18,10 @@ falls into those loops in the tail of its sampling, and RL on a toxicity reward 
 against 17 before, and the loops cost the calm dialogues' ROUGE-L 0.006). :func:`repeated_words`
 counts them the way rep-n (Welleck et al. 2019, "Neural text generation with unlikelihood
 training") counts repeated n-grams (:func:`detox.data.words.looping_words`; evaluate reports the
-share of summaries with one).
-A reference summary of DialogSum or of the built-in world has none, and a loop costs only the
-samples of a group that loop, so the group baseline does not cancel it.
+share of summaries with one). No reference summary of the built-in world has one, and a loop
+costs only the samples of a group that loop, so the group baseline does not cancel it. Longer
+human summaries (DialogSum's) may repeat a common bigram ("of the"), which costs them too: on
+such data measure ``eval/looping_share`` of the sft policy and lower the penalty if it is not 0.
 """
 
 from __future__ import annotations

@@ -139,9 +139,9 @@ class PPOParams(Strict):
         ge=0.0,
         le=100.0,
         description="subtracted from the reward model's score for each word of a summary that loops: repeats the "
-        "word before it or closes a bigram the summary already had (rep-n, Welleck et al. 2019); references have "
-        "none, and the reward model does not mind a loop (0.2: RL seeds 42, 1, 2, 3 loop less than the sft "
-        "policy and keep the calm dialogues' ROUGE-L; see the README); 0 = off",
+        "word before it or closes a bigram the summary already had (rep-n, Welleck et al. 2019); the built-in "
+        "world's references have none, and the reward model does not mind a loop (0.2: RL seeds 42, 1 to 4 loop "
+        "less than the sft policy and keep the calm dialogues' ROUGE-L; see the README); 0 = off",
     )
     sharpen: float = Field(
         0.3,
