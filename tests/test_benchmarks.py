@@ -225,3 +225,57 @@ def test_pipeline_times_reads_the_numbers_a_speed_up_must_keep(tmp_path):
     # the evaluate stage's own improvement, with the sign of a change
     assert numbers[f"{judge}_toxic_change_pct"] == pytest.approx(-evaluation["improvement_pct"][judge]["toxic_share"])
     assert set(times.outcome(tmp_path).values()) == {None}  # a run that stopped early has no numbers
+
+
+def test_sft_steps_times_random_and_grouped_batches_and_counts_the_floor(bench_world):
+    root, params_file = bench_world
+    args = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "sft_steps.py"),
+        "--rounds",
+        "1",
+        "--steps",
+        "1",
+        "--params",
+        str(params_file),
+        "--base",
+        str(root / "models" / "base" / "policy"),
+        "--raw",
+        str(root / "data" / "raw"),
+    ]
+    proc = subprocess.run([*args, "--flops"], capture_output=True, text=True, cwd=root, timeout=conftest.HANG_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("random", "grouped"))
+    }
+    assert set(rows) == {"random", "grouped"}
+    assert rows["random"][5] == "1.00x"  # the ratio column is against the random order itself
+    assert "GFLOP" in proc.stdout and "compute floor" in proc.stdout
+    bad = subprocess.run([*args[:-4], "--steps", "50", *args[-4:]], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and "an epoch has" in bad.stderr
+
+
+def test_draws_benchmark_checks_both_paths_give_the_same_summaries(bench_world):
+    root, params_file = bench_world
+    args = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "draws.py"),
+        "--n",
+        "5",
+        "--k",
+        "2",
+        "--repeats",
+        "1",
+        "--params",
+        str(params_file),
+        "--policy",
+        str(root / "models" / "policy"),
+        "--data",
+        str(root / "data" / "raw" / "test.parquet"),
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=root, timeout=conftest.HANG_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the same summaries from both" in proc.stdout
+    assert "5 dialogues x 2 samples" in proc.stdout and "separate / draws (medians):" in proc.stdout
+    missing = subprocess.run([*args[:-2], "--data", str(root / "nothing.parquet")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

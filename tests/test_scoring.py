@@ -28,7 +28,14 @@ from detox.evaluate.scoring import SAMPLE_SEED_STRIDE, Instruments, sample_rows,
 from detox.evaluate.summary import summarize
 from detox.judges.panel import Judge
 from detox.models.builtin import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
-from detox.models.generation import build_prompts, generate_summaries, generation_kwargs, load_policy, sample_responses
+from detox.models.generation import (
+    build_prompts,
+    generate_draws,
+    generate_summaries,
+    generation_kwargs,
+    load_policy,
+    sample_responses,
+)
 from detox.models.reward import RewardScorer, label_index
 
 TEMPLATE = PromptParams().template
@@ -299,6 +306,24 @@ def test_same_seed_same_summaries_other_seed_other_summaries(policy, corpus):
     assert first == again
     assert first != other
     assert sum(a != b for a, b in zip(first, other, strict=True)) >= 3
+
+
+def test_draws_equal_separate_calls_and_run_the_encoder_once_per_batch(policy, corpus):
+    model, tokenizer = policy
+    prompts = build_prompts(tiny_data(corpus, 6)["dialogue"].tolist(), TEMPLATE)
+    cfg = sampling(batch_size=4)  # two batches, sorted by length
+    separate = [generate_summaries(model, tokenizer, prompts, cfg, seed=seed) for seed in (3, 8, 21)]
+    calls = []
+    hook = model.get_encoder().register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        draws = generate_draws(model, tokenizer, prompts, cfg, [3, 8, 21])
+    finally:
+        hook.remove()
+    assert draws == separate  # bit for bit: the same encoder output and the same seeded draws
+    assert draws[0] != draws[1]
+    assert len(calls) == 2  # once per batch, not once per batch and seed
+    with pytest.raises(ValueError, match="no seeds"):
+        generate_draws(model, tokenizer, prompts, cfg, [])
 
 
 def test_each_batch_is_seeded_with_seed_plus_its_first_index(policy, corpus):

@@ -30,6 +30,7 @@ from detox.data.validation.run import validate_dir
 from detox.models.check import has_weights
 from detox.models.reward_training import classifier_metrics, expected_calibration_error, run_reward
 from detox.models.sft import run_sft
+from detox.models.training import Schedule, fit
 from test_judges import tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,41 @@ def test_expected_calibration_error():
     assert expected_calibration_error(truth, np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.0)
     # two bins: [0.95, 0.95] observed 1.0 -> gap 0.05; [0.05, 0.05] observed 0.0 -> gap 0.05
     assert expected_calibration_error(np.array([1, 1, 0, 0]), np.array([0.95, 0.95, 0.05, 0.05])) == pytest.approx(0.05)
+
+
+class _MeanLength(torch.nn.Module):
+    """The smallest model ``fit`` can train: one weight pulled towards each batch's mean length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, lengths: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": ((self.weight - lengths.float().mean()) ** 2).sum()}
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_group_by_length_batches_examples_of_similar_length(grouped):
+    lengths = [1 + (i * 37) % 64 for i in range(512)]  # each length 1..64 eight times, in a scrambled order
+    train = [{"input_ids": [0] * n, "labels": [0]} for n in lengths]
+    seen: list[list[int]] = []
+
+    def collate(rows):
+        seen.append([len(row["input_ids"]) for row in rows])
+        return {"lengths": torch.tensor(seen[-1]), "labels": torch.zeros(len(rows))}
+
+    schedule = Schedule(epochs=1, batch_size=8, learning_rate=0.1, group_by_length=grouped)
+    fit(_MeanLength(), train, collate, schedule, seed=0)
+    assert sorted(n for batch in seen for n in batch) == sorted(lengths)  # every example once, grouped or not
+    spread = np.mean([max(batch) - min(batch) for batch in seen])
+    # random batches of 8 from 1..64 span about 50 lengths; grouped ones (sorted megabatches of 128) a few
+    assert spread < 10 if grouped else spread > 35
+
+
+def test_schedule_of_takes_group_by_length_where_the_section_has_it():
+    assert Schedule.of(tiny_params(**{"sft.group_by_length": True}).sft).group_by_length is True
+    assert Schedule.of(tiny_params().sft).group_by_length is False
+    assert Schedule.of(tiny_params().reward.train).group_by_length is False  # reward.train has no such knob
 
 
 # --------------------------------------------------------------------------- the library on a tiny world

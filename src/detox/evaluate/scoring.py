@@ -27,7 +27,7 @@ from detox.evaluate.columns import judge_columns
 from detox.evaluate.quality import response_nll, rouge, unknown_words
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
 from detox.judges.panel import FactsJudge, Judge
-from detox.models.generation import build_prompts, generate_summaries
+from detox.models.generation import build_prompts, generate_draws
 from detox.models.reward import RewardScorer
 
 SAMPLE_SEED_STRIDE = 1_000_003  # sample j of every prompt is drawn from seed + j * stride
@@ -67,16 +67,9 @@ def score_policy(
     """
     started = time.perf_counter()
     prompts = build_prompts(data["dialogue"].tolist(), template)
-    labels = [
-        desc if samples_per_prompt == 1 else f"{desc} (sample {j + 1}/{samples_per_prompt})"
-        for j in range(samples_per_prompt)
-    ]
-    draws = [
-        generate_summaries(
-            model, tokenizer, prompts, cfg, seed + j * SAMPLE_SEED_STRIDE, max_source_tokens, desc=labels[j]
-        )
-        for j in range(samples_per_prompt)
-    ]
+    label = desc if samples_per_prompt == 1 else f"{desc} ({samples_per_prompt} samples)"
+    seeds = [seed + j * SAMPLE_SEED_STRIDE for j in range(samples_per_prompt)]
+    draws = generate_draws(model, tokenizer, prompts, cfg, seeds, max_source_tokens, desc=label)
     k, n = samples_per_prompt, len(data)
     responses = [draws[j][i] for i in range(n) for j in range(k)]  # prompt-major: all samples of a prompt together
     row = np.repeat(np.arange(n), k)

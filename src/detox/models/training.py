@@ -34,11 +34,20 @@ class Schedule:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
+    group_by_length: bool = False
 
     @classmethod
     def of(cls, cfg: Any) -> Schedule:
-        """The schedule of a params section that has the five fields (``sft``, ``reward.train``)."""
-        return cls(cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio)
+        """The schedule of a params section that has the five fields (``sft``, ``reward.train``) and,
+        optionally, ``group_by_length``."""
+        return cls(
+            cfg.epochs,
+            cfg.batch_size,
+            cfg.learning_rate,
+            cfg.weight_decay,
+            cfg.warmup_ratio,
+            group_by_length=getattr(cfg, "group_by_length", False),
+        )
 
 
 @dataclass
@@ -121,6 +130,8 @@ def fit(
             weight_decay=schedule.weight_decay,
             warmup_steps=schedule.warmup_ratio,  # a float below 1 is a share of the steps
             lr_scheduler_type="linear",
+            # group_by_length: random megabatches of up to 50 batches, each sorted longest first, then cut
+            train_sampling_strategy="group_by_length" if schedule.group_by_length else "random",
             max_grad_norm=schedule.max_grad_norm,
             seed=seed,
             data_seed=seed,

@@ -62,6 +62,12 @@ class SFTParams(Strict):
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     max_source_tokens: int = Field(192, ge=16, le=4096)
     max_target_tokens: int = Field(48, ge=4, le=1024)
+    group_by_length: bool = Field(
+        False,
+        description="batch dialogues of similar length (Trainer's group_by_length sampling): less padding, "
+        "other batches than random order, so another policy; on the builtin world 1.2x faster steps but a "
+        "policy that invents more facts (docs/benchmarks.md)",
+    )
     eval_samples: int = Field(
         100,
         ge=0,
