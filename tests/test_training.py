@@ -100,12 +100,6 @@ def test_group_by_length_batches_examples_of_similar_length(grouped):
     assert spread < 10 if grouped else spread > 35
 
 
-def test_schedule_of_takes_group_by_length_where_the_section_has_it():
-    assert Schedule.of(tiny_params(**{"sft.group_by_length": True}).sft).group_by_length is True
-    assert Schedule.of(tiny_params().sft).group_by_length is False
-    assert Schedule.of(tiny_params().reward.train).group_by_length is False  # reward.train has no such knob
-
-
 # --------------------------------------------------------------------------- the library on a tiny world
 
 
@@ -129,6 +123,22 @@ def test_builtin_sft_trains_from_scratch_and_records_each_epoch(fetched, tmp_pat
     model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
     assert model.config.model_type == "t5" and model.generation_config.max_new_tokens == params.sft.max_target_tokens
     AutoTokenizer.from_pretrained(tmp_path)
+
+
+def test_sft_hands_group_by_length_to_the_training_loop(fetched, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_fit(model, train, collator, schedule, *args, **kwargs):
+        seen.append(schedule)
+        raise RuntimeError("stop after the schedule")
+
+    monkeypatch.setattr("detox.models.sft.fit", fake_fit)
+    for grouped in (True, False):
+        params = tiny_params(**{"sft.group_by_length": grouped})
+        with pytest.raises(RuntimeError, match="stop after the schedule"):
+            run_sft(params, fetched / "models" / "base" / "policy", fetched / "data" / "raw", tmp_path / str(grouped))
+    assert [schedule.group_by_length for schedule in seen] == [True, False]
+    assert seen[0].epochs == tiny_params().sft.epochs and seen[0].batch_size == tiny_params().sft.batch_size
 
 
 def test_a_fetched_policy_is_used_as_it_is_unless_sft_is_enabled(fetched, tmp_path):

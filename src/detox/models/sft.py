@@ -97,7 +97,7 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
         return {"eval_rougeL": float(rouge(summaries, probe["summary"].tolist())["rougeL"].mean())}
 
     trainable = _with_lora(model, params) if cfg.method == "lora" else model
-    schedule = Schedule.of(cfg)
+    schedule = Schedule.of(cfg, group_by_length=cfg.group_by_length)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     record = fit(
         trainable, train, collator, schedule, params.seed, evaluation=held, on_epoch=validation_rouge, desc="policy"

@@ -37,17 +37,10 @@ class Schedule:
     group_by_length: bool = False
 
     @classmethod
-    def of(cls, cfg: Any) -> Schedule:
-        """The schedule of a params section that has the five fields (``sft``, ``reward.train``) and,
-        optionally, ``group_by_length``."""
-        return cls(
-            cfg.epochs,
-            cfg.batch_size,
-            cfg.learning_rate,
-            cfg.weight_decay,
-            cfg.warmup_ratio,
-            group_by_length=getattr(cfg, "group_by_length", False),
-        )
+    def of(cls, cfg: Any, **overrides: Any) -> Schedule:
+        """The schedule of a params section that has the five fields (``sft``, ``reward.train``), with
+        ``overrides`` of the other fields (``group_by_length``, which only ``sft`` has)."""
+        return cls(cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio, **overrides)
 
 
 @dataclass
