@@ -2,7 +2,8 @@
 
 Each algorithm runs in its own subprocess (so each has its own peak memory) on the same policy
 weights, reward model, prompts and settings (params.yaml's ``ppo.*`` with the batch and the
-response length pinned): ``--batch-size`` responses per step, sampled one per prompt for ppo and
+response length pinned, and the epochs and mini-batch where ``--ppo-epochs`` and
+``--mini-batch-size`` give them): ``--batch-size`` responses per step, sampled one per prompt for ppo and
 ``--samples-per-prompt`` per prompt for rloo and grpo (so they see fewer prompts, as a same-budget
 comparison requires). Each is warmed up with one small step, then ``--steps`` steps are timed
 (median per phase). rloo and grpo build no value head and keep no decoder hidden states in the
@@ -48,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples-per-prompt", type=int, default=4, help="k of rloo and grpo (ppo: 1)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="response tokens, the same for all")
+    parser.add_argument("--ppo-epochs", type=int, default=None, help="epochs per step (default: params.yaml's)")
+    parser.add_argument(
+        "--mini-batch-size", type=int, default=None, help="responses per update (default: params.yaml's)"
+    )
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated subset of ppo,rloo,grpo")
     parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
     parser.add_argument("--reward", default="models/reward", help="folder of the reward classifier")
@@ -61,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size, --steps and --max-new-tokens must be at least 1, --samples-per-prompt 2")
     if args.batch_size % args.samples_per_prompt:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --samples-per-prompt")
+    if min(n for n in (args.ppo_epochs, args.mini_batch_size, 1) if n is not None) < 1:
+        parser.error("--ppo-epochs and --mini-batch-size must be at least 1")
+    if args.mini_batch_size is not None and args.batch_size % args.mini_batch_size:
+        parser.error(f"--mini-batch-size {args.mini_batch_size} must divide --batch-size {args.batch_size}")
     unknown = set(args.algorithms.split(",")) - set(ALGORITHMS)
     if unknown:
         parser.error(f"--algorithms: unknown {sorted(unknown)}; choose from {ALGORITHMS}")

@@ -16,11 +16,11 @@ policy weights, reward model, prompts and settings:
   ``score_policy``.
 
 Both variants sample ``--max-new-tokens`` tokens (``ppo.response_length`` pinned to it,
-``min_new_tokens=0``), use ``--batch-size`` prompts per step and the rest of ``ppo.*``
-from params.yaml. Each variant is warmed up once (a 2-prompt step, a 2-sample
-evaluation), then ``--steps`` PPO steps are timed (median per phase) and one
-evaluation of ``--eval-samples`` test dialogues. ``--flops`` and ``--profile`` add one
-more step of ours, counted or profiled phase by phase.
+``min_new_tokens=0``), use ``--batch-size`` prompts per step, ``--ppo-epochs`` and
+``--mini-batch-size`` (params.yaml's unless given) and the rest of ``ppo.*`` from params.yaml.
+Each variant is warmed up once (a 2-prompt step, a 2-sample evaluation), then ``--steps`` PPO
+steps are timed (median per phase) and one evaluation of ``--eval-samples`` test dialogues.
+``--flops`` and ``--profile`` add one more step of ours, counted or profiled phase by phase.
 
 ``--size builtin`` uses models/policy; ``--size base`` a random-weight T5 with
 flan-t5-base's exact configuration (same seed, so the same weights in both variants)
@@ -30,6 +30,9 @@ then ``torch.cuda.max_memory_allocated`` (after the warm-up) instead of the peak
 
     python benchmarks/ppo_vs_original.py --size builtin --steps 3 --eval-samples 64
     python benchmarks/ppo_vs_original.py --size base --steps 2 --eval-samples 16 --flops
+    # the original notebook's settings: 48 new tokens, one PPO epoch, mini-batches of 4
+    python benchmarks/ppo_vs_original.py --size base --steps 2 --eval-samples 16 --flops \
+        --max-new-tokens 48 --ppo-epochs 1 --mini-batch-size 4
     python benchmarks/ppo_vs_original.py --size base --device cuda --dtype bfloat16 --batch-size 64 --flops
 """
 
@@ -90,6 +93,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-samples", type=int, default=None, help="test dialogues per evaluation (default 64 builtin, 16 base)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="response tokens, the same for both variants")
+    parser.add_argument(
+        "--ppo-epochs", type=int, default=None, help="PPO epochs per step, both variants (default: params.yaml's)"
+    )
+    parser.add_argument(
+        "--mini-batch-size",
+        type=int,
+        default=None,
+        help="responses per PPO update, both variants; divides --batch-size (default: params.yaml's)",
+    )
     parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
     parser.add_argument("--reward", default="models/reward", help="folder of the reward classifier")
     parser.add_argument("--train", default="data/raw/train.parquet", help="PPO prompts (first rows)")
@@ -138,8 +150,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps = 3 if args.size == "builtin" else 1
     if args.eval_samples is None:
         args.eval_samples = 64 if args.size == "builtin" else 16
-    if min(args.batch_size, args.steps, args.eval_samples, args.max_new_tokens, args.eval_batch_size or 1) < 1:
-        parser.error("--batch-size, --steps, --eval-samples, --eval-batch-size and --max-new-tokens must be at least 1")
+    sizes = (args.batch_size, args.steps, args.eval_samples, args.max_new_tokens, args.eval_batch_size)
+    if min(n for n in (*sizes, args.ppo_epochs, args.mini_batch_size) if n is not None) < 1:
+        parser.error(
+            "--batch-size, --steps, --eval-samples, --eval-batch-size, --max-new-tokens, --ppo-epochs and "
+            "--mini-batch-size must be at least 1"
+        )
+    if args.mini_batch_size is not None and args.batch_size % args.mini_batch_size:
+        parser.error(
+            f"--mini-batch-size {args.mini_batch_size} must divide --batch-size {args.batch_size} "
+            "(each PPO epoch updates on whole mini-batches)"
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
     unknown = set(args.variants.split(",")) - set(VARIANTS)
@@ -166,6 +187,10 @@ def bench_params(args: argparse.Namespace) -> Params:
         "algorithm": "ppo",
         "samples_per_prompt": None,
     }
+    if args.ppo_epochs is not None:
+        update["ppo_epochs"] = args.ppo_epochs
+    if args.mini_batch_size is not None:
+        update["mini_batch_size"] = args.mini_batch_size
     if args.ours_lora_scope != "params":
         update["lora"] = params.ppo.lora.model_copy(update={"scope": args.ours_lora_scope})
     ppo = params.ppo.model_copy(update=update)

@@ -173,13 +173,45 @@ def test_algorithms_benchmark_runs_ppo_rloo_and_grpo_at_the_same_number_of_summa
     assert bad.returncode == 2 and "multiple of --samples-per-prompt" in bad.stderr
 
 
-def _pipeline_times():
+def _bench_module(name: str):
+    """A script of benchmarks/ as a module (its ``from common import ...`` resolved beside it)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pipeline_times", ROOT / "benchmarks" / "pipeline_times.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     return module
+
+
+def _pipeline_times():
+    return _bench_module("pipeline_times")
+
+
+def test_ppo_vs_original_and_algorithms_take_the_notebook_settings(bench_world, capsys):
+    """--ppo-epochs and --mini-batch-size replace params.yaml's in the settings every worker builds."""
+    root, params_file = bench_world
+    bench = _bench_module("ppo_vs_original")
+    common = ["--params", str(params_file), "--policy", str(root / "models" / "policy")]
+    default = bench.bench_params(bench.parse_args(common))
+    assert (default.ppo.ppo_epochs, default.ppo.mini_batch_size) == (1, 2)  # bench_world's params.yaml
+    notebook = ["--max-new-tokens", "48", "--ppo-epochs", "3", "--mini-batch-size", "4"]
+    ppo = bench.bench_params(bench.parse_args(common + notebook)).ppo
+    assert (ppo.ppo_epochs, ppo.mini_batch_size, ppo.batch_size) == (3, 4, 16)
+    assert ppo.response_length.min == ppo.response_length.max == 48
+    algorithms = _bench_module("algorithms")
+    for algorithm in ("ppo", "rloo"):
+        ppo = algorithms.algorithm_params(algorithms.parse_args(common + notebook), algorithm).ppo
+        assert (ppo.algorithm, ppo.ppo_epochs, ppo.mini_batch_size) == (algorithm, 3, 4)
+    refused = ((["--mini-batch-size", "5"], "must divide --batch-size 16"), (["--ppo-epochs", "0"], "at least 1"))
+    for parse in (bench.parse_args, algorithms.parse_args):
+        for bad, words in refused:
+            with pytest.raises(SystemExit):
+                parse(common + bad)
+            assert words in capsys.readouterr().err
 
 
 def test_pipeline_times_runs_the_stages_in_an_order_dvc_can_run_them():
@@ -279,3 +311,46 @@ def test_draws_benchmark_checks_both_paths_give_the_same_summaries(bench_world):
     assert "5 dialogues x 2 samples" in proc.stdout and "separate / draws (medians):" in proc.stdout
     missing = subprocess.run([*args[:-2], "--data", str(root / "nothing.parquet")], capture_output=True, text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_generation_floor_counts_the_encoder_apart_and_the_decoding_per_token(bench_world):
+    root, params_file = bench_world
+    args = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "generation_floor.py"),
+        "--batch",
+        "3",
+        "--repeats",
+        "1",
+        "--params",
+        str(params_file),
+        "--policy",
+        str(root / "models" / "policy"),
+        "--data",
+        str(root / "data" / "raw" / "test.parquet"),
+    ]
+
+    def table(new_tokens: int) -> dict[str, list[float]]:
+        proc = subprocess.run(
+            [*args, "--new-tokens", str(new_tokens)], capture_output=True, text=True, cwd=root, timeout=conftest.HANG_S
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "3 prompts of" in proc.stdout and "sampled tokens/s" in proc.stdout
+        parts = ("encoder ", "decoding ", "generate ")
+        rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.startswith(parts)}
+        assert set(rows) == {"encoder", "decoding", "generate"}
+        # part, GFLOP, floor s, median s, min s ("-" for decoding: the whole call less the encoder), x floor, GFLOP/s
+        return {name: [float("nan") if v == "-" else float(v) for v in row] for name, row in rows.items()}
+
+    tables = [table(n) for n in (4, 8, 12)]
+    for rows in tables:
+        gflop, floor, median = rows["generate"][:3]
+        assert gflop == pytest.approx(rows["encoder"][0] + rows["decoding"][0], rel=1e-3)
+        assert rows["generate"][4] == pytest.approx(median / floor, rel=2e-3, abs=0.01)  # the "x floor" column
+    assert len({rows["encoder"][0] for rows in tables}) == 1 and tables[0]["encoder"][0] > 0  # same prompts
+    # Each 4 more tokens add about the same decoding work (a little more: self-attention over a longer cache).
+    decoding = [rows["decoding"][0] for rows in tables]
+    first, second = decoding[1] - decoding[0], decoding[2] - decoding[1]
+    assert 0 < first <= second * 1.01 and second == pytest.approx(first, rel=0.25)
+    bad = subprocess.run([*args[:2], "--batch", "10000", *args[4:]], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and "has only" in bad.stderr

@@ -1,0 +1,167 @@
+"""Generation against its compute floor: one ``generate`` call, timed and counted.
+
+The call samples ``--new-tokens`` tokens (every row the full length, so the work is fixed) for the
+first ``--batch`` test dialogues, with params.yaml's sampling settings, the way the pipeline calls
+``generate``. The script
+
+- counts the call's matmul and attention FLOPs (``torch.utils.flop_counter``), the encoder's apart;
+- measures this machine's best matmul rate on the model's own shapes (``common.matmul_gflops``);
+- times the call ``--repeats`` times: the encoder alone and the whole call;
+- prints the **compute floor** (the FLOPs at the best rate) and how far each time is above it.
+
+``--compile`` also times transformers' static KV cache (``cache_implementation="static"``) with
+``torch.compile`` on the model's forward: the first call (which compiles) apart, the median after
+it, and the share of sampled tokens equal to the plain call's (same seed).
+
+    python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 32 --compile
+    python benchmarks/generation_floor.py --size builtin --batch 64 --new-tokens 48
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import check_inputs, matmul_gflops
+from detox.common.params import load_params
+from detox.models.generation import build_prompts, generation_kwargs, load_policy
+
+SEED = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--size",
+        choices=("builtin", "base"),
+        default="builtin",
+        help="builtin = --policy; base = random-weight T5 with flan-t5-base's config (benchmarks/ppo_vs_original.py)",
+    )
+    parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
+    parser.add_argument("--data", default="data/raw/test.parquet", help="parquet file with a dialogue column")
+    parser.add_argument("--params", default="params.yaml", help="generation.*, prompt")
+    parser.add_argument("--batch", type=int, default=16, help="prompts in the call")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens sampled per row (min = max)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per path")
+    parser.add_argument("--compile", action="store_true", help="also time a static KV cache with torch.compile")
+    args = parser.parse_args(argv)
+    if min(args.batch, args.new_tokens, args.repeats) < 1:
+        parser.error("--batch, --new-tokens and --repeats must be at least 1")
+    check_inputs(args, ("policy", "data", "params"))
+    params = load_params(Path(args.params))
+    model, tokenizer = load_policy(args.policy)
+    if args.size == "base":
+        from ppo_vs_original import build_base_model
+
+        model = build_base_model(args).eval()
+    dialogues = pd.read_parquet(args.data)["dialogue"].head(args.batch).tolist()
+    if len(dialogues) < args.batch:
+        parser.error(f"--batch {args.batch}: {args.data} has only {len(dialogues)} dialogues")
+    enc = tokenizer(
+        build_prompts(dialogues, params.prompt.template),
+        truncation=True,
+        max_length=params.generation.max_source_tokens,
+        padding=True,
+        return_tensors="pt",
+    )
+    cfg = params.generation.model_copy(update={"min_new_tokens": args.new_tokens, "max_new_tokens": args.new_tokens})
+    kwargs = {
+        **generation_kwargs(cfg),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    encoder = model.get_encoder()
+
+    @torch.no_grad()
+    def generate(**extra) -> torch.Tensor:
+        torch.manual_seed(SEED)
+        return model.generate(**enc, **kwargs, **extra)
+
+    @torch.no_grad()
+    def encode() -> None:
+        encoder(**enc)
+
+    plain = generate()  # warm-up, and the tokens the compiled path is compared with
+    with FlopCounterMode(display=False) as counter:
+        encode()
+    encoder_gflop = counter.get_total_flops() / 1e9
+    with FlopCounterMode(display=False) as counter:
+        generate()
+    total_gflop = counter.get_total_flops() / 1e9
+
+    times: dict[str, list[float]] = {"encoder": [], "generate": []}
+    for _ in range(args.repeats):
+        for name, call in (("encoder", encode), ("generate", generate)):
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+
+    config = model.config
+    shapes = (
+        (args.batch, config.d_model, config.d_ff),
+        (args.batch, config.d_model, config.vocab_size),
+        (enc["input_ids"].numel(), config.d_model, config.d_ff),
+    )
+    rates = matmul_gflops(torch.device("cpu"), torch.float32, shapes=shapes)
+    best = max(rates.values())
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; size {args.size} ({params_m:.1f}M "
+        f"parameters), {args.batch} prompts of {enc['input_ids'].shape[1]} tokens (padded), "
+        f"{args.new_tokens} new tokens each"
+    )
+    print("fp32 matmul GFLOP/s on the model's shapes: " + ", ".join(f"{s} {r:.0f}" for s, r in rates.items()))
+    decoding_gflop = total_gflop - encoder_gflop
+    encoder_s, generate_s = statistics.median(times["encoder"]), statistics.median(times["generate"])
+    rows = (
+        ("encoder", encoder_gflop, encoder_s, times["encoder"]),
+        ("decoding", decoding_gflop, generate_s - encoder_s, None),
+        ("generate", total_gflop, generate_s, times["generate"]),
+    )
+    print(f"{'part':<9} {'GFLOP':>10} {'floor s':>10} {'median s':>10} {'min s':>10} {'x floor':>8} {'GFLOP/s':>8}")
+    for name, gflop, measured, values in rows:
+        floor = gflop / best
+        shown = f"{min(values):10.4g}" if values else f"{'-':>10}"
+        print(
+            f"{name:<9} {gflop:10.4g} {floor:10.4g} {measured:10.4g} {shown} {measured / floor:8.2f} "
+            f"{gflop / measured:8.1f}"
+        )
+    print(f"generate: {args.batch * args.new_tokens / generate_s:.1f} sampled tokens/s")
+
+    if args.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # weights as constants: inductor may prepack them for its kernels
+        model.forward = torch.compile(model.forward)
+        started = time.perf_counter()
+        compiled = generate(cache_implementation="static")
+        first = time.perf_counter() - started
+        runs = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            compiled = generate(cache_implementation="static")
+            runs.append(time.perf_counter() - started)
+        same = (compiled == plain).float().mean().item() if compiled.shape == plain.shape else 0.0
+        median = statistics.median(runs)
+        print(
+            f"static cache + torch.compile: first call {first:.1f} s (compiles), then median {median:.3f} s, "
+            f"min {min(runs):.3f} s: {generate_s / median:.2f}x the plain call; {same:.1%} of the tokens equal"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
