@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size, --steps and --max-new-tokens must be at least 1, --samples-per-prompt 2")
     if args.batch_size % args.samples_per_prompt:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --samples-per-prompt")
-    if min(n for n in (args.ppo_epochs, args.mini_batch_size, 1) if n is not None) < 1:
+    if any(n is not None and n < 1 for n in (args.ppo_epochs, args.mini_batch_size)):
         parser.error("--ppo-epochs and --mini-batch-size must be at least 1")
     if args.mini_batch_size is not None and args.batch_size % args.mini_batch_size:
         parser.error(f"--mini-batch-size {args.mini_batch_size} must divide --batch-size {args.batch_size}")

@@ -150,8 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps = 3 if args.size == "builtin" else 1
     if args.eval_samples is None:
         args.eval_samples = 64 if args.size == "builtin" else 16
-    sizes = (args.batch_size, args.steps, args.eval_samples, args.max_new_tokens, args.eval_batch_size)
-    if min(n for n in (*sizes, args.ppo_epochs, args.mini_batch_size) if n is not None) < 1:
+    sizes = (args.batch_size, args.steps, args.eval_samples, args.max_new_tokens)
+    optional = (args.eval_batch_size, args.ppo_epochs, args.mini_batch_size)  # None: params.yaml's
+    if min(sizes) < 1 or any(n is not None and n < 1 for n in optional):
         parser.error(
             "--batch-size, --steps, --eval-samples, --eval-batch-size, --max-new-tokens, --ppo-epochs and "
             "--mini-batch-size must be at least 1"
