@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 import ppo_vs_original as bench
-from common import check_inputs
+from common import add_size_argument, check_inputs
 from detox.common.errors import DetoxError
 from detox.common.params import Params
 
@@ -44,14 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--size", choices=("builtin", "base"), default="builtin", help="models/policy or flan-t5-base")
+    add_size_argument(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="generated responses per step, every algorithm")
     parser.add_argument("--samples-per-prompt", type=int, default=4, help="k of rloo and grpo (ppo: 1)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="response tokens, the same for all")
-    parser.add_argument("--ppo-epochs", type=int, default=None, help="epochs per step (default: params.yaml's)")
+    parser.add_argument("--ppo-epochs", type=int, default=None, help="epochs per step; params.yaml's when not given")
     parser.add_argument(
-        "--mini-batch-size", type=int, default=None, help="responses per update (default: params.yaml's)"
+        "--mini-batch-size", type=int, default=None, help="responses per update; params.yaml's when not given"
     )
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated subset of ppo,rloo,grpo")
     parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")

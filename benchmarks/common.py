@@ -27,6 +27,16 @@ def check_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
     sys.exit(2)
 
 
+def add_size_argument(parser: argparse.ArgumentParser) -> None:
+    """``--size``: the model the script runs (``ppo_vs_original.build_base_model`` builds it)."""
+    parser.add_argument(
+        "--size",
+        choices=("builtin", "base"),
+        default="builtin",
+        help="builtin = the --policy folder; base = random-weight T5 with flan-t5-base's config",
+    )
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import check_inputs, matmul_gflops
+from common import add_size_argument, check_inputs, matmul_gflops
 from detox.common.params import load_params
 from detox.models.generation import build_prompts, generation_kwargs, load_policy
 
@@ -44,12 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument(
-        "--size",
-        choices=("builtin", "base"),
-        default="builtin",
-        help="builtin = --policy; base = random-weight T5 with flan-t5-base's config (benchmarks/ppo_vs_original.py)",
-    )
+    add_size_argument(parser)
     parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
     parser.add_argument("--data", default="data/raw/test.parquet", help="parquet file with a dialogue column")
     parser.add_argument("--params", default="params.yaml", help="generation.*, prompt")

@@ -56,7 +56,7 @@ from contextlib import contextmanager
 import pandas as pd
 import torch
 
-from common import check_inputs, matmul_gflops, synchronize
+from common import add_size_argument, check_inputs, matmul_gflops, synchronize
 from detox.common.errors import DetoxError
 from detox.common.params import Params, load_params
 from detox.ppo import stats as names
@@ -79,12 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument(
-        "--size",
-        choices=("builtin", "base"),
-        default="builtin",
-        help="builtin = models/policy; base = random-weight T5 with flan-t5-base's config",
-    )
+    add_size_argument(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per PPO step")
     parser.add_argument(
         "--steps", type=int, default=None, help="timed PPO steps per variant (default 3 builtin, 1 base)"
@@ -94,13 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="response tokens, the same for both variants")
     parser.add_argument(
-        "--ppo-epochs", type=int, default=None, help="PPO epochs per step, both variants (default: params.yaml's)"
+        "--ppo-epochs", type=int, default=None, help="PPO epochs per step, both variants; params.yaml's when not given"
     )
     parser.add_argument(
         "--mini-batch-size",
         type=int,
         default=None,
-        help="responses per PPO update, both variants; divides --batch-size (default: params.yaml's)",
+        help="responses per PPO update, both variants; divides --batch-size; params.yaml's when not given",
     )
     parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
     parser.add_argument("--reward", default="models/reward", help="folder of the reward classifier")
