@@ -174,16 +174,17 @@ def test_algorithms_benchmark_runs_ppo_rloo_and_grpo_at_the_same_number_of_summa
 
 
 def _bench_module(name: str):
-    """A script of benchmarks/ as a module (its ``from common import ...`` resolved beside it)."""
+    """A script of benchmarks/ as a module (its ``from common import ...`` resolved beside it).
+
+    The scripts set environment variables when imported (``TQDM_DISABLE``); they are undone here,
+    so the tests after this one keep the environment they had."""
     import importlib.util
+    from unittest import mock
 
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
+    with mock.patch.dict(os.environ), mock.patch.object(sys, "path", [str(ROOT / "benchmarks"), *sys.path]):
         spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     return module
 
 
