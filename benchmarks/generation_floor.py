@@ -9,11 +9,16 @@ first ``--batch`` test dialogues, with params.yaml's sampling settings, the way 
 - times the call ``--repeats`` times: the encoder alone and the whole call;
 - prints the **compute floor** (the FLOPs at the best rate) and how far each time is above it.
 
+The pipeline's path takes ``generation.skinny_matmul`` from params.yaml (``--no-skinny`` turns it
+off); the other path is timed beside it, in turn, and the script prints their ratio and the share
+of sampled tokens they have in common.
+
 ``--compile`` also times transformers' static KV cache (``cache_implementation="static"``) with
 ``torch.compile`` on the model's forward: the first call (which compiles) apart, the median after
 it, and the share of sampled tokens equal to the plain call's (same seed).
 
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 32 --compile
+    python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48
     python benchmarks/generation_floor.py --size builtin --batch 64 --new-tokens 48
 """
 
@@ -36,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from common import add_size_argument, check_inputs, matmul_gflops
 from detox.common.params import load_params
 from detox.models.generation import build_prompts, generation_kwargs, load_policy
+from detox.models.skinny import skinny_matmuls
 
 SEED = 1
 
@@ -51,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="prompts in the call")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens sampled per row (min = max)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per path")
+    parser.add_argument(
+        "--no-skinny", action="store_true", help="time the pipeline's path with generation.skinny_matmul off"
+    )
     parser.add_argument("--compile", action="store_true", help="also time a static KV cache with torch.compile")
     args = parser.parse_args(argv)
     if min(args.batch, args.new_tokens, args.repeats) < 1:
@@ -80,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     encoder = model.get_encoder()
 
+    skinny = params.generation.skinny_matmul and not args.no_skinny
+
     @torch.no_grad()
-    def generate(**extra) -> torch.Tensor:
+    def generate(skinny: bool = skinny, **extra) -> torch.Tensor:
         torch.manual_seed(SEED)
-        return model.generate(**enc, **kwargs, **extra)
+        with skinny_matmuls(model, skinny):
+            return model.generate(**enc, **kwargs, **extra)
 
     @torch.no_grad()
     def encode() -> None:
@@ -97,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         generate()
     total_gflop = counter.get_total_flops() / 1e9
 
-    times: dict[str, list[float]] = {"encoder": [], "generate": []}
+    other = generate(not skinny)
+    times: dict[str, list[float]] = {"encoder": [], "generate": [], "other": []}
+    calls = (("encoder", encode), ("generate", generate), ("other", lambda: generate(not skinny)))
     for _ in range(args.repeats):
-        for name, call in (("encoder", encode), ("generate", generate)):
+        for name, call in calls:
             started = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - started)
@@ -135,6 +149,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{gflop / measured:8.1f}"
         )
     print(f"generate: {args.batch * args.new_tokens / generate_s:.1f} sampled tokens/s")
+    with skinny_matmuls(model) as layers:
+        pass
+    other_s = statistics.median(times["other"])
+    same = (other == plain).float().mean().item() if other.shape == plain.shape else 0.0
+    names = {True: f"skinny matmuls ({layers} layers)", False: "F.linear"}
+    print(
+        f"{names[skinny]} (the path above) against {names[not skinny]} ({other_s:.4g} s median, "
+        f"{other_s / (total_gflop / best):.2f}x the floor): {other_s / generate_s:.3f}x as fast; "
+        f"{same:.1%} of the tokens equal"
+    )
 
     if args.compile:
         import torch._inductor.config as inductor_config

@@ -93,7 +93,7 @@ def tiny_corpus() -> dict:
 
 def tiny_t5(template: str, **config: object):
     """A random one-layer T5 (seed 0) with a tokenizer trained on :func:`tiny_corpus` and the prompt template;
-    ``config`` overrides T5Config fields. Returns the model in eval mode and the tokenizer."""
+    ``config`` overrides T5Config fields (the shape too). Returns the model in eval mode and the tokenizer."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     from detox.models.builtin import train_t5_tokenizer
@@ -104,7 +104,7 @@ def tiny_t5(template: str, **config: object):
     torch.manual_seed(0)
     shape = dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2)
     ids = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    t5 = T5Config(vocab_size=len(tokenizer), feed_forward_proj="gated-gelu", **shape, **ids, **config)
+    t5 = T5Config(vocab_size=len(tokenizer), feed_forward_proj="gated-gelu", **{**shape, **ids, **config})
     return T5ForConditionalGeneration(t5).eval(), tokenizer
 
 

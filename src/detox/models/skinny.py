@@ -1,0 +1,73 @@
+"""Skinny matmuls on the CPU: the linear layers of a decoding step, a few rows times a large weight.
+
+A decoding step feeds each linear layer one row per sequence (16 in a flan-t5-base rollout).
+``F.linear(x, W)`` asks MKL for ``x @ W.T`` with the weight as the second operand, which MKL
+repacks on every call: for a few rows the repacking costs as much as the multiply. Inside
+:func:`skinny_matmuls` such a layer computes ``(W @ x.T).T`` instead, the weight as the first
+operand, which MKL streams as it is.
+
+Where it applies, and why only there (``python benchmarks/generation_floor.py --skinny``
+measures it on the machine at hand):
+
+- fp32 CPU inputs of 2 to ``MAX_ROWS`` rows outside autocast: one row, larger inputs (the
+  encoder, training), bf16 and GPUs keep ``F.linear``;
+- layers whose weight has at least ``MIN_WEIGHT`` elements. On a 2-core AMD EPYC a single matmul
+  of 4 to 64 rows ran 1.1x to 3x faster from 2**18 elements up (flan-t5-base's 768 x 768 and
+  larger), and slower below (the built-in model's layers, which never take this path).
+
+Numerics: the same products summed along the same inner dimension, but MKL may block the sum
+differently for the two operand orders, so results can differ in the last bits (at 16 and 64 rows
+they were bit for bit equal on that machine, at 3 rows not). Hence the params switches
+``generation.skinny_matmul`` and ``ppo.skinny_matmul``, and a test bounding the difference.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_ROWS = 64
+MIN_WEIGHT = 1 << 18
+
+
+def _skinny_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1] if x.dim() >= 2 else 1
+    if (
+        not 1 < rows <= MAX_ROWS
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or torch.is_autocast_enabled("cpu")  # bf16 autocast: measured in fp32 only
+    ):
+        return F.linear(x, self.weight, self.bias)
+    out = torch.matmul(self.weight, x.reshape(rows, x.shape[-1]).T).T
+    if self.bias is not None:
+        out = out + self.bias
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+@contextmanager
+def skinny_matmuls(model: nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Within the block, ``model``'s large ``nn.Linear`` layers multiply few-row inputs weight first.
+
+    Yields how many layers took the path (0 when ``enabled`` is false or none is large enough).
+    The layers are restored on exit, also after an error.
+    """
+    layers = []
+    if enabled:
+        layers = [
+            m
+            for m in model.modules()
+            if type(m) is nn.Linear and m.weight.numel() >= MIN_WEIGHT and "forward" not in vars(m)
+        ]
+    for layer in layers:
+        layer.forward = types.MethodType(_skinny_forward, layer)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            del layer.forward
