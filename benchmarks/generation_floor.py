@@ -10,8 +10,8 @@ first ``--batch`` test dialogues, with params.yaml's sampling settings, the way 
 - prints the **compute floor** (the FLOPs at the best rate) and how far each time is above it.
 
 The pipeline's path takes ``generation.skinny_matmul`` from params.yaml (``--no-skinny`` turns it
-off); the other path is timed beside it, in turn, and the script prints their ratio and the share
-of sampled tokens they have in common.
+off); the other path is timed beside it, the two taking turns first, and the script prints their
+ratio and the share of sampled tokens they have in common.
 
 ``--compile`` also times transformers' static KV cache (``cache_implementation="static"``) with
 ``torch.compile`` on the model's forward: the first call (which compiles) apart, the median after
@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     other = generate(not skinny)
     times: dict[str, list[float]] = {"encoder": [], "generate": [], "other": []}
     calls = (("encoder", encode), ("generate", generate), ("other", lambda: generate(not skinny)))
-    for _ in range(args.repeats):
-        for name, call in calls:
+    for repeat in range(args.repeats):
+        # the two generate paths swap places every repeat: a call's place in the round must not decide the ratio
+        for name, call in calls if repeat % 2 == 0 else (calls[0], calls[2], calls[1]):
             started = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - started)

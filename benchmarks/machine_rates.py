@@ -3,9 +3,15 @@
 - fp32 and bf16 matmul rates on the shapes of a flan-t5-base PPO step (a CPU without
   avx512_bf16 or AMX runs bf16 matmuls far slower than fp32);
 - the rate of a decoding-step matmul: 16 rows times a weight too large for the caches;
-- memory bandwidth, from copying a large tensor.
+- memory bandwidth, from copying a large tensor;
+- with ``--skinny``, each linear layer shape of the built-in model and of flan-t5-base at 1 to 256
+  rows: ``F.linear`` against the weight-first product of ``detox.models.skinny``, and whether the
+  layer takes that path (its size and row limits). The weights stay in the caches here, as a small
+  layer's do in a model; a large layer's are streamed from memory there, so the gain inside a model
+  is smaller (``generation_floor.py`` measures that).
 
     python benchmarks/machine_rates.py
+    python benchmarks/machine_rates.py --skinny --seconds 0.3
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ from common import matmul_gflops
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measured shape")
+    parser.add_argument("--skinny", action="store_true", help="only the skinny-matmul table")
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.skinny:
+        skinny_table(args.seconds)
+        return 0
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for dtype in (torch.float32, torch.bfloat16):
@@ -51,6 +61,41 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = (time.perf_counter() - started) / repeats
     print(f"copy of 1 GiB: {2 * source.numel() * 4 / elapsed / 1e9:.1f} GB/s (read + write)")
     return 0
+
+
+SKINNY_ROWS = (1, 4, 16, 64, 256)
+# (d_in, d_out): the built-in model's attention, feed-forward and LM head; flan-t5-base's
+LAYER_SHAPES = ((128, 128), (128, 320), (320, 128), (128, 1024), (768, 768), (768, 2048), (2048, 768), (768, 32128))
+
+
+def skinny_table(seconds: float) -> None:
+    """F.linear against weight-first at each layer shape and row count, in turn, same inputs."""
+    from detox.models.skinny import MAX_ROWS, MIN_WEIGHT
+
+    def rate(call, flop: float) -> float:
+        call()
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            call()
+            count += 1
+        return flop * count / (time.perf_counter() - started) / 1e9
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; F.linear -> weight-first GFLOP/s "
+        f"(ratio); * = the layer takes the path (weight >= {MIN_WEIGHT} elements, 2 to {MAX_ROWS} rows)"
+    )
+    print(f"{'d_in x d_out':>14} " + " ".join(f"{f'{rows} rows':>22}" for rows in SKINNY_ROWS))
+    for d_in, d_out in LAYER_SHAPES:
+        weight = torch.randn(d_out, d_in) / d_in**0.5
+        cells = []
+        for rows in SKINNY_ROWS:
+            x = torch.randn(rows, d_in)
+            flop = 2 * rows * d_in * d_out
+            plain = rate(lambda x=x, w=weight: torch.nn.functional.linear(x, w), flop)
+            first = rate(lambda x=x, w=weight: torch.matmul(w, x.T).T, flop)
+            taken = "*" if weight.numel() >= MIN_WEIGHT and 1 < rows <= MAX_ROWS else " "
+            cells.append(f"{plain:6.1f} -> {first:6.1f} ({first / plain:4.2f}){taken}")
+        print(f"{f'{d_in} x {d_out}':>14} " + " ".join(f"{c:>22}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,20 @@ def test_machine_rates_prints_every_rate():
         timeout=conftest.HANG_S,
     )
     assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr
+    skinny = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--skinny", "--seconds", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=conftest.HANG_S,
+    )
+    assert skinny.returncode == 0, skinny.stderr[-3000:]
+    rows = {line.split(" x ")[0].strip() + "x" + line.split()[2]: line for line in skinny.stdout.splitlines()[2:]}
+    assert len(rows) == 8 and "copy of 1 GiB" not in skinny.stdout  # the table alone
+    # the path: flan-t5-base's four layer shapes at 4, 16 and 64 rows; no built-in layer, no 1 or 256 rows
+    marked = {shape: line.count("*") for shape, line in rows.items()}
+    assert marked == {shape: 3 if shape in ("768x768", "768x2048", "2048x768", "768x32128") else 0 for shape in rows}
+    for line in rows.values():
+        assert len(re.findall(r"\d+\.\d -> +\d+\.\d \(\d+\.\d\d\)", line)) == 5  # rates and ratio per row count
 
 
 def test_algorithms_benchmark_runs_ppo_rloo_and_grpo_at_the_same_number_of_summaries(bench_world):

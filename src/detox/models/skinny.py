@@ -1,19 +1,21 @@
 """Skinny matmuls on the CPU: the linear layers of a decoding step, a few rows times a large weight.
 
 A decoding step feeds each linear layer one row per sequence (16 in a flan-t5-base rollout).
-``F.linear(x, W)`` asks MKL for ``x @ W.T`` with the weight as the second operand, which MKL
-repacks on every call: for a few rows the repacking costs as much as the multiply. Inside
+``F.linear(x, W)`` asks MKL for ``x @ W.T``, the weight as the second operand. Inside
 :func:`skinny_matmuls` such a layer computes ``(W @ x.T).T`` instead, the weight as the first
-operand, which MKL streams as it is.
+operand: MKL takes another kernel for that order, and for a few rows times a large weight it ran
+faster (below).
 
-Where it applies, and why only there (``python benchmarks/generation_floor.py --skinny``
-measures it on the machine at hand):
+Where it applies, and why only there (``python benchmarks/machine_rates.py --skinny`` times
+each layer shape on the machine at hand, ``benchmarks/generation_floor.py`` a whole ``generate``):
 
 - fp32 CPU inputs of 2 to ``MAX_ROWS`` rows outside autocast: one row, larger inputs (the
   encoder, training), bf16 and GPUs keep ``F.linear``;
-- layers whose weight has at least ``MIN_WEIGHT`` elements. On a 2-core AMD EPYC a single matmul
-  of 4 to 64 rows ran 1.1x to 3x faster from 2**18 elements up (flan-t5-base's 768 x 768 and
-  larger), and slower below (the built-in model's layers, which never take this path).
+- layers whose weight has at least ``MIN_WEIGHT`` elements. On a 2-core AMD EPYC, flan-t5-base's
+  layer shapes (768 x 768 and larger) ran 1.03x to 2.2x faster at 4 to 64 rows, and the built-in
+  model's 0.58x to 1.27x, mixed, so those keep ``F.linear`` (and the built-in pipeline keeps its
+  summaries). In a whole ``generate`` at flan-t5-base size, whose weights come from memory rather
+  than the caches, the gain was 1.05x.
 
 Numerics: the same products summed along the same inner dimension, but MKL may block the sum
 differently for the two operand orders, so results can differ in the last bits (at 16 and 64 rows

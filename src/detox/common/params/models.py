@@ -158,8 +158,8 @@ class GenerationParams(Strict):
     skinny_matmul: bool = Field(
         True,
         description="decoding steps multiply their few rows by each large weight weight-first on the CPU "
-        "(detox.models.skinny): 1.1x faster generation at flan-t5-base size, no effect on the built-in model; "
-        "may differ from false in the last bits",
+        "(detox.models.skinny): about 1.05x faster generation at flan-t5-base size on a 2-core CPU, no effect "
+        "on the built-in model; may differ from false in the last bits",
     )
 
     @model_validator(mode="after")
