@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,12 +59,19 @@ def matmul_gflops(
     rates = {}
     for m, k, n in shapes:
         a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
-        a @ b
-        synchronize(device)
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            a @ b
-            count += 1
-        synchronize(device)
-        rates[f"{m}x{k}x{n}"] = 2 * m * k * n * count / (time.perf_counter() - started) / 1e9
+        rates[f"{m}x{k}x{n}"] = 2 * m * k * n * calls_per_second(lambda a=a, b=b: a @ b, seconds, device) / 1e9
     return rates
+
+
+def calls_per_second(call: Callable[[], object], seconds: float, device: torch.device | None = None) -> float:
+    """How many times a second ``call`` ran, called again and again for ``seconds`` after one warm-up call
+    (on a GPU, its queued work waited for)."""
+    device = device or torch.device("cpu")
+    call()
+    synchronize(device)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        call()
+        count += 1
+    synchronize(device)
+    return count / (time.perf_counter() - started)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
-from common import matmul_gflops
+from common import calls_per_second, matmul_gflops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,15 +71,10 @@ LAYER_SHAPES = ((128, 128), (128, 320), (320, 128), (128, 1024), (768, 768), (76
 
 def skinny_table(seconds: float) -> None:
     """F.linear against weight-first at each layer shape and row count, in turn, same inputs."""
-    from detox.models.skinny import MAX_ROWS, MIN_WEIGHT
+    from detox.models.skinny import MAX_ROWS, MIN_WEIGHT, weight_first
 
-    def rate(call, flop: float) -> float:
-        call()
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            call()
-            count += 1
-        return flop * count / (time.perf_counter() - started) / 1e9
+    def rate(call: Callable[[], object], flop: float) -> float:
+        return flop * calls_per_second(call, seconds) / 1e9
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; F.linear -> weight-first GFLOP/s "
@@ -92,7 +88,7 @@ def skinny_table(seconds: float) -> None:
             x = torch.randn(rows, d_in)
             flop = 2 * rows * d_in * d_out
             plain = rate(lambda x=x, w=weight: torch.nn.functional.linear(x, w), flop)
-            first = rate(lambda x=x, w=weight: torch.matmul(w, x.T).T, flop)
+            first = rate(lambda x=x, w=weight: weight_first(x, w), flop)
             taken = "*" if weight.numel() >= MIN_WEIGHT and 1 < rows <= MAX_ROWS else " "
             cells.append(f"{plain:6.1f} -> {first:6.1f} ({first / plain:4.2f}){taken}")
         print(f"{f'{d_in} x {d_out}':>14} " + " ".join(f"{c:>22}" for c in cells))

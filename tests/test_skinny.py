@@ -138,3 +138,20 @@ def test_generation_and_rollouts_take_the_path_only_when_params_say_so(counted):
     query = policy.model.get_base_model().decoder.block[0].layer[0].SelfAttention.q
     with skinny_matmuls(policy.model) as layers:
         assert layers == 7 + 11 and "forward" in vars(query.base_layer)
+
+
+def test_large_layers_are_the_plain_large_linears_not_yet_switched():
+    model = nn.Sequential(nn.Linear(512, 512), nn.Linear(128, 320), nn.Linear(512, 1024, bias=False))
+    assert skinny.large_layers(model) == [model[0], model[2]]
+    with skinny_matmuls(model) as layers:
+        assert layers == 2
+        assert skinny.large_layers(model) == []  # already switched: a nested block leaves them alone
+    assert skinny.large_layers(model) == [model[0], model[2]]
+
+
+def test_weight_first_is_the_linear_product():
+    torch.manual_seed(0)
+    weight, x = torch.randn(768, 512), torch.randn(16, 512)
+    got = skinny.weight_first(x, weight)
+    assert got.shape == (16, 768)
+    torch.testing.assert_close(got, x @ weight.T, rtol=0, atol=rounding_bound(weight, x))

@@ -37,6 +37,21 @@ MAX_ROWS = 64
 MIN_WEIGHT = 1 << 18
 
 
+def weight_first(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for a 2-D ``x``, computed as ``(weight @ x.T).T``: the weight as MKL's first operand."""
+    return torch.matmul(weight, x.T).T
+
+
+def large_layers(model: nn.Module) -> list[nn.Linear]:
+    """``model``'s plain ``nn.Linear`` layers with at least ``MIN_WEIGHT`` weight elements, whose forward
+    nothing has replaced: the layers :func:`skinny_matmuls` switches."""
+    return [
+        m
+        for m in model.modules()
+        if type(m) is nn.Linear and m.weight.numel() >= MIN_WEIGHT and "forward" not in vars(m)
+    ]
+
+
 def _skinny_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1] if x.dim() >= 2 else 1
     if (
@@ -46,7 +61,7 @@ def _skinny_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         or torch.is_autocast_enabled("cpu")  # bf16 autocast: measured in fp32 only
     ):
         return F.linear(x, self.weight, self.bias)
-    out = torch.matmul(self.weight, x.reshape(rows, x.shape[-1]).T).T
+    out = weight_first(x.reshape(rows, x.shape[-1]), self.weight)
     if self.bias is not None:
         out = out + self.bias
     return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -59,13 +74,7 @@ def skinny_matmuls(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     Yields how many layers took the path (0 when ``enabled`` is false or none is large enough).
     The layers are restored on exit, also after an error.
     """
-    layers = []
-    if enabled:
-        layers = [
-            m
-            for m in model.modules()
-            if type(m) is nn.Linear and m.weight.numel() >= MIN_WEIGHT and "forward" not in vars(m)
-        ]
+    layers = large_layers(model) if enabled else []
     for layer in layers:
         layer.forward = types.MethodType(_skinny_forward, layer)
     try:
