@@ -110,6 +110,12 @@ def test_a_decoding_step_of_a_t5_stays_within_rounding_of_the_plain_one(counted)
     # the rounding of every matmul on the way to the logits, each sum of at most d_model terms
     torch.testing.assert_close(fast, plain, rtol=0, atol=conftest.tolerance(torch.float32, 512 * 8, plain.abs().max()))
     assert not torch.equal(fast, torch.zeros_like(fast))
+    # the path's outputs are contiguous, so attention keeps the fused CPU kernel (a transposed query fell back to math)
+    with skinny_matmuls(model), torch.profiler.profile() as profile:
+        model(**enc, decoder_input_ids=start)
+    kernels = {event.key for event in profile.key_averages() if "scaled_dot_product" in event.key}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels
+    assert "aten::_scaled_dot_product_attention_math" not in kernels
 
 
 def test_generation_and_rollouts_take_the_path_only_when_params_say_so(counted):
@@ -153,5 +159,5 @@ def test_weight_first_is_the_linear_product():
     torch.manual_seed(0)
     weight, x = torch.randn(768, 512), torch.randn(16, 512)
     got = skinny.weight_first(x, weight)
-    assert got.shape == (16, 768)
+    assert got.shape == (16, 768) and got.is_contiguous()
     torch.testing.assert_close(got, x @ weight.T, rtol=0, atol=rounding_bound(weight, x))

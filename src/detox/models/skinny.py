@@ -38,8 +38,13 @@ MIN_WEIGHT = 1 << 18
 
 
 def weight_first(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T`` for a 2-D ``x``, computed as ``(weight @ x.T).T``: the weight as MKL's first operand."""
-    return torch.matmul(weight, x.T).T
+    """``x @ weight.T`` for a 2-D ``x``, computed as ``(weight @ x.T).T``: the weight as MKL's first operand.
+
+    The result is made contiguous (a copy of a few rows): the transposed view has a last-dim stride of
+    ``rows``, and an attention query made from it fails SDPA's stride check, so decoding fell back from
+    the fused CPU kernel (the plain path's) to the math path, whose numerics differ.
+    """
+    return torch.matmul(weight, x.T).T.contiguous()
 
 
 def large_layers(model: nn.Module) -> list[nn.Linear]:
