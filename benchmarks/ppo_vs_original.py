@@ -464,8 +464,12 @@ class OurEngine:
         self.params, self.tokenizer = params, tokenizer
         policy = Seq2SeqPolicy(base, params.ppo)
         self.scorer = RewardScorer(reward_model, reward_tokenizer, params.reward)
-        accelerator = Accelerator(
-            gradient_accumulation_steps=params.ppo.gradient_accumulation_steps, cpu=base.device.type == "cpu"
+        from detox.ppo.train import MIXED_PRECISION
+
+        accelerator = Accelerator(  # ppo.precision bf16: the stage's autocast over fp32 weights (--dtype: bf16 weights)
+            gradient_accumulation_steps=params.ppo.gradient_accumulation_steps,
+            cpu=base.device.type == "cpu",
+            mixed_precision=MIXED_PRECISION[params.ppo.precision],
         )
         self.trainer = PPOTrainer(policy, tokenizer, self.scorer, params.ppo, accelerator, params.seed)
 
@@ -547,6 +551,8 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "params_m": params_m,
     }
+    if isinstance(runner, OurEngine):
+        result["mixed_precision"] = runner.trainer.accelerator.mixed_precision  # ppo.precision as accelerate runs it
     if args.flops and isinstance(runner, OurEngine):
         lo = WARMUP_PROMPTS + args.steps * args.batch_size
         result["gflop"] = count_step_flops(
@@ -557,7 +563,10 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         with FlopCounterMode(display=False) as counter:
             runner.evaluate(eval_input(test), params.eval.seed)
         result["eval_gflop_per_sample"] = counter.get_total_flops() / 1e9 / len(test)
-        result["matmul_gflops"] = matmul_gflops(device, dtype)
+        # the floor's rate: bf16 where ours multiplies in bf16 (bf16 weights, or ppo.precision's autocast)
+        compute_dtype = torch.bfloat16 if params.ppo.precision == "bf16" else dtype
+        result["matmul_gflops"] = matmul_gflops(device, compute_dtype)
+        result["matmul_dtype"] = str(compute_dtype).removeprefix("torch.")
     if args.profile and isinstance(runner, OurEngine):
         lo = WARMUP_PROMPTS + args.steps * args.batch_size
         profile_step(runner, prompts[lo : lo + args.batch_size], dialogues[lo : lo + args.batch_size], args.steps)
@@ -597,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nsize {args.size} ({first['params_m']:.1f}M policy parameters), batch {args.batch_size}, "
         f"max_new_tokens {args.max_new_tokens} (min 0), mini_batch {params.ppo.mini_batch_size}, "
         f"ppo_epochs {params.ppo.ppo_epochs}; LoRA {list(params.ppo.lora.target_modules)} in encoder+decoder "
-        f"(original), scope {params.ppo.lora.scope} (ours); {first['device']} {first['dtype']}, torch threads "
+        f"(original), scope {params.ppo.lora.scope} (ours); {first['device']} {first['dtype']} weights, ours under "
+        f"ppo.precision {params.ppo.precision}, torch threads "
         f"{first['threads']}; "
         f"median of {args.steps} step(s) after one warm-up; eval on {args.eval_samples} test dialogues\n"
     )
@@ -635,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = ", ".join(f"{shape} {rate:.0f}" for shape, rate in ours["matmul_gflops"].items())
         print(
             f"\nours, matmul GFLOP per phase (one extra step) and the time they need at this machine's best "
-            f"{first['dtype']} matmul rate ({peak:.0f} GFLOP/s; {rates}):"
+            f"{ours['matmul_dtype']} matmul rate ({peak:.0f} GFLOP/s; {rates}):"
         )
         for p, gflop in ours["gflop"].items():
             print(f"  {p:<13} {gflop:>9.1f} GFLOP  >= {gflop / peak:>7.2f} s   (measured {ours['phases'][p]:.2f} s)")

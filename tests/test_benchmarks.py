@@ -75,6 +75,7 @@ def test_ppo_vs_original_runs_both_variants_counts_flops_and_profiles(bench_worl
     original, ours = report["results"]["original"], report["results"]["ours"]
     assert original["params_m"] == ours["params_m"] > 0  # the same base model, counted before LoRA
     assert original["embedding_dtype"] == ours["embedding_dtype"] == "torch.float32"
+    assert ours["mixed_precision"] == "no" and ours["matmul_dtype"] == "float32"  # ppo.precision fp32
     for result in (original, ours):
         phases = result["phases"]
         assert all(phases[p] >= 0 for p in ("generation", "scoring", "forward", "optimization"))
@@ -100,6 +101,22 @@ def test_ppo_vs_original_runs_in_bfloat16(bench_world):
     assert {r["embedding_dtype"] for r in report["results"].values()} == {"torch.bfloat16"}
     assert all(r["peak_gpu_mib"] is None and r["device"] == "cpu" for r in report["results"].values())
     assert "cpu bfloat16" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ppo_vs_original_runs_ours_under_the_stages_bf16_autocast(bench_world, tmp_path):
+    """ppo.precision bf16 reaches ours' accelerator (fp32 weights, autocast), and the floor uses bf16 rates."""
+    root, params_file = bench_world
+    dumped = yaml.safe_load(params_file.read_text())
+    dumped["ppo"]["precision"] = "bf16"
+    bf16_params = tmp_path / "params.yaml"
+    bf16_params.write_text(yaml.safe_dump(dumped))
+    proc = run_bench(root, bf16_params, "--variants", "ours", "--flops")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = json.loads(proc.stdout.split("JSON ", 1)[1])["results"]["ours"]
+    assert ours["mixed_precision"] == "bf16" and ours["embedding_dtype"] == "torch.float32"
+    assert ours["matmul_dtype"] == "bfloat16" and "best bfloat16 matmul rate" in proc.stdout
+    assert "cpu float32 weights, ours under ppo.precision bf16" in proc.stdout
 
 
 def test_ppo_vs_original_cuda_without_a_gpu_is_a_clear_error(bench_world):
