@@ -13,12 +13,17 @@ The pipeline's path takes ``generation.skinny_matmul`` from params.yaml (``--no-
 off); the other path is timed beside it, the two taking turns first, and the script prints their
 ratio and the share of sampled tokens they have in common.
 
-``--compile`` also times transformers' static KV cache (``cache_implementation="static"``) with
-``torch.compile`` on the model's forward: the first call (which compiles) apart, the median after
-it, and the share of sampled tokens equal to the plain call's (same seed).
+``--static`` also times transformers' static KV cache (``cache_implementation="static"``) without
+compiling, in turn with the plain call. ``--compile`` times the static cache with ``torch.compile`` on
+the model's forward: the first call (which compiles) apart, the median after it. Both print the
+share of sampled tokens equal to the plain call's (same seed).
+
+``--profile`` runs the decoding steps of one call (the encoder's output given) under torch.profiler
+and prints the top operators by self CPU time: what a faster decoding step has to cut.
 
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 32 --compile
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48
+    python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48 --repeats 4 --static --profile
     python benchmarks/generation_floor.py --size builtin --batch 64 --new-tokens 48
 """
 
@@ -60,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-skinny", action="store_true", help="time the pipeline's path with generation.skinny_matmul off"
     )
+    parser.add_argument("--static", action="store_true", help="also time a static KV cache, not compiled")
     parser.add_argument("--compile", action="store_true", help="also time a static KV cache with torch.compile")
+    parser.add_argument("--profile", action="store_true", help="top operators of the decoding steps (torch.profiler)")
     args = parser.parse_args(argv)
     if min(args.batch, args.new_tokens, args.repeats) < 1:
         parser.error("--batch, --new-tokens and --repeats must be at least 1")
@@ -110,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     total_gflop = counter.get_total_flops() / 1e9
 
     other = generate(not skinny)
-    times: dict[str, list[float]] = {"encoder": [], "generate": [], "other": []}
-    calls = (("encoder", encode), ("generate", generate), ("other", lambda: generate(not skinny)))
+    static = generate(cache_implementation="static") if args.static else None
+    times: dict[str, list[float]] = {"encoder": [], "generate": [], "other": [], "static": []}
+    calls = [("encoder", encode), ("generate", generate), ("other", lambda: generate(not skinny))]
+    if args.static:
+        calls.append(("static", lambda: generate(cache_implementation="static")))
     for repeat in range(args.repeats):
-        # the two generate paths swap places every repeat: a call's place in the round must not decide the ratio
-        for name, call in calls if repeat % 2 == 0 else (calls[0], calls[2], calls[1]):
+        # the generate paths take turns in first place: a call's place in the round must not decide a ratio
+        turn = repeat % (len(calls) - 1)
+        for name, call in [calls[0], *calls[1 + turn :], *calls[1 : 1 + turn]]:
             started = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - started)
@@ -152,13 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generate: {args.batch * args.new_tokens / generate_s:.1f} sampled tokens/s")
     layers = len(large_layers(model))
     other_s = statistics.median(times["other"])
-    same = (other == plain).float().mean().item() if other.shape == plain.shape else 0.0
+    same = equal_share(other, plain)
     names = {True: f"skinny matmuls ({layers} layers)", False: "F.linear"}
     print(
         f"{names[skinny]} (the path above) against {names[not skinny]} ({other_s:.4g} s median, "
         f"{other_s / (total_gflop / best):.2f}x the floor): {other_s / generate_s:.3f}x as fast; "
         f"{same:.1%} of the tokens equal"
     )
+
+    if static is not None:
+        static_s = statistics.median(times["static"])
+        print(
+            f"static KV cache, not compiled ({static_s:.4g} s median): {static_s / generate_s:.3f}x the time of the "
+            f"path above; {equal_share(static, plain):.1%} of the tokens equal"
+        )
+    if args.profile:
+        with torch.no_grad():
+            encoder_outputs = encoder(**enc)
+            with torch.profiler.profile() as profile:
+                generate(encoder_outputs=encoder_outputs)
+        print(f"decoding steps of one call ({names[skinny]}), top operators by self CPU time:")
+        print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     if args.compile:
         import torch._inductor.config as inductor_config
@@ -173,13 +198,18 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             compiled = generate(cache_implementation="static")
             runs.append(time.perf_counter() - started)
-        same = (compiled == plain).float().mean().item() if compiled.shape == plain.shape else 0.0
+        same = equal_share(compiled, plain)
         median = statistics.median(runs)
         print(
             f"static cache + torch.compile: first call {first:.1f} s (compiles), then median {median:.3f} s, "
             f"min {min(runs):.3f} s: {generate_s / median:.2f}x the plain call; {same:.1%} of the tokens equal"
         )
     return 0
+
+
+def equal_share(tokens: torch.Tensor, plain: torch.Tensor) -> float:
+    """The share of sampled tokens equal to the plain call's (0 when the shapes differ)."""
+    return (tokens == plain).float().mean().item() if tokens.shape == plain.shape else 0.0
 
 
 if __name__ == "__main__":

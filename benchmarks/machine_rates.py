@@ -8,10 +8,12 @@
   rows: ``F.linear`` against the weight-first product of ``detox.models.skinny``, and whether the
   layer takes that path (its size and row limits). The weights stay in the caches here, as a small
   layer's do in a model; a large layer's are streamed from memory there, so the gain inside a model
-  is smaller (``generation_floor.py`` measures that).
+  is smaller (``generation_floor.py`` measures that). ``--dtype bfloat16`` times the same in bf16
+  (the path takes fp32 only: where the weights are bf16, this says whether it should).
 
     python benchmarks/machine_rates.py
     python benchmarks/machine_rates.py --skinny --seconds 0.3
+    python benchmarks/machine_rates.py --skinny --seconds 0.2 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -30,11 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measured shape")
     parser.add_argument("--skinny", action="store_true", help="only the skinny-matmul table")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the skinny-matmul table's dtype (the path itself takes fp32 only)",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
     if args.skinny:
-        skinny_table(args.seconds)
+        skinny_table(args.seconds, getattr(torch, args.dtype))
         return 0
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -69,7 +77,7 @@ SKINNY_ROWS = (1, 4, 16, 64, 256)
 LAYER_SHAPES = ((128, 128), (128, 320), (320, 128), (128, 1024), (768, 768), (768, 2048), (2048, 768), (768, 32128))
 
 
-def skinny_table(seconds: float) -> None:
+def skinny_table(seconds: float, dtype: torch.dtype = torch.float32) -> None:
     """F.linear against weight-first at each layer shape and row count, in turn, same inputs."""
     from detox.models.skinny import MAX_ROWS, MIN_WEIGHT, weight_first
 
@@ -77,19 +85,21 @@ def skinny_table(seconds: float) -> None:
         return flop * calls_per_second(call, seconds) / 1e9
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; F.linear -> weight-first GFLOP/s "
-        f"(ratio); * = the layer takes the path (weight >= {MIN_WEIGHT} elements, 2 to {MAX_ROWS} rows)"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {str(dtype).removeprefix('torch.')}; "
+        f"F.linear -> weight-first GFLOP/s (ratio); * = the layer takes the path (fp32, weight >= {MIN_WEIGHT} "
+        f"elements, 2 to {MAX_ROWS} rows)"
     )
     print(f"{'d_in x d_out':>14} " + " ".join(f"{f'{rows} rows':>22}" for rows in SKINNY_ROWS))
     for d_in, d_out in LAYER_SHAPES:
-        weight = torch.randn(d_out, d_in) / d_in**0.5
+        weight = (torch.randn(d_out, d_in) / d_in**0.5).to(dtype)
         cells = []
         for rows in SKINNY_ROWS:
-            x = torch.randn(rows, d_in)
+            x = torch.randn(rows, d_in, dtype=dtype)
             flop = 2 * rows * d_in * d_out
             plain = rate(lambda x=x, w=weight: torch.nn.functional.linear(x, w), flop)
             first = rate(lambda x=x, w=weight: weight_first(x, w), flop)
-            taken = "*" if weight.numel() >= MIN_WEIGHT and 1 < rows <= MAX_ROWS else " "
+            takes = dtype == torch.float32 and weight.numel() >= MIN_WEIGHT and 1 < rows <= MAX_ROWS
+            taken = "*" if takes else " "
             cells.append(f"{plain:6.1f} -> {first:6.1f} ({first / plain:4.2f}){taken}")
         print(f"{f'{d_in} x {d_out}':>14} " + " ".join(f"{c:>22}" for c in cells))
 

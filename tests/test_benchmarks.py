@@ -166,6 +166,16 @@ def test_machine_rates_prints_every_rate():
     assert marked == {shape: 3 if shape in ("768x768", "768x2048", "2048x768", "768x32128") else 0 for shape in rows}
     for line in rows.values():
         assert len(re.findall(r"\d+\.\d -> +\d+\.\d \(\d+\.\d\d\)", line)) == 5  # rates and ratio per row count
+    bf16 = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--skinny", "--seconds", "0.01"]
+        + ["--dtype", "bfloat16"],
+        capture_output=True,
+        text=True,
+        timeout=conftest.HANG_S,
+    )
+    assert bf16.returncode == 0, bf16.stderr[-3000:]
+    assert "threads, bfloat16;" in bf16.stdout and "*" not in bf16.stdout.split("\n", 1)[1]  # fp32 only takes the path
+    assert len(bf16.stdout.splitlines()) == 10
 
 
 def test_algorithms_benchmark_runs_ppo_rloo_and_grpo_at_the_same_number_of_summaries(bench_world):
@@ -379,6 +389,13 @@ def test_generation_floor_counts_the_encoder_apart_and_the_decoding_per_token(be
         return {name: [float("nan") if v == "-" else float(v) for v in row] for name, row in rows.items()}
 
     tables = [table(n) for n in (4, 8, 12)]
+    extra = subprocess.run(
+        [*args, "--new-tokens", "4", "--static", "--profile"], capture_output=True, text=True, cwd=root
+    )
+    assert extra.returncode == 0, extra.stderr[-3000:]
+    assert re.search(r"static KV cache, not compiled \([\d.e-]+ s median\): [\d.]+x the time", extra.stdout)
+    assert "decoding steps of one call (skinny matmuls (0 layers)), top operators by self CPU time:" in extra.stdout
+    assert "aten::mm" in extra.stdout and "Self CPU time total" in extra.stdout
     for rows in tables:
         gflop, floor, median = rows["generate"][:3]
         assert gflop == pytest.approx(rows["encoder"][0] + rows["decoding"][0], rel=1e-3)
