@@ -32,6 +32,7 @@ import torch
 
 import ppo_vs_original as bench
 from common import add_size_argument, check_inputs
+from detox.common.allocator import keep_freed_memory
 from detox.common.errors import DetoxError
 from detox.common.params import Params
 
@@ -88,6 +89,7 @@ def algorithm_params(args: argparse.Namespace, algorithm: str) -> Params:
 
 
 def worker(args: argparse.Namespace) -> dict[str, object]:
+    keep_freed_memory()  # as every stage does (detox.common.allocator), in each variant's process
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from detox.models.generation import build_prompts

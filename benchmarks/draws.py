@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from common import check_inputs
+from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.evaluate.scoring import SAMPLE_SEED_STRIDE
 from detox.models.generation import build_prompts, generate_draws, generate_summaries, load_policy
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=5, help="summaries per dialogue")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every stage does (detox.common.allocator)
     if args.n < 1 or args.k < 1 or args.repeats < 1:
         parser.error("--n, --k and --repeats must be at least 1")
     check_inputs(args, ("policy", "data", "params"))

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from common import check_inputs
+from detox.common.allocator import keep_freed_memory
 from detox.common.errors import DetoxError
 from detox.common.params import Params, load_params
 from detox.evaluate.scoring import sample_rows
@@ -109,6 +110,7 @@ def timed(fn: Callable[[], list[float]], device: torch.device) -> tuple[float, l
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # as every stage does (detox.common.allocator)
     check_inputs(args, ("policy", "reward", "data"))
     try:
         params = load_params(args.params)

@@ -44,6 +44,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import add_size_argument, check_inputs, matmul_gflops
+from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.models.generation import build_prompts, generation_kwargs, load_policy
 from detox.models.skinny import large_layers, skinny_matmuls
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time a static KV cache with torch.compile")
     parser.add_argument("--profile", action="store_true", help="top operators of the decoding steps (torch.profiler)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every stage does (detox.common.allocator)
     if min(args.batch, args.new_tokens, args.repeats) < 1:
         parser.error("--batch, --new-tokens and --repeats must be at least 1")
     check_inputs(args, ("policy", "data", "params"))

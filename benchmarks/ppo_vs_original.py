@@ -57,6 +57,7 @@ import pandas as pd
 import torch
 
 from common import add_size_argument, check_inputs, matmul_gflops, synchronize
+from detox.common.allocator import keep_freed_memory
 from detox.common.errors import DetoxError
 from detox.common.params import Params, load_params
 from detox.ppo import stats as names
@@ -498,6 +499,7 @@ class OurEngine:
 
 
 def worker(args: argparse.Namespace) -> dict[str, object]:
+    keep_freed_memory()  # as every stage does (detox.common.allocator), in each variant's process
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from detox.models.generation import build_prompts

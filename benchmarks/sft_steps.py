@@ -30,6 +30,7 @@ from transformers import DataCollatorForSeq2Seq
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from common import check_inputs, matmul_gflops
+from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.data.reading import load_split
 from detox.models.check import load_or_init
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flops", action="store_true", help="count a step's FLOPs; print the compute floor")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 4 random-order steps: top ops")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every stage does (detox.common.allocator)
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps must be at least 1")
     check_inputs(args, ("params", "base", "raw"))

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from detox.common.allocator import keep_freed_memory
 from detox.common.errors import DetoxError, error_chain
 
 NO_SPACE = ("No space left on device", "database or disk is full", "Disk quota exceeded")  # OS, sqlite
@@ -48,6 +49,7 @@ def run_stage(main: Callable[[], None]) -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for signum in (signal.SIGINT, signal.SIGTERM):  # dvc's Ctrl-C, a scheduler's stop
         signal.signal(signum, _interrupt)
+    keep_freed_memory()  # glibc keeps what a step frees for the next (detox.common.allocator); values unchanged
     try:
         main()
     except DetoxError as exc:
