@@ -34,8 +34,10 @@ def _row(name: str, column: int) -> Callable[[str], dict[str, float]]:
     """The ``column``-th number of the first output line starting with ``name``."""
 
     def parse(out: str) -> dict[str, float]:
-        line = next(line for line in out.splitlines() if line.split()[:1] == [name])
-        return {"s": float(line.split()[column])}
+        lines = [line for line in out.splitlines() if line.split()[:1] == [name]]
+        if not lines:
+            sys.exit(f"no line starting with {name!r} in the workload's output:\n{out[-3000:]}")
+        return {"s": float(lines[0].split()[column])}
 
     return parse
 

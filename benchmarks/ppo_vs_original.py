@@ -456,7 +456,6 @@ class OriginalLoop:
 # -- variant (b): our engine ----------------------------------------------------------------------------
 class OurEngine:
     def __init__(self, base, tokenizer, reward_model, reward_tokenizer, params: Params) -> None:
-        from accelerate import Accelerator
 
         from detox.models.reward import RewardScorer
         from detox.ppo.engine import PPOTrainer
@@ -465,13 +464,10 @@ class OurEngine:
         self.params, self.tokenizer = params, tokenizer
         policy = Seq2SeqPolicy(base, params.ppo)
         self.scorer = RewardScorer(reward_model, reward_tokenizer, params.reward)
-        from detox.ppo.train import MIXED_PRECISION
+        from detox.ppo.train import make_accelerator
 
-        accelerator = Accelerator(  # ppo.precision bf16: the stage's autocast over fp32 weights (--dtype: bf16 weights)
-            gradient_accumulation_steps=params.ppo.gradient_accumulation_steps,
-            cpu=base.device.type == "cpu",
-            mixed_precision=MIXED_PRECISION[params.ppo.precision],
-        )
+        # the stage's: ppo.precision bf16 is its autocast over fp32 weights (--dtype sets the weights' dtype)
+        accelerator = make_accelerator(params.ppo, cpu=base.device.type == "cpu")
         self.trainer = PPOTrainer(policy, tokenizer, self.scorer, params.ppo, accelerator, params.seed)
 
     def step(self, prompts: list[str], dialogues: list[str], step: int) -> dict[str, float]:
@@ -589,12 +585,12 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args, ("policy", "reward", "train", "test", "params"))
     try:
         bench_params(args)
+        if args.worker:  # a variant's process: the stage's own refusals (e.g. ppo.precision fp16 on a CPU) too
+            print(json.dumps(worker(args)))
+            return 0
     except DetoxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return 0
 
     results = {}
     for variant in args.variants.split(","):

@@ -119,6 +119,19 @@ def test_ppo_vs_original_runs_ours_under_the_stages_bf16_autocast(bench_world, t
     assert "cpu float32 weights, ours under ppo.precision bf16" in proc.stdout
 
 
+def test_ppo_vs_original_refuses_fp16_on_a_cpu_as_the_stage_does(bench_world, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    root, params_file = bench_world
+    dumped = yaml.safe_load(params_file.read_text())
+    dumped["ppo"]["precision"] = "fp16"
+    fp16_params = tmp_path / "params.yaml"
+    fp16_params.write_text(yaml.safe_dump(dumped))
+    proc = run_bench(root, fp16_params, "--variants", "ours")
+    assert proc.returncode != 0 and "error: ppo.precision fp16 needs a GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr and "the ours variant failed" in proc.stderr
+
+
 def test_ppo_vs_original_cuda_without_a_gpu_is_a_clear_error(bench_world):
     root, params_file = bench_world
     if torch.cuda.is_available():

@@ -1057,6 +1057,13 @@ def test_precision_must_agree_with_accelerate_launch(world, project, monkeypatch
         run_ppo(ppo_params(**{"ppo.steps": 1}), world_paths(world, root))
 
 
+def test_make_accelerator_takes_the_cpu_when_told_and_the_precision_from_params(fresh_accelerate_state):
+    from detox.ppo.train import make_accelerator
+
+    accelerator = make_accelerator(ppo_params(**{"ppo.precision": "bf16"}).ppo, cpu=True)
+    assert accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's refusal")
 def test_fp16_needs_a_gpu(world, project):
     root, _ = project

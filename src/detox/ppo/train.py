@@ -87,8 +87,11 @@ def validation_set(params: Params, paths: PPOPaths, scorer: RewardScorer) -> Val
     )
 
 
-def make_accelerator(cfg: PPOParams, accelerator: Accelerator | None = None) -> Accelerator:
-    """The run's accelerator (``accelerator`` when given), once ``ppo.precision`` and the launch agree."""
+def make_accelerator(cfg: PPOParams, accelerator: Accelerator | None = None, cpu: bool | None = None) -> Accelerator:
+    """The run's accelerator (``accelerator`` when given), once ``ppo.precision`` and the launch agree.
+
+    ``cpu`` forces the CPU (or not); None, the stage's choice, means the CPU when torch sees no CUDA device.
+    """
     precision = MIXED_PRECISION[cfg.precision]
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launched and launched != precision:
@@ -102,7 +105,7 @@ def make_accelerator(cfg: PPOParams, accelerator: Accelerator | None = None) -> 
     # gloo process group there instead of several processes that each believe they are alone.
     accelerator = accelerator or Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        cpu=not torch.cuda.is_available(),
+        cpu=not torch.cuda.is_available() if cpu is None else cpu,
         mixed_precision=precision,
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
