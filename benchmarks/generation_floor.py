@@ -11,7 +11,9 @@ first ``--batch`` test dialogues, with params.yaml's sampling settings, the way 
 
 The pipeline's path takes ``generation.skinny_matmul`` from params.yaml (``--no-skinny`` turns it
 off); the other path is timed beside it, the two taking turns first, and the script prints their
-ratio and the share of sampled tokens they have in common.
+ratio and the share of sampled tokens they have in common. Where the skinny path packs weights with
+oneDNN (``detox.models.skinny``, from 8 rows), its weight-first product without packing is timed in
+turn as well, a third path.
 
 ``--static`` also times transformers' static KV cache (``cache_implementation="static"``) without
 compiling, in turn with the plain call. ``--compile`` times the static cache with ``torch.compile`` on
@@ -47,7 +49,7 @@ from common import add_size_argument, check_inputs, matmul_gflops
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.models.generation import build_prompts, generation_kwargs, load_policy
-from detox.models.skinny import large_layers, skinny_matmuls
+from detox.models.skinny import PACKED_MIN_ROWS, large_layers, packed_available, skinny_matmuls
 
 SEED = 1
 
@@ -101,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     skinny = params.generation.skinny_matmul and not args.no_skinny
 
     @torch.no_grad()
-    def generate(skinny: bool = skinny, **extra) -> torch.Tensor:
+    def generate(skinny: bool = skinny, packed: bool = True, **extra) -> torch.Tensor:
         torch.manual_seed(SEED)
-        with skinny_matmuls(model, skinny):
+        with skinny_matmuls(model, skinny, packed):
             return model.generate(**enc, **kwargs, **extra)
 
     @torch.no_grad()
@@ -119,9 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     total_gflop = counter.get_total_flops() / 1e9
 
     other = generate(not skinny)
+    # the skinny path packs weights (from 8 rows, where this torch has oneDNN): its unpacked product is a third path
+    unpacked_too = skinny and packed_available() and args.batch >= PACKED_MIN_ROWS and bool(large_layers(model))
+    unpacked = generate(packed=False) if unpacked_too else None
     static = generate(cache_implementation="static") if args.static else None
-    times: dict[str, list[float]] = {"encoder": [], "generate": [], "other": [], "static": []}
+    times: dict[str, list[float]] = {"encoder": [], "generate": [], "other": [], "unpacked": [], "static": []}
     calls = [("encoder", encode), ("generate", generate), ("other", lambda: generate(not skinny))]
+    if unpacked_too:
+        calls.append(("unpacked", lambda: generate(packed=False)))
     if args.static:
         calls.append(("static", lambda: generate(cache_implementation="static")))
     for repeat in range(args.repeats):
@@ -172,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{other_s / (total_gflop / best):.2f}x the floor): {other_s / generate_s:.3f}x as fast; "
         f"{same:.1%} of the tokens equal"
     )
+    if unpacked is not None:
+        unpacked_s = statistics.median(times["unpacked"])
+        print(
+            f"the same with oneDNN's packed weights against weight-first without them ({unpacked_s:.4g} s median, "
+            f"{unpacked_s / (total_gflop / best):.2f}x the floor): {unpacked_s / generate_s:.3f}x as fast; "
+            f"{equal_share(unpacked, plain):.1%} of the tokens equal"
+        )
 
     if static is not None:
         static_s = statistics.median(times["static"])

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 import conftest
+from detox.models.skinny import packed_available
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "ppo_vs_original.py"
@@ -420,3 +421,32 @@ def test_generation_floor_counts_the_encoder_apart_and_the_decoding_per_token(be
     assert 0 < first <= second * 1.01 and second == pytest.approx(first, rel=0.25)
     bad = subprocess.run([*args[:2], "--batch", "10000", *args[4:]], capture_output=True, text=True, cwd=root)
     assert bad.returncode == 2 and "has only" in bad.stderr
+
+
+@pytest.mark.skipif(not packed_available(), reason="this torch has no oneDNN packed linear")
+def test_generation_floor_counts_the_packed_paths_flops_and_times_it_against_weight_first(
+    bench_world, monkeypatch, capsys
+):
+    """With every layer large enough (MIN_WEIGHT 1) and 8 rows, the pipeline's path packs weights: the FLOPs
+    counted are still the F.linear path's (the counter does not see oneDNN's kernel), and weight-first without
+    packing is timed as a third path."""
+    import detox.models.skinny as skinny
+
+    root, params_file = bench_world
+    monkeypatch.setattr(skinny, "MIN_WEIGHT", 1)
+    bench = _bench_module("generation_floor")
+    common = ["--batch", "8", "--repeats", "1", "--new-tokens", "4", "--params", str(params_file)]
+    common += ["--policy", str(root / "models" / "policy"), "--data", str(root / "data" / "raw" / "test.parquet")]
+
+    def gflop(extra: list[str]) -> tuple[float, str]:
+        assert bench.main(common + extra) == 0
+        out = capsys.readouterr().out
+        rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("generate ")}
+        return float(rows["generate"][0]), out
+
+    packed, out = gflop([])
+    plain, plain_out = gflop(["--no-skinny"])
+    assert re.search(r"skinny matmuls \([1-9]\d* layers\) \(the path above\) against F.linear", out)
+    assert re.search(r"with oneDNN's packed weights against weight-first without them \([\d.e-]+ s median", out)
+    assert "packed weights" not in plain_out  # F.linear above: nothing packed to compare
+    assert packed == pytest.approx(plain, rel=1e-6) and packed > 0

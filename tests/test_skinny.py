@@ -1,7 +1,12 @@
-"""Skinny matmuls (detox.models.skinny): where they apply, that they stay within float tolerance of
-F.linear, that the layers come back, and that the params switches reach generation and rollouts."""
+"""Skinny matmuls (detox.models.skinny): where they apply, which kernel (weight-first or oneDNN's packed
+weights) takes which rows, that they stay within float tolerance of F.linear, that packed weights are made
+again when stale and freed after the block, that the layers come back, and that the params switches reach
+generation and rollouts."""
 
 from __future__ import annotations
+
+import gc
+import weakref
 
 import pytest
 import torch
@@ -13,7 +18,7 @@ import detox.models.skinny as skinny
 from conftest import tiny_corpus, tiny_params, tiny_t5
 from detox.common.params import GenerationParams
 from detox.models.generation import build_prompts, generate_draws
-from detox.models.skinny import MAX_ROWS, MIN_WEIGHT, skinny_matmuls
+from detox.models.skinny import MAX_ROWS, MIN_WEIGHT, PACKED_MIN_ROWS, skinny_matmuls
 from detox.ppo.policy import Seq2SeqPolicy
 from detox.ppo.rollout import sample
 
@@ -30,12 +35,36 @@ def counted(monkeypatch) -> list[int]:
     calls: list[int] = []
     original = skinny._skinny_forward
 
-    def counting(self, x):
+    def counting(self, x, packed=None):
         calls.append(x.numel() // x.shape[-1])
-        return original(self, x)
+        return original(self, x, packed)
 
     monkeypatch.setattr(skinny, "_skinny_forward", counting)
     return calls
+
+
+@pytest.fixture
+def packs(monkeypatch) -> list[tuple[int, weakref.ref]]:
+    """Each packing of a weight appends its row count and a weak reference to the packed copy; each product
+    with a packed weight appends ("product", rows)."""
+    made: list = []
+    original_pack, original_product = skinny.pack, skinny.packed_product
+
+    def packing(weight, rows):
+        packed = original_pack(weight, rows)
+        made.append((rows, weakref.ref(packed)))
+        return packed
+
+    def product(x, packed, bias):
+        made.append(("product", x.shape[0]))
+        return original_product(x, packed, bias)
+
+    monkeypatch.setattr(skinny, "pack", packing)
+    monkeypatch.setattr(skinny, "packed_product", product)
+    return made
+
+
+needs_onednn = pytest.mark.skipif(not skinny.packed_available(), reason="this torch has no oneDNN packed linear")
 
 
 def rounding_bound(weight: torch.Tensor, x: torch.Tensor) -> float:
@@ -43,8 +72,9 @@ def rounding_bound(weight: torch.Tensor, x: torch.Tensor) -> float:
     return 2 * conftest.tolerance(torch.float32, weight.shape[1], (x.abs() @ weight.detach().abs().T).max())
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 16, MAX_ROWS, MAX_ROWS + 1])
-def test_a_large_linear_agrees_with_f_linear_and_only_few_rows_take_the_path(rows, counted):
+@pytest.mark.parametrize("rows", [1, 2, 3, PACKED_MIN_ROWS - 1, PACKED_MIN_ROWS, 16, MAX_ROWS, MAX_ROWS + 1])
+@torch.no_grad()
+def test_a_large_linear_agrees_with_f_linear_and_only_few_rows_take_the_path(rows, counted, packs):
     torch.manual_seed(0)
     layer = nn.Linear(512, MIN_WEIGHT // 512)
     x = torch.randn(rows, 1, 512)  # a decoding step's shape: rows sequences, one token each
@@ -58,6 +88,67 @@ def test_a_large_linear_agrees_with_f_linear_and_only_few_rows_take_the_path(row
         torch.testing.assert_close(got, expected, rtol=0, atol=rounding_bound(layer.weight, x[:, 0]))
     else:  # one row or too many: F.linear itself
         assert torch.equal(got, expected)
+    # packed weights from PACKED_MIN_ROWS rows (where this torch has oneDNN), weight-first below
+    packed = skinny.packed_available() and PACKED_MIN_ROWS <= rows <= MAX_ROWS
+    assert [entry[0] for entry in packs] == ([rows, "product"] if packed else [])
+
+
+@needs_onednn
+def test_packed_weights_are_made_again_when_stale_kept_otherwise_and_freed_after_the_block(packs):
+    torch.manual_seed(0)
+    layer = nn.Linear(512, 512, bias=False).requires_grad_(False)
+    x16, x32 = torch.randn(16, 512), torch.randn(32, 512)
+    with skinny_matmuls(layer):
+        for _ in range(3):
+            torch.testing.assert_close(layer(x16), x16 @ layer.weight.T, rtol=0, atol=rounding_bound(layer.weight, x16))
+        assert [entry[0] for entry in packs] == [16, "product", "product", "product"]  # packed once for 16 rows
+        layer(x32)  # another row count: packed again for it
+        layer.weight.mul_(-2.0)  # a change in place (an optimizer step): its version moves, packed again
+        torch.testing.assert_close(layer(x32), x32 @ layer.weight.T, rtol=0, atol=rounding_bound(layer.weight, x32))
+        layer.weight = nn.Parameter(torch.randn(512, 512), requires_grad=False)  # another tensor: packed again
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x32), x32 @ layer.weight.T, rtol=0, atol=rounding_bound(layer.weight, x32))
+        made = [entry for entry in packs if entry[0] != "product"]
+        assert [rows for rows, _ in made] == [16, 32, 32, 32]
+        gc.collect()
+        assert [ref() is None for _, ref in made] == [True, True, True, False]  # only the current copy is kept
+    gc.collect()
+    assert made[-1][1]() is None  # and it goes with the block
+
+
+def test_inputs_that_need_a_gradient_packed_false_and_no_onednn_keep_weight_first(monkeypatch, packs):
+    torch.manual_seed(0)
+    layer = nn.Linear(512, 512)
+    x = torch.randn(16, 512, requires_grad=True)
+    with skinny_matmuls(layer):
+        out = layer(x)  # the weight and x need gradients: the packed kernel has no backward
+    out.sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    torch.testing.assert_close(
+        x.grad, layer.weight.sum(0).expand(16, 512), rtol=0, atol=rounding_bound(layer.weight, x.detach())
+    )
+    assert packs == []
+    with torch.no_grad(), skinny_matmuls(layer, packed=False):
+        layer(x)
+    assert packs == []
+    monkeypatch.setattr(skinny, "packed_available", lambda: False)
+    with torch.no_grad(), skinny_matmuls(layer):
+        layer(x)
+    assert packs == []
+
+
+def test_packed_available_says_whether_the_kernel_gives_the_product(monkeypatch):
+    assert isinstance(skinny.packed_available(), bool)
+    skinny.packed_available.cache_clear()
+
+    def missing(*args):
+        raise RuntimeError("no oneDNN here")
+
+    monkeypatch.setattr(skinny, "pack", missing)
+    try:
+        assert skinny.packed_available() is False
+    finally:
+        skinny.packed_available.cache_clear()  # the real answer again for the tests after this one
 
 
 def test_small_weights_other_dtypes_autocast_and_the_switch_keep_f_linear(counted):
@@ -118,6 +209,22 @@ def test_a_decoding_step_of_a_t5_stays_within_rounding_of_the_plain_one(counted)
     assert "aten::_scaled_dot_product_attention_math" not in kernels
 
 
+@needs_onednn
+@torch.no_grad()
+def test_a_decoding_step_of_8_rows_takes_packed_weights_and_stays_within_rounding(packs):
+    model, tokenizer = tiny_t5(TEMPLATE, **LARGE)
+    prompts = build_prompts(tiny_corpus()["train"]["dialogue"].tolist()[:PACKED_MIN_ROWS], TEMPLATE)
+    enc = tokenizer(prompts, padding=True, return_tensors="pt")
+    start = torch.zeros(PACKED_MIN_ROWS, 1, dtype=torch.long)
+    plain = model(**enc, decoder_input_ids=start).logits
+    with skinny_matmuls(model):
+        fast = model(**enc, decoder_input_ids=start).logits
+    # the decoder's 9 few-row layers, packed for 8 rows; the encoder's many rows keep F.linear
+    assert [entry[0] for entry in packs].count(PACKED_MIN_ROWS) == 9
+    torch.testing.assert_close(fast, plain, rtol=0, atol=conftest.tolerance(torch.float32, 512 * 8, plain.abs().max()))
+    assert not torch.equal(fast, torch.zeros_like(fast))
+
+
 def test_generation_and_rollouts_take_the_path_only_when_params_say_so(counted):
     model, tokenizer = tiny_t5(TEMPLATE, **LARGE)
     prompts = build_prompts(tiny_corpus()["test"]["dialogue"].tolist()[:4], TEMPLATE)
@@ -161,3 +268,19 @@ def test_weight_first_is_the_linear_product():
     got = skinny.weight_first(x, weight)
     assert got.shape == (16, 768) and got.is_contiguous()
     torch.testing.assert_close(got, x @ weight.T, rtol=0, atol=rounding_bound(weight, x))
+
+
+@needs_onednn
+@torch.no_grad()
+def test_flop_counter_counts_the_packed_product_as_the_plain_one(packs):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = nn.Linear(512, 768, bias=False)
+    x = torch.randn(16, 1, 512)
+    counts = []
+    for packed in (True, False):
+        with skinny_matmuls(layer, packed=packed), FlopCounterMode(display=False) as counter:
+            layer(x)
+        counts.append(counter.get_total_flops())
+    assert [entry[0] for entry in packs] == [16, "product"]  # the first block took the packed kernel
+    assert counts == [2 * 16 * 512 * 768] * 2
