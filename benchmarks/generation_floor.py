@@ -9,11 +9,11 @@ first ``--batch`` test dialogues, with params.yaml's sampling settings, the way 
 - times the call ``--repeats`` times: the encoder alone and the whole call;
 - prints the **compute floor** (the FLOPs at the best rate) and how far each time is above it.
 
-The pipeline's path takes ``generation.skinny_matmul`` from params.yaml (``--no-skinny`` turns it
-off); the other path is timed beside it, the two taking turns first, and the script prints their
-ratio and the share of sampled tokens they have in common. Where the skinny path packs weights with
-oneDNN (``detox.models.skinny``, from 8 rows), its weight-first product without packing is timed in
-turn as well, a third path.
+The pipeline's path takes ``generation.skinny_matmul`` from params.yaml (``--no-skinny`` makes it
+``off``, ``F.linear``); the other path (``off``, or ``packed`` where the pipeline's is ``off``) is timed
+beside it, the paths taking turns first, and the script prints their ratio and the share of sampled
+tokens they have in common. Where the pipeline's path is ``packed`` and takes oneDNN's packed weights
+(``detox.models.skinny``, from 8 rows), ``weight_first`` is timed in turn as well, a third path.
 
 ``--static`` also times transformers' static KV cache (``cache_implementation="static"``) without
 compiling, in turn with the plain call. ``--compile`` times the static cache with ``torch.compile`` on
@@ -100,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     encoder = model.get_encoder()
 
-    skinny = params.generation.skinny_matmul and not args.no_skinny
+    mode = "off" if args.no_skinny else params.generation.skinny_matmul
+    other_mode = "packed" if mode == "off" else "off"
 
     @torch.no_grad()
-    def generate(skinny: bool = skinny, packed: bool = True, **extra) -> torch.Tensor:
+    def generate(mode: str = mode, **extra) -> torch.Tensor:
         torch.manual_seed(SEED)
-        with skinny_matmuls(model, skinny, packed):
+        with skinny_matmuls(model, mode):
             return model.generate(**enc, **kwargs, **extra)
 
     @torch.no_grad()
@@ -120,15 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         generate()
     total_gflop = counter.get_total_flops() / 1e9
 
-    other = generate(not skinny)
-    # the skinny path packs weights (from 8 rows, where this torch has oneDNN): its unpacked product is a third path
-    unpacked_too = skinny and packed_available() and args.batch >= PACKED_MIN_ROWS and bool(large_layers(model))
-    unpacked = generate(packed=False) if unpacked_too else None
+    other = generate(other_mode)
+    # the pipeline's path packs weights (from 8 rows, where this torch has oneDNN): weight-first is a third path
+    unpacked_too = (
+        mode == "packed" and packed_available() and args.batch >= PACKED_MIN_ROWS and bool(large_layers(model))
+    )
+    unpacked = generate("weight_first") if unpacked_too else None
     static = generate(cache_implementation="static") if args.static else None
     times: dict[str, list[float]] = {"encoder": [], "generate": [], "other": [], "unpacked": [], "static": []}
-    calls = [("encoder", encode), ("generate", generate), ("other", lambda: generate(not skinny))]
+    calls = [("encoder", encode), ("generate", generate), ("other", lambda: generate(other_mode))]
     if unpacked_too:
-        calls.append(("unpacked", lambda: generate(packed=False)))
+        calls.append(("unpacked", lambda: generate("weight_first")))
     if args.static:
         calls.append(("static", lambda: generate(cache_implementation="static")))
     for repeat in range(args.repeats):
@@ -173,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     layers = len(large_layers(model))
     other_s = statistics.median(times["other"])
     same = equal_share(other, plain)
-    names = {True: f"skinny matmuls ({layers} layers)", False: "F.linear"}
+    skinny = f"skinny matmuls ({layers} layers"
+    names = {"packed": f"{skinny}, packed)", "weight_first": f"{skinny}, weight-first)", "off": "F.linear"}
     print(
-        f"{names[skinny]} (the path above) against {names[not skinny]} ({other_s:.4g} s median, "
+        f"{names[mode]} (the path above) against {names[other_mode]} ({other_s:.4g} s median, "
         f"{other_s / (total_gflop / best):.2f}x the floor): {other_s / generate_s:.3f}x as fast; "
         f"{same:.1%} of the tokens equal"
     )
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             encoder_outputs = encoder(**enc)
             with torch.profiler.profile() as profile:
                 generate(encoder_outputs=encoder_outputs)
-        print(f"decoding steps of one call ({names[skinny]}), top operators by self CPU time:")
+        print(f"decoding steps of one call ({names[mode]}), top operators by self CPU time:")
         print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     if args.compile:

@@ -394,7 +394,7 @@ def test_generation_floor_counts_the_encoder_apart_and_the_decoding_per_token(be
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "3 prompts of" in proc.stdout and "sampled tokens/s" in proc.stdout
         # the built-in model's layers are too small for skinny matmuls: both timed paths are F.linear
-        assert "skinny matmuls (0 layers) (the path above) against F.linear" in proc.stdout
+        assert "skinny matmuls (0 layers, packed) (the path above) against F.linear" in proc.stdout
         assert "100.0% of the tokens equal" in proc.stdout
         parts = ("encoder ", "decoding ", "generate ")
         rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.startswith(parts)}
@@ -408,7 +408,8 @@ def test_generation_floor_counts_the_encoder_apart_and_the_decoding_per_token(be
     )
     assert extra.returncode == 0, extra.stderr[-3000:]
     assert re.search(r"static KV cache, not compiled \([\d.e-]+ s median\): [\d.]+x the time", extra.stdout)
-    assert "decoding steps of one call (skinny matmuls (0 layers)), top operators by self CPU time:" in extra.stdout
+    profiled = "decoding steps of one call (skinny matmuls (0 layers, packed)), top operators by self CPU time:"
+    assert profiled in extra.stdout
     assert "aten::mm" in extra.stdout and "Self CPU time total" in extra.stdout
     for rows in tables:
         gflop, floor, median = rows["generate"][:3]
@@ -446,7 +447,7 @@ def test_generation_floor_counts_the_packed_paths_flops_and_times_it_against_wei
 
     packed, out = gflop([])
     plain, plain_out = gflop(["--no-skinny"])
-    assert re.search(r"skinny matmuls \([1-9]\d* layers\) \(the path above\) against F.linear", out)
+    assert re.search(r"skinny matmuls \([1-9]\d* layers, packed\) \(the path above\) against F.linear", out)
     assert re.search(r"with oneDNN's packed weights against weight-first without them \([\d.e-]+ s median", out)
     assert "packed weights" not in plain_out  # F.linear above: nothing packed to compare
     assert packed == pytest.approx(plain, rel=1e-6) and packed > 0

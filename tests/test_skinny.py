@@ -128,7 +128,7 @@ def test_inputs_that_need_a_gradient_packed_false_and_no_onednn_keep_weight_firs
         x.grad, layer.weight.sum(0).expand(16, 512), rtol=0, atol=rounding_bound(layer.weight, x.detach())
     )
     assert packs == []
-    with torch.no_grad(), skinny_matmuls(layer, packed=False):
+    with torch.no_grad(), skinny_matmuls(layer, "weight_first"):
         layer(x)
     assert packs == []
     monkeypatch.setattr(skinny, "packed_available", lambda: False)
@@ -160,7 +160,7 @@ def test_small_weights_other_dtypes_autocast_and_the_switch_keep_f_linear(counte
 
     large = nn.Linear(512, 512)
     x = torch.randn(16, 512)
-    with skinny_matmuls(large, enabled=False) as layers:
+    with skinny_matmuls(large, "off") as layers:
         large(x)
     assert layers == 0 and not counted
 
@@ -225,27 +225,32 @@ def test_a_decoding_step_of_8_rows_takes_packed_weights_and_stays_within_roundin
     assert not torch.equal(fast, torch.zeros_like(fast))
 
 
-def test_generation_and_rollouts_take_the_path_only_when_params_say_so(counted):
+def test_generation_and_rollouts_take_the_path_only_when_params_say_so(counted, packs):
     model, tokenizer = tiny_t5(TEMPLATE, **LARGE)
-    prompts = build_prompts(tiny_corpus()["test"]["dialogue"].tolist()[:4], TEMPLATE)
-    for enabled in (False, True):
+    prompts = build_prompts(tiny_corpus()["train"]["dialogue"].tolist()[:PACKED_MIN_ROWS], TEMPLATE)
+    packed = skinny.packed_available()
+    for mode in ("off", "weight_first", "packed"):
         counted.clear()
-        cfg = GenerationParams(max_new_tokens=4, batch_size=4, skinny_matmul=enabled)
+        packs.clear()
+        cfg = GenerationParams(max_new_tokens=4, batch_size=PACKED_MIN_ROWS, skinny_matmul=mode)
         draws = generate_draws(model, tokenizer, prompts, cfg, [1])
-        assert len(draws[0]) == 4
+        assert len(draws[0]) == PACKED_MIN_ROWS
         # the encoder's many rows pass through the replaced forward too, to F.linear; the decoding steps take the path
-        assert any(1 < rows <= MAX_ROWS for rows in counted) == enabled
+        assert any(1 < rows <= MAX_ROWS for rows in counted) == (mode != "off")
+        assert bool(packs) == (mode == "packed" and packed)  # 8 rows a decoding step: packed weights
         assert not any("forward" in vars(m) for m in model.modules())
 
     params = tiny_params()
-    for enabled in (False, True):
+    for mode in ("off", "weight_first", "packed"):
         counted.clear()
-        cfg = params.ppo.model_copy(update={"skinny_matmul": enabled})
+        packs.clear()
+        cfg = params.ppo.model_validate({**params.ppo.model_dump(), "skinny_matmul": mode})
         torch.manual_seed(0)
         policy = Seq2SeqPolicy(tiny_t5(TEMPLATE, **LARGE)[0], cfg)
         rollout = sample(policy, tokenizer, cfg, prompts, seed=3, device=torch.device("cpu"))
-        assert rollout.response_ids.shape[0] == 4 * cfg.group_size
-        assert any(1 < rows <= MAX_ROWS for rows in counted) == enabled  # the decoding steps
+        assert rollout.response_ids.shape[0] == PACKED_MIN_ROWS * cfg.group_size
+        assert any(1 < rows <= MAX_ROWS for rows in counted) == (mode != "off")  # the decoding steps
+        assert bool(packs) == (mode == "packed" and packed)
         assert not any("forward" in vars(m) for m in policy.model.modules())
     # LoRA wraps the decoder's q and v; their base layers are plain nn.Linear and take the path too
     query = policy.model.get_base_model().decoder.block[0].layer[0].SelfAttention.q
@@ -279,8 +284,21 @@ def test_flop_counter_counts_the_packed_product_as_the_plain_one(packs):
     x = torch.randn(16, 1, 512)
     counts = []
     for packed in (True, False):
-        with skinny_matmuls(layer, packed=packed), FlopCounterMode(display=False) as counter:
+        with skinny_matmuls(layer, "packed" if packed else "weight_first"), FlopCounterMode(display=False) as counter:
             layer(x)
         counts.append(counter.get_total_flops())
     assert [entry[0] for entry in packs] == [16, "product"]  # the first block took the packed kernel
     assert counts == [2 * 16 * 512 * 768] * 2
+
+
+def test_the_setting_takes_three_values_and_the_booleans_of_older_files():
+    assert GenerationParams().skinny_matmul == "packed"
+    assert GenerationParams(skinny_matmul=True).skinny_matmul == "packed"
+    assert GenerationParams(skinny_matmul=False).skinny_matmul == "off"
+    with pytest.raises(ValueError, match="'packed', 'weight_first' or 'off'"):
+        GenerationParams(skinny_matmul="fast")
+    with (
+        pytest.raises(ValueError, match="mode 'fast' is none of packed, weight_first, off"),
+        skinny_matmuls(nn.Linear(512, 512), "fast"),
+    ):
+        pass

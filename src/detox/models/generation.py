@@ -19,8 +19,8 @@ same padded ids for every seed and draws no random numbers, so each sample is bi
 a separate :func:`generate_summaries` call with its seed returns; only the repeated encoder passes
 are gone.
 
-Speed on the CPU: with ``generation.skinny_matmul`` (the default) the decoding steps multiply
-their few rows by each large weight weight-first (:mod:`detox.models.skinny`).
+Speed on the CPU: ``generation.skinny_matmul`` (``packed`` by default) sets how the decoding steps
+multiply their few rows by each large weight (:mod:`detox.models.skinny`).
 """
 
 from __future__ import annotations

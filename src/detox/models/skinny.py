@@ -31,8 +31,10 @@ keeps weight-first everywhere.
 
 Numerics: the same products summed along the same inner dimension, but MKL and oneDNN may block the
 sum differently from ``F.linear``, so results can differ in the last bits (at 16 and 64 rows weight-first
-was bit for bit equal on that machine, at 3 rows not). Hence the params switches
-``generation.skinny_matmul`` and ``ppo.skinny_matmul``, and tests bounding the difference.
+was bit for bit equal on that machine, at 3 rows not). Hence the params settings
+``generation.skinny_matmul`` and ``ppo.skinny_matmul`` (``packed``, ``weight_first`` or ``off``: the
+speed, the memory of the packed copies and the last bits are the user's choice), and tests bounding
+the difference.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from torch.utils import flop_counter
 MAX_ROWS = 64
 MIN_WEIGHT = 1 << 18
 PACKED_MIN_ROWS = 8
+MODES = ("packed", "weight_first", "off")  # the skinny_matmul settings of params
 
 
 def weight_first(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -155,15 +158,19 @@ def _switched_forward(layer: nn.Linear, packed: _Packed | None) -> Callable[[tor
 
 
 @contextmanager
-def skinny_matmuls(model: nn.Module, enabled: bool = True, packed: bool = True) -> Iterator[int]:
-    """Within the block, ``model``'s large ``nn.Linear`` layers multiply few-row inputs weight first, or
-    from ``PACKED_MIN_ROWS`` rows with oneDNN's packed weights (``packed``, where :func:`packed_available`).
+def skinny_matmuls(model: nn.Module, mode: str | bool = "packed") -> Iterator[int]:
+    """Within the block, ``model``'s large ``nn.Linear`` layers multiply few-row inputs another way.
 
-    Yields how many layers took the path (0 when ``enabled`` is false or none is large enough).
-    The layers are restored, and their packed copies freed, on exit, also after an error.
+    ``mode`` is a ``skinny_matmul`` setting of params: ``"packed"`` (weight-first, and oneDNN's packed
+    weights from ``PACKED_MIN_ROWS`` rows where :func:`packed_available`), ``"weight_first"`` or ``"off"``;
+    ``True`` and ``False`` mean ``"packed"`` and ``"off"``. Yields how many layers took the path (0 when off or
+    none is large enough). The layers are restored, and their packed copies freed, on exit, also after an error.
     """
-    layers = large_layers(model) if enabled else []
-    use_packed = packed and bool(layers) and packed_available()
+    mode = {True: "packed", False: "off"}.get(mode, mode)
+    if mode not in MODES:
+        raise ValueError(f"skinny_matmuls: mode {mode!r} is none of {', '.join(MODES)}")
+    layers = large_layers(model) if mode != "off" else []
+    use_packed = mode == "packed" and bool(layers) and packed_available()
     for layer in layers:
         layer.forward = _switched_forward(layer, _Packed() if use_packed else None)
     try:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from detox.common.params.base import HubRef, Lora, LoraRank, Sourced, Strict
+from detox.common.params.base import SKINNY_MATMUL_HELP, HubRef, Lora, LoraRank, SkinnyMatmul, Sourced, Strict
 from detox.common.params.data import RewardData
 
 
@@ -155,11 +155,9 @@ class GenerationParams(Strict):
     sort_by_length: bool = Field(
         True, description="batch prompts of similar length together (less padding); summaries keep the input order"
     )
-    skinny_matmul: bool = Field(
-        True,
-        description="decoding steps multiply their few rows by each large weight weight-first on the CPU "
-        "(detox.models.skinny): about 1.05x faster generation at flan-t5-base size on a 2-core CPU, no effect "
-        "on the built-in model; may differ from false in the last bits",
+    skinny_matmul: SkinnyMatmul = Field(
+        "packed",
+        description="how the decoding steps multiply their few rows by each large weight " + SKINNY_MATMUL_HELP,
     )
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from detox.common.params.base import Lora, LoraRank, Range, Strict
+from detox.common.params.base import SKINNY_MATMUL_HELP, Lora, LoraRank, Range, SkinnyMatmul, Strict
 
 
 class _Switch(Strict):
@@ -154,11 +154,9 @@ class PPOParams(Strict):
     )
     max_kl: float | None = Field(None, gt=0.0, description="stop early when the mean KL exceeds this")
     disable_dropout: bool = True
-    skinny_matmul: bool = Field(
-        True,
-        description="rollouts and checkpoint evaluations multiply a decoding step's few rows by each large "
-        "weight weight-first on the CPU (detox.models.skinny): about 1.05x faster generation at flan-t5-base "
-        "size on a 2-core CPU, no effect on the built-in model; may differ from false in the last bits",
+    skinny_matmul: SkinnyMatmul = Field(
+        "packed",
+        description="the same for the decoding steps of rollouts and checkpoint evaluations " + SKINNY_MATMUL_HELP,
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
