@@ -9,11 +9,15 @@
   layer takes that path (its size and row limits). The weights stay in the caches here, as a small
   layer's do in a model; a large layer's are streamed from memory there, so the gain inside a model
   is smaller (``generation_floor.py`` measures that). ``--dtype bfloat16`` times the same in bf16
-  (the path takes fp32 only: where the weights are bf16, this says whether it should).
+  (the path takes fp32 only: where the weights are bf16, this says whether it should);
+- with ``--packed``, flan-t5-base's layer shapes at 2 to 64 rows: weight-first against oneDNN's packed
+  weights (``generation.skinny_matmul: packed``), each cycling through copies of its weight that
+  together exceed the caches, so the weights come from memory as in a decoding step.
 
     python benchmarks/machine_rates.py
     python benchmarks/machine_rates.py --skinny --seconds 0.3
     python benchmarks/machine_rates.py --skinny --seconds 0.2 --dtype bfloat16
+    python benchmarks/machine_rates.py --packed --seconds 0.5
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measured shape")
     parser.add_argument("--skinny", action="store_true", help="only the skinny-matmul table")
+    parser.add_argument("--packed", action="store_true", help="only the weight-first against packed weights table")
     parser.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
@@ -44,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.skinny:
         skinny_table(args.seconds, getattr(torch, args.dtype))
         return 0
+    if args.packed:
+        return packed_table(args.seconds)
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for dtype in (torch.float32, torch.bfloat16):
@@ -102,6 +109,42 @@ def skinny_table(seconds: float, dtype: torch.dtype = torch.float32) -> None:
             taken = "*" if takes else " "
             cells.append(f"{plain:6.1f} -> {first:6.1f} ({first / plain:4.2f}){taken}")
         print(f"{f'{d_in} x {d_out}':>14} " + " ".join(f"{c:>22}" for c in cells))
+
+
+PACKED_ROWS = (2, 4, 8, 16, 32, 64)
+STREAMED_BYTES = 256 * 1024 * 1024  # the copies of a weight cycled through: more than the caches hold
+
+
+def packed_table(seconds: float) -> int:
+    """Weight-first against oneDNN's packed weights at flan-t5-base's layer shapes, weights from memory."""
+    from itertools import cycle
+
+    from detox.models.skinny import PACKED_MIN_ROWS, pack, packed_available, packed_product, weight_first
+
+    if not packed_available():
+        print("this torch has no oneDNN packed linear (detox.models.skinny.packed_available): weight-first only")
+        return 1
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, weights from memory "
+        f"(copies cycled, {STREAMED_BYTES >> 20} MiB or more per shape); weight-first -> packed microseconds a call "
+        f"(speed-up); * = the packed path takes it ({PACKED_MIN_ROWS} rows or more)"
+    )
+    print(f"{'d_in x d_out':>14} " + " ".join(f"{f'{rows} rows':>24}" for rows in PACKED_ROWS))
+    for d_in, d_out in LAYER_SHAPES[4:]:  # flan-t5-base's
+        copies = max(2, -(-STREAMED_BYTES // (d_in * d_out * 4)))
+        weights = [torch.randn(d_out, d_in) / d_in**0.5 for _ in range(copies)]
+        cells = []
+        for rows in PACKED_ROWS:
+            x = torch.randn(rows, d_in)
+            packs = [pack(w, rows) for w in weights]
+            plain_weights, packed_weights = cycle(weights), cycle(packs)
+            first = 1e6 / calls_per_second(lambda x=x, w=plain_weights: weight_first(x, next(w)), seconds)
+            packed = 1e6 / calls_per_second(lambda x=x, w=packed_weights: packed_product(x, next(w), None), seconds)
+            taken = "*" if rows >= PACKED_MIN_ROWS else " "
+            cells.append(f"{first:7.0f} -> {packed:7.0f} ({first / packed:4.2f}){taken}")
+            del packs
+        print(f"{f'{d_in} x {d_out}':>14} " + " ".join(f"{c:>24}" for c in cells))
+    return 0
 
 
 if __name__ == "__main__":

@@ -192,6 +192,25 @@ def test_machine_rates_prints_every_rate():
     assert len(bf16.stdout.splitlines()) == 10
 
 
+@pytest.mark.skipif(not packed_available(), reason="this torch has no oneDNN packed linear")
+def test_machine_rates_times_weight_first_against_packed_weights_at_flan_t5_base_shapes():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--packed", "--seconds", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=conftest.HANG_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = proc.stdout.splitlines()[2:]
+    assert [line.split(" x ")[0].strip() for line in rows] == ["768", "768", "2048", "768"]  # flan-t5-base's 4 shapes
+    for line in rows:
+        cells = re.findall(r"(\d+) -> +(\d+) \((\d+\.\d\d)\)(\*?)", line)
+        assert len(cells) == 6  # 2 to 64 rows
+        assert [mark for *_, mark in cells] == ["", "", "*", "*", "*", "*"]  # packed from 8 rows
+        for first, packed, ratio, _ in cells:
+            assert float(ratio) == pytest.approx(int(first) / int(packed), rel=0.05, abs=0.02)
+
+
 def test_algorithms_benchmark_runs_ppo_rloo_and_grpo_at_the_same_number_of_summaries(bench_world):
     root, params_file = bench_world
     args = [
