@@ -149,29 +149,23 @@ def test_ppo_vs_original_missing_input_is_a_clear_error(bench_world, tmp_path):
     assert "dvc repro sft reward" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_machine_rates_prints_every_rate():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0.05"],
+def machine_rates(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), *args],
         capture_output=True,
         text=True,
         timeout=conftest.HANG_S,
     )
+
+
+def test_machine_rates_prints_every_rate():
+    proc = machine_rates("--seconds", "0.05")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for label in ("matmul float32", "matmul bfloat16", "decoding-step matmul", "copy of 1 GiB"):
         assert label in proc.stdout
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--seconds", "0"],
-        capture_output=True,
-        text=True,
-        timeout=conftest.HANG_S,
-    )
+    bad = machine_rates("--seconds", "0")
     assert bad.returncode == 2 and "--seconds must be positive" in bad.stderr
-    skinny = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--skinny", "--seconds", "0.01"],
-        capture_output=True,
-        text=True,
-        timeout=conftest.HANG_S,
-    )
+    skinny = machine_rates("--skinny", "--seconds", "0.01")
     assert skinny.returncode == 0, skinny.stderr[-3000:]
     rows = {line.split(" x ")[0].strip() + "x" + line.split()[2]: line for line in skinny.stdout.splitlines()[2:]}
     assert len(rows) == 8 and "copy of 1 GiB" not in skinny.stdout  # the table alone
@@ -180,13 +174,7 @@ def test_machine_rates_prints_every_rate():
     assert marked == {shape: 3 if shape in ("768x768", "768x2048", "2048x768", "768x32128") else 0 for shape in rows}
     for line in rows.values():
         assert len(re.findall(r"\d+\.\d -> +\d+\.\d \(\d+\.\d\d\)", line)) == 5  # rates and ratio per row count
-    bf16 = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--skinny", "--seconds", "0.01"]
-        + ["--dtype", "bfloat16"],
-        capture_output=True,
-        text=True,
-        timeout=conftest.HANG_S,
-    )
+    bf16 = machine_rates("--skinny", "--seconds", "0.01", "--dtype", "bfloat16")
     assert bf16.returncode == 0, bf16.stderr[-3000:]
     assert "threads, bfloat16;" in bf16.stdout and "*" not in bf16.stdout.split("\n", 1)[1]  # fp32 only takes the path
     assert len(bf16.stdout.splitlines()) == 10
@@ -194,12 +182,7 @@ def test_machine_rates_prints_every_rate():
 
 @pytest.mark.skipif(not packed_available(), reason="this torch has no oneDNN packed linear")
 def test_machine_rates_times_weight_first_against_packed_weights_at_flan_t5_base_shapes():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "machine_rates.py"), "--packed", "--seconds", "0.01"],
-        capture_output=True,
-        text=True,
-        timeout=conftest.HANG_S,
-    )
+    proc = machine_rates("--packed", "--seconds", "0.01")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = proc.stdout.splitlines()[2:]
     assert [line.split(" x ")[0].strip() for line in rows] == ["768", "768", "2048", "768"]  # flan-t5-base's 4 shapes
