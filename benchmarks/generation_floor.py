@@ -174,22 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"generate: {args.batch * args.new_tokens / generate_s:.1f} sampled tokens/s")
     layers = len(large_layers(model))
-    other_s = statistics.median(times["other"])
-    same = equal_share(other, plain)
     skinny = f"skinny matmuls ({layers} layers"
     names = {"packed": f"{skinny}, packed)", "weight_first": f"{skinny}, weight-first)", "off": "F.linear"}
-    print(
-        f"{names[mode]} (the path above) against {names[other_mode]} ({other_s:.4g} s median, "
-        f"{other_s / (total_gflop / best):.2f}x the floor): {other_s / generate_s:.3f}x as fast; "
-        f"{same:.1%} of the tokens equal"
-    )
-    if unpacked is not None:
-        unpacked_s = statistics.median(times["unpacked"])
+
+    def against(label: str, key: str, tokens: torch.Tensor) -> None:
+        """One timed path set against the pipeline's: its median, its floor multiple, the speed-up, equal tokens."""
+        path_s = statistics.median(times[key])
         print(
-            f"the same with oneDNN's packed weights against weight-first without them ({unpacked_s:.4g} s median, "
-            f"{unpacked_s / (total_gflop / best):.2f}x the floor): {unpacked_s / generate_s:.3f}x as fast; "
-            f"{equal_share(unpacked, plain):.1%} of the tokens equal"
+            f"{label} ({path_s:.4g} s median, {path_s / (total_gflop / best):.2f}x the floor): "
+            f"{path_s / generate_s:.3f}x as fast; {equal_share(tokens, plain):.1%} of the tokens equal"
         )
+
+    against(f"{names[mode]} (the path above) against {names[other_mode]}", "other", other)
+    if unpacked is not None:
+        against("the same with oneDNN's packed weights against weight-first without them", "unpacked", unpacked)
 
     if static is not None:
         static_s = statistics.median(times["static"])

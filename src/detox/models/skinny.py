@@ -49,10 +49,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import flop_counter
 
+from detox.common.params.base import SKINNY_MODES
+
 MAX_ROWS = 64
 MIN_WEIGHT = 1 << 18
 PACKED_MIN_ROWS = 8
-MODES = ("packed", "weight_first", "off")  # the skinny_matmul settings of params
 
 
 def weight_first(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -158,17 +159,17 @@ def _switched_forward(layer: nn.Linear, packed: _Packed | None) -> Callable[[tor
 
 
 @contextmanager
-def skinny_matmuls(model: nn.Module, mode: str | bool = "packed") -> Iterator[int]:
+def skinny_matmuls(model: nn.Module, mode: str = "packed") -> Iterator[int]:
     """Within the block, ``model``'s large ``nn.Linear`` layers multiply few-row inputs another way.
 
     ``mode`` is a ``skinny_matmul`` setting of params: ``"packed"`` (weight-first, and oneDNN's packed
-    weights from ``PACKED_MIN_ROWS`` rows where :func:`packed_available`), ``"weight_first"`` or ``"off"``;
-    ``True`` and ``False`` mean ``"packed"`` and ``"off"``. Yields how many layers took the path (0 when off or
-    none is large enough). The layers are restored, and their packed copies freed, on exit, also after an error.
+    weights from ``PACKED_MIN_ROWS`` rows where :func:`packed_available`), ``"weight_first"`` or ``"off"``
+    (params have already read the booleans of older files as ``"packed"`` and ``"off"``). Yields how many
+    layers took the path (0 when off or none is large enough). The layers are restored, and their packed
+    copies freed, on exit, also after an error.
     """
-    mode = {True: "packed", False: "off"}.get(mode, mode)
-    if mode not in MODES:
-        raise ValueError(f"skinny_matmuls: mode {mode!r} is none of {', '.join(MODES)}")
+    if mode not in SKINNY_MODES:
+        raise ValueError(f"skinny_matmuls: mode {mode!r} is none of {', '.join(SKINNY_MODES)}")
     layers = large_layers(model) if mode != "off" else []
     use_packed = mode == "packed" and bool(layers) and packed_available()
     for layer in layers:

@@ -70,7 +70,8 @@ def _skinny_from_bool(value: object) -> object:
 
 
 # How a decoding step's few rows meet each large weight on the CPU (detox.models.skinny).
-SkinnyMatmul = Annotated[Literal["packed", "weight_first", "off"], BeforeValidator(_skinny_from_bool)]
+SKINNY_MODES = ("packed", "weight_first", "off")
+SkinnyMatmul = Annotated[Literal[SKINNY_MODES], BeforeValidator(_skinny_from_bool)]
 SKINNY_MATMUL_HELP = (
     "on the CPU (detox.models.skinny): packed = oneDNN's packed weights from 8 rows (weight-first below), "
     "about 1.3x faster generation than off at flan-t5-base size on 2 cores, for one more copy of the "
