@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from common import add_size_argument, check_inputs, matmul_gflops
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
+from detox.models.attention import use_attention
 from detox.models.generation import build_prompts, generation_kwargs, load_policy
 from detox.models.skinny import PACKED_MIN_ROWS, large_layers, packed_available, skinny_matmuls
 
@@ -77,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch, --new-tokens and --repeats must be at least 1")
     check_inputs(args, ("policy", "data", "params"))
     params = load_params(Path(args.params))
-    model, tokenizer = load_policy(args.policy)
+    model, tokenizer = load_policy(args.policy, params.policy.attention)
     if args.size == "base":
         from ppo_vs_original import build_base_model
 
-        model = build_base_model(args).eval()
+        model = use_attention(build_base_model(args).eval(), params.policy.attention)  # as the stages load it
     dialogues = pd.read_parquet(args.data)["dialogue"].head(args.batch).tolist()
     if len(dialogues) < args.batch:
         parser.error(f"--batch {args.batch}: {args.data} has only {len(dialogues)} dialogues")

@@ -457,12 +457,13 @@ class OriginalLoop:
 class OurEngine:
     def __init__(self, base, tokenizer, reward_model, reward_tokenizer, params: Params) -> None:
 
+        from detox.models.attention import use_attention
         from detox.models.reward import RewardScorer
         from detox.ppo.engine import PPOTrainer
         from detox.ppo.policy import Seq2SeqPolicy
 
         self.params, self.tokenizer = params, tokenizer
-        policy = Seq2SeqPolicy(base, params.ppo)
+        policy = Seq2SeqPolicy(use_attention(base, params.policy.attention), params.ppo)  # as the ppo stage
         self.scorer = RewardScorer(reward_model, reward_tokenizer, params.reward)
         from detox.ppo.train import make_accelerator
 

@@ -30,7 +30,7 @@ def main() -> None:
     params = load_params("params.yaml")
     ready("baseline", INPUTS, OUTPUTS)
     test, train = eval_splits(params.eval.num_samples)
-    model, tokenizer = load_policy("models/policy")
+    model, tokenizer = load_policy("models/policy", params.policy.attention)
     scorer = RewardScorer.from_pretrained("models/reward", params.reward)
     judges = load_judges("models/judges", params.eval.judges)
     # fluency is measured under the same policy: the reference of PPO

@@ -135,18 +135,19 @@ def main() -> None:
     with evaluation_run(tracker, run, stage_params("evaluate", params.model_dump(mode="json")), tags=lock_tags("ppo")):
         judges = load_judges("models/judges", params.eval.judges)
         facts = facts_judge("models/judges", params.eval.facts_judge)
-        reference = load_policy("models/policy")  # fluency is measured under the policy before PPO
+        # fluency is measured under the policy before PPO
+        reference = load_policy("models/policy", params.policy.attention)
         with atomic_dir(MERGED) as merged:
             # What is scored is exactly what gets registered: the merged policy, reloaded from models/merged/.
             export_policy(
-                load_trained_policy(PPO_DIR),
+                load_trained_policy(PPO_DIR, attention=params.policy.attention),
                 AutoTokenizer.from_pretrained(PPO_DIR),
                 merged,
                 params.prompt.template,
                 params.generation,
                 params.eval.seed,
             )
-            model, tokenizer = load_policy(merged)
+            model, tokenizer = load_policy(merged, params.policy.attention)
             scorer = RewardScorer.from_pretrained("models/reward", params.reward)
             scored, samples_per_second = score_test(
                 model, tokenizer, scorer, params, test, train, judges, reference, desc="evaluate", facts=facts

@@ -346,6 +346,45 @@ def test_sft_steps_times_random_and_grouped_batches_and_counts_the_floor(bench_w
     assert bad.returncode == 2 and "an epoch has" in bad.stderr
 
 
+@pytest.mark.slow
+def test_attention_benchmark_times_the_four_kernels_in_the_sft_step_and_generate(bench_world):
+    root, params_file = bench_world
+    args = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "attention.py"),
+        "--rounds",
+        "1",
+        "--steps",
+        "1",
+        "--batch",
+        "4",
+        "--new-tokens",
+        "4",
+        "--params",
+        str(params_file),
+        "--base",
+        str(root / "models" / "base" / "policy"),
+        "--raw",
+        str(root / "data" / "raw"),
+        "--policy",
+        str(root / "models" / "policy"),
+        "--data",
+        str(root / "data" / "raw" / "test.parquet"),
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=root, timeout=conftest.HANG_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = [table.strip() for table in proc.stdout.split("\n\n")]
+    sft, generate = (next(t for t in tables if t.startswith(title)) for title in ("sft step", "generate"))
+    for table, note in ((sft, "loss after 3 steps"), (generate, "tokens equal to the first line's")):
+        rows = [line for line in table.splitlines() if line.startswith(("sdpa", "eager"))]
+        names = [" ".join(line.split()[:2]) for line in rows]
+        assert names == ["sdpa, gelu_new", "eager, gelu_new", "sdpa, gelu_pytorch_tanh", "eager, gelu_pytorch_tanh"]
+        assert rows[0].split()[4] == "1.000x" and all(note in line for line in rows)  # against the first line
+    assert "over the stage's" in sft
+    bad = subprocess.run([*args, "--sft", "--size", "base"], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and "--size base is for --generate" in bad.stderr
+
+
 def test_draws_benchmark_checks_both_paths_give_the_same_summaries(bench_world):
     root, params_file = bench_world
     args = [

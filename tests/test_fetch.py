@@ -96,7 +96,8 @@ def test_fetched_configurations_and_tokenizers_load_with_auto_classes(fetched):
     root, _ = fetched
     tokenizer = AutoTokenizer.from_pretrained(root / "base" / "policy")
     config = AutoConfig.from_pretrained(root / "base" / "policy")
-    assert config.model_type == "t5" and config.feed_forward_proj == "gated-gelu"
+    assert config.model_type == "t5" and config.feed_forward_proj == "gated-gelu_pytorch_tanh"
+    assert config.dense_act_fn == "gelu_pytorch_tanh" and config.is_gated_act  # flan-t5's GELU, one fused kernel
     assert config.dropout_rate == tiny_params().policy.builtin.dropout_rate == 0.0  # sft trains without dropout
     ids = tokenizer("#Person1#: Hello.", return_tensors="pt")["input_ids"]
     assert ids[0, -1].item() == tokenizer.eos_token_id == 1 and tokenizer.pad_token_id == 0

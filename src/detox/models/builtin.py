@@ -82,7 +82,7 @@ def write_policy_base(train: pd.DataFrame, template: str, cfg: BuiltinPolicy, ou
         num_layers=cfg.num_layers,
         num_decoder_layers=cfg.num_decoder_layers,
         num_heads=cfg.num_heads,
-        feed_forward_proj="gated-gelu",
+        feed_forward_proj=cfg.feed_forward_proj,
         dropout_rate=cfg.dropout_rate,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

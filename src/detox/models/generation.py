@@ -34,14 +34,16 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, 
 from transformers.utils import ModelOutput
 
 from detox.common.params import GenerationParams
+from detox.models.attention import use_attention
 from detox.models.skinny import skinny_matmuls
 
 
-def load_policy(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a seq2seq policy and its tokenizer from a local folder, in eval mode."""
+def load_policy(path: str | Path, attention: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a seq2seq policy and its tokenizer from a local folder, in eval mode, with the attention kernel
+    ``attention`` names (``policy.attention``, :mod:`detox.models.attention`)."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "right"
-    model = AutoModelForSeq2SeqLM.from_pretrained(path)
+    model = use_attention(AutoModelForSeq2SeqLM.from_pretrained(path), attention)
     return model.eval(), tokenizer
 
 

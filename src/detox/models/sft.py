@@ -22,6 +22,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedToke
 from detox.common.params import GenerationParams, Params
 from detox.data.reading import load_split
 from detox.evaluate.quality import rouge
+from detox.models.attention import use_attention
 from detox.models.check import load_or_init
 from detox.models.generation import build_prompts, generate_summaries
 from detox.models.training import Fit, Schedule, fit
@@ -74,6 +75,7 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
         shutil.copytree(base_dir, out_dir, dirs_exist_ok=True)
         return SFTResult(trained=False, metrics={"trained": False}, fit=None)
     model, tokenizer = load_or_init(base_dir, "seq2seq", params.seed)
+    use_attention(model, params.policy.attention)
     template = params.prompt.template
     train = examples(tokenizer, load_split(raw_dir, "train"), template, cfg.max_source_tokens, cfg.max_target_tokens)
     validation = load_split(raw_dir, "validation")

@@ -28,6 +28,7 @@ from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedMode
 from transformers.modeling_outputs import BaseModelOutput
 
 from detox.common.params import PPOParams
+from detox.models.attention import use_attention
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 POLICY_FILE = "ppo_policy.json"
@@ -198,13 +199,15 @@ def trained_algorithm(path: str | Path) -> str:
     return json.loads((Path(path) / POLICY_FILE).read_text()).get("algorithm", "ppo")
 
 
-def load_trained_policy(path: str | Path, merge: bool = True) -> PreTrainedModel:
-    """Load a policy saved by the ppo stage, ready for ``generate`` (adapters merged by default)."""
+def load_trained_policy(path: str | Path, merge: bool = True, attention: str = "auto") -> PreTrainedModel:
+    """Load a policy saved by the ppo stage, ready for ``generate`` (adapters merged by default), with the
+    attention kernel ``attention`` names (``policy.attention``)."""
     path = Path(path)
     descriptor = json.loads((path / POLICY_FILE).read_text())
     if descriptor["kind"] == "full":
-        return AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+        return use_attention(AutoModelForSeq2SeqLM.from_pretrained(path), attention).eval()
     base_path = Path(descriptor["base_model"])
     base = AutoModelForSeq2SeqLM.from_pretrained(base_path if base_path.is_absolute() else path / base_path)
+    use_attention(base, attention)
     model = PeftModel.from_pretrained(base, path)
     return (model.merge_and_unload() if merge else model).eval()

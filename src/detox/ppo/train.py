@@ -22,6 +22,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassificati
 from detox.common.errors import DetoxError
 from detox.common.params import Params, PPOParams
 from detox.judges.panel import load_judges
+from detox.models.attention import use_attention
 from detox.models.generation import build_prompts
 from detox.models.reward import RewardScorer
 from detox.ppo import stats as names
@@ -128,7 +129,8 @@ def build_trainer(params: Params, paths: PPOPaths, accelerator: Accelerator) -> 
     torch.manual_seed(seed)  # LoRA and value-head initialisation
     tokenizer = AutoTokenizer.from_pretrained(paths.policy)
     tokenizer.padding_side = "right"
-    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(paths.policy), params.ppo)
+    model = use_attention(AutoModelForSeq2SeqLM.from_pretrained(paths.policy), params.policy.attention)
+    policy = Seq2SeqPolicy(model, params.ppo)
     reward_model = AutoModelForSequenceClassification.from_pretrained(paths.reward).to(accelerator.device)
     scorer = RewardScorer(reward_model, AutoTokenizer.from_pretrained(paths.reward), params.reward)
     return PPOTrainer(policy, tokenizer, scorer, params.ppo, accelerator, seed)

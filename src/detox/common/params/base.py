@@ -81,6 +81,10 @@ SKINNY_MATMUL_HELP = (
 )
 
 
+# The policy's attention kernel (detox.models.attention): auto = eager on a CPU, sdpa where a GPU is available.
+ATTENTION_MODES = ("auto", "eager", "sdpa")
+
+
 class Lora(Strict):
     """LoRA adapters: rank, scale, dropout and the modules they wrap."""
 

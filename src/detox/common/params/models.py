@@ -6,7 +6,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from detox.common.params.base import SKINNY_MATMUL_HELP, HubRef, Lora, LoraRank, SkinnyMatmul, Sourced, Strict
+from detox.common.params.base import (
+    ATTENTION_MODES,
+    SKINNY_MATMUL_HELP,
+    HubRef,
+    Lora,
+    LoraRank,
+    SkinnyMatmul,
+    Sourced,
+    Strict,
+)
 from detox.common.params.data import RewardData
 
 
@@ -21,6 +30,12 @@ class BuiltinPolicy(Strict):
     num_layers: int = Field(2, ge=1, le=24)
     num_decoder_layers: int = Field(2, ge=1, le=24)
     num_heads: int = Field(4, ge=1, le=32)
+    feed_forward_proj: Literal["gated-gelu", "gated-gelu_pytorch_tanh"] = Field(
+        "gated-gelu_pytorch_tanh",
+        description="T5's feed-forward: gated-gelu_pytorch_tanh = the tanh GELU in PyTorch's fused kernel; "
+        "gated-gelu = flan-t5's gelu_new, the same function op by op, slower to train and to generate "
+        "(benchmarks/attention.py)",
+    )
     dropout_rate: float = Field(
         0.0,
         ge=0.0,
@@ -33,6 +48,12 @@ class BuiltinPolicy(Strict):
 class PolicyParams(Sourced[HubRef, BuiltinPolicy]):
     hub: HubRef = HubRef(name="google/flan-t5-base", revision="7bcac572ce56db69c1ea7c8af255c5d7c9672fc2")
     builtin: BuiltinPolicy = BuiltinPolicy()
+    attention: Literal[ATTENTION_MODES] = Field(
+        "auto",
+        description="the policy's attention kernel in sft, baseline, ppo and evaluate (detox.models.attention): "
+        "auto = eager on a CPU, sdpa where a GPU is available; eager = transformers' matmuls and softmax; "
+        "sdpa = torch's scaled_dot_product_attention; they differ in the last bits",
+    )
 
 
 class SFTLora(Lora):
