@@ -2,7 +2,8 @@
 
 Each run clones the repository (a commit, HEAD by default) into a new temporary folder, applies
 any ``--set`` overrides to its params.yaml, and runs every stage of dvc.yaml in order, one
-`dvc repro --single-item <stage>` each, with this checkout's environment (.venv). It prints each
+`dvc repro --single-item <stage>` each, with this checkout's environment (.venv) and the clone's own
+library code (``src``, ahead of the editable install on ``PYTHONPATH``). It prints each
 stage's min and median wall time over the runs, the whole pipeline's, and the numbers a faster
 pipeline must keep (the sft policy's validation ROUGE-L, the oracle's toxic share before and after),
 so a change's speed and its effect on the results are read side by side.
@@ -75,6 +76,19 @@ def outcome(project: Path) -> dict[str, float | None]:
     }
 
 
+def stage_env(project: Path) -> dict[str, str]:
+    """The environment the clone's stages run in: this checkout's .venv, but the clone's own ``src``.
+
+    The .venv installs this checkout's ``src`` in editable mode, so without ``PYTHONPATH`` a clone of
+    another commit would run its stages with this checkout's library code (and ``--rev`` would time
+    the old stage scripts and params with the new code). ``PYTHONPATH`` comes before the editable path.
+    """
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project / "src"), os.environ.get("PYTHONPATH")]))
+    env.pop("MLFLOW_TRACKING_URI", None)  # the clone's own embedded store, as a new user has
+    return env
+
+
 def one_run(rev: str, sets: list[str], keep: bool) -> tuple[dict[str, float], dict[str, float | None]]:
     folder = Path(tempfile.mkdtemp(prefix="detox-pipeline-times-"))
     project = folder / "project"
@@ -82,8 +96,7 @@ def one_run(rev: str, sets: list[str], keep: bool) -> tuple[dict[str, float], di
     subprocess.run(["git", "checkout", "--quiet", rev], cwd=project, check=True)
     if sets:
         apply_sets(project / "params.yaml", sets)
-    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the clone's own embedded store, as a new user has
+    env = stage_env(project)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     for stage in stages(project):

@@ -289,6 +289,17 @@ def test_pipeline_times_runs_the_stages_in_an_order_dvc_can_run_them():
             assert producer is None or order.index(producer) < position, (name, dep, producer)
 
 
+def test_pipeline_times_runs_a_clone_with_the_clones_own_library_code(tmp_path):
+    # the .venv installs this checkout's src in editable mode: a clone of another commit must not import it
+    (tmp_path / "src" / "detox").mkdir(parents=True)
+    (tmp_path / "src" / "detox" / "__init__.py").write_text("")
+    env = _pipeline_times().stage_env(tmp_path)
+    code = "import detox, pathlib; print(pathlib.Path(detox.__file__).resolve().parent)"
+    found = subprocess.run(["python", "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert found.strip() == str((tmp_path / "src" / "detox").resolve())
+    assert "MLFLOW_TRACKING_URI" not in env  # the clone's own store
+
+
 def test_pipeline_times_applies_overrides_and_refuses_unknown_keys(tmp_path):
     times = _pipeline_times()
     params_file = tmp_path / "params.yaml"
