@@ -36,18 +36,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from transformers import DataCollatorForSeq2Seq
 from transformers.activations import ACT2FN
 
-from common import add_size_argument, check_inputs
+from common import add_size_argument, check_inputs, fixed_length_generation
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.data.reading import load_split
 from detox.models.attention import use_attention
 from detox.models.check import load_or_init
-from detox.models.generation import build_prompts, generation_kwargs, load_policy
 from detox.models.sft import examples
 from detox.models.skinny import skinny_matmuls
 
@@ -135,24 +133,8 @@ def sft_steps(args: argparse.Namespace, params: Any) -> None:
     print(f"over the stage's {stage} steps: {first * stage:.0f} s -> {last * stage:.0f} s")
 
 
-def generation(args: argparse.Namespace, params: Any) -> None:
-    model, tokenizer = load_policy(args.policy)
-    if args.size == "base":
-        from ppo_vs_original import build_base_model
-
-        model = build_base_model(args).eval()
-    dialogues = pd.read_parquet(args.data)["dialogue"].head(args.batch).tolist()
-    if len(dialogues) < args.batch:
-        raise SystemExit(f"--batch {args.batch}: {args.data} has only {len(dialogues)} dialogues")
-    enc = tokenizer(
-        build_prompts(dialogues, params.prompt.template),
-        truncation=True,
-        max_length=params.generation.max_source_tokens,
-        padding=True,
-        return_tensors="pt",
-    )
-    cfg = params.generation.model_copy(update={"min_new_tokens": args.new_tokens, "max_new_tokens": args.new_tokens})
-    kwargs = {**generation_kwargs(cfg), "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+def generation(args: argparse.Namespace, params: Any, parser: argparse.ArgumentParser) -> None:
+    model, _, enc, kwargs = fixed_length_generation(args, params, parser)
     models = {f"{a}, {g}": variant(model, a, g).eval() for a, g in VARIANTS}
     tokens: dict[str, torch.Tensor] = {}
 
@@ -208,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sft or (both and args.size == "builtin"):
         sft_steps(args, params)
     if args.generate or both:
-        generation(args, params)
+        generation(args, params, parser)
     return 0
 
 

@@ -75,3 +75,33 @@ def calls_per_second(call: Callable[[], object], seconds: float, device: torch.d
         count += 1
     synchronize(device)
     return count / (time.perf_counter() - started)
+
+
+def fixed_length_generation(args: argparse.Namespace, params, parser: argparse.ArgumentParser):
+    """The policy as the stages load it (``--policy``, or flan-t5-base's shapes for ``--size base``), its
+    tokenizer, the first ``--batch`` dialogues of ``--data`` as the pipeline's prompts, and ``generate``
+    keyword arguments that sample exactly ``--new-tokens`` tokens per row with params' settings.
+    Fewer dialogues than ``--batch`` exits 2 through ``parser``."""
+    import pandas as pd
+
+    from detox.models.attention import use_attention
+    from detox.models.generation import build_prompts, generation_kwargs, load_policy
+
+    model, tokenizer = load_policy(args.policy, params.policy.attention)
+    if args.size == "base":
+        from ppo_vs_original import build_base_model
+
+        model = use_attention(build_base_model(args).eval(), params.policy.attention)  # as the stages load it
+    dialogues = pd.read_parquet(args.data)["dialogue"].head(args.batch).tolist()
+    if len(dialogues) < args.batch:
+        parser.error(f"--batch {args.batch}: {args.data} has only {len(dialogues)} dialogues")
+    enc = tokenizer(
+        build_prompts(dialogues, params.prompt.template),
+        truncation=True,
+        max_length=params.generation.max_source_tokens,
+        padding=True,
+        return_tensors="pt",
+    )
+    cfg = params.generation.model_copy(update={"min_new_tokens": args.new_tokens, "max_new_tokens": args.new_tokens})
+    kwargs = {**generation_kwargs(cfg), "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    return model, tokenizer, enc, kwargs

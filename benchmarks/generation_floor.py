@@ -41,15 +41,12 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import add_size_argument, check_inputs, matmul_gflops
+from common import add_size_argument, check_inputs, fixed_length_generation, matmul_gflops
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
-from detox.models.attention import use_attention
-from detox.models.generation import build_prompts, generation_kwargs, load_policy
 from detox.models.skinny import PACKED_MIN_ROWS, large_layers, packed_available, skinny_matmuls
 
 SEED = 1
@@ -78,27 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch, --new-tokens and --repeats must be at least 1")
     check_inputs(args, ("policy", "data", "params"))
     params = load_params(Path(args.params))
-    model, tokenizer = load_policy(args.policy, params.policy.attention)
-    if args.size == "base":
-        from ppo_vs_original import build_base_model
-
-        model = use_attention(build_base_model(args).eval(), params.policy.attention)  # as the stages load it
-    dialogues = pd.read_parquet(args.data)["dialogue"].head(args.batch).tolist()
-    if len(dialogues) < args.batch:
-        parser.error(f"--batch {args.batch}: {args.data} has only {len(dialogues)} dialogues")
-    enc = tokenizer(
-        build_prompts(dialogues, params.prompt.template),
-        truncation=True,
-        max_length=params.generation.max_source_tokens,
-        padding=True,
-        return_tensors="pt",
-    )
-    cfg = params.generation.model_copy(update={"min_new_tokens": args.new_tokens, "max_new_tokens": args.new_tokens})
-    kwargs = {
-        **generation_kwargs(cfg),
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
+    model, tokenizer, enc, kwargs = fixed_length_generation(args, params, parser)
     encoder = model.get_encoder()
 
     mode = "off" if args.no_skinny else params.generation.skinny_matmul
