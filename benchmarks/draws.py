@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n, --k and --repeats must be at least 1")
     check_inputs(args, ("policy", "data", "params"))
     params = load_params(Path(args.params))
-    model, tokenizer = load_policy(args.policy)
+    model, tokenizer = load_policy(args.policy, params.policy.attention)
     prompts = build_prompts(pd.read_parquet(args.data)["dialogue"].head(args.n).tolist(), params.prompt.template)
     cfg = params.generation
     seeds = [params.eval.seed + j * SAMPLE_SEED_STRIDE for j in range(args.k)]

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(data) < args.n:
         print(f"note: {args.data} has {len(data)} rows; timing all of them instead of --n {args.n}")
     data = sample_rows(data, min(args.n, len(data)))
-    model, tokenizer = load_policy(args.policy)
+    model, tokenizer = load_policy(args.policy, params.policy.attention)
     model.to(device)
     scorer = RewardScorer.from_pretrained(args.reward, params.reward)
     scorer.model.to(device)

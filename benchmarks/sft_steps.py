@@ -33,6 +33,7 @@ from common import check_inputs, matmul_gflops
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.data.reading import load_split
+from detox.models.attention import use_attention
 from detox.models.check import load_or_init
 from detox.models.sft import examples
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(Path(args.params))
     cfg = params.sft
     model, tokenizer = load_or_init(Path(args.base), "seq2seq", params.seed)
+    use_attention(model, params.policy.attention)  # as the stage does
     train = examples(
         tokenizer,
         load_split(Path(args.raw), "train"),
