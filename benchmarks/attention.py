@@ -40,7 +40,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 from transformers.activations import ACT2FN
 
-from common import add_size_argument, check_inputs, fixed_length_generation
+from common import add_generation_arguments, check_inputs, fixed_length_generation
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.data.reading import load_split
@@ -166,18 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    add_size_argument(parser)
+    add_generation_arguments(parser, batch=64, new_tokens=48)
     parser.add_argument("--sft", action="store_true", help="time the sft step (default: both, built-in size)")
     parser.add_argument("--generate", action="store_true", help="time generate (default: both, built-in size)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--base", default="models/base/policy", help="the untrained policy fetch wrote")
     parser.add_argument("--raw", default="data/raw", help="the dialogues fetch wrote")
-    parser.add_argument("--policy", default="models/policy", help="the policy generate runs (and its tokenizer)")
-    parser.add_argument("--data", default="data/raw/test.parquet", help="parquet file with a dialogue column")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of timed calls per variant")
     parser.add_argument("--steps", type=int, default=12, help="sft steps per variant per round")
-    parser.add_argument("--batch", type=int, default=64, help="prompts in a generate call")
-    parser.add_argument("--new-tokens", type=int, default=48, help="tokens sampled per row (min = max)")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as every stage does (detox.common.allocator)
     if min(args.rounds, args.steps, args.batch, args.new_tokens) < 1:

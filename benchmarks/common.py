@@ -77,6 +77,16 @@ def calls_per_second(call: Callable[[], object], seconds: float, device: torch.d
     return count / (time.perf_counter() - started)
 
 
+def add_generation_arguments(parser: argparse.ArgumentParser, batch: int, new_tokens: int) -> None:
+    """The arguments :func:`fixed_length_generation` reads: ``--size``, ``--policy``, ``--data``, ``--batch``,
+    ``--new-tokens``."""
+    add_size_argument(parser)
+    parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
+    parser.add_argument("--data", default="data/raw/test.parquet", help="parquet file with a dialogue column")
+    parser.add_argument("--batch", type=int, default=batch, help="prompts in a generate call")
+    parser.add_argument("--new-tokens", type=int, default=new_tokens, help="tokens sampled per row (min = max)")
+
+
 def fixed_length_generation(args: argparse.Namespace, params, parser: argparse.ArgumentParser):
     """The policy as the stages load it (``--policy``, or flan-t5-base's shapes for ``--size base``), its
     tokenizer, the first ``--batch`` dialogues of ``--data`` as the pipeline's prompts, and ``generate``

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import add_size_argument, check_inputs, fixed_length_generation, matmul_gflops
+from common import add_generation_arguments, check_inputs, fixed_length_generation, matmul_gflops
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.models.skinny import PACKED_MIN_ROWS, large_layers, packed_available, skinny_matmuls
@@ -56,12 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    add_size_argument(parser)
-    parser.add_argument("--policy", default="models/policy", help="folder of the policy (and its tokenizer)")
-    parser.add_argument("--data", default="data/raw/test.parquet", help="parquet file with a dialogue column")
+    add_generation_arguments(parser, batch=16, new_tokens=32)
     parser.add_argument("--params", default="params.yaml", help="generation.*, prompt")
-    parser.add_argument("--batch", type=int, default=16, help="prompts in the call")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens sampled per row (min = max)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per path")
     parser.add_argument(
         "--no-skinny", action="store_true", help="time the pipeline's path with generation.skinny_matmul off"

@@ -17,13 +17,12 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from detox.common.errors import DetoxError
 from detox.common.params import Params, PPOParams
 from detox.judges.panel import load_judges
-from detox.models.attention import use_attention
-from detox.models.generation import build_prompts
+from detox.models.generation import build_prompts, load_policy
 from detox.models.reward import RewardScorer
 from detox.ppo import stats as names
 from detox.ppo.checkpoints import fingerprint, resume_or_clear, save_checkpoint
@@ -127,9 +126,7 @@ def build_trainer(params: Params, paths: PPOPaths, accelerator: Accelerator) -> 
     """The policy (LoRA and value head initialised from the RL seed), the reward model and the trainer."""
     seed = rl_seed(params)
     torch.manual_seed(seed)  # LoRA and value-head initialisation
-    tokenizer = AutoTokenizer.from_pretrained(paths.policy)
-    tokenizer.padding_side = "right"
-    model = use_attention(AutoModelForSeq2SeqLM.from_pretrained(paths.policy), params.policy.attention)
+    model, tokenizer = load_policy(paths.policy, params.policy.attention)
     policy = Seq2SeqPolicy(model, params.ppo)
     reward_model = AutoModelForSequenceClassification.from_pretrained(paths.reward).to(accelerator.device)
     scorer = RewardScorer(reward_model, AutoTokenizer.from_pretrained(paths.reward), params.reward)
