@@ -25,6 +25,7 @@ from detox.evaluate.quality import rouge
 from detox.models.attention import use_attention
 from detox.models.check import load_or_init
 from detox.models.generation import build_prompts, generate_summaries
+from detox.models.precision import resolve_precision
 from detox.models.training import Fit, Schedule, fit
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
     if not trains_policy(params):
         shutil.copytree(base_dir, out_dir, dirs_exist_ok=True)
         return SFTResult(trained=False, metrics={"trained": False}, fit=None)
+    precision = resolve_precision("sft.precision", cfg.precision)
     model, tokenizer = load_or_init(base_dir, "seq2seq", params.seed)
     use_attention(model, params.policy.attention)
     template = params.prompt.template
@@ -99,7 +101,7 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
         return {"eval_rougeL": float(rouge(summaries, probe["summary"].tolist())["rougeL"].mean())}
 
     trainable = _with_lora(model, params) if cfg.method == "lora" else model
-    schedule = Schedule.of(cfg, group_by_length=cfg.group_by_length)
+    schedule = Schedule.of(cfg, group_by_length=cfg.group_by_length, precision=precision)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     record = fit(
         trainable, train, collator, schedule, params.seed, evaluation=held, on_epoch=validation_rouge, desc="policy"
@@ -115,6 +117,7 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
     metrics = {
         "trained": True,
         "method": cfg.method,
+        "precision": precision,
         "epochs": cfg.epochs,
         "steps": record.steps,
         "train_examples": len(train),
@@ -126,5 +129,10 @@ def run_sft(params: Params, base_dir: Path, raw_dir: Path, out_dir: Path) -> SFT
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "trained_parameters": int(trained_params),
     }
-    log.info("policy: validation loss %.4f, ROUGE-L %s", metrics["validation_loss"], metrics["validation_rougeL"])
+    log.info(
+        "policy (%s): validation loss %.4f, ROUGE-L %s",
+        precision,
+        metrics["validation_loss"],
+        metrics["validation_rougeL"],
+    )
     return SFTResult(trained=True, metrics=metrics, fit=record)

@@ -35,11 +35,12 @@ class Schedule:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
     group_by_length: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16: Trainer's autocast (weights and optimizer stay fp32)
 
     @classmethod
     def of(cls, cfg: Any, **overrides: Any) -> Schedule:
         """The schedule of a params section that has the five fields (``sft``, ``reward.train``), with
-        ``overrides`` of the other fields (``group_by_length``, which only ``sft`` has)."""
+        ``overrides`` of the other fields (``group_by_length`` and ``precision``, which only ``sft`` has)."""
         return cls(cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio, **overrides)
 
 
@@ -126,6 +127,9 @@ def fit(
             # group_by_length: random megabatches of up to 50 batches, each sorted longest first, then cut
             train_sampling_strategy="group_by_length" if schedule.group_by_length else "random",
             max_grad_norm=schedule.max_grad_norm,
+            bf16=schedule.precision == "bf16",  # on a CPU: torch.autocast("cpu", torch.bfloat16), use_cpu below
+            use_cpu=schedule.precision == "bf16" and not torch.cuda.is_available(),
+            fp16=schedule.precision == "fp16",
             seed=seed,
             data_seed=seed,
             eval_strategy="epoch" if evaluation else "no",

@@ -23,6 +23,7 @@ from detox.common.errors import DetoxError
 from detox.common.params import Params, PPOParams
 from detox.judges.panel import load_judges
 from detox.models.generation import build_prompts, load_policy
+from detox.models.precision import check_precision
 from detox.models.reward import RewardScorer
 from detox.ppo import stats as names
 from detox.ppo.checkpoints import fingerprint, resume_or_clear, save_checkpoint
@@ -99,8 +100,7 @@ def make_accelerator(cfg: PPOParams, accelerator: Accelerator | None = None, cpu
             f"accelerate launch set --mixed_precision {launched} but ppo.precision is {cfg.precision}: make them "
             f"agree (-S ppo.precision={PRECISION_OF[launched]}, or --mixed_precision {precision})"
         )
-    if cfg.precision == "fp16" and not torch.cuda.is_available():
-        raise DetoxError("ppo.precision fp16 needs a GPU (its gradient scaler is CUDA's); on the CPU use bf16 or fp32")
+    check_precision("ppo.precision", cfg.precision, cuda=torch.cuda.is_available() and not cpu)
     # cpu=True on a machine without CUDA, so `accelerate launch --multi_gpu` / torchrun form a
     # gloo process group there instead of several processes that each believe they are alone.
     accelerator = accelerator or Accelerator(
