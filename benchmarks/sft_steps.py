@@ -8,10 +8,14 @@ batch, the step's min and median over the rounds, and the ratio to the random or
 stage's default). ``--compile`` adds ``torch.compile`` of the random variant, with the time its
 first steps take to compile. ``--flops`` counts one step's matmul and attention FLOPs and divides
 by this machine's best fp32 matmul rate on the step's shapes: the compute floor of a step.
-``--profile`` prints torch.profiler's top operators over 4 steps of the random order.
+``--profile`` prints torch.profiler's top operators over 4 steps of the random order. ``--bf16``
+adds the random order under bf16 autocast, as ``sft.precision: bf16`` (or ``auto`` on a CPU with
+bf16 instructions) trains; the mean loss of each variant's last round shows what it does to the
+numbers.
 
     python benchmarks/sft_steps.py                       # random vs grouped, 3 rounds of 20 steps
     python benchmarks/sft_steps.py --compile --flops     # also torch.compile and the compute floor
+    python benchmarks/sft_steps.py --bf16                # also the random order in bf16
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from common import check_inputs, matmul_gflops
 from detox.common.allocator import keep_freed_memory
+from detox.common.errors import DetoxError
 from detox.common.params import load_params
 from detox.data.reading import load_split
 from detox.models.attention import use_attention
 from detox.models.check import load_or_init
+from detox.models.precision import check_precision
 from detox.models.sft import examples
 
 
@@ -58,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the random order")
     parser.add_argument("--flops", action="store_true", help="count a step's FLOPs; print the compute floor")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 4 random-order steps: top ops")
+    parser.add_argument("--bf16", action="store_true", help="also the random order under bf16 autocast")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as every stage does (detox.common.allocator)
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps must be at least 1")
     check_inputs(args, ("params", "base", "raw"))
+    if args.bf16:
+        try:
+            check_precision("--bf16", "bf16", cuda=False)
+        except DetoxError as error:
+            parser.error(str(error))
     params = load_params(Path(args.params))
     cfg = params.sft
     model, tokenizer = load_or_init(Path(args.base), "seq2seq", params.seed)
@@ -88,14 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         "grouped": batches(grouped, train, collator, cfg.batch_size, needed, generator),
     }
     variants: dict[str, dict[str, Any]] = {}
-    for name in ["random", "grouped"] + (["compiled"] if args.compile else []):
+    for name in ["random", "grouped"] + (["compiled"] if args.compile else []) + (["bf16"] if args.bf16 else []):
         trained = copy.deepcopy(model).train()
         optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         forward = torch.compile(trained, dynamic=True) if name == "compiled" else trained
-        variants[name] = {"model": trained, "forward": forward, "optimizer": optimizer, "times": []}
+        variants[name] = {"model": trained, "forward": forward, "optimizer": optimizer, "times": [], "losses": []}
+        variants[name]["autocast"] = name == "bf16"
 
     def step(variant: dict[str, Any], batch: dict[str, torch.Tensor]) -> None:
-        loss = variant["forward"](**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant["autocast"]):  # Trainer's bf16=True
+            loss = variant["forward"](**batch).loss
+        variant["losses"].append(loss.item())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(variant["model"].parameters(), 1.0)
         variant["optimizer"].step()
@@ -119,15 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_stage = cfg.epochs * (len(train) // cfg.batch_size)
     print(
         f"{'variant':<10}{'prompt tok':>11}{'summary tok':>12}{'min s':>9}{'median s':>10}{'ratio':>8}{'warm-up s':>11}"
+        f"{'last loss':>11}"
     )
     for name, variant in variants.items():
         chosen = data["grouped" if name == "grouped" else "random"]
         prompt = statistics.mean(b["input_ids"].shape[1] for b in chosen)
         summary = statistics.mean(b["labels"].shape[1] for b in chosen)
         median = statistics.median(variant["times"])
+        last = statistics.mean(variant["losses"][-args.steps :])
         print(
             f"{name:<10}{prompt:>11.1f}{summary:>12.1f}{min(variant['times']):>9.4f}{median:>10.4f}"
-            f"{base / median:>7.2f}x{variant['warmup']:>11.1f}"
+            f"{base / median:>7.2f}x{variant['warmup']:>11.1f}{last:>11.4f}"
         )
     print(
         f"sft stage of {steps_per_stage} steps at these medians: "

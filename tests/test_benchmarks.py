@@ -8,6 +8,7 @@ input is a clear error.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ import torch
 import yaml
 
 import conftest
+from detox.models.precision import cpu_multiplies_bf16
 from detox.models.skinny import packed_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,6 +357,15 @@ def test_sft_steps_times_random_and_grouped_batches_and_counts_the_floor(bench_w
     assert "GFLOP" in proc.stdout and "compute floor" in proc.stdout
     bad = subprocess.run([*args[:-4], "--steps", "50", *args[-4:]], capture_output=True, text=True, cwd=root)
     assert bad.returncode == 2 and "an epoch has" in bad.stderr
+    bf16 = subprocess.run([*args, "--bf16"], capture_output=True, text=True, cwd=root, timeout=conftest.HANG_S)
+    variants = ("random", "grouped", "bf16")
+    if cpu_multiplies_bf16():  # the variant runs, on the same batches as the random order
+        assert bf16.returncode == 0, bf16.stderr[-3000:]
+        rows = [line.split() for line in bf16.stdout.splitlines() if line.startswith(variants)]
+        losses = {row[0]: float(row[-1]) for row in rows}
+        assert set(losses) == {"random", "grouped", "bf16"} and math.isfinite(losses["bf16"])
+    else:  # refused up front: bf16 would run hundreds of times slower here
+        assert bf16.returncode == 2 and "this CPU has no bf16 instructions" in bf16.stderr
 
 
 @pytest.mark.slow
