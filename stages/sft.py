@@ -55,7 +55,7 @@ def main() -> None:
                 pd.DataFrame({"dialogue": pd.read_parquet(RAW / "test.parquet")["dialogue"].head(2)}),
                 description=DESCRIPTION,
                 version_description=f"{run_name('sft')}: {params.policy.source} policy, "
-                f"{params.sft.epochs} epochs; validation ROUGE-L "
+                f"{params.sft.epochs} epochs in {result.metrics['precision']}; validation ROUGE-L "
                 f"{result.metrics.get('validation_rougeL')}",
             )
         return Trained(
@@ -64,7 +64,11 @@ def main() -> None:
             result.fit,
             {HISTORY.name: history},
             model,
-            {"policy.source": params.policy.source, "validation_rougeL": result.metrics.get("validation_rougeL")},
+            {
+                "policy.source": params.policy.source,
+                "precision": result.metrics.get("precision"),  # what sft.precision (auto) resolved to here
+                "validation_rougeL": result.metrics.get("validation_rougeL"),
+            },
         )
 
     result, version = run_training("sft", params, POLICY, HISTORY.parent, METRICS, params.tracking.sft_model, train)
