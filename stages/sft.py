@@ -66,7 +66,7 @@ def main() -> None:
             model,
             {
                 "policy.source": params.policy.source,
-                "precision": result.metrics.get("precision"),  # what sft.precision (auto) resolved to here
+                "precision": result.metrics.get("precision"),  # what sft.precision resolved to (auto: bf16 or fp32)
                 "validation_rougeL": result.metrics.get("validation_rougeL"),
             },
         )

@@ -58,8 +58,8 @@ def test_auto_takes_bf16_where_the_hardware_multiplies_it(monkeypatch):
         resolve_precision("sft.precision", "bf16", cuda=False)
 
 
-def test_params_default_to_auto_and_name_the_key_of_a_wrong_value():
-    assert tiny_params().sft.precision == "auto"
+def test_params_default_to_fp32_and_name_the_key_of_a_wrong_value():
+    assert tiny_params().sft.precision == "fp32"
     with pytest.raises(ParamsError, match=r"sft\.precision"):
         tiny_params(**{"sft.precision": "fp8"})
 
@@ -82,7 +82,7 @@ def test_make_accelerator_refuses_bf16_on_a_cpu_without_it(monkeypatch):
         make_accelerator(tiny_params(**{"ppo.precision": "bf16"}).ppo, cpu=True)
 
 
-@pytest.mark.parametrize("setting", ["fp32", "bf16"])  # what auto resolves to
+@pytest.mark.parametrize("setting", ["fp32", "bf16"])
 def test_sft_trains_under_the_precision_asked_for_and_keeps_fp32_weights(fetched, tmp_path, monkeypatch, setting):
     """The training forward's matmuls run in the precision asked for (Trainer's autocast); the saved weights
     are fp32 either way. A tiny model: bf16 runs on any CPU here, emulated where it has no bf16."""

@@ -388,7 +388,7 @@ def test_training_stages_log_runs_and_register_their_models(staged):
     assert "reward stage" in client.get_registered_model("detox-reward").description
     sft_version = client.get_model_version("detox-sft", "1")
     assert sft_version.description.startswith("sft · workspace: builtin policy")
-    # the precision sft.precision (auto) resolved to on this machine, as metrics/sft.json has it
+    # the precision sft.precision resolved to, as metrics/sft.json has it
     trained_in = json.loads((root / "metrics" / "sft.json").read_text())["precision"]
     assert trained_in in {"fp32", "bf16"} and sft_version.tags["precision"] == trained_in
     assert f"epochs in {trained_in}" in sft_version.description

@@ -4,7 +4,7 @@ bf16 autocast keeps the weights and the optimizer in fp32 and runs the matmuls i
 multiplies bf16 in hardware (``avx512_bf16`` or AMX) runs them about twice as fast as fp32; one
 without runs them through oneDNN's emulation, hundreds of times slower (``benchmarks/machine_rates.py``,
 docs/benchmarks.md), so bf16 there is a trap, not a speed-up: :func:`check_precision` says so before
-a stage starts. fp16 needs CUDA's gradient scaler. ``auto`` (``sft.precision``'s default) takes bf16
+a stage starts. fp16 needs CUDA's gradient scaler. ``auto`` takes bf16
 where the hardware multiplies it (a GPU with bf16, or such a CPU) and fp32 elsewhere.
 """
 

@@ -95,11 +95,11 @@ class SFTParams(Strict):
         le=100_000,
         description="validation dialogues summarised (greedy) for ROUGE after each epoch; 0 = loss only",
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto",
+    precision: Literal["fp32", "auto", "bf16", "fp16"] = Field(
+        "fp32",
         description="training under this autocast, weights and optimizer in fp32: auto = bf16 where the hardware "
         "multiplies bf16 (a GPU, a CPU with avx512_bf16 or AMX), fp32 elsewhere; bf16 is refused on other CPUs, "
-        "where it is hundreds of times slower; fp16 on a GPU only",
+        "where it is hundreds of times slower; fp16 on a GPU only. bf16 trains another policy (README)",
     )
     lora: SFTLora = SFTLora()
 
