@@ -4,19 +4,15 @@ bf16 autocast keeps the weights and the optimizer in fp32 and runs the matmuls i
 multiplies bf16 in hardware (``avx512_bf16`` or AMX) runs them about twice as fast as fp32; one
 without runs them through oneDNN's emulation, hundreds of times slower (``benchmarks/machine_rates.py``,
 docs/benchmarks.md), so bf16 there is a trap, not a speed-up: :func:`check_precision` says so before
-a stage starts. fp16 needs CUDA's gradient scaler. ``auto`` takes bf16
-where the hardware multiplies it (a GPU with bf16, or such a CPU) and fp32 elsewhere.
+a stage starts. fp16 needs CUDA's gradient scaler. ``auto`` takes bf16 where the hardware multiplies
+it (a GPU with bf16, or such a CPU) and fp32 elsewhere.
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from detox.common.errors import DetoxError
-
-log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
