@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 
 from detox.common.errors import DetoxError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
+from detox.common.params.base import PRECISIONS
 
 
 def cpu_multiplies_bf16() -> bool:

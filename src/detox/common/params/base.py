@@ -84,6 +84,9 @@ SKINNY_MATMUL_HELP = (
 # The policy's attention kernel (detox.models.attention): auto = eager on a CPU, sdpa where a GPU is available.
 ATTENTION_MODES = ("auto", "eager", "sdpa")
 
+# The precisions a training runs in (ppo.precision; sft.precision adds auto): detox.models.precision checks them.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 class Lora(Strict):
     """LoRA adapters: rank, scale, dropout and the modules they wrap."""

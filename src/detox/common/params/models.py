@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from detox.common.params.base import (
     ATTENTION_MODES,
+    PRECISIONS,
     SKINNY_MATMUL_HELP,
     HubRef,
     Lora,
@@ -95,7 +96,7 @@ class SFTParams(Strict):
         le=100_000,
         description="validation dialogues summarised (greedy) for ROUGE after each epoch; 0 = loss only",
     )
-    precision: Literal["fp32", "auto", "bf16", "fp16"] = Field(
+    precision: Literal[PRECISIONS + ("auto",)] = Field(
         "fp32",
         description="training under this autocast, weights and optimizer in fp32: auto = bf16 where the hardware "
         "multiplies bf16 (a GPU, a CPU with avx512_bf16 or AMX), fp32 elsewhere; bf16 is refused on other CPUs, "

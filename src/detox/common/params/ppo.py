@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from detox.common.params.base import SKINNY_MATMUL_HELP, Lora, LoraRank, Range, SkinnyMatmul, Strict
+from detox.common.params.base import PRECISIONS, SKINNY_MATMUL_HELP, Lora, LoraRank, Range, SkinnyMatmul, Strict
 
 
 class _Switch(Strict):
@@ -158,7 +158,7 @@ class PPOParams(Strict):
         "packed",
         description="the same for the decoding steps of rollouts and checkpoint evaluations " + SKINNY_MATMUL_HELP,
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: Literal[PRECISIONS] = Field(
         "fp32",
         description="the whole step (rollout, reference and training passes) under this autocast; fp16 "
         "with a gradient scaler (GPU only); must agree with `accelerate launch --mixed_precision`",
