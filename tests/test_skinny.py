@@ -151,6 +151,17 @@ def test_packed_available_says_whether_the_kernel_gives_the_product(monkeypatch)
         skinny.packed_available.cache_clear()  # the real answer again for the tests after this one
 
 
+def test_packed_available_gives_its_answer_when_first_asked_inside_a_bf16_autocast():
+    """The ppo stage's rollout under ppo.precision bf16 enters skinny_matmuls inside its autocast."""
+    outside = skinny.packed_available()
+    skinny.packed_available.cache_clear()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert skinny.packed_available() is outside
+    finally:
+        skinny.packed_available.cache_clear()
+
+
 def test_small_weights_other_dtypes_autocast_and_the_switch_keep_f_linear(counted):
     torch.manual_seed(0)
     small = nn.Linear(128, 320)  # the built-in model's feed-forward, below MIN_WEIGHT

@@ -79,14 +79,16 @@ def large_layers(model: nn.Module) -> list[nn.Linear]:
 @functools.cache
 def packed_available() -> bool:
     """Whether this torch has oneDNN's packed linear kernel, and it gives the product (checked once)."""
-    try:
-        # fixed inputs, no random numbers: the probe must not move the stream a seeded caller draws from
-        weight = torch.arange(48 * 16, dtype=torch.float32).reshape(48, 16).sin()
-        x = torch.arange(PACKED_MIN_ROWS * 16, dtype=torch.float32).reshape(PACKED_MIN_ROWS, 16).cos()
-        got = packed_product(x, pack(weight, PACKED_MIN_ROWS), None)
-    except (AttributeError, RuntimeError):  # no mkldnn ops in this build, or none for this CPU
-        return False
-    return bool(torch.allclose(got, F.linear(x, weight), rtol=1e-5, atol=1e-5))
+    # fixed inputs, no random numbers: the probe must not move the stream a seeded caller draws from; in
+    # fp32 also when first asked inside a bf16 autocast (ppo.precision), where F.linear would return bf16
+    with torch.autocast("cpu", enabled=False):
+        try:
+            weight = torch.arange(48 * 16, dtype=torch.float32).reshape(48, 16).sin()
+            x = torch.arange(PACKED_MIN_ROWS * 16, dtype=torch.float32).reshape(PACKED_MIN_ROWS, 16).cos()
+            got = packed_product(x, pack(weight, PACKED_MIN_ROWS), None)
+        except (AttributeError, RuntimeError):  # no mkldnn ops in this build, or none for this CPU
+            return False
+        return bool(torch.allclose(got, F.linear(x, weight), rtol=1e-5, atol=1e-5))
 
 
 def pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
