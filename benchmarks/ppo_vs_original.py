@@ -467,7 +467,7 @@ class OurEngine:
         self.scorer = RewardScorer(reward_model, reward_tokenizer, params.reward)
         from detox.ppo.train import make_accelerator
 
-        # the stage's: ppo.precision bf16 is its autocast over fp32 weights (--dtype sets the weights' dtype)
+        # the stage's: ppo.precision bf16 is its autocast, the frozen weights kept in bf16 (--dtype: all weights)
         accelerator = make_accelerator(params.ppo, cpu=base.device.type == "cpu")
         self.trainer = PPOTrainer(policy, tokenizer, self.scorer, params.ppo, accelerator, params.seed)
 
@@ -482,16 +482,18 @@ class OurEngine:
         from detox.evaluate.scoring import score_policy
 
         model = self.trainer.unwrapped.generator()
-        _, rate = score_policy(
-            model,
-            self.tokenizer,
-            self.scorer,
-            data,
-            self.params.prompt.template,
-            self.params.generation,
-            seed,
-            self.params.generation.max_source_tokens,
-        )
+        # under ppo.precision's autocast (bf16: its frozen weights are bf16), the reward model's scoring too
+        with self.trainer.accelerator.autocast():
+            _, rate = score_policy(
+                model,
+                self.tokenizer,
+                self.scorer,
+                data,
+                self.params.prompt.template,
+                self.params.generation,
+                seed,
+                self.params.generation.max_source_tokens,
+            )
         return rate
 
 

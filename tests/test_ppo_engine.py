@@ -28,6 +28,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from mlflow.tracking import MlflowClient
 from peft import AutoPeftModelForSeq2SeqLM
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -1048,6 +1049,53 @@ def test_bf16_step_starts_at_ratio_one_and_zero_kl(world, monkeypatch, fresh_acc
     # bf16 rounding of the old and the new log-probs across mini-batch compositions (measured: exactly 1)
     assert ratios[0] == pytest.approx(1.0, abs=conftest.tolerance(torch.bfloat16, 2))
     assert all(math.isfinite(v) for v in stats.values())
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_bf16_frozen_weights_stored_in_bf16_train_bit_for_bit_as_autocast_over_fp32(
+    world, monkeypatch, fresh_accelerate_state, lora
+):
+    """Under ppo.precision bf16 the engine keeps the frozen linear weights in bf16 (the reference's too,
+    the embedding fp32), and two steps give the very numbers of autocast casting fp32 weights at each call."""
+    params = ppo_params(**{"ppo.precision": "bf16", "ppo.lora.enabled": lora, "ppo.learning_rate": 1e-3})
+    prompts, dialogues = train_batch(world, params)
+
+    def two_steps(trainer):
+        stats = [trainer.step(prompts, dialogues, step)[0] for step in range(2)]
+        numbers = [{k: v for k, v in s.items() if not k.startswith("time/")} for s in stats]
+        return numbers, {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+
+    stored = make_trainer(world, params, Accelerator(mixed_precision="bf16", cpu=True))
+    policy = stored.unwrapped
+    frozen = {
+        name: module.weight.dtype
+        for holder in (policy.model, policy.frozen_reference)
+        if holder is not None
+        for name, module in holder.named_modules()
+        if type(module) is torch.nn.Linear and not module.weight.requires_grad
+    }
+    assert len(frozen) >= 16 and set(frozen.values()) == {torch.bfloat16}
+    assert {p.dtype for p in policy.trainable_parameters()} == {torch.float32}
+    assert policy.model.get_input_embeddings().weight.dtype == torch.float32
+    stored_numbers, stored_weights = two_steps(stored)
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.setattr(Seq2SeqPolicy, "store_frozen_weights", lambda self, dtype: 0)  # the plain path
+    casting = make_trainer(world, params, Accelerator(mixed_precision="bf16", cpu=True))
+    assert {p.dtype for p in casting.unwrapped.parameters()} == {torch.float32}
+    casting_numbers, casting_weights = two_steps(casting)
+
+    assert stored_numbers == casting_numbers  # every loss, KL, reward and ratio, to the last bit
+    assert stored_weights.keys() == casting_weights.keys()
+    assert all(torch.equal(stored_weights[n], casting_weights[n]) for n in stored_weights)
+    assert any(not torch.equal(stored_weights[n], w) for n, w in make_trainer_weights(world, params).items())
+
+
+def make_trainer_weights(world: Path, params) -> dict[str, torch.Tensor]:
+    """The trainable weights of a freshly built policy (to see that the steps above trained)."""
+    torch.manual_seed(params.seed)
+    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
+    return {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
 
 
 def test_precision_must_agree_with_accelerate_launch(world, project, monkeypatch):

@@ -6,6 +6,8 @@ without runs them through oneDNN's emulation, hundreds of times slower (``benchm
 docs/benchmarks.md), so bf16 there is a trap, not a speed-up: :func:`check_precision` says so before
 a stage starts. fp16 needs CUDA's gradient scaler. ``auto`` takes bf16 where the hardware multiplies
 it (a GPU with bf16, or such a CPU) and fp32 elsewhere.
+
+:data:`AUTOCAST_DTYPES` maps accelerate's ``mixed_precision`` names to the dtype its autocast multiplies in.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import torch
 
 from detox.common.errors import DetoxError
 from detox.common.params.base import PRECISIONS
+
+# accelerate's mixed_precision -> the dtype its autocast runs matmuls in ("no": none)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_multiplies_bf16() -> bool:

@@ -54,6 +54,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from detox.common.errors import DetoxError
 from detox.common.params import PPOParams
+from detox.models.precision import AUTOCAST_DTYPES
 from detox.models.reward import RewardScorer
 from detox.ppo import stats as names
 from detox.ppo.controllers import AdaptiveKLController, FixedKLController, KLController, RunningMoments
@@ -83,6 +84,8 @@ class PPOTrainer(TeacherForcing):
     ) -> None:
         self.cfg, self.seed = cfg, seed
         self.tokenizer, self.scorer, self.accelerator = tokenizer, scorer, accelerator
+        if accelerator.mixed_precision in AUTOCAST_DTYPES:  # the frozen weights in the autocast's dtype: same products
+            policy.store_frozen_weights(AUTOCAST_DTYPES[accelerator.mixed_precision])
         optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.learning_rate)
         self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
         # peft creates LoRA dropout layers in train mode: rollouts and old/reference forwards run in eval.

@@ -132,6 +132,27 @@ class Seq2SeqPolicy(nn.Module):
         """The model to call ``generate`` on (the policy, adapters enabled)."""
         return self.model
 
+    def store_frozen_weights(self, dtype: torch.dtype) -> int:
+        """Keep every frozen ``nn.Linear``'s weight and bias in ``dtype``, the autocast's; return how many layers.
+
+        For a policy that runs under one autocast only (the PPO engine's ``ppo.precision`` bf16 or fp16).
+        Autocast multiplies a linear layer in its dtype whatever the weight's, casting an fp32 weight
+        again at every call: it caches the casts of weights that train, not of frozen ones, and a
+        decoding step reads every frozen weight. Stored in ``dtype``, each frozen weight gives bit for
+        bit the same products (the cast is the same rounding, done once) in half the memory. A weight a
+        layer shares with another module (T5's tied embedding and output layer) gets its own copy for
+        the layer, so the embedding stays fp32. Outside that autocast such a layer refuses fp32 inputs.
+        """
+        layers = 0
+        for module in self.modules():
+            if type(module) is not nn.Linear or module.weight.requires_grad or module.weight.dtype == dtype:
+                continue
+            module.weight = nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias = nn.Parameter(module.bias.detach().to(dtype), requires_grad=False)
+            layers += 1
+        return layers
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
