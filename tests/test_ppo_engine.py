@@ -158,6 +158,13 @@ def make_trainer(world: Path, params, accelerator: Accelerator | None = None) ->
     return PPOTrainer(policy, tokenizer, scorer, params.ppo, accelerator or Accelerator(), params.seed)
 
 
+def initial_trainable_weights(world: Path, params) -> dict[str, torch.Tensor]:
+    """A freshly built policy's trainable weights, initialised as :func:`make_trainer` does (did steps train?)."""
+    torch.manual_seed(params.seed)
+    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
+    return {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
+
+
 def train_batch(world: Path, params, n: int = 8) -> tuple[list[str], list[str]]:
     frame = pd.read_parquet(world / "data" / "raw" / "train.parquet").iloc[:n]
     dialogues = frame["dialogue"].tolist()
@@ -1088,14 +1095,7 @@ def test_bf16_frozen_weights_stored_in_bf16_train_bit_for_bit_as_autocast_over_f
     assert stored_numbers == casting_numbers  # every loss, KL, reward and ratio, to the last bit
     assert stored_weights.keys() == casting_weights.keys()
     assert all(torch.equal(stored_weights[n], casting_weights[n]) for n in stored_weights)
-    assert any(not torch.equal(stored_weights[n], w) for n, w in make_trainer_weights(world, params).items())
-
-
-def make_trainer_weights(world: Path, params) -> dict[str, torch.Tensor]:
-    """The trainable weights of a freshly built policy (to see that the steps above trained)."""
-    torch.manual_seed(params.seed)
-    policy = Seq2SeqPolicy(AutoModelForSeq2SeqLM.from_pretrained(world / "models" / "policy"), params.ppo)
-    return {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(stored_weights[n], w) for n, w in initial_trainable_weights(world, params).items())
 
 
 def test_precision_must_agree_with_accelerate_launch(world, project, monkeypatch):
