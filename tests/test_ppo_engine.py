@@ -11,6 +11,7 @@ nothing is written in the repository.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -1060,7 +1061,7 @@ def test_bf16_step_starts_at_ratio_one_and_zero_kl(world, monkeypatch, fresh_acc
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_bf16_frozen_weights_stored_in_bf16_train_bit_for_bit_as_autocast_over_fp32(
-    world, monkeypatch, fresh_accelerate_state, lora
+    world, monkeypatch, fresh_accelerate_state, caplog, lora
 ):
     """Under ppo.precision bf16 the engine keeps the frozen linear weights in bf16 (the reference's too,
     the embedding fp32), and two steps give the very numbers of autocast casting fp32 weights at each call."""
@@ -1072,6 +1073,7 @@ def test_bf16_frozen_weights_stored_in_bf16_train_bit_for_bit_as_autocast_over_f
         numbers = [{k: v for k, v in s.items() if not k.startswith("time/")} for s in stats]
         return numbers, {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
 
+    caplog.set_level(logging.INFO, logger="detox.ppo.engine")
     stored = make_trainer(world, params, Accelerator(mixed_precision="bf16", cpu=True))
     policy = stored.unwrapped
     frozen = {
@@ -1082,6 +1084,7 @@ def test_bf16_frozen_weights_stored_in_bf16_train_bit_for_bit_as_autocast_over_f
         if type(module) is torch.nn.Linear and not module.weight.requires_grad
     }
     assert len(frozen) >= 16 and set(frozen.values()) == {torch.bfloat16}
+    assert f"ppo.precision bf16: {len(frozen)} frozen linear layers stored in bf16" in caplog.text
     assert {p.dtype for p in policy.trainable_parameters()} == {torch.float32}
     assert policy.model.get_input_embeddings().weight.dtype == torch.float32
     stored_numbers, stored_weights = two_steps(stored)

@@ -46,6 +46,7 @@ checkpoint continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -64,6 +65,8 @@ from detox.ppo.policy import Seq2SeqPolicy
 from detox.ppo.rollout import Rollout, rollout_config, sample
 from detox.ppo.shaping import novel_words, repeated_words
 from detox.ppo.stats import MinibatchStats, step_stats
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(DetoxError):
@@ -84,8 +87,11 @@ class PPOTrainer(TeacherForcing):
     ) -> None:
         self.cfg, self.seed = cfg, seed
         self.tokenizer, self.scorer, self.accelerator = tokenizer, scorer, accelerator
-        if accelerator.mixed_precision in AUTOCAST_DTYPES:  # the frozen weights in the autocast's dtype: same products
-            policy.store_frozen_weights(AUTOCAST_DTYPES[accelerator.mixed_precision])
+        precision = accelerator.mixed_precision
+        if precision in AUTOCAST_DTYPES:  # the frozen weights in the autocast's dtype: the same products
+            layers = policy.store_frozen_weights(AUTOCAST_DTYPES[precision])
+            if accelerator.is_main_process:
+                log.info("ppo.precision %s: %d frozen linear layers stored in %s", precision, layers, precision)
         optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.learning_rate)
         self.policy, self.optimizer = accelerator.prepare(policy, optimizer)
         # peft creates LoRA dropout layers in train mode: rollouts and old/reference forwards run in eval.
