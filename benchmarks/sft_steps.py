@@ -104,8 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         trained = copy.deepcopy(model).train()
         optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         forward = torch.compile(trained, dynamic=True) if name == "compiled" else trained
-        variants[name] = {"model": trained, "forward": forward, "optimizer": optimizer, "times": [], "losses": []}
-        variants[name]["autocast"] = name == "bf16"
+        variants[name] = {
+            "model": trained,
+            "forward": forward,
+            "optimizer": optimizer,
+            "autocast": name == "bf16",
+            "times": [],
+            "losses": [],
+        }
 
     def step(variant: dict[str, Any], batch: dict[str, torch.Tensor]) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant["autocast"]):  # Trainer's bf16=True
