@@ -63,6 +63,19 @@ def matmul_gflops(
     return rates
 
 
+def copy_gbps(device: torch.device, gib: float = 1.0, repeats: int = 5) -> float:
+    """The memory bandwidth of ``device`` in GB/s: the bytes read and written by copying a ``gib`` GiB tensor."""
+    source = torch.randn(int(gib * 2**28), device=device)  # 4-byte floats
+    target = torch.empty_like(source)
+    target.copy_(source)  # warm-up: the pages are touched
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        target.copy_(source)
+    synchronize(device)
+    return 2 * source.numel() * source.element_size() * repeats / (time.perf_counter() - started) / 1e9
+
+
 def calls_per_second(call: Callable[[], object], seconds: float, device: torch.device | None = None) -> float:
     """How many times a second ``call`` ran, called again and again for ``seconds`` after one warm-up call
     (on a GPU, its queued work waited for)."""

@@ -1,13 +1,23 @@
-"""Generation against its compute floor: one ``generate`` call, timed and counted.
+"""Generation against its floors, compute and memory: one ``generate`` call, timed and counted.
 
 The call samples ``--new-tokens`` tokens (every row the full length, so the work is fixed) for the
 first ``--batch`` test dialogues, with params.yaml's sampling settings, the way the pipeline calls
 ``generate``. The script
 
 - counts the call's matmul and attention FLOPs (``torch.utils.flop_counter``), the encoder's apart;
-- measures this machine's best matmul rate on the model's own shapes (``common.matmul_gflops``);
+- counts the bytes the call must read from memory at least (:func:`memory_traffic`): every weight the
+  encoder uses once; at each decoding step every decoder weight and the LM head, and the KV cache the
+  step attends to (its own keys and values so far, the cross-attention's over the prompt);
+- measures the device's best matmul rate on the model's own shapes (``common.matmul_gflops``) and its
+  memory bandwidth (``common.copy_gbps``, a large copy);
 - times the call ``--repeats`` times: the encoder alone and the whole call;
-- prints the **compute floor** (the FLOPs at the best rate) and how far each time is above it.
+- prints the **compute floor** (the FLOPs at the best rate), the **memory floor** (the bytes at the
+  bandwidth) and how far each time is above the larger of the two. On a CPU the compute floor is the
+  larger; on a GPU, at the batch sizes of a rollout, the memory floor (the bandwidth bound).
+
+``--device cuda`` and ``--dtype bfloat16`` run the call on a GPU and/or in bf16 weights (the rates,
+the bandwidth and the bytes are then the GPU's and bf16's). Skinny matmuls apply to fp32 on the CPU
+only, so elsewhere both timed paths are ``F.linear``.
 
 The pipeline's path takes ``generation.skinny_matmul`` from params.yaml (``--no-skinny`` makes it
 ``off``, ``F.linear``); the other path (``off``, or ``packed`` where the pipeline's is ``off``) is timed
@@ -27,6 +37,9 @@ and prints the top operators by self CPU time: what a faster decoding step has t
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48 --repeats 4 --static --profile
     python benchmarks/generation_floor.py --size builtin --batch 64 --new-tokens 48
+    python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48 --dtype bfloat16
+    python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48 --device cuda --dtype bfloat16
+    python benchmarks/generation_floor.py --size base --batch 64 --new-tokens 48 --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -42,9 +55,17 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import add_generation_arguments, check_inputs, fixed_length_generation, matmul_gflops
+from common import (
+    add_generation_arguments,
+    check_inputs,
+    copy_gbps,
+    fixed_length_generation,
+    matmul_gflops,
+    synchronize,
+)
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
 from detox.models.skinny import PACKED_MIN_ROWS, large_layers, packed_available, skinny_matmuls
@@ -65,13 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--static", action="store_true", help="also time a static KV cache, not compiled")
     parser.add_argument("--compile", action="store_true", help="also time a static KV cache with torch.compile")
     parser.add_argument("--profile", action="store_true", help="top operators of the decoding steps (torch.profiler)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the call runs")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the model's weights")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
     keep_freed_memory()  # as every stage does (detox.common.allocator)
     if min(args.batch, args.new_tokens, args.repeats) < 1:
         parser.error("--batch, --new-tokens and --repeats must be at least 1")
     check_inputs(args, ("policy", "data", "params"))
     params = load_params(Path(args.params))
     model, tokenizer, enc, kwargs = fixed_length_generation(args, params, parser)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    model = model.to(device=device, dtype=dtype)
+    enc = enc.to(device)
     encoder = model.get_encoder()
 
     mode = "off" if args.no_skinny else params.generation.skinny_matmul
@@ -81,11 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     def generate(mode: str = mode, **extra) -> torch.Tensor:
         torch.manual_seed(SEED)
         with skinny_matmuls(model, mode):
-            return model.generate(**enc, **kwargs, **extra)
+            tokens = model.generate(**enc, **kwargs, **extra)
+        synchronize(device)  # a GPU's queued work is part of the call's time
+        return tokens
 
     @torch.no_grad()
     def encode() -> None:
         encoder(**enc)
+        synchronize(device)
 
     plain = generate()  # warm-up, and the tokens the compiled path is compared with
     with FlopCounterMode(display=False) as counter:
@@ -122,31 +153,46 @@ def main(argv: list[str] | None = None) -> int:
         (args.batch, config.d_model, config.vocab_size),
         (enc["input_ids"].numel(), config.d_model, config.d_ff),
     )
-    rates = matmul_gflops(torch.device("cpu"), torch.float32, shapes=shapes)
+    rates = matmul_gflops(device, dtype, shapes=shapes)
     best = max(rates.values())
+    bandwidth = copy_gbps(device)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; size {args.size} ({params_m:.1f}M "
-        f"parameters), {args.batch} prompts of {enc['input_ids'].shape[1]} tokens (padded), "
-        f"{args.new_tokens} new tokens each"
+        f"torch {torch.__version__}, {where}; size {args.size} ({params_m:.1f}M parameters, {args.dtype}), "
+        f"{args.batch} prompts of {enc['input_ids'].shape[1]} tokens (padded), {args.new_tokens} new tokens each"
     )
-    print("fp32 matmul GFLOP/s on the model's shapes: " + ", ".join(f"{s} {r:.0f}" for s, r in rates.items()))
+    print(
+        f"{args.dtype} matmul GFLOP/s on the model's shapes: "
+        + ", ".join(f"{s} {r:.0f}" for s, r in rates.items())
+        + f"; memory bandwidth {bandwidth:.1f} GB/s (a copy of 1 GiB, read + write)"
+    )
+    traffic = memory_traffic(model, args.batch, enc["input_ids"].shape[1], args.new_tokens)
+    encoder_gb, decoding_gb = (n / 1e9 for n in traffic)
     decoding_gflop = total_gflop - encoder_gflop
     encoder_s, generate_s = statistics.median(times["encoder"]), statistics.median(times["generate"])
     rows = (
-        ("encoder", encoder_gflop, encoder_s, times["encoder"]),
-        ("decoding", decoding_gflop, generate_s - encoder_s, None),
-        ("generate", total_gflop, generate_s, times["generate"]),
+        ("encoder", encoder_gflop, encoder_gb, encoder_s, times["encoder"]),
+        ("decoding", decoding_gflop, decoding_gb, generate_s - encoder_s, None),
+        ("generate", total_gflop, encoder_gb + decoding_gb, generate_s, times["generate"]),
     )
-    print(f"{'part':<9} {'GFLOP':>10} {'floor s':>10} {'median s':>10} {'min s':>10} {'x floor':>8} {'GFLOP/s':>8}")
-    for name, gflop, measured, values in rows:
-        floor = gflop / best
+    print(
+        f"{'part':<9} {'GFLOP':>10} {'GB read':>10} {'compute s':>10} {'memory s':>10} {'median s':>10} {'min s':>10} "
+        f"{'x floor':>8} {'GFLOP/s':>8} {'GB/s':>8}"
+    )
+    for name, gflop, gb, measured, values in rows:
+        compute, memory = gflop / best, gb / bandwidth
         shown = f"{min(values):10.4g}" if values else f"{'-':>10}"
         print(
-            f"{name:<9} {gflop:10.4g} {floor:10.4g} {measured:10.4g} {shown} {measured / floor:8.2f} "
-            f"{gflop / measured:8.1f}"
+            f"{name:<9} {gflop:10.4g} {gb:10.4g} {compute:10.4g} {memory:10.4g} {measured:10.4g} {shown} "
+            f"{measured / max(compute, memory):8.2f} {gflop / measured:8.1f} {gb / measured:8.1f}"
         )
-    print(f"generate: {args.batch * args.new_tokens / generate_s:.1f} sampled tokens/s")
+    total_compute, total_memory = total_gflop / best, (encoder_gb + decoding_gb) / bandwidth
+    bound = "compute" if total_compute >= total_memory else "memory bandwidth"
+    print(
+        f"generate: {args.batch * args.new_tokens / generate_s:.1f} sampled tokens/s; its floor is the {bound}'s "
+        f"({max(total_compute, total_memory):.4g} s), x floor = the median over the larger of the two floors"
+    )
     layers = len(large_layers(model))
     skinny = f"skinny matmuls ({layers} layers"
     names = {"packed": f"{skinny}, packed)", "weight_first": f"{skinny}, weight-first)", "off": "F.linear"}
@@ -155,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         """One timed path set against the pipeline's: its median, its floor multiple, the speed-up, equal tokens."""
         path_s = statistics.median(times[key])
         print(
-            f"{label} ({path_s:.4g} s median, {path_s / (total_gflop / best):.2f}x the floor): "
+            f"{label} ({path_s:.4g} s median, {path_s / max(total_compute, total_memory):.2f}x the floor): "
             f"{path_s / generate_s:.3f}x as fast; {equal_share(tokens, plain):.1%} of the tokens equal"
         )
 
@@ -197,6 +243,39 @@ def main(argv: list[str] | None = None) -> int:
             f"min {min(runs):.3f} s: {generate_s / median:.2f}x the plain call; {same:.1%} of the tokens equal"
         )
     return 0
+
+
+def memory_traffic(model: nn.Module, batch: int, prompt_tokens: int, new_tokens: int) -> tuple[int, int]:
+    """The bytes a ``generate`` call of a T5 model must read at least: ``(encoder, decoding)``.
+
+    - encoder: each of its weights once (the embedding table is looked up, a few rows: not counted);
+    - decoding, at each of the ``new_tokens`` steps: every decoder weight and the LM head (a step multiplies
+      each by its ``batch`` rows), and the KV cache it attends to, the self-attention's ``t`` positions at step
+      ``t`` and the cross-attention's ``prompt_tokens``, in every layer; the cross-attention's key and value
+      weights only once (their products over the prompt are cached at the first step).
+
+    A lower bound: activations, logits and the cache's own copies are left out (they may stay in the caches).
+    """
+    config = model.config
+    embedding = model.get_input_embeddings().weight
+
+    def size(params) -> int:
+        return sum(p.numel() * p.element_size() for p in params)
+
+    encoder = size(p for p in model.get_encoder().parameters() if p is not embedding)
+    once = [
+        p
+        for name, module in model.get_decoder().named_modules()
+        if name.endswith(("EncDecAttention.k", "EncDecAttention.v"))
+        for p in module.parameters()
+    ]
+    skip = {id(embedding), *map(id, once)}
+    head = model.get_output_embeddings().weight  # the LM head reads its whole weight, tied or not
+    step_weights = size(p for p in model.get_decoder().parameters() if id(p) not in skip) + size([head])
+    element = embedding.element_size()  # the cache holds the model's dtype
+    per_position = config.num_decoder_layers * 2 * batch * config.num_heads * config.d_kv * element  # K and V
+    cache = sum(per_position * (step + prompt_tokens) for step in range(1, new_tokens + 1))
+    return encoder, size(once) + new_tokens * step_weights + cache
 
 
 def equal_share(tokens: torch.Tensor, plain: torch.Tensor) -> float:

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
-from common import calls_per_second, matmul_gflops
+from common import calls_per_second, copy_gbps, matmul_gflops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,14 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         f"decoding-step matmul 16x{weight_rows}x{weight_cols} ({weight_gb * 1e3:.0f} MB weight): {gflops:.1f} GFLOP/s, "
         f"{gflops / (2 * 16 * weight_rows * weight_cols / 1e9) * weight_gb:.1f} GB/s of weights"
     )
-    source = torch.randn(256 * 1024 * 1024)  # 1 GiB
-    target = torch.empty_like(source)
-    target.copy_(source)
-    started, repeats = time.perf_counter(), 5
-    for _ in range(repeats):
-        target.copy_(source)
-    elapsed = (time.perf_counter() - started) / repeats
-    print(f"copy of 1 GiB: {2 * source.numel() * 4 / elapsed / 1e9:.1f} GB/s (read + write)")
+    print(f"copy of 1 GiB: {copy_gbps(cpu):.1f} GB/s (read + write)")
     return 0
 
 

@@ -462,29 +462,78 @@ def test_generation_floor_counts_the_encoder_apart_and_the_decoding_per_token(be
         parts = ("encoder ", "decoding ", "generate ")
         rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.startswith(parts)}
         assert set(rows) == {"encoder", "decoding", "generate"}
-        # part, GFLOP, floor s, median s, min s ("-" for decoding: the whole call less the encoder), x floor, GFLOP/s
+        # part, GFLOP, GB read, compute s, memory s, median s, min s ("-" for decoding: the whole call less the
+        # encoder), x floor, GFLOP/s, GB/s
         return {name: [float("nan") if v == "-" else float(v) for v in row] for name, row in rows.items()}
 
     tables = [table(n) for n in (4, 8, 12)]
     extra = subprocess.run(
-        [*args, "--new-tokens", "4", "--static", "--profile"], capture_output=True, text=True, cwd=root
+        [*args, "--new-tokens", "4", "--static", "--profile", "--dtype", "bfloat16"],
+        capture_output=True,
+        text=True,
+        cwd=root,
     )
     assert extra.returncode == 0, extra.stderr[-3000:]
     assert re.search(r"static KV cache, not compiled \([\d.e-]+ s median\): [\d.]+x the time", extra.stdout)
     profiled = "decoding steps of one call (skinny matmuls (0 layers, packed)), top operators by self CPU time:"
     assert profiled in extra.stdout
     assert "aten::mm" in extra.stdout and "Self CPU time total" in extra.stdout
+    assert "bfloat16 matmul GFLOP/s" in extra.stdout and "memory bandwidth" in extra.stdout
+    bf16 = {line.split()[0]: line.split()[1:] for line in extra.stdout.splitlines() if line.startswith("generate ")}
+    # bf16 weights and cache: half the bytes of the fp32 call with the same prompts and tokens (4 significant digits)
+    assert float(bf16["generate"][1]) == pytest.approx(tables[0]["generate"][1] / 2, rel=2e-3)
     for rows in tables:
-        gflop, floor, median = rows["generate"][:3]
+        gflop, gb, compute, memory, median = rows["generate"][:5]
         assert gflop == pytest.approx(rows["encoder"][0] + rows["decoding"][0], rel=1e-3)
-        assert rows["generate"][4] == pytest.approx(median / floor, rel=2e-3, abs=0.01)  # the "x floor" column
+        assert gb == pytest.approx(rows["encoder"][1] + rows["decoding"][1], rel=1e-3)
+        assert compute > 0 and memory > 0
+        assert rows["generate"][6] == pytest.approx(median / max(compute, memory), rel=2e-3, abs=0.01)  # "x floor"
     assert len({rows["encoder"][0] for rows in tables}) == 1 and tables[0]["encoder"][0] > 0  # same prompts
-    # Each 4 more tokens add about the same decoding work (a little more: self-attention over a longer cache).
-    decoding = [rows["decoding"][0] for rows in tables]
-    first, second = decoding[1] - decoding[0], decoding[2] - decoding[1]
-    assert 0 < first <= second * 1.01 and second == pytest.approx(first, rel=0.25)
+    assert len({rows["encoder"][1] for rows in tables}) == 1 and tables[0]["encoder"][1] > 0  # its weights once
+    # Each 4 more tokens add about the same decoding work (a little more: self-attention over a longer cache),
+    # and more bytes each time: every step reads the decoder's weights and a cache one position longer.
+    for column in (0, 1):
+        decoding = [rows["decoding"][column] for rows in tables]
+        first, second = decoding[1] - decoding[0], decoding[2] - decoding[1]
+        assert 0 < first <= second * 1.01 and second == pytest.approx(first, rel=0.25)
+    assert tables[2]["decoding"][1] - tables[1]["decoding"][1] > tables[1]["decoding"][1] - tables[0]["decoding"][1]
     bad = subprocess.run([*args[:2], "--batch", "10000", *args[4:]], capture_output=True, text=True, cwd=root)
     assert bad.returncode == 2 and "has only" in bad.stderr
+    if not torch.cuda.is_available():
+        gpu = subprocess.run([*args, "--device", "cuda"], capture_output=True, text=True, cwd=root)
+        assert gpu.returncode == 2 and "--device cuda: torch sees no CUDA device here" in gpu.stderr
+
+
+def test_memory_traffic_counts_each_weight_where_a_t5_generate_call_reads_it():
+    """The bytes against a count by hand from a T5 config: the encoder's weights once; per decoding step the
+    decoder's (the cross-attention's key and value once in all) and the LM head, and the KV cache it attends to."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    bench = _bench_module("generation_floor")
+    d, heads, d_kv, d_ff, vocab, buckets = 16, 2, 4, 24, 50, 8
+    config = T5Config(
+        d_model=d,
+        d_kv=d_kv,
+        num_heads=heads,
+        d_ff=d_ff,
+        num_layers=2,
+        num_decoder_layers=3,
+        vocab_size=vocab,
+        relative_attention_num_buckets=buckets,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    )
+    model = T5ForConditionalGeneration(config).eval()
+    inner = heads * d_kv
+    attention, feed_forward = 4 * d * inner, 3 * d * d_ff  # q, k, v, o; wi_0, wi_1, wo
+    encoder = 2 * (attention + feed_forward + 2 * d) + buckets * heads + d  # norms; relative bias; final norm
+    decoder_step = 3 * (attention + 2 * d * inner + feed_forward + 3 * d) + buckets * heads + d + vocab * d
+    once = 3 * 2 * d * inner  # the cross-attention's k and v in each decoder layer
+    batch, prompt, steps = 5, 7, 6
+    cache = sum(3 * 2 * batch * inner * (t + prompt) for t in range(1, steps + 1))  # K and V, self and cross
+    assert bench.memory_traffic(model, batch, prompt, steps) == (4 * encoder, 4 * (once + steps * decoder_step + cache))
+    half = bench.memory_traffic(model.to(torch.bfloat16), batch, prompt, steps)
+    assert half == (2 * encoder, 2 * (once + steps * decoder_step + cache))
 
 
 @pytest.mark.skipif(not packed_available(), reason="this torch has no oneDNN packed linear")
