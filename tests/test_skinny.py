@@ -48,6 +48,7 @@ def packs(monkeypatch) -> list[tuple[int, weakref.ref]]:
     """Each packing of a weight appends its row count and a weak reference to the packed copy; each product
     with a packed weight appends ("product", rows)."""
     made: list = []
+    skinny.packed_available(), skinny.packed_available(torch.bfloat16)  # probed now: their packing is not counted
     original_pack, original_product = skinny.pack, skinny.packed_product
 
     def packing(weight, rows):
@@ -131,7 +132,7 @@ def test_inputs_that_need_a_gradient_packed_false_and_no_onednn_keep_weight_firs
     with torch.no_grad(), skinny_matmuls(layer, "weight_first"):
         layer(x)
     assert packs == []
-    monkeypatch.setattr(skinny, "packed_available", lambda: False)
+    monkeypatch.setattr(skinny, "packed_available", lambda dtype=torch.float32: False)
     with torch.no_grad(), skinny_matmuls(layer):
         layer(x)
     assert packs == []
@@ -175,16 +176,69 @@ def test_small_weights_other_dtypes_autocast_and_the_switch_keep_f_linear(counte
         large(x)
     assert layers == 0 and not counted
 
+    few = x[: PACKED_MIN_ROWS - 1]  # bf16 takes packed weights only, from PACKED_MIN_ROWS rows
     with skinny_matmuls(large) as layers, torch.autocast("cpu", dtype=torch.bfloat16):
-        got = large(x)
-        expected = F.linear(x, large.weight, large.bias)
-    assert layers == 1 and counted == [16]
-    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)  # autocast: F.linear
+        got = large(few)
+        expected = F.linear(few, large.weight, large.bias)
+    assert layers == 1 and counted == [PACKED_MIN_ROWS - 1]
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)  # autocast, few rows: F.linear
+    with skinny_matmuls(large, "weight_first"), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(large(x), F.linear(x, large.weight, large.bias))  # bf16 without packed weights: F.linear
+    with skinny_matmuls(large), torch.autocast("cpu", dtype=torch.float16):
+        assert torch.equal(large(x), F.linear(x, large.weight, large.bias))  # fp16 autocast: F.linear
     large.to(torch.float64)
     with skinny_matmuls(large):
         assert torch.equal(large(x.double()), F.linear(x.double(), large.weight, large.bias))  # fp64: F.linear
-    assert counted == [16, 16]
+    assert counted == [PACKED_MIN_ROWS - 1, 16, 16, 16]
     assert "forward" not in vars(large)
+
+
+def bf16_bound(expected: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> float:
+    """Two kernels' bf16 products of ``x @ weight.T``: sums in fp32 in another order, then each rounded to bf16
+    (one bf16 step of the result apart at most, twice for safety)."""
+    return 2 * conftest.tolerance(torch.bfloat16, 1, expected.float().abs().max()) + rounding_bound(weight.float(), x.float())
+
+
+@pytest.mark.skipif(not skinny.packed_available(torch.bfloat16), reason="no packed bf16 kernel on this CPU")
+@torch.no_grad()
+def test_bf16_takes_packed_weights_under_autocast_and_with_bf16_weights_within_bf16_rounding(packs):
+    torch.manual_seed(0)
+    layer = nn.Linear(512, 512, bias=True).requires_grad_(False)  # fp32 weights, as the policy's trained ones
+    x = torch.randn(16, 512)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.linear(x, layer.weight, layer.bias)  # what autocast gives without the path
+        with skinny_matmuls(layer):
+            got = layer(x)
+    # the weight cast to bf16 and packed for 16 rows once, as autocast casts it for F.linear; the output bf16
+    assert [entry[0] for entry in packs] == [16, "product"] and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0, atol=bf16_bound(expected, layer.weight, x))
+    assert not torch.equal(got, torch.zeros_like(got))
+
+    layer.to(torch.bfloat16)  # weights stored in bf16 (ppo.precision's frozen weights, --dtype bfloat16), no autocast
+    packs.clear()
+    x16 = x.to(torch.bfloat16)
+    expected = F.linear(x16, layer.weight, layer.bias)
+    with skinny_matmuls(layer):
+        got = layer(x16)
+        assert [entry[0] for entry in packs] == [16, "product"] and got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), expected.float(), rtol=0, atol=bf16_bound(expected, layer.weight, x16))
+        packs.clear()
+        with torch.enable_grad():
+            layer(x16.requires_grad_())  # an input that needs a gradient: F.linear (no backward for the kernel)
+    assert packs == []
+
+
+def test_packed_bf16_needs_a_cpu_that_multiplies_bf16(monkeypatch):
+    skinny.packed_available.cache_clear()
+    monkeypatch.setattr(skinny, "cpu_multiplies_bf16", lambda: False)
+    try:
+        assert skinny.packed_available(torch.bfloat16) is False
+        layer = nn.Linear(512, 512, bias=False).requires_grad_(False).to(torch.bfloat16)
+        x = torch.randn(16, 512, dtype=torch.bfloat16)
+        with skinny_matmuls(layer):
+            assert torch.equal(layer(x), F.linear(x, layer.weight))  # F.linear, bit for bit
+    finally:
+        skinny.packed_available.cache_clear()  # the real answers again for the tests after this one
 
 
 def test_the_layers_come_back_after_an_error():
@@ -234,6 +288,28 @@ def test_a_decoding_step_of_8_rows_takes_packed_weights_and_stays_within_roundin
     assert [entry[0] for entry in packs].count(PACKED_MIN_ROWS) == 9
     torch.testing.assert_close(fast, plain, rtol=0, atol=conftest.tolerance(torch.float32, 512 * 8, plain.abs().max()))
     assert not torch.equal(fast, torch.zeros_like(fast))
+
+
+@pytest.mark.skipif(not skinny.packed_available(torch.bfloat16), reason="no packed bf16 kernel on this CPU")
+@torch.no_grad()
+def test_a_bf16_decoding_step_takes_packed_weights_with_stored_bf16_weights_and_under_autocast(packs):
+    model, tokenizer = tiny_t5(TEMPLATE, **LARGE)
+    prompts = build_prompts(tiny_corpus()["train"]["dialogue"].tolist()[:PACKED_MIN_ROWS], TEMPLATE)
+    enc = tokenizer(prompts, padding=True, return_tensors="pt")
+    start = torch.zeros(PACKED_MIN_ROWS, 1, dtype=torch.long)
+    for stored in (False, True):  # fp32 weights cast by autocast; the frozen weights kept in bf16 (ppo.precision)
+        if stored:
+            Seq2SeqPolicy(model, tiny_params().ppo).store_frozen_weights(torch.bfloat16)
+        packs.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = model(**enc, decoder_input_ids=start).logits
+            with skinny_matmuls(model):
+                fast = model(**enc, decoder_input_ids=start).logits
+        assert [entry[0] for entry in packs].count(PACKED_MIN_ROWS) == 9  # the decoder's few-row layers
+        # bf16 rounding on the way through the decoder: a wrong product would be off by the logits' own size
+        scale = plain.float().abs().max()
+        torch.testing.assert_close(fast.float(), plain.float(), rtol=0, atol=0.05 * scale)
+        assert not torch.equal(fast, torch.zeros_like(fast))
 
 
 def test_generation_and_rollouts_take_the_path_only_when_params_say_so(counted, packs):

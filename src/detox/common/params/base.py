@@ -75,7 +75,9 @@ SkinnyMatmul = Annotated[Literal[SKINNY_MODES], BeforeValidator(_skinny_from_boo
 SKINNY_MATMUL_HELP = (
     "on the CPU (detox.models.skinny): packed = oneDNN's packed weights from 8 rows (weight-first below), "
     "about 1.3x faster generation than off at flan-t5-base size on 2 cores, for one more copy of the "
-    "decoder's weights while it generates; weight_first = (W @ x.T).T, no copy, about 1.1x; off = F.linear; "
+    "decoder's weights while it generates (in bf16 too, under ppo.precision bf16 or with bf16 weights, on a "
+    "CPU that multiplies bf16: about 1.1x); weight_first = (W @ x.T).T, no copy, about 1.1x (fp32 only); "
+    "off = F.linear; "
     "no effect on the built-in model; the three may differ in the last bits (true and false, from older "
     "files, mean packed and off)"
 )
