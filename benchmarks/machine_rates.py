@@ -12,12 +12,14 @@
   (the path takes fp32 only: where the weights are bf16, this says whether it should);
 - with ``--packed``, flan-t5-base's layer shapes at 2 to 64 rows: weight-first against oneDNN's packed
   weights (``generation.skinny_matmul: packed``), each cycling through copies of its weight that
-  together exceed the caches, so the weights come from memory as in a decoding step.
+  together exceed the caches, so the weights come from memory as in a decoding step; with ``--dtype
+  bfloat16``, ``F.linear`` against packed weights in bf16 (the path's bf16 kernel).
 
     python benchmarks/machine_rates.py
     python benchmarks/machine_rates.py --skinny --seconds 0.3
     python benchmarks/machine_rates.py --skinny --seconds 0.2 --dtype bfloat16
     python benchmarks/machine_rates.py --packed --seconds 0.5
+    python benchmarks/machine_rates.py --packed --seconds 0.5 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype",
         choices=("float32", "bfloat16"),
         default="float32",
-        help="the skinny-matmul table's dtype (the path itself takes fp32 only)",
+        help="the dtype of the --skinny table (weight-first: the path takes it in fp32 only) and the --packed one",
     )
     args = parser.parse_args(argv)
     if args.seconds <= 0:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         skinny_table(args.seconds, getattr(torch, args.dtype))
         return 0
     if args.packed:
-        return packed_table(args.seconds)
+        return packed_table(args.seconds, getattr(torch, args.dtype))
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for dtype in (torch.float32, torch.bfloat16):
@@ -107,30 +109,38 @@ PACKED_ROWS = (2, 4, 8, 16, 32, 64)
 STREAMED_BYTES = 256 * 1024 * 1024  # the copies of a weight cycled through: more than the caches hold
 
 
-def packed_table(seconds: float) -> int:
-    """Weight-first against oneDNN's packed weights at flan-t5-base's layer shapes, weights from memory."""
+def packed_table(seconds: float, dtype: torch.dtype = torch.float32) -> int:
+    """Weight-first (fp32) or F.linear (bf16: the path has no weight-first there) against oneDNN's packed
+    weights at flan-t5-base's layer shapes, weights from memory."""
     from itertools import cycle
+
+    import torch.nn.functional as F
 
     from detox.models.skinny import PACKED_MIN_ROWS, pack, packed_available, packed_product, weight_first
 
-    if not packed_available():
-        print("this torch has no oneDNN packed linear (detox.models.skinny.packed_available): weight-first only")
+    if not packed_available(dtype):
+        print(
+            f"no oneDNN packed linear in {str(dtype).removeprefix('torch.')} here "
+            "(detox.models.skinny.packed_available; bf16 also needs avx512_bf16 or AMX)"
+        )
         return 1
+    plain, name = (weight_first, "weight-first") if dtype == torch.float32 else (F.linear, "F.linear")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, weights from memory "
-        f"(copies cycled, {STREAMED_BYTES >> 20} MiB or more per shape); weight-first -> packed microseconds a call "
-        f"(speed-up); * = the packed path takes it ({PACKED_MIN_ROWS} rows or more)"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {str(dtype).removeprefix('torch.')}, weights "
+        f"from memory (copies cycled, {STREAMED_BYTES >> 20} MiB or more per shape); {name} -> packed microseconds "
+        f"a call (speed-up); * = the packed path takes it ({PACKED_MIN_ROWS} rows or more)"
     )
     print(f"{'d_in x d_out':>14} " + " ".join(f"{f'{rows} rows':>24}" for rows in PACKED_ROWS))
+    size = torch.empty((), dtype=dtype).element_size()
     for d_in, d_out in LAYER_SHAPES[4:]:  # flan-t5-base's
-        copies = max(2, -(-STREAMED_BYTES // (d_in * d_out * 4)))
-        weights = [torch.randn(d_out, d_in) / d_in**0.5 for _ in range(copies)]
+        copies = max(2, -(-STREAMED_BYTES // (d_in * d_out * size)))
+        weights = [(torch.randn(d_out, d_in) / d_in**0.5).to(dtype) for _ in range(copies)]
         cells = []
         for rows in PACKED_ROWS:
-            x = torch.randn(rows, d_in)
+            x = torch.randn(rows, d_in).to(dtype)
             packs = [pack(w, rows) for w in weights]
             plain_weights, packed_weights = cycle(weights), cycle(packs)
-            first = 1e6 / calls_per_second(lambda x=x, w=plain_weights: weight_first(x, next(w)), seconds)
+            first = 1e6 / calls_per_second(lambda x=x, w=plain_weights: plain(x, next(w)), seconds)
             packed = 1e6 / calls_per_second(lambda x=x, w=packed_weights: packed_product(x, next(w), None), seconds)
             taken = "*" if rows >= PACKED_MIN_ROWS else " "
             cells.append(f"{first:7.0f} -> {packed:7.0f} ({first / packed:4.2f}){taken}")

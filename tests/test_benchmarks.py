@@ -182,10 +182,15 @@ def test_machine_rates_prints_every_rate():
     assert len(bf16.stdout.splitlines()) == 10
 
 
-@pytest.mark.skipif(not packed_available(), reason="this torch has no oneDNN packed linear")
-def test_machine_rates_times_weight_first_against_packed_weights_at_flan_t5_base_shapes():
-    proc = machine_rates("--packed", "--seconds", "0.01")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_machine_rates_times_weight_first_against_packed_weights_at_flan_t5_base_shapes(dtype):
+    if not packed_available(getattr(torch, dtype)):
+        proc = machine_rates("--packed", "--seconds", "0.01", "--dtype", dtype)
+        assert proc.returncode == 1 and f"no oneDNN packed linear in {dtype} here" in proc.stdout
+        return
+    proc = machine_rates("--packed", "--seconds", "0.01", "--dtype", dtype)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("weight-first -> packed" if dtype == "float32" else "F.linear -> packed") in proc.stdout
     rows = proc.stdout.splitlines()[2:]
     assert [line.split(" x ")[0].strip() for line in rows] == ["768", "768", "2048", "768"]  # flan-t5-base's 4 shapes
     for line in rows:

@@ -196,7 +196,8 @@ def test_small_weights_other_dtypes_autocast_and_the_switch_keep_f_linear(counte
 def bf16_bound(expected: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> float:
     """Two kernels' bf16 products of ``x @ weight.T``: sums in fp32 in another order, then each rounded to bf16
     (one bf16 step of the result apart at most, twice for safety)."""
-    return 2 * conftest.tolerance(torch.bfloat16, 1, expected.float().abs().max()) + rounding_bound(weight.float(), x.float())
+    rounded = 2 * conftest.tolerance(torch.bfloat16, 1, expected.float().abs().max())
+    return rounded + rounding_bound(weight.float(), x.float())
 
 
 @pytest.mark.skipif(not skinny.packed_available(torch.bfloat16), reason="no packed bf16 kernel on this CPU")
