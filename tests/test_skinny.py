@@ -275,13 +275,19 @@ def test_a_decoding_step_of_a_t5_stays_within_rounding_of_the_plain_one(counted)
     assert "aten::_scaled_dot_product_attention_math" not in kernels
 
 
+def packed_step_inputs() -> tuple[nn.Module, dict, torch.Tensor]:
+    """A T5 whose attention and feed-forward layers take the path, 8 prompts and their decoder start: a
+    decoding step of PACKED_MIN_ROWS rows, the fewest that take packed weights."""
+    model, tokenizer = tiny_t5(TEMPLATE, **LARGE)
+    prompts = build_prompts(tiny_corpus()["train"]["dialogue"].tolist()[:PACKED_MIN_ROWS], TEMPLATE)
+    start = torch.zeros(PACKED_MIN_ROWS, 1, dtype=torch.long)
+    return model, tokenizer(prompts, padding=True, return_tensors="pt"), start
+
+
 @needs_onednn
 @torch.no_grad()
 def test_a_decoding_step_of_8_rows_takes_packed_weights_and_stays_within_rounding(packs):
-    model, tokenizer = tiny_t5(TEMPLATE, **LARGE)
-    prompts = build_prompts(tiny_corpus()["train"]["dialogue"].tolist()[:PACKED_MIN_ROWS], TEMPLATE)
-    enc = tokenizer(prompts, padding=True, return_tensors="pt")
-    start = torch.zeros(PACKED_MIN_ROWS, 1, dtype=torch.long)
+    model, enc, start = packed_step_inputs()
     plain = model(**enc, decoder_input_ids=start).logits
     with skinny_matmuls(model):
         fast = model(**enc, decoder_input_ids=start).logits
@@ -294,10 +300,7 @@ def test_a_decoding_step_of_8_rows_takes_packed_weights_and_stays_within_roundin
 @pytest.mark.skipif(not skinny.packed_available(torch.bfloat16), reason="no packed bf16 kernel on this CPU")
 @torch.no_grad()
 def test_a_bf16_decoding_step_takes_packed_weights_with_stored_bf16_weights_and_under_autocast(packs):
-    model, tokenizer = tiny_t5(TEMPLATE, **LARGE)
-    prompts = build_prompts(tiny_corpus()["train"]["dialogue"].tolist()[:PACKED_MIN_ROWS], TEMPLATE)
-    enc = tokenizer(prompts, padding=True, return_tensors="pt")
-    start = torch.zeros(PACKED_MIN_ROWS, 1, dtype=torch.long)
+    model, enc, start = packed_step_inputs()
     for stored in (False, True):  # fp32 weights cast by autocast; the frozen weights kept in bf16 (ppo.precision)
         if stored:
             Seq2SeqPolicy(model, tiny_params().ppo).store_frozen_weights(torch.bfloat16)
