@@ -16,8 +16,8 @@ first ``--batch`` test dialogues, with params.yaml's sampling settings, the way 
   larger; on a GPU, at the batch sizes of a rollout, the memory floor (the bandwidth bound).
 
 ``--device cuda`` and ``--dtype bfloat16`` run the call on a GPU and/or in bf16 weights (the rates,
-the bandwidth and the bytes are then the GPU's and bf16's). Skinny matmuls apply to fp32 on the CPU
-only, so elsewhere both timed paths are ``F.linear``.
+the bandwidth and the bytes are then the GPU's and bf16's). Skinny matmuls apply on the CPU only (in
+bf16 its packed weights only, where the CPU multiplies bf16), so on a GPU both timed paths are ``F.linear``.
 
 The pipeline's path takes ``generation.skinny_matmul`` from params.yaml (``--no-skinny`` makes it
 ``off``, ``F.linear``); the other path (``off``, or ``packed`` where the pipeline's is ``off``) is timed

@@ -136,7 +136,7 @@ class _Packed:
     """One layer's packed weight inside a :func:`skinny_matmuls` block, made again when it would be stale."""
 
     def __init__(self) -> None:
-        self.key: tuple[int, int, int] | None = None
+        self.key: tuple[int, int, int, torch.dtype] | None = None
         self.weight: torch.Tensor | None = None
 
     def get(self, weight: torch.Tensor, rows: int, dtype: torch.dtype | None = None) -> torch.Tensor:
