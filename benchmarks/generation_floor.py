@@ -128,8 +128,13 @@ def main(argv: list[str] | None = None) -> int:
 
     other = generate(other_mode)
     # the pipeline's path packs weights (from 8 rows, where this torch has oneDNN): weight-first is a third path
+    # on the CPU where the kernel runs in the model's dtype (bf16: where the CPU multiplies it); on a GPU neither
     unpacked_too = (
-        mode == "packed" and packed_available() and args.batch >= PACKED_MIN_ROWS and bool(large_layers(model))
+        mode == "packed"
+        and device.type == "cpu"
+        and packed_available(dtype)
+        and args.batch >= PACKED_MIN_ROWS
+        and bool(large_layers(model))
     )
     unpacked = generate("weight_first") if unpacked_too else None
     static = generate(cache_implementation="static") if args.static else None

@@ -567,4 +567,8 @@ def test_generation_floor_counts_the_packed_paths_flops_and_times_it_against_wei
     assert re.search(r"skinny matmuls \([1-9]\d* layers, packed\) \(the path above\) against F.linear", out)
     assert re.search(r"with oneDNN's packed weights against weight-first without them \([\d.e-]+ s median", out)
     assert "packed weights" not in plain_out  # F.linear above: nothing packed to compare
+    # bf16 where the kernel has no bf16 (a CPU without bf16 instructions): no packed path to time against
+    monkeypatch.setattr(bench, "packed_available", lambda dtype=torch.float32: dtype == torch.float32)
+    _, bf16_out = gflop(["--dtype", "bfloat16"])
+    assert "bfloat16 matmul GFLOP/s" in bf16_out and "packed weights against weight-first" not in bf16_out
     assert packed == pytest.approx(plain, rel=1e-6) and packed > 0
