@@ -25,6 +25,12 @@ beside it, the paths taking turns first, and the script prints their ratio and t
 tokens they have in common. Where the pipeline's path is ``packed`` and takes oneDNN's packed weights
 (``detox.models.skinny``, from 8 rows), ``weight_first`` is timed in turn as well, a third path.
 
+``--sampler`` also times the call with the other ``generation.sampler`` (``multinomial`` or
+``inverse_cdf``, :mod:`detox.models.sampling`), in turn with the pipeline's path, and prints their ratio
+and what one draw of each takes (``batch`` rows of the vocabulary, timed alone). The two samplers draw from the
+same distribution but other tokens, so no share of equal tokens is printed: the test suite checks the
+distribution.
+
 ``--static`` also times transformers' static KV cache (``cache_implementation="static"``) without
 compiling, in turn with the plain call. ``--compile`` times the static cache with ``torch.compile`` on
 the model's forward: the first call (which compiles) apart, the median after it. Both print the
@@ -37,6 +43,7 @@ and prints the top operators by self CPU time: what a faster decoding step has t
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48 --repeats 4 --static --profile
     python benchmarks/generation_floor.py --size builtin --batch 64 --new-tokens 48
+    python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48 --repeats 4 --sampler
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48 --dtype bfloat16
     python benchmarks/generation_floor.py --size base --batch 16 --new-tokens 48 --device cuda --dtype bfloat16
     python benchmarks/generation_floor.py --size base --batch 64 --new-tokens 48 --device cuda --dtype bfloat16
@@ -68,6 +75,8 @@ from common import (
 )
 from detox.common.allocator import keep_freed_memory
 from detox.common.params import load_params
+from detox.common.params.base import SAMPLERS
+from detox.models.sampling import sampler
 from detox.models.skinny import PACKED_MIN_ROWS, large_layers, packed_available, skinny_matmuls
 
 SEED = 1
@@ -83,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-skinny", action="store_true", help="time the pipeline's path with generation.skinny_matmul off"
     )
+    parser.add_argument("--sampler", action="store_true", help="also time the other generation.sampler, in turn")
     parser.add_argument("--static", action="store_true", help="also time a static KV cache, not compiled")
     parser.add_argument("--compile", action="store_true", help="also time a static KV cache with torch.compile")
     parser.add_argument("--profile", action="store_true", help="top operators of the decoding steps (torch.profiler)")
@@ -104,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = "off" if args.no_skinny else params.generation.skinny_matmul
     other_mode = "packed" if mode == "off" else "off"
+    draw = params.generation.sampler
+    other_draw = next(name for name in SAMPLERS if name != draw)
 
     @torch.no_grad()
-    def generate(mode: str = mode, **extra) -> torch.Tensor:
+    def generate(mode: str = mode, draw: str = draw, **extra) -> torch.Tensor:
         torch.manual_seed(SEED)
-        with skinny_matmuls(model, mode):
+        with skinny_matmuls(model, mode), sampler(draw):
             tokens = model.generate(**enc, **kwargs, **extra)
         synchronize(device)  # a GPU's queued work is part of the call's time
         return tokens
@@ -137,11 +149,22 @@ def main(argv: list[str] | None = None) -> int:
         and bool(large_layers(model))
     )
     unpacked = generate("weight_first") if unpacked_too else None
+    if args.sampler:
+        generate(draw=other_draw)  # warm-up
     static = generate(cache_implementation="static") if args.static else None
-    times: dict[str, list[float]] = {"encoder": [], "generate": [], "other": [], "unpacked": [], "static": []}
+    times: dict[str, list[float]] = {
+        "encoder": [],
+        "generate": [],
+        "other": [],
+        "unpacked": [],
+        "sampler": [],
+        "static": [],
+    }
     calls = [("encoder", encode), ("generate", generate), ("other", lambda: generate(other_mode))]
     if unpacked_too:
         calls.append(("unpacked", lambda: generate("weight_first")))
+    if args.sampler:
+        calls.append(("sampler", lambda: generate(draw=other_draw)))
     if args.static:
         calls.append(("static", lambda: generate(cache_implementation="static")))
     for repeat in range(args.repeats):
@@ -214,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     if unpacked is not None:
         against("the same with oneDNN's packed weights against weight-first without them", "unpacked", unpacked)
 
+    if args.sampler:
+        sampler_s = statistics.median(times["sampler"])
+        drawing = draw_seconds(args.batch, config.vocab_size, device)
+        print(
+            f"sampler {draw} (the path above; one draw {drawing[draw] * 1e3:.3f} ms) against {other_draw} "
+            f"({sampler_s:.4g} s median, {sampler_s / max(total_compute, total_memory):.2f}x the floor; one draw "
+            f"{drawing[other_draw] * 1e3:.3f} ms): {sampler_s / generate_s:.3f}x as fast; other draws of the same "
+            "distribution"
+        )
     if static is not None:
         static_s = statistics.median(times["static"])
         print(
@@ -281,6 +313,20 @@ def memory_traffic(model: nn.Module, batch: int, prompt_tokens: int, new_tokens:
     per_position = config.num_decoder_layers * 2 * batch * config.num_heads * config.d_kv * element  # K and V
     cache = sum(per_position * (step + prompt_tokens) for step in range(1, new_tokens + 1))
     return encoder, size(once) + new_tokens * step_weights + cache
+
+
+def draw_seconds(rows: int, vocab: int, device: torch.device, repeats: int = 50) -> dict[str, float]:
+    """Median seconds of one draw of a token per row from ``(rows, vocab)`` probabilities, for each sampler."""
+    probs = torch.softmax(torch.randn(rows, vocab, device=device, generator=torch.Generator(device).manual_seed(0)), -1)
+    seconds: dict[str, list[float]] = {name: [] for name in SAMPLERS}
+    for _ in range(repeats):
+        for name in SAMPLERS:
+            with sampler(name):
+                started = time.perf_counter()
+                torch.multinomial(probs, num_samples=1)
+                synchronize(device)
+                seconds[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def equal_share(tokens: torch.Tensor, plain: torch.Tensor) -> float:

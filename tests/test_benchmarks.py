@@ -473,13 +473,15 @@ def test_generation_floor_counts_the_encoder_apart_and_the_decoding_per_token(be
 
     tables = [table(n) for n in (4, 8, 12)]
     extra = subprocess.run(
-        [*args, "--new-tokens", "4", "--static", "--profile", "--dtype", "bfloat16"],
+        [*args, "--new-tokens", "4", "--static", "--profile", "--sampler", "--dtype", "bfloat16"],
         capture_output=True,
         text=True,
         cwd=root,
     )
     assert extra.returncode == 0, extra.stderr[-3000:]
     assert re.search(r"static KV cache, not compiled \([\d.e-]+ s median\): [\d.]+x the time", extra.stdout)
+    drawn = r"sampler multinomial \(the path above; one draw [\d.]+ ms\) against inverse_cdf \([\d.e-]+ s median, "
+    assert re.search(drawn + r"[\d.]+x the floor; one draw [\d.]+ ms\): [\d.]+x as fast; other draws", extra.stdout)
     profiled = "decoding steps of one call (skinny matmuls (0 layers, packed)), top operators by self CPU time:"
     assert profiled in extra.stdout
     assert "aten::mm" in extra.stdout and "Self CPU time total" in extra.stdout

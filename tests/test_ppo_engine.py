@@ -499,6 +499,32 @@ def test_rollout_ignores_generation_settings_and_the_model_folders_generation_co
     assert gap < kernel_tolerance(old["logprobs"][batch.mask])  # still the policy's own distribution: the first KL is 0
 
 
+def test_ppo_sampler_inverse_cdf_draws_the_rollouts_and_checkpoint_evaluations(world, monkeypatch):
+    """ppo.sampler reaches the rollout and the checkpoint evaluation: every draw goes through inverse_cdf_sample,
+    seeded by the step as before, other responses than torch.multinomial's; generation.sampler does not reach PPO."""
+    from detox.models import sampling
+    from detox.ppo.selection import ValidationSet, evaluate_policy
+
+    calls: list[tuple[int, ...]] = []
+    real = sampling.inverse_cdf_sample
+    monkeypatch.setattr(sampling, "inverse_cdf_sample", lambda p, g=None: calls.append(p.shape) or real(p, g))
+    params = ppo_params(**{"ppo.sampler": "inverse_cdf"})
+    prompts, dialogues = train_batch(world, params)
+    trainer = make_trainer(world, params)
+    first = trainer.rollout(prompts, 3)
+    steps = len(calls)
+    vocab = trainer.unwrapped.config.vocab_size
+    assert steps >= params.ppo.response_length.min and set(calls) == {(len(prompts), vocab)}
+    assert trainer.rollout(prompts, 3).responses == first.responses
+    plain = make_trainer(world, ppo_params(**{"generation.sampler": "inverse_cdf"})).rollout(prompts, 3)
+    assert len(calls) == 2 * steps  # generation.sampler is not PPO's
+    assert plain.responses != first.responses
+
+    data = ValidationSet(prompts, dialogues, dialogues, trainer.scorer, {})
+    evaluate_policy(trainer, data, seed=5)
+    assert len(calls) > 2 * steps
+
+
 def test_rollout_config_is_pure_sampling_with_only_the_length_as_a_knob(world):
     trainer = make_trainer(world, ppo_params(**WARPED))
     config = trainer.rollout_config(17)

@@ -27,6 +27,7 @@ from detox.evaluate.quality import ROUGE_KEYS, rouge
 from detox.evaluate.scoring import SAMPLE_SEED_STRIDE, Instruments, sample_rows, score_policy
 from detox.evaluate.summary import summarize
 from detox.judges.panel import Judge
+from detox.models import sampling as sampling_module
 from detox.models.builtin import ID2LABEL, train_bpe_tokenizer, train_t5_tokenizer
 from detox.models.generation import (
     build_prompts,
@@ -308,10 +309,11 @@ def test_same_seed_same_summaries_other_seed_other_summaries(policy, corpus):
     assert sum(a != b for a, b in zip(first, other, strict=True)) >= 3
 
 
-def test_draws_equal_separate_calls_and_run_the_encoder_once_per_batch(policy, corpus):
+@pytest.mark.parametrize("sampler", ["multinomial", "inverse_cdf"])
+def test_draws_equal_separate_calls_and_run_the_encoder_once_per_batch(policy, corpus, sampler):
     model, tokenizer = policy
     prompts = build_prompts(tiny_data(corpus, 6)["dialogue"].tolist(), TEMPLATE)
-    cfg = sampling(batch_size=4)  # two batches, sorted by length
+    cfg = sampling(batch_size=4, sampler=sampler)  # two batches, sorted by length
     separate = [generate_summaries(model, tokenizer, prompts, cfg, seed=seed) for seed in (3, 8, 21)]
     calls = []
     hook = model.get_encoder().register_forward_hook(lambda module, args, output: calls.append(1))
@@ -324,6 +326,25 @@ def test_draws_equal_separate_calls_and_run_the_encoder_once_per_batch(policy, c
     assert len(calls) == 2  # once per batch, not once per batch and seed
     with pytest.raises(ValueError, match="no seeds"):
         generate_draws(model, tokenizer, prompts, cfg, [])
+
+
+def test_generation_sampler_inverse_cdf_draws_every_token_of_a_summary_by_inverse_cdf(policy, corpus, monkeypatch):
+    """generation.sampler reaches generate: each decoding step draws once through inverse_cdf_sample, seeded as
+    before (the same seed, the same summaries), other summaries than torch.multinomial's."""
+    model, tokenizer = policy
+    prompts = build_prompts(tiny_data(corpus, 4)["dialogue"].tolist(), TEMPLATE)
+    calls: list[tuple[int, ...]] = []
+    real = sampling_module.inverse_cdf_sample
+    monkeypatch.setattr(sampling_module, "inverse_cdf_sample", lambda p, g=None: calls.append(p.shape) or real(p, g))
+    torch_multinomial = torch.multinomial
+    cfg = sampling(sampler="inverse_cdf", min_new_tokens=12)  # every row the full 12 tokens: 12 draws a batch
+    fast = generate_summaries(model, tokenizer, prompts, cfg, seed=3)
+    assert calls == [(2, model.config.vocab_size)] * 24  # 2 batches of 2 prompts, 12 steps each
+    assert torch.multinomial is torch_multinomial
+    assert generate_summaries(model, tokenizer, prompts, cfg, seed=3) == fast
+    plain = generate_summaries(model, tokenizer, prompts, sampling(min_new_tokens=12), seed=3)
+    assert len(calls) == 48  # the default sampler never calls it
+    assert sum(a != b for a, b in zip(fast, plain, strict=True)) >= 3  # other draws
 
 
 def test_each_batch_is_seeded_with_seed_plus_its_first_index(policy, corpus):

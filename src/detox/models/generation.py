@@ -20,7 +20,8 @@ a separate :func:`generate_summaries` call with its seed returns; only the repea
 are gone.
 
 Speed on the CPU: ``generation.skinny_matmul`` (``packed`` by default) sets how the decoding steps
-multiply their few rows by each large weight (:mod:`detox.models.skinny`).
+multiply their few rows by each large weight (:mod:`detox.models.skinny`), and ``generation.sampler`` how
+each token is drawn (:mod:`detox.models.sampling`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from transformers.utils import ModelOutput
 
 from detox.common.params import GenerationParams
 from detox.models.attention import use_attention
+from detox.models.sampling import sampler
 from detox.models.skinny import skinny_matmuls
 
 
@@ -131,6 +133,7 @@ def generate_draws(
     with (
         tqdm(total=len(starts) * len(seeds), desc=desc, unit="batch") as bar,
         skinny_matmuls(model, cfg.skinny_matmul),
+        sampler(cfg.sampler),
     ):
         for start in starts:
             rows = order[start : start + cfg.batch_size]

@@ -12,6 +12,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.modeling_outputs import BaseModelOutput
 
 from detox.common.params import PPOParams
+from detox.models.sampling import sampler
 from detox.models.skinny import skinny_matmuls
 from detox.ppo.core import entropy_from_logits, logprobs_from_logits, response_mask
 from detox.ppo.policy import Seq2SeqPolicy
@@ -113,7 +114,11 @@ def sample(
     torch.manual_seed(seed)
     with_values = policy.value_head is not None
     config = rollout_config(tokenizer, policy.config.decoder_start_token_id, max_new, hidden_states=with_values)
-    with only_this_generation_config(policy.generator(), config), skinny_matmuls(policy.model, cfg.skinny_matmul):
+    with (
+        only_this_generation_config(policy.generator(), config),
+        skinny_matmuls(policy.model, cfg.skinny_matmul),
+        sampler(cfg.sampler),
+    ):
         out = policy.generator().generate(
             input_ids=enc["input_ids"],
             attention_mask=enc["attention_mask"],

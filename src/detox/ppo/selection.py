@@ -32,6 +32,7 @@ from detox.evaluate.summary import quality_numbers, toxicity_numbers
 from detox.evaluate.thresholds import TOXIC_THRESHOLD
 from detox.judges.panel import Judge
 from detox.models.reward import RewardScorer
+from detox.models.sampling import sampler
 from detox.models.skinny import skinny_matmuls
 from detox.ppo.engine import PPOTrainer
 from detox.ppo.rollout import only_this_generation_config
@@ -63,6 +64,7 @@ def evaluate_policy(trainer: PPOTrainer, data: ValidationSet, seed: int) -> dict
         trainer.accelerator.autocast(),
         only_this_generation_config(generator, config),
         skinny_matmuls(policy.model, cfg.skinny_matmul),
+        sampler(cfg.sampler),
     ):
         sequences = generator.generate(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=config

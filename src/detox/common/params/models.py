@@ -9,10 +9,12 @@ from pydantic import Field, field_validator, model_validator
 from detox.common.params.base import (
     ATTENTION_MODES,
     PRECISIONS,
+    SAMPLER_HELP,
     SKINNY_MATMUL_HELP,
     HubRef,
     Lora,
     LoraRank,
+    Sampler,
     SkinnyMatmul,
     Sourced,
     Strict,
@@ -187,6 +189,7 @@ class GenerationParams(Strict):
         "packed",
         description="how the decoding steps multiply their few rows by each large weight " + SKINNY_MATMUL_HELP,
     )
+    sampler: Sampler = Field("multinomial", description="how each sampled token is drawn: " + SAMPLER_HELP)
 
     @model_validator(mode="after")
     def _ordered(self) -> GenerationParams:

@@ -6,7 +6,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from detox.common.params.base import PRECISIONS, SKINNY_MATMUL_HELP, Lora, LoraRank, Range, SkinnyMatmul, Strict
+from detox.common.params.base import (
+    PRECISIONS,
+    SAMPLER_HELP,
+    SKINNY_MATMUL_HELP,
+    Lora,
+    LoraRank,
+    Range,
+    Sampler,
+    SkinnyMatmul,
+    Strict,
+)
 
 
 class _Switch(Strict):
@@ -157,6 +167,9 @@ class PPOParams(Strict):
     skinny_matmul: SkinnyMatmul = Field(
         "packed",
         description="the same for the decoding steps of rollouts and checkpoint evaluations " + SKINNY_MATMUL_HELP,
+    )
+    sampler: Sampler = Field(
+        "multinomial", description="how rollouts and checkpoint evaluations draw each token: " + SAMPLER_HELP
     )
     precision: Literal[PRECISIONS] = Field(
         "fp32",
