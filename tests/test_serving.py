@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pandas as pd
@@ -148,6 +149,16 @@ def test_the_summarizer_answers_as_evaluate_generates(summarizer, policy, dialog
     assert summarizer.predict(frame, params={"temperature": 10.0, "top_p": 1.0, "top_k": 0}) == expected_summaries(
         policy, dialogues[:3], GENERATION.model_copy(update={"temperature": 10.0})
     )
+
+
+def test_a_model_logged_before_a_generation_setting_existed_answers_with_its_default(policy, dialogues):
+    """A registered model's config lacks the settings added after it was logged (generation.sampler): served by
+    this code it answers as evaluate generated then, with the setting's default, instead of failing."""
+    config = {k: v for k, v in model_config(TEMPLATE, GENERATION, SEED).items() if k != "generation.sampler"}
+    served = Summarizer()
+    served.load_context(SimpleNamespace(artifacts={"policy": str(policy[2])}, model_config=config))
+    assert served.answer(dialogues[:3], {}) == expected_summaries(policy, dialogues[:3])
+    assert GenerationParams().sampler == "multinomial"
 
 
 def test_an_over_long_dialogue_is_read_up_to_the_limit_with_a_warning(summarizer, dialogues, caplog):

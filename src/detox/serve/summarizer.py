@@ -107,8 +107,11 @@ class Summarizer(Served):
         """Summaries (one per dialogue, in order), exactly as evaluation generates them."""
         check_params(params, self.ranges)
         settings = {**_defaults(self.config), **params}
+        # A model logged before a generation setting existed has none in its config: it was evaluated with
+        # what the setting's default does (generation.sampler: torch's multinomial), so the default applies.
+        known = {key: settings[key] for key in GenerationParams.model_fields if key in settings}
         try:
-            generation = GenerationParams(**{key: settings[key] for key in GenerationParams.model_fields})
+            generation = GenerationParams(**known)
         except ValidationError as exc:  # what no single range says, e.g. min_new_tokens > max_new_tokens
             raise RequestError(
                 "params: " + "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
