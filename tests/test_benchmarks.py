@@ -184,11 +184,10 @@ def test_machine_rates_prints_every_rate():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_machine_rates_times_weight_first_against_packed_weights_at_flan_t5_base_shapes(dtype):
+    proc = machine_rates("--packed", "--seconds", "0.01", "--dtype", dtype)
     if not packed_available(getattr(torch, dtype)):
-        proc = machine_rates("--packed", "--seconds", "0.01", "--dtype", dtype)
         assert proc.returncode == 1 and f"no oneDNN packed linear in {dtype} here" in proc.stdout
         return
-    proc = machine_rates("--packed", "--seconds", "0.01", "--dtype", dtype)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("weight-first -> packed" if dtype == "float32" else "F.linear -> packed") in proc.stdout
     rows = proc.stdout.splitlines()[2:]
